@@ -1,0 +1,113 @@
+// Type declarations for @token-vendor/client.
+
+/** The 200 body of `POST /v1/tokens`, as the service sends it. */
+export interface TokenResponse {
+  /** The Corti access token (a JWT). */
+  accessToken: string;
+  /** Always "Bearer". */
+  tokenType: string;
+  /** Seconds the token had left when the service sent it. */
+  expiresIn: number;
+  /** RFC 3339 expiry on the service's clock (informational; the client uses expiresIn). */
+  expiresAt?: string;
+  /** Granted scope, e.g. "openid transcribe". */
+  scope?: string;
+  /** Corti tenant, e.g. "base". */
+  tenantName?: string;
+  /** Corti environment, e.g. "eu" or "us". */
+  environment?: string;
+  [key: string]: unknown;
+}
+
+/** RFC 9457 problem details as token-vendor sends them. */
+export interface Problem {
+  type?: string;
+  title?: string;
+  status?: number;
+  detail?: string;
+  request_id?: string;
+  [key: string]: unknown;
+}
+
+export type HeadersSource =
+  | HeadersInit
+  | (() => HeadersInit | undefined | Promise<HeadersInit | undefined>);
+
+export interface TokenSourceOptions {
+  /** The token-vendor endpoint, e.g. "https://tokens.example.com/v1/tokens". */
+  url: string | URL;
+  /** Space-separated set of "transcribe" / "streams" (or an array of them). Default "transcribe". */
+  scope?: string | string[];
+  /** fetch credentials mode; "include" sends the session cookie cross-origin. Default "include". */
+  credentials?: RequestCredentials;
+  /** Extra request headers, or a (possibly async) function returning them, e.g. for `Authorization: Bearer …`. */
+  headers?: HeadersSource;
+  /** A cached token is reused while more than this many seconds remain. Default 30. */
+  refreshMarginSeconds?: number;
+  /** fetch implementation. Default globalThis.fetch. */
+  fetch?: typeof fetch;
+  /** On 429/503, a Retry-After above this throws at once instead of waiting. Default 10. */
+  maxRetryAfterSeconds?: number;
+  /** Abort one request (headers + body) after this many seconds; 0 disables. Default 15. */
+  timeoutSeconds?: number;
+  /** Overrides "wss://api.{environment}.corti.app" in the WebSocket URLs (e.g. a local stand-in). */
+  wsBaseUrl?: string;
+  /** Sleep used before the single retry (milliseconds). For tests. */
+  sleep?: (ms: number) => Promise<void>;
+  /** Clock in milliseconds used for the cache deadline. Default Date.now. For tests. */
+  now?: () => number;
+}
+
+export interface TokenSource {
+  /** A token with more than refreshMarginSeconds left: cached, or fetched (concurrent callers share one request). */
+  getToken(): Promise<TokenResponse>;
+  /**
+   * Same semantics as getToken, as a detached function for
+   * `new CortiClient({ environment, tenantName, auth: { refreshAccessToken } })`.
+   */
+  refreshAccessToken: () => Promise<TokenResponse>;
+  /** `wss://api.{env}.corti.app/audio-bridge/v2/transcribe?tenant-name=…&token=Bearer%20…` */
+  transcribeUrl(): Promise<string>;
+  /** `wss://api.{env}.corti.app/audio-bridge/v2/interactions/{id}/streams?tenant-name=…&token=Bearer%20…` */
+  streamsUrl(interactionId: string): Promise<string>;
+  /** Drop the cached token (e.g. on sign-out). */
+  clear(): void;
+}
+
+export interface TokenVendorErrorInfo {
+  status?: number | null;
+  problem?: Problem | null;
+  requestId?: string | null;
+  retryAfterSeconds?: number | null;
+  cause?: unknown;
+}
+
+/** Base class of every error this module throws. */
+export class TokenVendorError extends Error {
+  constructor(message: string, info?: TokenVendorErrorInfo);
+  /** HTTP status, or null when no response was received. */
+  status: number | null;
+  /** Parsed problem+json body, or null. */
+  problem: Problem | null;
+  /** The service's request id, or null. */
+  requestId: string | null;
+}
+/** 401: the user must sign in again. Never retried. */
+export class UnauthenticatedError extends TokenVendorError {}
+/** 403: origin or scope not allowed. Never retried. */
+export class ForbiddenError extends TokenVendorError {}
+/** 429 after at most one retry. */
+export class RateLimitedError extends TokenVendorError {
+  retryAfterSeconds: number | null;
+}
+/** 502 / 503 / 504 (503 is retried once). */
+export class UnavailableError extends TokenVendorError {
+  retryAfterSeconds: number | null;
+}
+/** No HTTP response: offline, DNS, CORS refusal, timeout. */
+export class NetworkError extends TokenVendorError {}
+/** 2xx whose body lacks accessToken / expiresIn. */
+export class InvalidResponseError extends TokenVendorError {}
+
+/** Create a token source bound to one token-vendor endpoint and one scope. */
+export function createTokenSource(options: TokenSourceOptions): TokenSource;

@@ -1,0 +1,250 @@
+//! The audit trail: one event per `POST /v1/tokens` attempt, written before any token
+//! leaves the service, and mirrored as one JSON line on the `audit` tracing target.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use time::OffsetDateTime;
+
+/// What became of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Issued,
+    Reused,
+    InvalidRequest,
+    Unauthenticated,
+    Forbidden,
+    RateLimited,
+    UpstreamError,
+    Unavailable,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Issued,
+        Outcome::Reused,
+        Outcome::InvalidRequest,
+        Outcome::Unauthenticated,
+        Outcome::Forbidden,
+        Outcome::RateLimited,
+        Outcome::UpstreamError,
+        Outcome::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Issued => "issued",
+            Outcome::Reused => "reused",
+            Outcome::InvalidRequest => "invalid_request",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Forbidden => "forbidden",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
+    /// Whether a token left the service with this outcome.
+    pub fn hands_out_token(self) -> bool {
+        matches!(self, Outcome::Issued | Outcome::Reused)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One audit event; the fields are fixed by INTERFACE.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    pub request_id: String,
+    pub outcome: Outcome,
+    pub status: u16,
+    pub subject: Option<String>,
+    pub session_id: Option<String>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub origin: Option<String>,
+    pub scope: Option<String>,
+    pub tenant: String,
+    pub environment: String,
+    pub token_fingerprint: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub token_expires_at: Option<OffsetDateTime>,
+    pub upstream_ms: Option<u64>,
+    pub duration_ms: u64,
+    pub detail: Option<String>,
+}
+
+impl AuditEvent {
+    /// A new event for an attempt whose outcome is not known yet.
+    pub fn begin(request_id: &str, tenant: &str, environment: &str) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            time: OffsetDateTime::now_utc(),
+            request_id: request_id.to_owned(),
+            outcome: Outcome::InvalidRequest,
+            status: 0,
+            subject: None,
+            session_id: None,
+            client_ip: None,
+            user_agent: None,
+            origin: None,
+            scope: None,
+            tenant: tenant.to_owned(),
+            environment: environment.to_owned(),
+            token_fingerprint: None,
+            token_expires_at: None,
+            upstream_ms: None,
+            duration_ms: 0,
+            detail: None,
+        }
+    }
+}
+
+/// Why an event could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit store unavailable: {0}")]
+    Unavailable(String),
+    #[error("audit store did not confirm the write in time")]
+    Timeout,
+}
+
+/// A durable place for audit events.
+pub trait AuditStore: Send + Sync + 'static {
+    /// Stores the event durably; returns only once it is committed.
+    fn record<'a>(&'a self, event: &'a AuditEvent) -> BoxFuture<'a, Result<(), AuditError>>;
+    /// Whether the store can currently be written.
+    fn ready(&self) -> BoxFuture<'_, bool>;
+}
+
+/// A store that keeps nothing but the log line; for tests of the HTTP edge only.
+pub struct LogOnlyStore;
+
+impl AuditStore for LogOnlyStore {
+    fn record<'a>(&'a self, _event: &'a AuditEvent) -> BoxFuture<'a, Result<(), AuditError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async { true })
+    }
+}
+
+/// Writes events to the store, then to the `audit` log target.
+#[derive(Clone)]
+pub struct Auditor {
+    store: Arc<dyn AuditStore>,
+}
+
+impl Auditor {
+    pub fn new(store: Arc<dyn AuditStore>) -> Self {
+        Self { store }
+    }
+
+    pub async fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        let result = self.store.record(event).await;
+        match &result {
+            Ok(()) => emit_log_line(event),
+            Err(e) => {
+                tracing::error!(error = %e, request_id = %event.request_id, outcome = %event.outcome, "audit event could not be stored")
+            }
+        }
+        result
+    }
+
+    pub async fn ready(&self) -> bool {
+        self.store.ready().await
+    }
+}
+
+fn emit_log_line(e: &AuditEvent) {
+    let time = e
+        .time
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let expires = e.token_expires_at.and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    });
+    tracing::info!(
+        target: "audit",
+        id = %e.id,
+        time = %time,
+        request_id = %e.request_id,
+        outcome = %e.outcome,
+        status = e.status,
+        subject = e.subject.as_deref(),
+        session_id = e.session_id.as_deref(),
+        client_ip = e.client_ip.as_deref(),
+        user_agent = e.user_agent.as_deref(),
+        origin = e.origin.as_deref(),
+        scope = e.scope.as_deref(),
+        tenant = %e.tenant,
+        environment = %e.environment,
+        token_fingerprint = e.token_fingerprint.as_deref(),
+        token_expires_at = expires.as_deref(),
+        upstream_ms = e.upstream_ms,
+        duration_ms = e.duration_ms,
+        detail = e.detail.as_deref(),
+        "audit event"
+    );
+}
+
+/// Keyed fingerprints of tokens: lets ops trace a token without storing it.
+#[derive(Clone)]
+pub struct Fingerprinter {
+    key: SecretString,
+}
+
+impl Fingerprinter {
+    pub fn new(key: SecretString) -> Self {
+        Self { key }
+    }
+
+    /// `hmac-sha256:<hex>` of the token.
+    pub fn fingerprint(&self, token: &str) -> String {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.expose_secret().as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(token.as_bytes());
+        format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_keyed_and_stable() {
+        let a = Fingerprinter::new(SecretString::from("fake-key-one-for-tests"));
+        let b = Fingerprinter::new(SecretString::from("fake-key-two-for-tests"));
+        assert_eq!(a.fingerprint("tok"), a.fingerprint("tok"));
+        assert_ne!(a.fingerprint("tok"), b.fingerprint("tok"));
+        assert!(a.fingerprint("tok").starts_with("hmac-sha256:"));
+        assert_eq!(a.fingerprint("tok").len(), "hmac-sha256:".len() + 64);
+    }
+
+    #[test]
+    fn outcomes_round_trip() {
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::parse(o.as_str()), Some(o));
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The command line: `serve`, `dev`, `check-config`, `audit …`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::audit::Fingerprinter;
+use crate::config::{ConfigError, Settings, Sources};
+use crate::startup::{Application, StartupError};
+use crate::telemetry;
+
+/// Exit code for a missing or malformed setting.
+pub const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "token-vendor",
+    version,
+    about = "Vends limited-scope Corti tokens to signed-in browsers"
+)]
+pub struct Cli {
+    /// TOML file with settings (same keys as the environment, lower-case).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the service.
+    Serve,
+    /// One-command local demo: service, stand-in Corti auth, demo session.
+    Dev,
+    /// Print the effective settings (secrets redacted) and check them.
+    CheckConfig,
+    /// Work with the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Print the fingerprint of a token, to find it in the audit log.
+    Hash {
+        /// The token (or `-` to read it from standard input).
+        token: String,
+    },
+}
+
+/// Runs a parsed command line to an exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("token-vendor: configuration error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Other(message)) => {
+            eprintln!("token-vendor: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Config(ConfigError),
+    Other(String),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+impl From<StartupError> for Failure {
+    fn from(e: StartupError) -> Self {
+        match e {
+            StartupError::Config(c) => Failure::Config(c),
+            other => Failure::Other(other.to_string()),
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<Settings, ConfigError> {
+    Settings::load(&Sources::from_process(cli.config.as_deref())?)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(format!("cannot start the async runtime: {e}")))
+}
+
+fn dispatch(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Serve => {
+            let settings = load(&cli)?;
+            settings.require_for_serve()?;
+            telemetry::init(
+                telemetry::env_filter(telemetry::DEFAULT_FILTER),
+                std::io::stdout,
+            );
+            runtime()?.block_on(async {
+                let app = Application::build(settings).await?;
+                tracing::info!(port = app.port(), "token-vendor listening");
+                app.run_until_stopped()
+                    .await
+                    .map_err(|e| Failure::Other(format!("server stopped: {e}")))
+            })
+        }
+        Command::Dev => {
+            let settings = load(&cli)?;
+            telemetry::init(
+                telemetry::env_filter(telemetry::DEFAULT_FILTER),
+                std::io::stderr,
+            );
+            runtime()?
+                .block_on(crate::dev::run(settings))
+                .map_err(|e| match e {
+                    StartupError::Config(c) => Failure::Config(c),
+                    other => Failure::Other(other.to_string()),
+                })
+        }
+        Command::CheckConfig => {
+            let settings = load(&cli)?;
+            for line in settings.redacted_lines() {
+                println!("{line}");
+            }
+            settings.require_for_serve()?;
+            let http = reqwest::Client::new();
+            crate::session::SessionVerifier::from_settings(&settings, http)?;
+            println!("ok: settings are complete for `serve`");
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Hash { token }) => {
+            let settings = load(&cli)?;
+            let key = settings.audit_hmac_key.ok_or_else(|| {
+                ConfigError::new("AUDIT_HMAC_KEY", "is required to fingerprint a token")
+            })?;
+            let token = if token == "-" {
+                let mut buf = String::new();
+                std::io::stdin()
+                    .read_line(&mut buf)
+                    .map_err(|e| Failure::Other(format!("cannot read standard input: {e}")))?;
+                buf.trim().to_owned()
+            } else {
+                token.trim().to_owned()
+            };
+            println!("{}", Fingerprinter::new(key).fingerprint(&token));
+            Ok(())
+        }
+    }
+}

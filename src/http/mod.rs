@@ -1,0 +1,38 @@
+//! The HTTP edge: routes, request ids, CORS, and the one problem+json error shape.
+
+pub mod context;
+pub mod cors;
+pub mod ops;
+pub mod problem;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use actix_web::web;
+use ipnet::IpNet;
+
+use crate::audit::Auditor;
+use crate::browser::OriginPolicy;
+use crate::vend::Vendor;
+
+/// What every handler may need.
+pub struct AppState {
+    pub vendor: Arc<Vendor>,
+    pub auditor: Auditor,
+    pub origins: OriginPolicy,
+    pub trusted_proxies: Vec<IpNet>,
+    pub cookie_name: String,
+}
+
+/// Registers the service's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/tokens")
+            .route(web::post().to(tokens::post_tokens))
+            .route(web::method(actix_web::http::Method::OPTIONS).to(cors::preflight_tokens))
+            .default_service(web::to(problem::method_not_allowed)),
+    )
+    .route("/healthz", web::get().to(ops::healthz))
+    .route("/readyz", web::get().to(ops::readyz))
+    .route("/openapi.yaml", web::get().to(ops::openapi));
+}

@@ -1,0 +1,35 @@
+//! Operations endpoints: liveness, readiness and the API description.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::context::request_id;
+use super::problem::Problem;
+use super::AppState;
+
+/// The OpenAPI description kept in the repository root.
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if state.auditor.ready().await {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
+    } else {
+        Problem::new(
+            503,
+            "not-ready",
+            "Not ready",
+            "the audit store cannot be reached",
+        )
+        .respond(&request_id(&req))
+    }
+}
+
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/yaml")
+        .body(OPENAPI_YAML)
+}

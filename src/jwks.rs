@@ -1,0 +1,196 @@
+//! A cached JSON Web Key Set: used for the app's identity provider (session JWTs)
+//! and for the Corti realm's keys (checking granted tokens).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use tokio::sync::{Mutex, RwLock};
+
+/// How a key set is kept fresh.
+#[derive(Debug, Clone, Copy)]
+pub struct JwksPolicy {
+    /// Keys are refetched in the background of a lookup once this old.
+    pub refresh_after: Duration,
+    /// An unknown `kid` triggers a refetch at most this often.
+    pub min_refetch_interval: Duration,
+    /// When the JWKS cannot be fetched, the last good keys are used this long.
+    pub max_stale: Duration,
+}
+
+impl Default for JwksPolicy {
+    fn default() -> Self {
+        Self {
+            refresh_after: Duration::from_secs(300),
+            min_refetch_interval: Duration::from_secs(5),
+            max_stale: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A verification key with the algorithms it may be used with.
+#[derive(Clone)]
+pub struct VerifyingKey {
+    pub key: DecodingKey,
+    pub algorithms: Vec<Algorithm>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("no key with this kid")]
+    UnknownKid,
+    #[error("key set unavailable: {0}")]
+    Unavailable(String),
+}
+
+struct Cached {
+    keys: Vec<(Option<String>, VerifyingKey)>,
+    fetched_at: Instant,
+}
+
+/// A JWKS fetched over HTTP and cached.
+pub struct JwksCache {
+    url: String,
+    http: reqwest::Client,
+    policy: JwksPolicy,
+    cached: RwLock<Option<Cached>>,
+    last_attempt: Mutex<Option<Instant>>,
+}
+
+impl JwksCache {
+    pub fn new(url: String, http: reqwest::Client, policy: JwksPolicy) -> Arc<Self> {
+        Arc::new(Self {
+            url,
+            http,
+            policy,
+            cached: RwLock::new(None),
+            last_attempt: Mutex::new(None),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The key for `kid` (or the only key when the token names none).
+    pub async fn key(&self, kid: Option<&str>) -> Result<VerifyingKey, JwksError> {
+        let (found, fresh) = self.lookup(kid).await;
+        if let (Some(key), true) = (&found, fresh) {
+            return Ok(key.clone());
+        }
+        // Unknown kid, stale or empty cache: refetch (rate-limited), then look again.
+        let refetch = self.refetch().await;
+        let (again, _) = self.lookup(kid).await;
+        match (again.or(found), refetch) {
+            (Some(key), _) => Ok(key),
+            (None, Err(e)) if !self.has_usable_keys().await => Err(e),
+            (None, _) => Err(JwksError::UnknownKid),
+        }
+    }
+
+    async fn has_usable_keys(&self) -> bool {
+        let guard = self.cached.read().await;
+        guard
+            .as_ref()
+            .is_some_and(|c| c.fetched_at.elapsed() < self.policy.max_stale)
+    }
+
+    /// Returns the key if cached and usable, and whether the cache is still fresh.
+    async fn lookup(&self, kid: Option<&str>) -> (Option<VerifyingKey>, bool) {
+        let guard = self.cached.read().await;
+        let Some(cached) = guard.as_ref() else {
+            return (None, false);
+        };
+        let age = cached.fetched_at.elapsed();
+        if age >= self.policy.max_stale {
+            return (None, false);
+        }
+        let key = match kid {
+            Some(kid) => cached
+                .keys
+                .iter()
+                .find(|(k, _)| k.as_deref() == Some(kid))
+                .map(|(_, v)| v.clone()),
+            None if cached.keys.len() == 1 => cached.keys.first().map(|(_, v)| v.clone()),
+            None => None,
+        };
+        (key, age < self.policy.refresh_after)
+    }
+
+    async fn refetch(&self) -> Result<(), JwksError> {
+        let mut last = self.last_attempt.lock().await;
+        if let Some(at) = *last {
+            if at.elapsed() < self.policy.min_refetch_interval {
+                return Ok(());
+            }
+        }
+        *last = Some(Instant::now());
+        let set = self.fetch().await;
+        match set {
+            Ok(keys) => {
+                *self.cached.write().await = Some(Cached {
+                    keys,
+                    fetched_at: Instant::now(),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(jwks_url = %self.url, error = %e, "could not refresh JWKS; keeping the last good keys");
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<Vec<(Option<String>, VerifyingKey)>, JwksError> {
+        let response = self
+            .http
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| JwksError::Unavailable(without_url(e)))?;
+        if !response.status().is_success() {
+            return Err(JwksError::Unavailable(format!(
+                "status {}",
+                response.status().as_u16()
+            )));
+        }
+        let set: JwkSet = response
+            .json()
+            .await
+            .map_err(|_| JwksError::Unavailable("body is not a JWKS".into()))?;
+        Ok(set.keys.iter().filter_map(verifying_key).collect())
+    }
+}
+
+fn without_url(e: reqwest::Error) -> String {
+    e.without_url().to_string()
+}
+
+/// Which algorithms a JWK may verify: from its own `alg` when given, else its key type.
+/// Symmetric (`oct`) keys in a public JWKS are ignored: they would let anyone who
+/// can read the set forge tokens.
+fn verifying_key(jwk: &Jwk) -> Option<(Option<String>, VerifyingKey)> {
+    use jsonwebtoken::jwk::AlgorithmParameters;
+    if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+        return None;
+    }
+    if let Some(usage) = &jwk.common.public_key_use {
+        if *usage != jsonwebtoken::jwk::PublicKeyUse::Signature {
+            return None;
+        }
+    }
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    let family_algs = key.family().algorithms().to_vec();
+    let algorithms = match jwk.common.key_algorithm.map(|a| a.to_string()) {
+        Some(named) => {
+            let alg: Algorithm = named.parse().ok()?;
+            if !family_algs.contains(&alg) {
+                return None;
+            }
+            vec![alg]
+        }
+        None => family_algs,
+    };
+    Some((jwk.common.key_id.clone(), VerifyingKey { key, algorithms }))
+}

@@ -1,0 +1,16 @@
+//! token-vendor: vends limited-scope Corti tokens to signed-in browsers, so browser
+//! code can open Corti's speech WebSockets without ever seeing the client secret.
+
+pub mod audit;
+pub mod browser;
+pub mod cli;
+pub mod config;
+pub mod corti;
+pub mod dev;
+pub mod http;
+pub mod jwks;
+pub mod scope;
+pub mod session;
+pub mod startup;
+pub mod telemetry;
+pub mod vend;

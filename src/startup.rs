@@ -1,0 +1,167 @@
+//! Wires settings into the running service and binds the listener.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+
+use crate::audit::{AuditStore, Auditor, Fingerprinter, LogOnlyStore};
+use crate::browser::OriginPolicy;
+use crate::config::{ConfigError, Settings};
+use crate::corti::{CortiClient, CortiClientConfig};
+use crate::http::{self, AppState};
+use crate::session::SessionVerifier;
+use crate::vend::Vendor;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("audit store: {0}")]
+    Audit(String),
+}
+
+/// Extra routes mounted beside the API (the `dev` demo page).
+pub type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
+/// Optional parts a caller (tests, `dev`) may supply.
+#[derive(Default)]
+pub struct Options {
+    pub audit_store: Option<Arc<dyn AuditStore>>,
+    pub extra_routes: Option<ExtraRoutes>,
+}
+
+/// A bound, not yet running, service.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Builds the service from settings that passed [`Settings::require_for_serve`].
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with(settings, Options::default()).await
+    }
+
+    pub async fn build_with(settings: Settings, options: Options) -> Result<Self, StartupError> {
+        settings.require_for_serve()?;
+        let state = web::Data::new(app_state(&settings, options.audit_store)?);
+        let listener =
+            TcpListener::bind(settings.listen_addr).map_err(|source| StartupError::Bind {
+                addr: settings.listen_addr.to_string(),
+                source,
+            })?;
+        let port = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: settings.listen_addr.to_string(),
+            source,
+        })?;
+        let extra = options.extra_routes;
+        let server_state = state.clone();
+        let server = HttpServer::new(move || {
+            let extra = extra.clone();
+            App::new()
+                .app_data(server_state.clone())
+                .wrap(from_fn(http::cors::cors_middleware))
+                .wrap(from_fn(http::context::request_id_middleware))
+                .configure(http::routes)
+                .configure(move |cfg| {
+                    if let Some(extra) = &extra {
+                        extra(cfg);
+                    }
+                })
+                .default_service(web::to(http::problem::not_found))
+        })
+        .listen(listener)
+        .map_err(|source| StartupError::Bind {
+            addr: settings.listen_addr.to_string(),
+            source,
+        })?
+        .shutdown_timeout(10)
+        .run();
+        Ok(Self {
+            port: port.port(),
+            server,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Shared state, for code that runs beside the server (tests, `dev`).
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until SIGINT/SIGTERM, then drains in-flight requests.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+fn app_state(
+    settings: &Settings,
+    audit_store: Option<Arc<dyn AuditStore>>,
+) -> Result<AppState, StartupError> {
+    let missing = |name: &str| ConfigError::new(name, "is required");
+    let environment = settings
+        .corti_environment
+        .ok_or_else(|| missing("CORTI_ENVIRONMENT"))?;
+    let auth_base_url = settings
+        .auth_base_url()
+        .ok_or_else(|| missing("CORTI_AUTH_URL"))?;
+    let corti = CortiClient::new(CortiClientConfig {
+        auth_base_url,
+        tenant: settings.corti_tenant.clone(),
+        environment,
+        client_id: settings
+            .corti_client_id
+            .clone()
+            .ok_or_else(|| missing("CORTI_CLIENT_ID"))?,
+        client_secret: settings
+            .corti_client_secret
+            .clone()
+            .ok_or_else(|| missing("CORTI_CLIENT_SECRET"))?,
+        timeout: settings.upstream_timeout,
+    })?;
+    let jwks_http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let sessions = SessionVerifier::from_settings(settings, jwks_http)?;
+    let fingerprinter = Fingerprinter::new(
+        settings
+            .audit_hmac_key
+            .clone()
+            .ok_or_else(|| missing("AUDIT_HMAC_KEY"))?,
+    );
+    let store: Arc<dyn AuditStore> = audit_store.unwrap_or_else(|| Arc::new(LogOnlyStore));
+    let auditor = Auditor::new(store);
+    let origins = OriginPolicy::new(settings.allowed_origins.iter().cloned());
+    let vendor = Vendor {
+        sessions,
+        origins: origins.clone(),
+        corti: Arc::new(corti),
+        auditor: auditor.clone(),
+        fingerprinter,
+    };
+    Ok(AppState {
+        vendor: Arc::new(vendor),
+        auditor,
+        origins,
+        trusted_proxies: settings.trusted_proxies.clone(),
+        cookie_name: settings.session_cookie_name.clone(),
+    })
+}

@@ -1,0 +1,35 @@
+//! Logging: JSON lines on stdout, filtered by `RUST_LOG`, each carrying its request id.
+
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+/// The filter: `RUST_LOG` when set, else `info` for this service and warnings elsewhere.
+pub fn env_filter(default: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
+}
+
+/// Installs the global JSON subscriber writing to `writer`. Returns false if one was
+/// already installed (tests install one per process).
+pub fn init<W>(filter: EnvFilter, writer: W) -> bool
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let json = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(true)
+        .with_target(true)
+        .with_writer(writer);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .try_init()
+        .is_ok()
+}
+
+/// The default filter string for the service.
+pub const DEFAULT_FILTER: &str =
+    "info,token_vendor=info,audit=info,actix_server=warn,sqlx=warn,hyper=warn,reqwest=warn";

@@ -1,0 +1,301 @@
+//! One vend, from a raw attempt to an audited result:
+//! session → origin → body → scope → user policy → Corti → audit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::audit::{AuditEvent, Auditor, Fingerprinter, Outcome};
+use crate::browser::{OriginError, OriginPolicy};
+use crate::corti::{CortiClient, GrantedToken, UpstreamError};
+use crate::scope::{RequestedScope, ScopeError};
+use crate::session::{Session, SessionError, SessionVerifier};
+
+/// Largest accepted request body; `{"scope":"transcribe streams"}` is 31 bytes.
+pub const MAX_BODY_BYTES: usize = 1024;
+
+/// Everything the HTTP edge knows about one `POST /v1/tokens`.
+pub struct Attempt {
+    pub request_id: String,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub origin: Option<String>,
+    pub credentials: Credentials,
+    pub content_type: Option<String>,
+    /// The body, or why it could not be read.
+    pub body: Result<Vec<u8>, BodyError>,
+}
+
+/// Where the session JWT came from; a cookie needs an allowed `Origin` (CSRF).
+pub enum Credentials {
+    Bearer(String),
+    Cookie(String),
+    /// An `Authorization` header that is not `Bearer …`.
+    Malformed,
+    None,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+/// Why an attempt got no token. Mapped once to HTTP in `http::problem`.
+#[derive(Debug, thiserror::Error)]
+pub enum VendError {
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("request body is larger than {MAX_BODY_BYTES} bytes")]
+    PayloadTooLarge,
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    Unauthenticated(#[from] SessionError),
+    #[error("{0}")]
+    Origin(#[from] OriginError),
+    #[error("scope {0:?} is not allowed for this user")]
+    ScopeNotAllowed(String),
+    #[error("too many requests ({kind} limit)")]
+    RateLimited {
+        kind: &'static str,
+        retry_after: Duration,
+    },
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("audit store unavailable")]
+    AuditUnavailable,
+}
+
+impl VendError {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            VendError::InvalidRequest(_)
+            | VendError::PayloadTooLarge
+            | VendError::UnsupportedMediaType => Outcome::InvalidRequest,
+            VendError::Unauthenticated(SessionError::KeysUnavailable) => Outcome::Unavailable,
+            VendError::Unauthenticated(_) => Outcome::Unauthenticated,
+            VendError::Origin(_) | VendError::ScopeNotAllowed(_) => Outcome::Forbidden,
+            VendError::RateLimited { .. } => Outcome::RateLimited,
+            VendError::Upstream(
+                UpstreamError::Unreachable(_)
+                | UpstreamError::KeysUnavailable
+                | UpstreamError::RateLimited { .. },
+            ) => Outcome::Unavailable,
+            VendError::Upstream(_) => Outcome::UpstreamError,
+            VendError::AuditUnavailable => Outcome::Unavailable,
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            VendError::InvalidRequest(_) => 400,
+            VendError::PayloadTooLarge => 413,
+            VendError::UnsupportedMediaType => 415,
+            VendError::Unauthenticated(SessionError::KeysUnavailable) => 503,
+            VendError::Unauthenticated(_) => 401,
+            VendError::Origin(_) | VendError::ScopeNotAllowed(_) => 403,
+            VendError::RateLimited { .. } => 429,
+            VendError::Upstream(UpstreamError::Timeout) => 504,
+            VendError::Upstream(
+                UpstreamError::Unreachable(_)
+                | UpstreamError::KeysUnavailable
+                | UpstreamError::RateLimited { .. },
+            ) => 503,
+            VendError::Upstream(_) => 502,
+            VendError::AuditUnavailable => 503,
+        }
+    }
+
+    /// Seconds a client should wait before trying again, when known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            VendError::RateLimited { retry_after, .. } => Some(*retry_after),
+            VendError::Upstream(UpstreamError::RateLimited { retry_after }) => {
+                Some(retry_after.unwrap_or(Duration::from_secs(5)))
+            }
+            VendError::Upstream(UpstreamError::Unreachable(_) | UpstreamError::KeysUnavailable)
+            | VendError::AuditUnavailable
+            | VendError::Unauthenticated(SessionError::KeysUnavailable) => {
+                Some(Duration::from_secs(5))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A token about to be handed out.
+#[derive(Debug, Clone)]
+pub struct Vended {
+    pub token: GrantedToken,
+    pub reused: bool,
+}
+
+/// The body sent to the browser; `@corti/sdk`'s `refreshAccessToken` takes it as-is.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenBody {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+    pub expires_at: String,
+    pub scope: String,
+    pub tenant_name: String,
+    pub environment: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VendBody {
+    scope: String,
+}
+
+/// The vending use-case with everything it depends on.
+pub struct Vendor {
+    pub sessions: SessionVerifier,
+    pub origins: OriginPolicy,
+    pub corti: Arc<CortiClient>,
+    pub auditor: Auditor,
+    pub fingerprinter: Fingerprinter,
+}
+
+impl Vendor {
+    /// Runs one attempt to its end and audits it. A token is returned only if its
+    /// audit event was stored.
+    #[tracing::instrument(name = "vend", skip_all)]
+    pub async fn handle(&self, attempt: Attempt) -> (Result<TokenBody, VendError>, AuditEvent) {
+        let started = Instant::now();
+        let mut event = AuditEvent::begin(
+            &attempt.request_id,
+            self.corti.tenant().as_str(),
+            self.corti.environment().as_str(),
+        );
+        event.client_ip = attempt.client_ip.clone();
+        event.user_agent = attempt.user_agent.as_deref().map(|ua| clip(ua, 256));
+        event.origin = attempt.origin.as_deref().map(|o| clip(o, 256));
+
+        let result = self.run(attempt, &mut event).await;
+        let mut result = result.map(|vended| self.body(vended, &mut event));
+
+        event.duration_ms = started.elapsed().as_millis() as u64;
+        set_outcome(&mut event, &result);
+        if self.auditor.record(&event).await.is_err() && result.is_ok() {
+            // Fail closed: a token whose event is not stored never leaves.
+            result = Err(VendError::AuditUnavailable);
+            set_outcome(&mut event, &result);
+        }
+        (result, event)
+    }
+
+    async fn run(&self, attempt: Attempt, event: &mut AuditEvent) -> Result<Vended, VendError> {
+        let (token, via_cookie) = match attempt.credentials {
+            Credentials::Bearer(t) => (t, false),
+            Credentials::Cookie(t) => (t, true),
+            Credentials::Malformed => {
+                return Err(SessionError::Invalid("Authorization is not a Bearer token").into())
+            }
+            Credentials::None => return Err(SessionError::Missing.into()),
+        };
+        let session = self.sessions.verify(&token).await?;
+        event.subject = Some(session.subject.to_string());
+        event.session_id = session.session_id.clone();
+
+        self.origins
+            .check_request(attempt.origin.as_deref(), via_cookie)?;
+
+        if !is_json(attempt.content_type.as_deref()) {
+            return Err(VendError::UnsupportedMediaType);
+        }
+        let body = attempt.body.map_err(|e| match e {
+            BodyError::TooLarge => VendError::PayloadTooLarge,
+            BodyError::Unreadable => {
+                VendError::InvalidRequest("request body could not be read".into())
+            }
+        })?;
+        let parsed: VendBody = serde_json::from_slice(&body).map_err(|e| {
+            VendError::InvalidRequest(format!(
+                "body must be {{\"scope\": \"transcribe\"}}: {}",
+                clip(&e.to_string(), 120)
+            ))
+        })?;
+        event.scope = Some(clip(&parsed.scope, 128));
+        let scope = RequestedScope::parse(&parsed.scope)
+            .map_err(|e: ScopeError| VendError::InvalidRequest(e.to_string()))?;
+        event.scope = Some(scope.to_oauth_string());
+
+        check_user_may_have(&session, &scope)?;
+
+        let upstream_started = Instant::now();
+        let granted = self.corti.request_token(&scope).await;
+        event.upstream_ms = Some(upstream_started.elapsed().as_millis() as u64);
+        Ok(Vended {
+            token: granted?,
+            reused: false,
+        })
+    }
+
+    fn body(&self, vended: Vended, event: &mut AuditEvent) -> TokenBody {
+        let token = vended.token;
+        let secret = token.access_token.expose_secret();
+        event.token_fingerprint = Some(self.fingerprinter.fingerprint(secret));
+        event.token_expires_at = Some(token.expires_at);
+        event.outcome = if vended.reused {
+            Outcome::Reused
+        } else {
+            Outcome::Issued
+        };
+        let now = OffsetDateTime::now_utc();
+        TokenBody {
+            access_token: secret.to_owned(),
+            token_type: "Bearer".into(),
+            expires_in: (token.expires_at - now).whole_seconds().max(0),
+            expires_at: token
+                .expires_at
+                .replace_nanosecond(0)
+                .unwrap_or(token.expires_at)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            scope: token.scope,
+            tenant_name: self.corti.tenant().to_string(),
+            environment: self.corti.environment().as_str().to_owned(),
+        }
+    }
+}
+
+fn set_outcome(event: &mut AuditEvent, result: &Result<TokenBody, VendError>) {
+    match result {
+        // `body` already chose between issued and reused.
+        Ok(_) => event.status = 200,
+        Err(e) => {
+            event.outcome = e.outcome();
+            event.status = e.status();
+            event.detail = Some(clip(&e.to_string(), 300));
+        }
+    }
+}
+
+/// The app may narrow what a user can have with a `corti_scopes` claim in the session.
+fn check_user_may_have(session: &Session, scope: &RequestedScope) -> Result<(), VendError> {
+    let Some(allowed) = &session.allowed_scopes else {
+        return Ok(());
+    };
+    for s in scope.iter() {
+        if !allowed.iter().any(|a| a == s.as_str()) {
+            return Err(VendError::ScopeNotAllowed(s.as_str().to_owned()));
+        }
+    }
+    Ok(())
+}
+
+fn is_json(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return false };
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+fn clip(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
+}
