@@ -23,7 +23,7 @@ impl Default for JwksPolicy {
     fn default() -> Self {
         Self {
             refresh_after: Duration::from_secs(300),
-            min_refetch_interval: Duration::from_secs(5),
+            min_refetch_interval: Duration::from_secs(3),
             max_stale: Duration::from_secs(3600),
         }
     }

@@ -1,0 +1,253 @@
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use token_vendor::audit::Outcome;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::*;
+
+const BODY: &str = r#"{"scope":"transcribe"}"#;
+
+async fn assert_unauthenticated(app: &TestApp, session: &str) {
+    let response = app.vend(session, BODY).await;
+    let www = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (_, id) = problem(response, 401).await;
+    assert!(www.is_some_and(|w| w.starts_with("Bearer")));
+    let event = assert_outcome(app, &id, Outcome::Unauthenticated, 401);
+    assert_eq!(event.subject, None);
+}
+
+fn b64(v: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+#[tokio::test]
+async fn vend_returns_401_without_a_session() {
+    let app = spawn_app().await;
+    let response = app
+        .post_tokens()
+        .header("Content-Type", "application/json")
+        .body(BODY)
+        .send()
+        .await
+        .unwrap();
+    let (_, id) = problem(response, 401).await;
+    assert_outcome(&app, &id, Outcome::Unauthenticated, 401);
+
+    let response = app
+        .post_tokens()
+        .header("Authorization", format!("Basic {}", app.session("x")))
+        .header("Content-Type", "application/json")
+        .body(BODY)
+        .send()
+        .await
+        .unwrap();
+    problem(response, 401).await;
+    assert_eq!(app.upstream_token_calls().await, 0);
+}
+
+#[tokio::test]
+async fn vend_refuses_forged_expired_and_malformed_sessions() {
+    let app = spawn_app().await;
+    let claims = json!({"sub": "eve", "exp": now() + 600});
+    let valid = app.session_with(claims.clone());
+    let parts: Vec<&str> = valid.split('.').collect();
+
+    // alg none, with and without a signature part.
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims)
+    );
+    assert_unauthenticated(&app, &none).await;
+    let none_upper = format!("{}.{}.", b64(&json!({"alg": "NONE"})), b64(&claims));
+    assert_unauthenticated(&app, &none_upper).await;
+    // Signed with another key.
+    let other = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(b"fake-other-secret-that-is-long-enough"),
+    )
+    .unwrap();
+    assert_unauthenticated(&app, &other).await;
+    // Payload swapped under a valid signature.
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(&json!({"sub": "admin", "exp": now() + 600})),
+        parts[2]
+    );
+    assert_unauthenticated(&app, &tampered).await;
+    // Expired beyond the leeway; not yet valid; no sub; no exp.
+    assert_unauthenticated(
+        &app,
+        &app.session_with(json!({"sub": "eve", "exp": now() - 120})),
+    )
+    .await;
+    assert_unauthenticated(
+        &app,
+        &app.session_with(json!({"sub": "eve", "exp": now() + 600, "nbf": now() + 300})),
+    )
+    .await;
+    assert_unauthenticated(&app, &app.session_with(json!({"exp": now() + 600}))).await;
+    assert_unauthenticated(&app, &app.session_with(json!({"sub": "eve"}))).await;
+    assert_unauthenticated(
+        &app,
+        &app.session_with(json!({"sub": "", "exp": now() + 600})),
+    )
+    .await;
+    // Garbage.
+    for garbage in ["garbage", "a.b.c", "....", &"x".repeat(9000)] {
+        assert_unauthenticated(&app, garbage).await;
+    }
+    assert_eq!(app.upstream_token_calls().await, 0);
+}
+
+#[tokio::test]
+async fn vend_tolerates_small_clock_skew() {
+    let app = spawn_app().await;
+    let session = app.session_with(json!({"sub": "eve", "exp": now() - 5, "nbf": now() + 5}));
+    assert_eq!(app.vend(&session, BODY).await.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn vend_checks_issuer_and_audience_when_configured() {
+    let app = spawn_app_with(TestConfig {
+        env: vec![
+            (
+                "SESSION_JWT_ISSUER".into(),
+                "https://id.example.test".into(),
+            ),
+            ("SESSION_JWT_AUDIENCE".into(), "token-vendor".into()),
+        ],
+        ..TestConfig::default()
+    })
+    .await;
+    let good = json!({"sub": "ivan", "exp": now() + 600, "iss": "https://id.example.test", "aud": "token-vendor"});
+    assert_eq!(
+        app.vend(&app.session_with(good), BODY)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    for bad in [
+        json!({"sub": "ivan", "exp": now() + 600, "iss": "https://evil.example.test", "aud": "token-vendor"}),
+        json!({"sub": "ivan", "exp": now() + 600, "iss": "https://id.example.test", "aud": "other"}),
+        json!({"sub": "ivan", "exp": now() + 600, "aud": "token-vendor"}),
+        json!({"sub": "ivan", "exp": now() + 600, "iss": "https://id.example.test"}),
+    ] {
+        assert_unauthenticated(&app, &app.session_with(bad)).await;
+    }
+}
+
+#[tokio::test]
+async fn public_key_sessions_refuse_hmac_signed_with_the_public_key() {
+    let key = TestKey::generate();
+    let dir = std::env::temp_dir().join(format!("tv-pem-{}", token_vendor::dev::random_hex(6)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem_path = dir.join("session.pub.pem");
+    std::fs::write(&pem_path, &key.public_pem).unwrap();
+    let app = spawn_app_with(TestConfig {
+        env: vec![
+            ("SESSION_JWT_SECRET".into(), String::new()),
+            (
+                "SESSION_JWT_PUBLIC_KEY_FILE".into(),
+                pem_path.display().to_string(),
+            ),
+        ],
+        ..TestConfig::default()
+    })
+    .await;
+    let claims = json!({"sub": "judy", "exp": now() + 600});
+
+    assert_eq!(
+        app.vend(&key.sign(&claims), BODY).await.status().as_u16(),
+        200
+    );
+
+    // The classic confusion: HS256 keyed with the (public) PEM text.
+    let confused = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(key.public_pem.as_bytes()),
+    )
+    .unwrap();
+    assert_unauthenticated(&app, &confused).await;
+    // The HMAC session secret configured elsewhere is not accepted either.
+    assert_unauthenticated(&app, &app.session_with(claims.clone())).await;
+    // Signed by a different RSA key.
+    assert_unauthenticated(&app, &TestKey::generate().sign(&claims)).await;
+}
+
+#[tokio::test]
+async fn jwks_sessions_refetch_on_unknown_kid_and_refuse_unknown_keys() {
+    let idp = MockServer::start().await;
+    let first = TestKey::generate();
+    let rotated = TestKey::generate();
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [first.jwk]})))
+        .up_to_n_times(1)
+        .mount(&idp)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"keys": [first.jwk, rotated.jwk]})),
+        )
+        .mount(&idp)
+        .await;
+    let app = spawn_app_with(TestConfig {
+        env: vec![
+            ("SESSION_JWT_SECRET".into(), String::new()),
+            ("SESSION_JWKS_URL".into(), format!("{}/jwks", idp.uri())),
+        ],
+        ..TestConfig::default()
+    })
+    .await;
+    let claims = json!({"sub": "kim", "exp": now() + 600});
+
+    assert_eq!(
+        app.vend(&first.sign(&claims), BODY).await.status().as_u16(),
+        200
+    );
+    // Unknown kids refetch the JWKS at most once every few seconds...
+    assert_unauthenticated(&app, &rotated.sign(&claims)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    // ...and a key rotated in at the IdP is then picked up.
+    assert_eq!(
+        app.vend(&rotated.sign(&claims), BODY)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    // ...but a key the IdP never published is refused, and does not cause a refetch storm.
+    let stranger = TestKey::generate();
+    for _ in 0..5 {
+        assert_unauthenticated(&app, &stranger.sign(&claims)).await;
+    }
+    let fetches = idp.received_requests().await.unwrap().len();
+    assert!(fetches <= 3, "JWKS fetched {fetches} times");
+}
+
+#[tokio::test]
+async fn cookie_session_is_accepted_from_an_allowed_origin() {
+    let app = spawn_app().await;
+    let response = app
+        .post_tokens()
+        .header("Cookie", format!("session={}", app.session("leo")))
+        .header("Origin", APP_ORIGIN)
+        .header("Content-Type", "application/json")
+        .body(BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}

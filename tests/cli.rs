@@ -1,0 +1,131 @@
+//! The command line: configuration errors, redaction, fingerprints.
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_token-vendor"));
+    cmd.args(args).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("binary runs")
+}
+
+fn full_settings(secret: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("CORTI_ENVIRONMENT", "eu".into()),
+        ("CORTI_CLIENT_ID", "client".into()),
+        ("CORTI_CLIENT_SECRET", secret.into()),
+        (
+            "SESSION_JWT_SECRET",
+            format!("{secret}-session-0123456789abcdef"),
+        ),
+        ("AUDIT_HMAC_KEY", format!("{secret}-audit")),
+    ]
+}
+
+#[test]
+fn serve_without_settings_stops_with_one_line_naming_the_setting() {
+    let out = run(&["serve"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("CORTI_ENVIRONMENT"), "{stderr}");
+}
+
+#[test]
+fn malformed_settings_are_named() {
+    for (name, value) in [
+        ("RATE_LIMIT_PER_USER", "many"),
+        ("UPSTREAM_TIMEOUT", "later"),
+        ("CORTI_ENVIRONMENT", "moon"),
+        ("ALLOWED_ORIGINS", "*"),
+    ] {
+        let out = run(&["check-config"], &[(name, value)]);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(name), "{stderr}");
+    }
+}
+
+#[test]
+fn two_session_key_sources_are_refused() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let mut env = full_settings(&secret);
+    env.push(("SESSION_JWKS_URL", "https://id.example.test/jwks".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run(&["check-config"], &env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exactly one"));
+}
+
+#[test]
+fn check_config_redacts_every_secret() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let mut env = full_settings(&secret);
+    env.push((
+        "DATABASE_URL",
+        format!("postgres://tv:{secret}-db@127.0.0.1/tv"),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run(&["check-config"], &env);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("CORTI_CLIENT_SECRET=(set, redacted)"));
+    assert!(stdout.contains("CORTI_AUTH_URL=https://auth.eu.corti.app"));
+    assert!(!stdout.contains(&secret), "{stdout}");
+}
+
+#[test]
+fn secrets_can_come_from_files_and_a_toml_config() {
+    let dir = std::env::temp_dir().join(format!("tv-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("client-secret");
+    std::fs::write(&secret_file, "fake-secret-in-a-file\n").unwrap();
+    let config = dir.join("token-vendor.toml");
+    std::fs::write(
+        &config,
+        "corti_environment = \"us\"\ncorti_tenant = \"fromfile\"\ncorti_client_id = \"client\"\n\
+         session_jwt_secret = \"fake-session-secret-0123456789abcdef\"\naudit_hmac_key = \"fake-audit-key-0123\"\n",
+    )
+    .unwrap();
+    let out = run(
+        &["--config", config.to_str().unwrap(), "check-config"],
+        &[
+            ("CORTI_CLIENT_SECRET_FILE", secret_file.to_str().unwrap()),
+            ("CORTI_TENANT", "fromenv"),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("CORTI_ENVIRONMENT=us"));
+    assert!(
+        stdout.contains("CORTI_TENANT=fromenv"),
+        "environment wins: {stdout}"
+    );
+    assert!(!stdout.contains("fake-secret-in-a-file"));
+}
+
+#[test]
+fn audit_hash_prints_the_keyed_fingerprint() {
+    let out = run(
+        &["audit", "hash", "some.token.value"],
+        &[("AUDIT_HMAC_KEY", "fake-audit-key-for-cli")],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let expected =
+        token_vendor::audit::Fingerprinter::new("fake-audit-key-for-cli".to_string().into())
+            .fingerprint("some.token.value");
+    assert_eq!(printed, expected);
+}

@@ -1,0 +1,99 @@
+//! Every log line of full vends, captured at TRACE: neither the client secret, the
+//! session, nor any token may appear in them. One test per binary, since the
+//! subscriber is global.
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use helpers::*;
+use serde_json::Value;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_secret_or_token_reaches_any_log_line() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    assert!(token_vendor::telemetry::init(
+        tracing_subscriber::EnvFilter::new("trace"),
+        move || writer.clone()
+    ));
+
+    let app = spawn_app().await;
+    let session = app.session("logged-user");
+    let mut tokens = Vec::new();
+    for body in [
+        r#"{"scope":"transcribe"}"#,
+        r#"{"scope":"transcribe streams"}"#,
+    ] {
+        let response = app.vend(&session, body).await;
+        assert_eq!(response.status().as_u16(), 200);
+        let json: Value = response.json().await.unwrap();
+        tokens.push(json["accessToken"].as_str().unwrap().to_owned());
+    }
+    // A vend the upstream refuses because the credentials are wrong.
+    let wrong = spawn_app_with(TestConfig {
+        env: vec![(
+            "CORTI_AUTH_URL".into(),
+            app.standin.as_ref().unwrap().base_url().to_owned(),
+        )],
+        ..TestConfig::default()
+    })
+    .await;
+    let refused = wrong
+        .vend(&wrong.session("logged-user"), r#"{"scope":"transcribe"}"#)
+        .await;
+    assert_eq!(refused.status().as_u16(), 502);
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains(r#""target":"audit""#),
+        "audit lines are captured"
+    );
+    assert!(
+        logs.contains("check CORTI_CLIENT_ID"),
+        "ops are told the credentials are wrong"
+    );
+    let mut secrets = vec![
+        app.client_secret.clone(),
+        wrong.client_secret.clone(),
+        app.session_secret.clone(),
+        session.clone(),
+    ];
+    secrets.extend(tokens.iter().cloned());
+    // Token signatures alone must not leak either.
+    secrets.extend(
+        tokens
+            .iter()
+            .filter_map(|t| t.rsplit('.').next().map(str::to_owned)),
+    );
+    for secret in secrets {
+        assert!(
+            !logs.contains(&secret),
+            "a secret or token reached the logs"
+        );
+    }
+    for line in logs.lines() {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "not a JSON line: {line}"
+        );
+    }
+}
