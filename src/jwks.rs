@@ -194,3 +194,75 @@ fn verifying_key(jwk: &Jwk) -> Option<(Option<String>, VerifyingKey)> {
     };
     Some((jwk.common.key_id.clone(), VerifyingKey { key, algorithms }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    fn jwk(kid: &str) -> serde_json::Value {
+        // A syntactically valid RSA public key (n is arbitrary but well-formed).
+        json!({"kid": kid, "kty": "RSA", "alg": "RS256", "use": "sig",
+               "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw",
+               "e": "AQAB"})
+    }
+
+    fn policy(refresh_after: Duration, max_stale: Duration) -> JwksPolicy {
+        JwksPolicy {
+            refresh_after,
+            min_refetch_interval: Duration::ZERO,
+            max_stale,
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_the_last_good_keys_through_an_outage_for_a_bounded_time() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk("k1")]})))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(503))
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(
+            server.uri(),
+            reqwest::Client::new(),
+            policy(Duration::ZERO, Duration::from_millis(400)),
+        );
+
+        assert!(cache.key(Some("k1")).await.is_ok());
+        // Stale and the IdP is down: the last good key still verifies...
+        assert!(cache.key(Some("k1")).await.is_ok());
+        // ...until it is older than the bound.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(matches!(
+            cache.key(Some("k1")).await,
+            Err(JwksError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn ignores_symmetric_keys_in_a_public_key_set() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [
+                {"kid": "oct", "kty": "oct", "k": "c2VjcmV0", "alg": "HS256"}
+            ]})))
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(
+            server.uri(),
+            reqwest::Client::new(),
+            policy(Duration::from_secs(60), Duration::from_secs(60)),
+        );
+        assert!(matches!(
+            cache.key(Some("oct")).await,
+            Err(JwksError::UnknownKid)
+        ));
+    }
+}

@@ -129,3 +129,46 @@ fn audit_hash_prints_the_keyed_fingerprint() {
             .fingerprint("some.token.value");
     assert_eq!(printed, expected);
 }
+
+#[test]
+fn serve_stops_gracefully_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let db = std::env::temp_dir().join(format!("tv-serve-{}.db", uuid::Uuid::new_v4()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_token-vendor"));
+    cmd.arg("serve").env_clear();
+    for (k, v) in full_settings(&secret) {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("token-vendor listening"));
+    assert!(listening.is_some(), "serve logged that it listens");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "serve did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
