@@ -29,9 +29,10 @@ fn start_dev(db: &std::path::Path) -> (Running, Vec<String>) {
         .expect("dev starts");
     let stdout = child.stdout.take().expect("stdout");
     let running = Running(child);
+    let mut reader = BufReader::new(stdout).lines();
     let mut lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    for line in BufReader::new(stdout).lines() {
+    for line in reader.by_ref() {
         let line = line.expect("utf-8 output");
         let done = line.contains("curl ");
         lines.push(line);
@@ -39,6 +40,8 @@ fn start_dev(db: &std::path::Path) -> (Running, Vec<String>) {
             break;
         }
     }
+    // Keep reading in the background, as a terminal would, so the pipe stays open.
+    std::thread::spawn(move || reader.for_each(drop));
     (running, lines)
 }
 
@@ -66,7 +69,12 @@ async fn dev_starts_with_nothing_configured_and_its_printed_curl_vends_a_token()
             .arg(&curl)
             .output()
             .expect("curl runs");
-        assert!(out.status.success());
+        assert!(
+            out.status.success(),
+            "{:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("curl printed JSON")
     } else {
         let url = curl

@@ -86,20 +86,27 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
         Duration::from_secs(8 * 3600),
     )
     .map_err(|e| StartupError::Audit(format!("cannot sign the demo session: {e}")))?;
-    println!("token-vendor dev: a local demo. It NEVER talks to the real Corti.");
-    println!("  service:          {base}");
-    println!(
-        "  Corti auth:       {} (DEVELOPMENT STAND-IN, loopback only)",
-        standin.base_url()
+    let auth = standin.base_url();
+    let database = &settings.database_url;
+    let banner = format!(
+        "token-vendor dev: a local demo. It NEVER talks to the real Corti.
+  service:          {base}
+  Corti auth:       {auth} (DEVELOPMENT STAND-IN, loopback only)
+  audit store:      {database}
+  session token (user demo-user, valid 8h):
+    {session}
+  vend a token:
+    curl -s -X POST {base}/v1/tokens -H 'Authorization: Bearer {session}' -H 'Content-Type: application/json' -d '{{\"scope\":\"transcribe\"}}'
+  stop with Ctrl-C
+"
     );
-    println!("  audit store:      {}", settings.database_url);
-    println!("  session token (user demo-user, valid 8h):");
-    println!("    {session}");
-    println!("  vend a token:");
-    println!(
-        "    curl -s -X POST {base}/v1/tokens -H 'Authorization: Bearer {session}' -H 'Content-Type: application/json' -d '{{\"scope\":\"transcribe\"}}'"
-    );
-    println!("  stop with Ctrl-C");
+    // Written once and errors ignored: a closed stdout must not stop the service.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes());
+        let _ = out.flush();
+    }
     let result = app.run_until_stopped().await;
     standin.stop().await;
     result.map_err(|e| StartupError::Bind {
