@@ -183,7 +183,10 @@ async fn the_breaker_opens_on_a_failing_upstream_fails_fast_and_recovers() {
     let fast = app.vend(&app.session(&unique_user())).await;
 
     // Assert: no call was made, and the client is told when to come back
-    assert!(started.elapsed() < Duration::from_millis(200));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "failed fast"
+    );
     assert_eq!(fast.status(), 503);
     let wait: u64 = header(&fast, "retry-after").unwrap().parse().unwrap();
     assert!((1..=5).contains(&wait), "{wait}");
