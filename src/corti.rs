@@ -55,6 +55,9 @@ pub enum UpstreamError {
     Scope(#[from] GrantError),
     #[error("auth server signing keys unavailable")]
     KeysUnavailable,
+    /// The circuit breaker is open: the auth server kept failing, calls are paused.
+    #[error("auth server is failing; calls are paused")]
+    CircuitOpen { retry_after: Duration },
 }
 
 impl UpstreamError {

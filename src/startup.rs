@@ -12,7 +12,11 @@ use crate::browser::OriginPolicy;
 use crate::config::{ConfigError, Settings};
 use crate::corti::{CortiClient, CortiClientConfig};
 use crate::http::{self, AppState};
+use crate::limits::{LimitRates, Limits, RedisLimits};
+use crate::metrics::Metrics;
+use crate::reuse::TokenReuse;
 use crate::session::SessionVerifier;
+use crate::upstream::{ResilientUpstream, UpstreamPolicy};
 use crate::vend::Vendor;
 
 /// Why the service could not start.
@@ -150,12 +154,28 @@ fn app_state(
     let store: Arc<dyn AuditStore> = audit_store.unwrap_or_else(|| Arc::new(LogOnlyStore));
     let auditor = Auditor::new(store);
     let origins = OriginPolicy::new(settings.allowed_origins.iter().cloned());
+    let metrics = Arc::new(Metrics::new());
+    let redis = settings
+        .rate_limit_redis_url
+        .as_deref()
+        .map(|url| RedisLimits::connect(url, metrics.clone()))
+        .transpose()
+        .map_err(|e| ConfigError::new("RATE_LIMIT_REDIS_URL", e.to_string()))?;
+    let corti = Arc::new(corti);
     let vendor = Vendor {
         sessions,
         origins: origins.clone(),
-        corti: Arc::new(corti),
+        corti: corti.clone(),
         auditor: auditor.clone(),
         fingerprinter,
+        limits: Limits::new(LimitRates::from_settings(settings), redis, metrics.clone()),
+        reuse: TokenReuse::new(settings.token_reuse_min_ttl),
+        upstream: Arc::new(ResilientUpstream::new(
+            corti,
+            UpstreamPolicy::with_deadline(settings.upstream_timeout),
+            metrics.clone(),
+        )),
+        metrics,
     };
     Ok(AppState {
         vendor: Arc::new(vendor),

@@ -1,5 +1,6 @@
-//! One vend, from a raw attempt to an audited result:
-//! session → origin → body → scope → user policy → Corti → audit.
+//! One vend, from a raw attempt to an audited result: IP limit → session → user
+//! limit → origin → body → scope → user policy → reuse/single-flight (→ upstream
+//! budget → Corti) → audit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,8 +12,12 @@ use time::OffsetDateTime;
 use crate::audit::{AuditEvent, Auditor, Fingerprinter, Outcome};
 use crate::browser::{OriginError, OriginPolicy};
 use crate::corti::{CortiClient, GrantedToken, UpstreamError};
+use crate::limits::{Decision, Limits, RateLimitReport};
+use crate::metrics::Metrics;
+use crate::reuse::{FetchError, ReuseKey, Source, TokenReuse};
 use crate::scope::{RequestedScope, ScopeError};
 use crate::session::{Session, SessionError, SessionVerifier};
+use crate::upstream::ResilientUpstream;
 
 /// Largest accepted request body; `{"scope":"transcribe streams"}` is 31 bytes.
 pub const MAX_BODY_BYTES: usize = 1024;
@@ -83,7 +88,8 @@ impl VendError {
             VendError::Upstream(
                 UpstreamError::Unreachable(_)
                 | UpstreamError::KeysUnavailable
-                | UpstreamError::RateLimited { .. },
+                | UpstreamError::RateLimited { .. }
+                | UpstreamError::CircuitOpen { .. },
             ) => Outcome::Unavailable,
             VendError::Upstream(_) => Outcome::UpstreamError,
             VendError::AuditUnavailable => Outcome::Unavailable,
@@ -103,7 +109,8 @@ impl VendError {
             VendError::Upstream(
                 UpstreamError::Unreachable(_)
                 | UpstreamError::KeysUnavailable
-                | UpstreamError::RateLimited { .. },
+                | UpstreamError::RateLimited { .. }
+                | UpstreamError::CircuitOpen { .. },
             ) => 503,
             VendError::Upstream(_) => 502,
             VendError::AuditUnavailable => 503,
@@ -117,6 +124,7 @@ impl VendError {
             VendError::Upstream(UpstreamError::RateLimited { retry_after }) => {
                 Some(retry_after.unwrap_or(Duration::from_secs(5)))
             }
+            VendError::Upstream(UpstreamError::CircuitOpen { retry_after }) => Some(*retry_after),
             VendError::Upstream(UpstreamError::Unreachable(_) | UpstreamError::KeysUnavailable)
             | VendError::AuditUnavailable
             | VendError::Unauthenticated(SessionError::KeysUnavailable) => {
@@ -160,13 +168,26 @@ pub struct Vendor {
     pub corti: Arc<CortiClient>,
     pub auditor: Auditor,
     pub fingerprinter: Fingerprinter,
+    pub limits: Arc<Limits>,
+    pub reuse: TokenReuse,
+    /// `corti` behind retries and the circuit breaker.
+    pub upstream: Arc<ResilientUpstream>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The end of one attempt: its result, its audit event and the limits it was
+/// checked against (for the `RateLimit` headers).
+pub struct Handled {
+    pub result: Result<TokenBody, VendError>,
+    pub event: AuditEvent,
+    pub rate_limits: RateLimitReport,
 }
 
 impl Vendor {
     /// Runs one attempt to its end and audits it. A token is returned only if its
     /// audit event was stored.
     #[tracing::instrument(name = "vend", skip_all)]
-    pub async fn handle(&self, attempt: Attempt) -> (Result<TokenBody, VendError>, AuditEvent) {
+    pub async fn handle(&self, attempt: Attempt) -> Handled {
         let started = Instant::now();
         let mut event = AuditEvent::begin(
             &attempt.request_id,
@@ -177,7 +198,8 @@ impl Vendor {
         event.user_agent = attempt.user_agent.as_deref().map(|ua| clip(ua, 256));
         event.origin = attempt.origin.as_deref().map(|o| clip(o, 256));
 
-        let result = self.run(attempt, &mut event).await;
+        let mut rate_limits = RateLimitReport::default();
+        let result = self.run(attempt, &mut event, &mut rate_limits).await;
         let mut result = result.map(|vended| self.body(vended, &mut event));
 
         event.duration_ms = started.elapsed().as_millis() as u64;
@@ -187,10 +209,25 @@ impl Vendor {
             result = Err(VendError::AuditUnavailable);
             set_outcome(&mut event, &result);
         }
-        (result, event)
+        self.metrics
+            .vend(event.outcome.as_str(), &scope_label(event.scope.as_deref()));
+        Handled {
+            result,
+            event,
+            rate_limits,
+        }
     }
 
-    async fn run(&self, attempt: Attempt, event: &mut AuditEvent) -> Result<Vended, VendError> {
+    async fn run(
+        &self,
+        attempt: Attempt,
+        event: &mut AuditEvent,
+        limits: &mut RateLimitReport,
+    ) -> Result<Vended, VendError> {
+        // Before any signature is checked, so a flood of garbage costs little.
+        if let Some(ip) = attempt.client_ip.as_deref().and_then(|ip| ip.parse().ok()) {
+            admit(limits, self.limits.check_ip(ip).await)?;
+        }
         let (token, via_cookie) = match attempt.credentials {
             Credentials::Bearer(t) => (t, false),
             Credentials::Cookie(t) => (t, true),
@@ -202,6 +239,11 @@ impl Vendor {
         let session = self.sessions.verify(&token).await?;
         event.subject = Some(session.subject.to_string());
         event.session_id = session.session_id.clone();
+        // Only a verified session spends its user's quota.
+        admit(
+            limits,
+            self.limits.check_user(session.subject.as_str()).await,
+        )?;
 
         self.origins
             .check_request(attempt.origin.as_deref(), via_cookie)?;
@@ -228,13 +270,59 @@ impl Vendor {
 
         check_user_may_have(&session, &scope)?;
 
-        let upstream_started = Instant::now();
-        let granted = self.corti.request_token(&scope).await;
-        event.upstream_ms = Some(upstream_started.elapsed().as_millis() as u64);
-        Ok(Vended {
-            token: granted?,
-            reused: false,
-        })
+        self.token_for(&session, scope, event).await
+    }
+
+    /// A live token of this user's, an identical call's result, or a new token, from
+    /// one upstream call that spends the service's upstream budget.
+    async fn token_for(
+        &self,
+        session: &Session,
+        scope: RequestedScope,
+        event: &mut AuditEvent,
+    ) -> Result<Vended, VendError> {
+        let key = ReuseKey {
+            subject: session.subject.to_string(),
+            scope: scope.to_oauth_string(),
+            tenant: self.corti.tenant().to_string(),
+        };
+        let limits = self.limits.clone();
+        let upstream = self.upstream.clone();
+        let fetch = async move {
+            let budget = limits.check_upstream().await;
+            if let Some(retry_after) = budget.retry_after {
+                return Err(FetchError::Budget { retry_after });
+            }
+            Ok(upstream.request_token(&scope).await?)
+        };
+        let started = Instant::now();
+        let result = self.reuse.get_or_fetch(key, fetch).await;
+        let waited = Some(started.elapsed().as_millis() as u64);
+        match result {
+            Ok((token, source)) => {
+                match source {
+                    Source::Cached => self.metrics.reuse_hit(),
+                    Source::Joined => self.metrics.coalesced_waiter(),
+                    Source::Fetched => {}
+                }
+                if source != Source::Cached {
+                    event.upstream_ms = waited;
+                }
+                Ok(Vended {
+                    token,
+                    // A token shared with a concurrent request was handed out twice.
+                    reused: source != Source::Fetched,
+                })
+            }
+            Err(FetchError::Budget { retry_after }) => Err(VendError::RateLimited {
+                kind: "upstream",
+                retry_after,
+            }),
+            Err(FetchError::Upstream(e)) => {
+                event.upstream_ms = waited;
+                Err(e.into())
+            }
+        }
     }
 
     fn body(&self, vended: Vended, event: &mut AuditEvent) -> TokenBody {
@@ -263,6 +351,26 @@ impl Vendor {
             environment: self.corti.environment().as_str().to_owned(),
         }
     }
+}
+
+/// Records a limit's decision for the headers; a refusal ends the attempt.
+fn admit(report: &mut RateLimitReport, decision: Decision) -> Result<(), VendError> {
+    report.add(decision);
+    match decision.retry_after {
+        Some(retry_after) => Err(VendError::RateLimited {
+            kind: decision.kind.as_str(),
+            retry_after,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The metric label for a scope: only parsed scopes, so the label set stays small.
+fn scope_label(scope: Option<&str>) -> String {
+    scope
+        .and_then(|s| RequestedScope::parse(s).ok())
+        .map(|s| s.to_oauth_string())
+        .unwrap_or_else(|| "none".to_owned())
 }
 
 fn set_outcome(event: &mut AuditEvent, result: &Result<TokenBody, VendError>) {

@@ -1,4 +1,4 @@
-//! Operations endpoints: liveness, readiness and the API description.
+//! Operations endpoints: liveness, readiness, metrics and the API description.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -26,6 +26,14 @@ pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         )
         .respond(&request_id(&req))
     }
+}
+
+/// Prometheus metrics (OpenMetrics text).
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .insert_header(("Cache-Control", "no-store"))
+        .body(state.vendor.metrics.render())
 }
 
 pub async fn openapi() -> HttpResponse {

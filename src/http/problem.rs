@@ -114,7 +114,7 @@ impl From<&VendError> for Problem {
                 "Corti auth timed out",
                 "the Corti auth server did not answer in time",
             ),
-            VendError::Upstream(UpstreamError::Unreachable(_) | UpstreamError::KeysUnavailable | UpstreamError::RateLimited { .. }) => {
+            VendError::Upstream(UpstreamError::Unreachable(_) | UpstreamError::KeysUnavailable | UpstreamError::RateLimited { .. } | UpstreamError::CircuitOpen { .. }) => {
                 Problem::new(503, "upstream-unavailable", "Corti auth unavailable", "the Corti auth server cannot be reached right now")
             }
             VendError::Upstream(_) => Problem::new(

@@ -26,14 +26,26 @@ pub async fn post_tokens(
         content_type: header_text(&req, header::CONTENT_TYPE),
         body: read_body(&req, payload).await,
     };
-    let (result, _event) = state.vendor.handle(attempt).await;
-    match result {
+    let handled = state.vendor.handle(attempt).await;
+    let mut response = match handled.result {
         Ok(body) => HttpResponse::Ok()
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .insert_header((header::PRAGMA, "no-cache"))
             .json(body),
         Err(e) => Problem::from(&e).respond(&request_id),
+    };
+    let limits = &handled.rate_limits;
+    for (name, value) in [
+        ("ratelimit-policy", limits.policy_header()),
+        ("ratelimit", limits.state_header()),
+    ] {
+        if let Some(value) = value.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
+            response
+                .headers_mut()
+                .insert(header::HeaderName::from_static(name), value);
+        }
     }
+    response
 }
 
 fn header_text(req: &HttpRequest, name: header::HeaderName) -> Option<String> {

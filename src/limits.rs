@@ -1,0 +1,452 @@
+//! Rate limits: per client IP (checked before the session, so garbage is refused
+//! cheaply), per user (after the session check, so a failed check spends nobody's
+//! quota), and a global budget of calls to Corti auth that protects the app's
+//! credentials.
+//!
+//! Each limit is a GCRA with a burst of `N` and one unit back every `period / N`. The
+//! state lives in-process (governor, keyed by a 64-bit hash, pruned on a timer so it
+//! stays bounded) or, with `RATE_LIMIT_REDIS_URL`, in Redis so every replica enforces
+//! the same limit; see [`redis`]. The in-process state is also the fallback while
+//! Redis cannot be reached.
+
+pub mod redis;
+
+use std::fmt::Write as _;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use governor::clock::{Clock, QuantaClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Rate, Settings};
+use crate::metrics::Metrics;
+
+pub use self::redis::RedisLimits;
+
+/// How often idle keys are dropped from the in-process state.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(15);
+
+/// What a limit is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    /// The client's address (IPv6 by its /64, which is what one host usually gets).
+    Ip,
+    /// The session's `sub`.
+    User,
+    /// One budget for the whole service: calls to Corti auth.
+    Upstream,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Ip => "ip",
+            KeyKind::User => "user",
+            KeyKind::Upstream => "upstream",
+        }
+    }
+}
+
+/// The outcome of one check against one limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub kind: KeyKind,
+    pub rate: Rate,
+    /// Requests that could still be made right now.
+    pub remaining: u32,
+    /// Time until the full quota is back.
+    pub reset: Duration,
+    /// `Some` when refused: how long until one request will be let through.
+    pub retry_after: Option<Duration>,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        self.retry_after.is_none()
+    }
+}
+
+/// The limits one request was checked against, for the IETF `RateLimit-Policy` and
+/// `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers).
+#[derive(Debug, Clone, Default)]
+pub struct RateLimitReport {
+    decisions: Vec<Decision>,
+}
+
+impl RateLimitReport {
+    /// Adds a client-facing decision (the upstream budget is the service's own).
+    pub fn add(&mut self, decision: Decision) {
+        if decision.kind != KeyKind::Upstream {
+            self.decisions.retain(|d| d.kind != decision.kind);
+            self.decisions.push(decision);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.decisions.is_empty()
+    }
+
+    /// `RateLimit-Policy`, e.g. `"ip";q=120;w=60, "user";q=30;w=60`.
+    pub fn policy_header(&self) -> Option<String> {
+        self.render(|out, d| {
+            let _ = write!(
+                out,
+                "\"{}\";q={};w={}",
+                d.kind.as_str(),
+                d.rate.count,
+                ceil_secs(d.rate.period)
+            );
+        })
+    }
+
+    /// `RateLimit`, e.g. `"ip";r=119;t=1, "user";r=29;t=2`: `r` requests left now,
+    /// `t` seconds until the whole quota is back.
+    pub fn state_header(&self) -> Option<String> {
+        self.render(|out, d| {
+            let _ = write!(
+                out,
+                "\"{}\";r={};t={}",
+                d.kind.as_str(),
+                d.remaining,
+                ceil_secs(d.reset)
+            );
+        })
+    }
+
+    fn render(&self, item: impl Fn(&mut String, &Decision)) -> Option<String> {
+        if self.decisions.is_empty() {
+            return None;
+        }
+        let mut out = String::new();
+        for (i, d) in self.decisions.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            item(&mut out, d);
+        }
+        Some(out)
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The three rates.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitRates {
+    pub per_ip: Rate,
+    pub per_user: Rate,
+    pub upstream: Rate,
+}
+
+impl LimitRates {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            per_ip: settings.rate_limit_per_ip,
+            per_user: settings.rate_limit_per_user,
+            upstream: settings.upstream_rate_limit,
+        }
+    }
+}
+
+type KeyedGcra = RateLimiter<u64, DashMapStateStore<u64>, QuantaClock, StateInformationMiddleware>;
+
+/// One in-process keyed GCRA.
+struct LocalLimiter {
+    kind: KeyKind,
+    rate: Rate,
+    /// Time for one unit to come back.
+    unit: Duration,
+    gcra: KeyedGcra,
+}
+
+impl LocalLimiter {
+    fn new(kind: KeyKind, rate: Rate) -> Self {
+        let unit = rate.period / rate.count.get();
+        let quota = Quota::with_period(unit)
+            // A rate finer than a nanosecond: governor clamps the period itself.
+            .unwrap_or_else(|| Quota::per_second(rate.count))
+            .allow_burst(rate.count);
+        let gcra = RateLimiter::dashmap_with_clock(quota, QuantaClock::default())
+            .with_middleware::<StateInformationMiddleware>();
+        Self {
+            kind,
+            rate,
+            unit,
+            gcra,
+        }
+    }
+
+    fn check(&self, key: u64) -> Decision {
+        let burst = self.rate.count.get();
+        match self.gcra.check_key(&key) {
+            Ok(state) => {
+                let remaining = state.remaining_burst_capacity().min(burst - 1);
+                Decision {
+                    kind: self.kind,
+                    rate: self.rate,
+                    remaining,
+                    reset: self.unit * (burst - remaining),
+                    retry_after: None,
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.gcra.clock().now());
+                Decision {
+                    kind: self.kind,
+                    rate: self.rate,
+                    remaining: 0,
+                    reset: wait + self.unit * (burst - 1),
+                    retry_after: Some(wait),
+                }
+            }
+        }
+    }
+
+    fn prune(&self) {
+        self.gcra.retain_recent();
+        self.gcra.shrink_to_fit();
+    }
+}
+
+/// Every limit of the service.
+pub struct Limits {
+    ip: LocalLimiter,
+    user: LocalLimiter,
+    upstream: LocalLimiter,
+    /// Keys the in-process state by a per-process random 64-bit hash: 16 bytes a key
+    /// whatever the subject's length. Two users colliding would share a quota, which at
+    /// a million keys happens with a probability of about 3e-8.
+    hasher: RandomState,
+    redis: Option<Arc<RedisLimits>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Limits {
+    /// Builds the limits and, inside a Tokio runtime, starts pruning idle keys every
+    /// [`PRUNE_EVERY`] for as long as the limits are in use.
+    pub fn new(
+        rates: LimitRates,
+        redis: Option<Arc<RedisLimits>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let limits = Arc::new(Self {
+            ip: LocalLimiter::new(KeyKind::Ip, rates.per_ip),
+            user: LocalLimiter::new(KeyKind::User, rates.per_user),
+            upstream: LocalLimiter::new(KeyKind::Upstream, rates.upstream),
+            hasher: RandomState::new(),
+            redis,
+            metrics,
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(prune_while_alive(Arc::downgrade(&limits)));
+        }
+        limits
+    }
+
+    /// Checks and spends one request of the client address's quota.
+    pub async fn check_ip(&self, ip: IpAddr) -> Decision {
+        let bucket = ip_bucket(ip);
+        let local = self.hasher.hash_one(bucket);
+        self.decide(&self.ip, local, || bucket.to_string()).await
+    }
+
+    /// Checks and spends one request of the user's quota.
+    pub async fn check_user(&self, subject: &str) -> Decision {
+        let local = self.hasher.hash_one(subject);
+        self.decide(&self.user, local, || subject_digest(subject))
+            .await
+    }
+
+    /// Checks and spends one call of the service's upstream budget.
+    pub async fn check_upstream(&self) -> Decision {
+        self.decide(&self.upstream, 0, || "all".to_owned()).await
+    }
+
+    async fn decide(
+        &self,
+        limiter: &LocalLimiter,
+        local_key: u64,
+        shared_key: impl FnOnce() -> String,
+    ) -> Decision {
+        let shared = match &self.redis {
+            Some(redis) => redis.check(limiter.kind, &shared_key(), limiter.rate).await,
+            None => None,
+        };
+        let decision = shared.unwrap_or_else(|| limiter.check(local_key));
+        if !decision.allowed() {
+            self.metrics.refused(limiter.kind.as_str());
+        }
+        decision
+    }
+
+    /// Drops keys whose state is back to "fresh" and returns their memory.
+    pub fn prune(&self) {
+        self.ip.prune();
+        self.user.prune();
+        self.upstream.prune();
+    }
+
+    /// Keys currently held in-process: (IPs, users).
+    pub fn tracked_keys(&self) -> (usize, usize) {
+        (self.ip.gcra.len(), self.user.gcra.len())
+    }
+
+    /// Whether limits are currently shared through Redis.
+    pub fn shared(&self) -> bool {
+        self.redis.as_ref().is_some_and(|r| r.healthy())
+    }
+}
+
+async fn prune_while_alive(limits: Weak<Limits>) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(limits) = limits.upgrade() else {
+            return;
+        };
+        // Pruning walks every shard; keep it off the async worker threads' hot path.
+        let _ = tokio::task::spawn_blocking(move || limits.prune()).await;
+    }
+}
+
+/// The unit an address is limited by: IPv4 as is, IPv6 by its /64.
+fn ip_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
+/// A fixed-size, replica-independent name for a subject in Redis keys.
+fn subject_digest(subject: &str) -> String {
+    hex::encode(&Sha256::digest(subject.as_bytes())[..16])
+}
+
+/// A rate for tests and benchmarks: `count` per `period`.
+pub fn rate(count: u32, period: Duration) -> Rate {
+    Rate::new(
+        NonZeroU32::MIN.saturating_add(count.saturating_sub(1)),
+        period,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_ip: Rate, per_user: Rate) -> Arc<Limits> {
+        Limits::new(
+            LimitRates {
+                per_ip,
+                per_user,
+                upstream: rate(50, Duration::from_secs(1)),
+            },
+            None,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn user_quota_counts_down_then_refuses_with_a_retry_time() {
+        let l = limits(
+            rate(100, Duration::from_secs(60)),
+            rate(3, Duration::from_secs(60)),
+        );
+        let first = l.check_user("alice").await;
+        assert_eq!(first.remaining, 2);
+        assert_eq!(ceil_secs(first.reset), 20);
+        l.check_user("alice").await;
+        let third = l.check_user("alice").await;
+        assert!(third.allowed());
+        assert_eq!(third.remaining, 0);
+        let fourth = l.check_user("alice").await;
+        let wait = fourth.retry_after.expect("refused");
+        assert!(wait > Duration::from_secs(19) && wait <= Duration::from_secs(20));
+        assert!(
+            l.check_user("bob").await.allowed(),
+            "other users are not affected"
+        );
+    }
+
+    #[tokio::test]
+    async fn ipv6_addresses_share_their_slash_64() {
+        let l = limits(
+            rate(1, Duration::from_secs(60)),
+            rate(1, Duration::from_secs(60)),
+        );
+        assert!(l
+            .check_ip("2001:db8:1:2::1".parse().unwrap())
+            .await
+            .allowed());
+        assert!(!l
+            .check_ip("2001:db8:1:2::ffff".parse().unwrap())
+            .await
+            .allowed());
+        assert!(l
+            .check_ip("2001:db8:1:3::1".parse().unwrap())
+            .await
+            .allowed());
+        assert!(l.check_ip("192.0.2.1".parse().unwrap()).await.allowed());
+        assert!(!l
+            .check_ip("::ffff:192.0.2.1".parse().unwrap())
+            .await
+            .allowed());
+    }
+
+    #[test]
+    fn headers_follow_the_ietf_draft() {
+        let mut report = RateLimitReport::default();
+        report.add(Decision {
+            kind: KeyKind::Ip,
+            rate: rate(120, Duration::from_secs(60)),
+            remaining: 119,
+            reset: Duration::from_millis(500),
+            retry_after: None,
+        });
+        report.add(Decision {
+            kind: KeyKind::User,
+            rate: rate(20, Duration::from_secs(60)),
+            remaining: 19,
+            reset: Duration::from_secs(3),
+            retry_after: None,
+        });
+        assert_eq!(
+            report.policy_header().unwrap(),
+            "\"ip\";q=120;w=60, \"user\";q=20;w=60"
+        );
+        assert_eq!(
+            report.state_header().unwrap(),
+            "\"ip\";r=119;t=1, \"user\";r=19;t=3"
+        );
+    }
+
+    #[tokio::test]
+    async fn pruning_forgets_idle_keys() {
+        let l = limits(
+            rate(1000, Duration::from_secs(1)),
+            rate(1000, Duration::from_millis(1000)),
+        );
+        for i in 0..1000 {
+            l.check_user(&format!("user-{i}")).await;
+        }
+        assert_eq!(l.tracked_keys().1, 1000);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        l.prune();
+        assert_eq!(l.tracked_keys().1, 0);
+    }
+}

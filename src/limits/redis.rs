@@ -1,0 +1,169 @@
+//! Limits shared by every replica through Redis: one atomic GCRA step in a Lua script
+//! that reads the clock from the Redis server (`TIME`), so replicas with skewed clocks
+//! still agree.
+//!
+//! Redis is a dependency the service can live without: when a call fails or is slow,
+//! the limits fall back to in-process state (logged once, and the
+//! `token_vendor_rate_limit_redis_fallback` gauge goes to 1), a background probe pings
+//! Redis until it answers, and the limits return to Redis by themselves.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+
+use super::{Decision, KeyKind};
+use crate::config::Rate;
+use crate::metrics::Metrics;
+
+/// Longest a request waits on Redis before deciding locally.
+const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often an unreachable Redis is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// Prefix of every key this service writes.
+const KEY_PREFIX: &str = "token-vendor:rl";
+
+/// One GCRA step. Times are microseconds from the server's clock, which stay exact in
+/// Lua's doubles (2^53 µs is ~285 years). A refused request changes nothing.
+/// Returns {allowed, remaining, retry_after_us, reset_us}.
+const GCRA_LUA: &str = r#"
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local next_tat = tat + interval
+local allow_at = next_tat - interval * burst
+if now < allow_at then
+  return {0, 0, allow_at - now, tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000))
+return {1, math.floor((now - allow_at) / interval), 0, next_tat - now}
+"#;
+
+/// Why the Redis limits could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RedisSetupError(String);
+
+/// The Redis side of the limits.
+pub struct RedisLimits {
+    conn: ConnectionManager,
+    script: Script,
+    healthy: AtomicBool,
+    probing: AtomicBool,
+    metrics: Arc<Metrics>,
+    weak: Weak<RedisLimits>,
+}
+
+impl RedisLimits {
+    /// Prepares a connection that is opened on first use and re-opened after failures,
+    /// so the service starts even while Redis is down.
+    pub fn connect(url: &str, metrics: Arc<Metrics>) -> Result<Arc<Self>, RedisSetupError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| RedisSetupError(format!("not a usable Redis URL ({:?})", e.kind())))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| RedisSetupError(e.to_string()))?;
+        Ok(Arc::new_cyclic(|weak| Self {
+            conn,
+            script: Script::new(GCRA_LUA),
+            healthy: AtomicBool::new(true),
+            probing: AtomicBool::new(false),
+            metrics,
+            weak: weak.clone(),
+        }))
+    }
+
+    /// Whether the last call to Redis worked.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// One GCRA step in Redis, or `None` when Redis cannot decide right now and the
+    /// caller should use its in-process state.
+    pub async fn check(&self, kind: KeyKind, key: &str, rate: Rate) -> Option<Decision> {
+        if !self.healthy() {
+            return None;
+        }
+        let burst = rate.count.get();
+        let interval_us = (rate.period.as_micros() / u128::from(burst)).max(1);
+        // The policy is part of the key, so a changed limit starts from fresh state.
+        let redis_key = format!(
+            "{KEY_PREFIX}:{}:{}/{}:{key}",
+            kind.as_str(),
+            burst,
+            rate.period.as_secs()
+        );
+        let mut conn = self.conn.clone();
+        let mut call = self.script.key(redis_key);
+        call.arg(interval_us.to_string()).arg(burst);
+        let result = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<Vec<i64>>(&mut conn))
+            .await
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match result {
+            Ok(v) if v.len() == 4 => {
+                let micros = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
+                Some(Decision {
+                    kind,
+                    rate,
+                    remaining: u32::try_from(v[1]).unwrap_or(0).min(burst - 1),
+                    reset: micros(v[3]),
+                    retry_after: (v[0] == 0).then(|| micros(v[2])),
+                })
+            }
+            Ok(_) => {
+                self.fall_back("unexpected script reply");
+                None
+            }
+            Err(reason) => {
+                self.fall_back(&reason);
+                None
+            }
+        }
+    }
+
+    fn fall_back(&self, reason: &str) {
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                error = %reason,
+                "rate limits: Redis is unreachable; enforcing in-process limits on this replica until it is back"
+            );
+            self.metrics.redis_fallback(true);
+        }
+        if !self.probing.swap(true, Ordering::AcqRel) {
+            tokio::spawn(probe_until_back(self.weak.clone()));
+        }
+    }
+}
+
+async fn probe_until_back(limits: Weak<RedisLimits>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(limits) = limits.upgrade() else {
+            return;
+        };
+        let mut conn = limits.conn.clone();
+        let ping = redis::cmd("PING");
+        let answered = matches!(
+            tokio::time::timeout(CALL_TIMEOUT, ping.query_async::<String>(&mut conn)).await,
+            Ok(Ok(_))
+        );
+        if answered {
+            limits.probing.store(false, Ordering::Release);
+            limits.healthy.store(true, Ordering::Release);
+            limits.metrics.redis_fallback(false);
+            tracing::info!("rate limits: Redis is reachable again; limits are shared again");
+            return;
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Per-user token reuse and single-flight.
+//!
+//! A token granted to a user for a scope is handed back to the same user for the same
+//! scope and tenant while it still has at least `TOKEN_REUSE_MIN_TTL` to live, so a page
+//! that asks again (or many tabs at once) cost no upstream call. Concurrent identical
+//! requests share one upstream call: the first starts it in a task of its own, the
+//! others wait on it, and every one of them gets its token or its error; the call is
+//! not cancelled when the requester goes away, and a lost task still answers everyone.
+//!
+//! Tokens are keyed by the exact subject, never by a hash, so one user's token can
+//! never reach another.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use time::OffsetDateTime;
+
+use crate::corti::{GrantedToken, UpstreamError};
+
+/// Most live tokens held at once (a Corti token is about 1.5 KiB).
+pub const MAX_LIVE_TOKENS: usize = 20_000;
+/// How often expired tokens are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Whose token, for what.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReuseKey {
+    pub subject: String,
+    pub scope: String,
+    pub tenant: String,
+}
+
+/// Why a shared upstream call produced no token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("the service's budget of upstream calls is spent")]
+    Budget { retry_after: Duration },
+}
+
+/// Where a token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// This request made the upstream call.
+    Fetched,
+    /// This request waited on an identical request's call.
+    Joined,
+    /// A live token held from an earlier call.
+    Cached,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<GrantedToken, FetchError>>>;
+
+#[derive(Default)]
+struct State {
+    live: HashMap<ReuseKey, GrantedToken>,
+    /// Calls in flight, each with an id so a finished call removes only itself.
+    flights: HashMap<ReuseKey, (u64, Flight)>,
+}
+
+static NEXT_FLIGHT: AtomicU64 = AtomicU64::new(0);
+
+/// The live-token cache and the in-flight calls.
+pub struct TokenReuse {
+    /// Zero turns caching off; single-flight stays on.
+    min_ttl: Duration,
+    state: Arc<Mutex<State>>,
+}
+
+impl TokenReuse {
+    /// Inside a Tokio runtime, also sweeps expired tokens out of memory periodically.
+    pub fn new(min_ttl: Duration) -> Self {
+        let state = Arc::new(Mutex::new(State::default()));
+        if !min_ttl.is_zero() && tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep_while_alive(Arc::downgrade(&state), min_ttl));
+        }
+        Self { min_ttl, state }
+    }
+
+    /// A live token for `key`, the result of an identical call in flight, or the result
+    /// of `fetch`, run once in its own task for every concurrent caller.
+    pub async fn get_or_fetch<F>(
+        &self,
+        key: ReuseKey,
+        fetch: F,
+    ) -> Result<(GrantedToken, Source), FetchError>
+    where
+        F: Future<Output = Result<GrantedToken, FetchError>> + Send + 'static,
+    {
+        let (flight, source) = {
+            let mut state = lock(&self.state);
+            if let Some(token) = state.live.get(&key) {
+                if self.still_good(token, OffsetDateTime::now_utc()) {
+                    return Ok((token.clone(), Source::Cached));
+                }
+                state.live.remove(&key);
+            }
+            match state.flights.get(&key) {
+                Some((_, flight)) => (flight.clone(), Source::Joined),
+                None => {
+                    let id = NEXT_FLIGHT.fetch_add(1, Ordering::Relaxed);
+                    let flight = self.start(id, key.clone(), fetch);
+                    state.flights.insert(key, (id, flight.clone()));
+                    (flight, Source::Fetched)
+                }
+            }
+        };
+        flight.await.map(|token| (token, source))
+    }
+
+    fn start<F>(&self, id: u64, key: ReuseKey, fetch: F) -> Flight
+    where
+        F: Future<Output = Result<GrantedToken, FetchError>> + Send + 'static,
+    {
+        let guard = FlightGuard {
+            state: Arc::downgrade(&self.state),
+            id,
+            key,
+        };
+        let min_ttl = self.min_ttl;
+        let task = tokio::spawn(async move {
+            let result = fetch.await;
+            if let (Ok(token), Some(state)) = (&result, guard.state.upgrade()) {
+                let mut state = lock(&state);
+                // The flight leaves the map as the token enters it, so no request sees
+                // neither and starts a second call.
+                guard.remove_from(&mut state);
+                if !min_ttl.is_zero() && token.expires_at - OffsetDateTime::now_utc() >= min_ttl {
+                    make_room(&mut state.live, min_ttl);
+                    if state.live.len() < MAX_LIVE_TOKENS {
+                        state.live.insert(guard.key.clone(), token.clone());
+                    }
+                }
+            }
+            result
+        });
+        async move {
+            task.await.unwrap_or_else(|_| {
+                Err(FetchError::Upstream(UpstreamError::Unreachable(
+                    "the token request was lost".into(),
+                )))
+            })
+        }
+        .boxed()
+        .shared()
+    }
+
+    fn still_good(&self, token: &GrantedToken, now: OffsetDateTime) -> bool {
+        !self.min_ttl.is_zero() && token.expires_at - now >= self.min_ttl
+    }
+
+    /// Live tokens held now.
+    pub fn live_tokens(&self) -> usize {
+        lock(&self.state).live.len()
+    }
+}
+
+/// Takes the flight out of the map however its task ends (even by panic), so a later
+/// request never joins a call that will not answer.
+struct FlightGuard {
+    state: Weak<Mutex<State>>,
+    id: u64,
+    key: ReuseKey,
+}
+
+impl FlightGuard {
+    fn remove_from(&self, state: &mut State) {
+        if state
+            .flights
+            .get(&self.key)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            state.flights.remove(&self.key);
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.upgrade() {
+            self.remove_from(&mut lock(&state));
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // The map stays consistent through a panic elsewhere; keep serving.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// At capacity, drops tokens too short-lived to hand out, then the soonest to expire.
+fn make_room(live: &mut HashMap<ReuseKey, GrantedToken>, min_ttl: Duration) {
+    if live.len() < MAX_LIVE_TOKENS {
+        return;
+    }
+    let now = OffsetDateTime::now_utc();
+    live.retain(|_, t| t.expires_at - now >= min_ttl);
+    if live.len() >= MAX_LIVE_TOKENS {
+        if let Some(key) = live
+            .iter()
+            .min_by_key(|(_, t)| t.expires_at)
+            .map(|(k, _)| k.clone())
+        {
+            live.remove(&key);
+        }
+    }
+}
+
+async fn sweep_while_alive(state: Weak<Mutex<State>>, min_ttl: Duration) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let now = OffsetDateTime::now_utc();
+        lock(&state)
+            .live
+            .retain(|_, t| t.expires_at - now >= min_ttl);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::{ExposeSecret, SecretString};
+    use std::sync::atomic::AtomicUsize;
+
+    fn key(subject: &str) -> ReuseKey {
+        ReuseKey {
+            subject: subject.into(),
+            scope: "openid transcribe".into(),
+            tenant: "base".into(),
+        }
+    }
+
+    fn token(name: &str, lifetime: i64) -> GrantedToken {
+        GrantedToken {
+            access_token: SecretString::from(name.to_owned()),
+            expires_at: OffsetDateTime::now_utc() + time::Duration::seconds(lifetime),
+            scope: "openid transcribe".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_live_token_is_reused_for_the_same_user_only() {
+        let reuse = TokenReuse::new(Duration::from_secs(60));
+        let (a, src) = reuse
+            .get_or_fetch(key("alice"), async { Ok(token("t1", 300)) })
+            .await
+            .unwrap();
+        assert_eq!(src, Source::Fetched);
+        let (again, src) = reuse
+            .get_or_fetch(key("alice"), async { Ok(token("t2", 300)) })
+            .await
+            .unwrap();
+        assert_eq!(src, Source::Cached);
+        assert_eq!(
+            again.access_token.expose_secret(),
+            a.access_token.expose_secret()
+        );
+        let (bob, src) = reuse
+            .get_or_fetch(key("bob"), async { Ok(token("t3", 300)) })
+            .await
+            .unwrap();
+        assert_eq!(src, Source::Fetched);
+        assert_eq!(bob.access_token.expose_secret(), "t3");
+    }
+
+    #[tokio::test]
+    async fn a_token_below_the_minimum_lifetime_is_replaced() {
+        let reuse = TokenReuse::new(Duration::from_secs(60));
+        reuse
+            .get_or_fetch(key("alice"), async { Ok(token("short", 30)) })
+            .await
+            .unwrap();
+        let (t, src) = reuse
+            .get_or_fetch(key("alice"), async { Ok(token("long", 300)) })
+            .await
+            .unwrap();
+        assert_eq!(src, Source::Fetched);
+        assert_eq!(t.access_token.expose_secret(), "long");
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_call_and_its_error() {
+        let reuse = Arc::new(TokenReuse::new(Duration::from_secs(60)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut waiters = Vec::new();
+        for _ in 0..50 {
+            let reuse = reuse.clone();
+            let calls = calls.clone();
+            waiters.push(tokio::spawn(async move {
+                reuse
+                    .get_or_fetch(key("alice"), async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Err(FetchError::Upstream(UpstreamError::Timeout))
+                    })
+                    .await
+            }));
+        }
+        for w in waiters {
+            assert!(matches!(
+                w.await.unwrap(),
+                Err(FetchError::Upstream(UpstreamError::Timeout))
+            ));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(reuse.state.lock().unwrap().flights.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_call_still_answers_and_clears_its_flight() {
+        let reuse = TokenReuse::new(Duration::from_secs(60));
+        let result = reuse
+            .get_or_fetch(key("alice"), async {
+                if true {
+                    panic!("boom");
+                }
+                Ok(token("never", 300))
+            })
+            .await;
+        assert!(matches!(result, Err(FetchError::Upstream(_))));
+        let (t, _) = reuse
+            .get_or_fetch(key("alice"), async { Ok(token("ok", 300)) })
+            .await
+            .unwrap();
+        assert_eq!(t.access_token.expose_secret(), "ok");
+    }
+
+    #[tokio::test]
+    async fn zero_minimum_lifetime_turns_reuse_off() {
+        let reuse = TokenReuse::new(Duration::ZERO);
+        reuse
+            .get_or_fetch(key("alice"), async { Ok(token("t1", 300)) })
+            .await
+            .unwrap();
+        let (t, src) = reuse
+            .get_or_fetch(key("alice"), async { Ok(token("t2", 300)) })
+            .await
+            .unwrap();
+        assert_eq!(src, Source::Fetched);
+        assert_eq!(t.access_token.expose_secret(), "t2");
+        assert_eq!(reuse.live_tokens(), 0);
+    }
+}
