@@ -1,10 +1,11 @@
-//! The command line: `serve`, `dev`, `check-config`, `audit …`.
+//! The command line: `serve`, `dev`, `migrate`, `check-config`, `audit …`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::audit::commands::{self as audit_commands, CommandError};
 use crate::audit::Fingerprinter;
 use crate::config::{ConfigError, Settings, Sources};
 use crate::startup::{Application, StartupError};
@@ -33,6 +34,8 @@ pub enum Command {
     Serve,
     /// One-command local demo: service, stand-in Corti auth, demo session.
     Dev,
+    /// Apply the audit database migrations (DATABASE_URL).
+    Migrate,
     /// Print the effective settings (secrets redacted) and check them.
     CheckConfig,
     /// Work with the audit log.
@@ -47,6 +50,14 @@ pub enum AuditCommand {
         /// The token (or `-` to read it from standard input).
         token: String,
     },
+    /// Show stored events, newest first (table, json or csv).
+    Query(audit_commands::QueryArgs),
+    /// Check the hash chains; names the first altered, inserted or removed event.
+    Verify,
+    /// Write events as JSON lines, oldest first.
+    Export(audit_commands::ExportArgs),
+    /// Delete events past the retention period, keeping the chains verifiable.
+    Prune(audit_commands::PruneArgs),
 }
 
 /// Runs a parsed command line to an exit code.
@@ -73,6 +84,23 @@ impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
         Failure::Config(e)
     }
+}
+
+impl From<CommandError> for Failure {
+    fn from(e: CommandError) -> Self {
+        Failure::Other(e.to_string())
+    }
+}
+
+/// Runs an audit command against `DATABASE_URL`, writing to standard output.
+fn with_database<F, Fut>(cli: &Cli, command: F) -> Result<(), Failure>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CommandError>>,
+{
+    let settings = load(cli)?;
+    runtime()?.block_on(command(settings.database_url))?;
+    Ok(())
 }
 
 impl From<StartupError> for Failure {
@@ -125,6 +153,21 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     other => Failure::Other(other.to_string()),
                 })
         }
+        Command::Migrate => with_database(&cli, |url| async move {
+            audit_commands::migrate(&url, &mut std::io::stdout()).await
+        }),
+        Command::Audit(AuditCommand::Query(args)) => with_database(&cli, |url| async move {
+            audit_commands::query(&url, args, &mut std::io::stdout()).await
+        }),
+        Command::Audit(AuditCommand::Verify) => with_database(&cli, |url| async move {
+            audit_commands::verify(&url, &mut std::io::stdout()).await
+        }),
+        Command::Audit(AuditCommand::Export(args)) => with_database(&cli, |url| async move {
+            audit_commands::export(&url, args, &mut std::io::stdout().lock()).await
+        }),
+        Command::Audit(AuditCommand::Prune(args)) => with_database(&cli, |url| async move {
+            audit_commands::prune(&url, args, &mut std::io::stdout()).await
+        }),
         Command::CheckConfig => {
             let settings = load(&cli)?;
             for line in settings.redacted_lines() {

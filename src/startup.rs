@@ -7,7 +7,9 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
-use crate::audit::{AuditStore, Auditor, Fingerprinter, LogOnlyStore};
+use crate::audit::flood::FloodGuard;
+use crate::audit::store::SqlAuditStore;
+use crate::audit::{AuditStore, Auditor, Fingerprinter};
 use crate::browser::OriginPolicy;
 use crate::config::{ConfigError, Settings};
 use crate::corti::{CortiClient, CortiClientConfig};
@@ -60,7 +62,16 @@ impl Application {
 
     pub async fn build_with(settings: Settings, options: Options) -> Result<Self, StartupError> {
         settings.require_for_serve()?;
-        let state = web::Data::new(app_state(&settings, options.audit_store)?);
+        let store: Arc<dyn AuditStore> = match options.audit_store {
+            Some(store) => store,
+            None => Arc::new(
+                SqlAuditStore::open(&settings.database_url)
+                    .await
+                    .map_err(|e| StartupError::Audit(e.to_string()))?,
+            ),
+        };
+        let state = web::Data::new(app_state(&settings, store)?);
+        spawn_flood_flusher(&state.auditor);
         let listener =
             TcpListener::bind(settings.listen_addr).map_err(|source| StartupError::Bind {
                 addr: settings.listen_addr.to_string(),
@@ -109,16 +120,32 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGINT/SIGTERM, then drains in-flight requests.
+    /// Serves until SIGINT/SIGTERM, then drains in-flight requests and writes the
+    /// aggregated refusals still being counted.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        self.state.auditor.flush_floods(true).await;
+        result
     }
 }
 
-fn app_state(
-    settings: &Settings,
-    audit_store: Option<Arc<dyn AuditStore>>,
-) -> Result<AppState, StartupError> {
+/// Writes the aggregated events of closed flood windows once a second, until the
+/// service's auditor is gone.
+fn spawn_flood_flusher(auditor: &Auditor) {
+    let weak = auditor.downgrade();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(auditor) = Auditor::upgrade(&weak) else {
+                return;
+            };
+            auditor.flush_floods(false).await;
+        }
+    });
+}
+
+fn app_state(settings: &Settings, store: Arc<dyn AuditStore>) -> Result<AppState, StartupError> {
     let missing = |name: &str| ConfigError::new(name, "is required");
     let environment = settings
         .corti_environment
@@ -151,8 +178,7 @@ fn app_state(
             .clone()
             .ok_or_else(|| missing("AUDIT_HMAC_KEY"))?,
     );
-    let store: Arc<dyn AuditStore> = audit_store.unwrap_or_else(|| Arc::new(LogOnlyStore));
-    let auditor = Auditor::new(store);
+    let auditor = Auditor::with_flood_guard(store, FloodGuard::default());
     let origins = OriginPolicy::new(settings.allowed_origins.iter().cloned());
     let metrics = Arc::new(Metrics::new());
     let redis = settings
@@ -183,5 +209,6 @@ fn app_state(
         origins,
         trusted_proxies: settings.trusted_proxies.clone(),
         cookie_name: settings.session_cookie_name.clone(),
+        audit_reader_role: settings.audit_reader_role.clone(),
     })
 }

@@ -1,5 +1,18 @@
 //! The audit trail: one event per `POST /v1/tokens` attempt, written before any token
 //! leaves the service, and mirrored as one JSON line on the `audit` tracing target.
+//!
+//! Layout: [`db`] (SQLite/PostgreSQL through sqlx, migrations, queries, verify, prune),
+//! [`writer`] (group commit), [`chain`] (hash chain), [`query`] (filters and cursors),
+//! [`flood`] (aggregated refusals), [`store`] (the durable [`AuditStore`]),
+//! [`commands`] (the `audit …` and `migrate` subcommands).
+
+pub mod chain;
+pub mod commands;
+pub mod db;
+pub mod flood;
+pub mod query;
+pub mod store;
+pub mod writer;
 
 use std::fmt;
 use std::sync::Arc;
@@ -89,6 +102,14 @@ pub struct AuditEvent {
     pub upstream_ms: Option<u64>,
     pub duration_ms: u64,
     pub detail: Option<String>,
+    /// How many attempts this event stands for: 1, or more for an aggregated record
+    /// of repeated refusals from one source (see [`flood`]).
+    #[serde(default = "one")]
+    pub count: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl AuditEvent {
@@ -113,12 +134,13 @@ impl AuditEvent {
             upstream_ms: None,
             duration_ms: 0,
             detail: None,
+            count: 1,
         }
     }
 }
 
 /// Why an event could not be stored.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {
     #[error("audit store unavailable: {0}")]
     Unavailable(String),
@@ -132,6 +154,13 @@ pub trait AuditStore: Send + Sync + 'static {
     fn record<'a>(&'a self, event: &'a AuditEvent) -> BoxFuture<'a, Result<(), AuditError>>;
     /// Whether the store can currently be written.
     fn ready(&self) -> BoxFuture<'_, bool>;
+    /// One page of stored events, newest first. Stores that keep nothing say so.
+    fn query<'a>(
+        &'a self,
+        _query: &'a query::AuditQuery,
+    ) -> BoxFuture<'a, Result<query::Page, AuditError>> {
+        Box::pin(async { Err(AuditError::Unavailable("this store keeps no events".into())) })
+    }
 }
 
 /// A store that keeps nothing but the log line; for tests of the HTTP edge only.
@@ -146,18 +175,79 @@ impl AuditStore for LogOnlyStore {
     }
 }
 
+/// An [`Auditor`] that does not keep its store alive.
+pub struct WeakAuditor {
+    store: std::sync::Weak<dyn AuditStore>,
+    flood: Option<std::sync::Weak<flood::FloodGuard>>,
+}
+
 /// Writes events to the store, then to the `audit` log target.
 #[derive(Clone)]
 pub struct Auditor {
     store: Arc<dyn AuditStore>,
+    flood: Option<Arc<flood::FloodGuard>>,
 }
 
 impl Auditor {
     pub fn new(store: Arc<dyn AuditStore>) -> Self {
-        Self { store }
+        Self { store, flood: None }
     }
 
+    /// An auditor that folds repeated refusals from one source into aggregated events
+    /// (see [`flood`]); call [`Auditor::flush_floods`] now and then.
+    pub fn with_flood_guard(store: Arc<dyn AuditStore>, guard: flood::FloodGuard) -> Self {
+        Self {
+            store,
+            flood: Some(Arc::new(guard)),
+        }
+    }
+
+    /// Stores the event (or counts it into an aggregate, for a repeated refusal).
     pub async fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        if let Some(guard) = &self.flood {
+            if guard.absorb(event) {
+                return Ok(());
+            }
+        }
+        self.write(event).await
+    }
+
+    /// Writes the aggregated events of flood windows that have closed (all of them
+    /// when `all`, at shutdown).
+    pub async fn flush_floods(&self, all: bool) {
+        let Some(guard) = &self.flood else { return };
+        let summaries = guard.drain(OffsetDateTime::now_utc(), all);
+        for summary in summaries {
+            // A lost summary only loses a count of refusals; it is logged either way.
+            let _ = self.write(&summary).await;
+        }
+    }
+
+    /// A handle that does not keep the auditor alive (for background tasks).
+    pub fn downgrade(&self) -> WeakAuditor {
+        WeakAuditor {
+            store: Arc::downgrade(&self.store),
+            flood: self.flood.as_ref().map(Arc::downgrade),
+        }
+    }
+
+    /// The auditor again, if it still exists.
+    pub fn upgrade(weak: &WeakAuditor) -> Option<Self> {
+        Some(Self {
+            store: weak.store.upgrade()?,
+            flood: match &weak.flood {
+                Some(f) => Some(f.upgrade()?),
+                None => None,
+            },
+        })
+    }
+
+    /// Pages through stored events.
+    pub async fn query(&self, query: &query::AuditQuery) -> Result<query::Page, AuditError> {
+        self.store.query(query).await
+    }
+
+    async fn write(&self, event: &AuditEvent) -> Result<(), AuditError> {
         let result = self.store.record(event).await;
         match &result {
             Ok(()) => emit_log_line(event),
@@ -202,6 +292,7 @@ fn emit_log_line(e: &AuditEvent) {
         upstream_ms = e.upstream_ms,
         duration_ms = e.duration_ms,
         detail = e.detail.as_deref(),
+        count = e.count,
         "audit event"
     );
 }

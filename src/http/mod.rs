@@ -1,5 +1,6 @@
 //! The HTTP edge: routes, request ids, CORS, and the one problem+json error shape.
 
+pub mod audit;
 pub mod context;
 pub mod cors;
 pub mod ops;
@@ -22,6 +23,8 @@ pub struct AppState {
     pub origins: OriginPolicy,
     pub trusted_proxies: Vec<IpNet>,
     pub cookie_name: String,
+    /// Role a session needs to read `GET /v1/audit/events`.
+    pub audit_reader_role: String,
 }
 
 /// Registers the service's routes.
@@ -31,6 +34,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(tokens::post_tokens))
             .route(web::method(actix_web::http::Method::OPTIONS).to(cors::preflight_tokens))
             .default_service(web::to(problem::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/audit/events")
+            .route(web::get().to(audit::list_events))
+            .default_service(web::to(audit::method_not_allowed)),
     )
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))

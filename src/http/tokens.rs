@@ -57,7 +57,7 @@ fn header_text(req: &HttpRequest, name: header::HeaderName) -> Option<String> {
 
 /// `Authorization: Bearer` wins over the cookie; a non-Bearer header is an error,
 /// not a reason to fall back to the cookie.
-fn credentials(req: &HttpRequest, cookie_name: &str) -> Credentials {
+pub(super) fn credentials(req: &HttpRequest, cookie_name: &str) -> Credentials {
     if let Some(value) = req.headers().get(header::AUTHORIZATION) {
         let Ok(text) = value.to_str() else {
             return Credentials::Malformed;

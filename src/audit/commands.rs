@@ -1,0 +1,362 @@
+//! `token-vendor migrate` and `token-vendor audit query|verify|export|prune`: what ops
+//! run against the audit database. They need only `DATABASE_URL`.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::db::{AuditDb, OpenMode, StoreError};
+use super::query::{AuditQuery, FilterError, FilterParams, TimeSyntax};
+use super::AuditEvent;
+
+/// Why an audit command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("audit store: {0}")]
+    Store(#[from] StoreError),
+    #[error("bad filter --{0}")]
+    Filter(#[from] FilterError),
+    #[error("TAMPERED: {0}")]
+    Tampered(super::chain::Finding),
+    #[error("cannot write the output: {0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Output of `audit query`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// `{"events": […], "next_cursor": …}`, as the HTTP API answers.
+    Json,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+}
+
+/// Filters of `audit query`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueryArgs {
+    /// Only this user (the session's `sub`).
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Only this outcome (issued, reused, invalid_request, unauthenticated, forbidden,
+    /// rate_limited, upstream_error, unavailable).
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Only events whose scope holds all these values, e.g. "transcribe".
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Only the event of this token (see `audit hash`).
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub token_fingerprint: Option<String>,
+    /// Only this client address.
+    #[arg(long)]
+    pub client_ip: Option<String>,
+    /// From this time on: RFC 3339, or a duration ago (15m, 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Before this time: RFC 3339, or a duration ago.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Events per page (1-1000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Continue after a previous page (its `next_cursor`).
+    #[arg(long)]
+    pub cursor: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// Range of `audit export`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// From this time on: RFC 3339, or a duration ago (15m, 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Before this time: RFC 3339, or a duration ago.
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+/// Retention of `audit prune`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PruneArgs {
+    /// Delete events older than this, e.g. 90d.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub older_than: Duration,
+}
+
+/// Applies the schema migrations.
+pub async fn migrate(url: &str, out: &mut impl Write) -> Result<(), CommandError> {
+    let db = AuditDb::open(url, OpenMode::Create).await?;
+    db.migrate().await?;
+    writeln!(out, "ok, the audit database is up to date")?;
+    Ok(())
+}
+
+/// Prints one page of events.
+pub async fn query(url: &str, args: &QueryArgs, out: &mut impl Write) -> Result<(), CommandError> {
+    let params = FilterParams {
+        subject: args.subject.clone(),
+        outcome: args.outcome.clone(),
+        scope: args.scope.clone(),
+        token_fingerprint: args.token_fingerprint.clone(),
+        client_ip: args.client_ip.clone(),
+        since: args.since.clone(),
+        until: args.until.clone(),
+        limit: Some(args.limit.to_string()),
+        cursor: args.cursor.clone(),
+    };
+    let q = AuditQuery::parse(&params, TimeSyntax::Rfc3339OrAgo)?;
+    let db = AuditDb::open(url, OpenMode::Existing).await?;
+    let page = db.query(&q).await?;
+    match args.format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, &page).map_err(io::Error::from)?;
+            writeln!(out)?;
+        }
+        Format::Csv => write_csv(&page.events, out)?,
+        Format::Table => {
+            write_table(&page.events, out)?;
+            if let Some(c) = &page.next_cursor {
+                eprintln!("more events: add --cursor {c}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks every chain; `Tampered` names the first altered, inserted or removed event.
+pub async fn verify(url: &str, out: &mut impl Write) -> Result<(), CommandError> {
+    let db = AuditDb::open(url, OpenMode::Existing).await?;
+    match db.verify().await? {
+        Ok(intact) => {
+            writeln!(
+                out,
+                "ok, {} events ({} chain{})",
+                intact.events,
+                intact.chains,
+                if intact.chains == 1 { "" } else { "s" }
+            )?;
+            Ok(())
+        }
+        Err(finding) => Err(CommandError::Tampered(finding)),
+    }
+}
+
+/// Writes every event in the range as JSON lines, oldest first, streaming.
+pub async fn export(
+    url: &str,
+    args: &ExportArgs,
+    out: &mut impl Write,
+) -> Result<(), CommandError> {
+    let q = AuditQuery::parse(
+        &FilterParams {
+            since: args.since.clone(),
+            until: args.until.clone(),
+            ..FilterParams::default()
+        },
+        TimeSyntax::Rfc3339OrAgo,
+    )?;
+    let db = AuditDb::open(url, OpenMode::Existing).await?;
+    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+    let mut events = db.export(q.since, q.until);
+    while let Some(event) = events.next().await {
+        let event = event?;
+        match serde_json::to_writer(&mut out, &event)
+            .map_err(io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+        {
+            Ok(()) => {}
+            // `| head` closing the pipe is a normal way to stop reading.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Deletes events older than the retention, keeping the chains verifiable.
+pub async fn prune(url: &str, args: &PruneArgs, out: &mut impl Write) -> Result<(), CommandError> {
+    let older_than = time::Duration::try_from(args.older_than)
+        .map_err(|_| CommandError::Usage("--older-than is too long".into()))?;
+    let cutoff = OffsetDateTime::now_utc() - older_than;
+    let db = AuditDb::open(url, OpenMode::Existing).await?;
+    let deleted = db.prune(cutoff).await?;
+    writeln!(
+        out,
+        "ok, pruned {deleted} events older than {}",
+        cutoff.format(&Rfc3339).unwrap_or_default()
+    )?;
+    Ok(())
+}
+
+const CSV_HEADER: [&str; 19] = [
+    "id",
+    "time",
+    "request_id",
+    "outcome",
+    "status",
+    "subject",
+    "session_id",
+    "client_ip",
+    "user_agent",
+    "origin",
+    "scope",
+    "tenant",
+    "environment",
+    "token_fingerprint",
+    "token_expires_at",
+    "upstream_ms",
+    "duration_ms",
+    "detail",
+    "count",
+];
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn csv_fields(e: &AuditEvent) -> [String; 19] {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    [
+        e.id.clone(),
+        rfc3339(e.time),
+        e.request_id.clone(),
+        e.outcome.to_string(),
+        e.status.to_string(),
+        opt(&e.subject),
+        opt(&e.session_id),
+        opt(&e.client_ip),
+        opt(&e.user_agent),
+        opt(&e.origin),
+        opt(&e.scope),
+        e.tenant.clone(),
+        e.environment.clone(),
+        opt(&e.token_fingerprint),
+        e.token_expires_at.map(rfc3339).unwrap_or_default(),
+        e.upstream_ms.map(|v| v.to_string()).unwrap_or_default(),
+        e.duration_ms.to_string(),
+        opt(&e.detail),
+        e.count.to_string(),
+    ]
+}
+
+fn csv_cell(s: &str) -> String {
+    // Cells starting like a formula are prefixed so spreadsheets show them as text.
+    let s = if s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+fn write_csv(events: &[AuditEvent], out: &mut impl Write) -> io::Result<()> {
+    writeln!(out, "{}", CSV_HEADER.join(","))?;
+    for e in events {
+        let row: Vec<String> = csv_fields(e).iter().map(|f| csv_cell(f)).collect();
+        writeln!(out, "{}", row.join(","))?;
+    }
+    Ok(())
+}
+
+fn write_table(events: &[AuditEvent], out: &mut impl Write) -> io::Result<()> {
+    if events.is_empty() {
+        return writeln!(out, "no events");
+    }
+    let header = [
+        "TIME",
+        "OUTCOME",
+        "STATUS",
+        "SUBJECT",
+        "CLIENT_IP",
+        "SCOPE",
+        "COUNT",
+        "TOKEN",
+        "DETAIL",
+    ];
+    let dash = || "-".to_owned();
+    let clip = |s: &str, n: usize| -> String {
+        let s: String = s.chars().filter(|c| !c.is_control()).collect();
+        if s.chars().count() > n {
+            format!("{}…", s.chars().take(n - 1).collect::<String>())
+        } else {
+            s
+        }
+    };
+    let rows: Vec<[String; 9]> = events
+        .iter()
+        .map(|e| {
+            [
+                e.time
+                    .replace_nanosecond(0)
+                    .map(rfc3339)
+                    .unwrap_or_else(|_| rfc3339(e.time)),
+                e.outcome.to_string(),
+                e.status.to_string(),
+                e.subject
+                    .as_deref()
+                    .map(|s| clip(s, 32))
+                    .unwrap_or_else(dash),
+                e.client_ip.clone().unwrap_or_else(dash),
+                e.scope.as_deref().map(|s| clip(s, 32)).unwrap_or_else(dash),
+                e.count.to_string(),
+                e.token_fingerprint
+                    .as_deref()
+                    .map(|f| clip(f, 24))
+                    .unwrap_or_else(dash),
+                e.detail
+                    .as_deref()
+                    .map(|s| clip(s, 60))
+                    .unwrap_or_else(dash),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths.iter())
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    writeln!(out, "{}", line(&header.map(str::to_owned)))?;
+    for r in &rows {
+        writeln!(out, "{}", line(r))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_are_quoted_and_defused() {
+        assert_eq!(csv_cell("plain"), "plain");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_cell("=cmd()"), "'=cmd()");
+    }
+}
