@@ -44,6 +44,8 @@ pub type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 #[derive(Default)]
 pub struct Options {
     pub audit_store: Option<Arc<dyn AuditStore>>,
+    /// How repeated refusals are aggregated; `None` for [`FloodGuard::default`].
+    pub audit_flood: Option<FloodGuard>,
     pub extra_routes: Option<ExtraRoutes>,
 }
 
@@ -70,7 +72,8 @@ impl Application {
                     .map_err(|e| StartupError::Audit(e.to_string()))?,
             ),
         };
-        let state = web::Data::new(app_state(&settings, store)?);
+        let flood = options.audit_flood.unwrap_or_default();
+        let state = web::Data::new(app_state(&settings, store, flood)?);
         spawn_flood_flusher(&state.auditor);
         let listener =
             TcpListener::bind(settings.listen_addr).map_err(|source| StartupError::Bind {
@@ -145,7 +148,11 @@ fn spawn_flood_flusher(auditor: &Auditor) {
     });
 }
 
-fn app_state(settings: &Settings, store: Arc<dyn AuditStore>) -> Result<AppState, StartupError> {
+fn app_state(
+    settings: &Settings,
+    store: Arc<dyn AuditStore>,
+    flood: FloodGuard,
+) -> Result<AppState, StartupError> {
     let missing = |name: &str| ConfigError::new(name, "is required");
     let environment = settings
         .corti_environment
@@ -178,7 +185,7 @@ fn app_state(settings: &Settings, store: Arc<dyn AuditStore>) -> Result<AppState
             .clone()
             .ok_or_else(|| missing("AUDIT_HMAC_KEY"))?,
     );
-    let auditor = Auditor::with_flood_guard(store, FloodGuard::default());
+    let auditor = Auditor::with_flood_guard(store, flood);
     let origins = OriginPolicy::new(settings.allowed_origins.iter().cloned());
     let metrics = Arc::new(Metrics::new());
     let redis = settings

@@ -2,13 +2,15 @@
 //!
 //! Refusals that need no session or cost nothing upstream (`unauthenticated`,
 //! `rate_limited`, `invalid_request`) are grouped by source: outcome, client address
-//! (IPv6 by /64) and subject. The first refusal of a group in a window is stored as
-//! usual; the rest of that window is only counted, and stored as one event with
-//! `count` = how many were folded in once the window closes. Every issued or reused
-//! token, and every other outcome, always gets its own event.
+//! (IPv6 by /64) and subject. The first [`FloodGuard::individual`] refusals of a group
+//! in a window are stored as usual, so ordinary mistakes keep their full detail; the
+//! rest of that window is only counted, and stored as one event with `count` = how
+//! many were folded in once the window closes. Every issued or reused token, and every
+//! other outcome, always gets its own event.
 //!
 //! Memory is bounded too: past [`FloodGuard::max_groups`] sources in a window, new
-//! sources share one group per outcome ("many sources").
+//! sources share one group per outcome ("many sources"). So, whatever the request
+//! rate, refusals add at most `(max_groups + 3) × (individual + 1)` events per window.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,6 +32,7 @@ struct Key {
 
 struct Group {
     opened: OffsetDateTime,
+    stored: u32,
     folded: u64,
     first_folded: Option<OffsetDateTime>,
     last: Option<AuditEvent>,
@@ -46,20 +49,23 @@ struct State {
 pub struct FloodGuard {
     window: Duration,
     max_groups: usize,
+    individual: u32,
     state: Mutex<State>,
 }
 
 impl Default for FloodGuard {
+    /// 20 refusals per source and outcome per minute individually; 1024 sources.
     fn default() -> Self {
-        Self::new(Duration::from_secs(60), 4096)
+        Self::new(Duration::from_secs(60), 1024, 20)
     }
 }
 
 impl FloodGuard {
-    pub fn new(window: Duration, max_groups: usize) -> Self {
+    pub fn new(window: Duration, max_groups: usize, individual: u32) -> Self {
         Self {
             window,
             max_groups: max_groups.max(1),
+            individual: individual.max(1),
             state: Mutex::new(State::default()),
         }
     }
@@ -67,6 +73,11 @@ impl FloodGuard {
     /// The window after which a group's count is written out.
     pub fn window(&self) -> Duration {
         self.window
+    }
+
+    /// Refusals per group and window stored with their own event.
+    pub fn individual(&self) -> u32 {
+        self.individual
     }
 
     /// Most sources tracked one by one.
@@ -102,6 +113,10 @@ impl FloodGuard {
             };
         }
         match open.get_mut(&key) {
+            Some(g) if now - g.opened < window && g.stored < self.individual => {
+                g.stored += 1;
+                false
+            }
             Some(g) if now - g.opened < window => {
                 g.folded += 1;
                 g.first_folded.get_or_insert(now);
@@ -120,6 +135,7 @@ impl FloodGuard {
                     key,
                     Group {
                         opened: now,
+                        stored: 1,
                         folded: 0,
                         first_folded: None,
                         last: None,
@@ -212,10 +228,12 @@ mod tests {
     }
 
     #[test]
-    fn the_first_refusal_is_stored_and_the_rest_of_the_window_is_counted() {
-        let guard = FloodGuard::new(Duration::from_secs(60), 100);
+    fn the_first_refusals_are_stored_and_the_rest_of_the_window_is_counted() {
+        let guard = FloodGuard::new(Duration::from_secs(60), 100, 3);
         let t0 = OffsetDateTime::now_utc();
-        assert!(!guard.absorb(&refusal("10.0.0.1", t0)));
+        for _ in 0..3 {
+            assert!(!guard.absorb(&refusal("10.0.0.1", t0)));
+        }
         for i in 1..=99 {
             assert!(guard.absorb(&refusal("10.0.0.1", t0 + time::Duration::milliseconds(i))));
         }
@@ -234,19 +252,19 @@ mod tests {
 
     #[test]
     fn tokens_and_other_outcomes_are_never_folded() {
-        let guard = FloodGuard::default();
+        let guard = FloodGuard::new(Duration::from_secs(60), 10, 1);
         let mut e = refusal("10.0.0.1", OffsetDateTime::now_utc());
-        e.outcome = Outcome::Issued;
-        assert!(!guard.absorb(&e));
-        assert!(!guard.absorb(&e));
-        e.outcome = Outcome::Forbidden;
-        assert!(!guard.absorb(&e));
-        assert!(!guard.absorb(&e));
+        for outcome in [Outcome::Issued, Outcome::Reused, Outcome::Forbidden] {
+            e.outcome = outcome;
+            for _ in 0..5 {
+                assert!(!guard.absorb(&e));
+            }
+        }
     }
 
     #[test]
     fn many_sources_share_one_group_past_the_limit() {
-        let guard = FloodGuard::new(Duration::from_secs(60), 2);
+        let guard = FloodGuard::new(Duration::from_secs(60), 2, 1);
         let t = OffsetDateTime::now_utc();
         assert!(!guard.absorb(&refusal("10.0.0.1", t)));
         assert!(!guard.absorb(&refusal("10.0.0.2", t)));

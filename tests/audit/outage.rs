@@ -1,0 +1,64 @@
+//! The SQLite store taken away for real: another process holds its write lock, as an
+//! operator's open `sqlite3` transaction or a stuck backup would. (PostgreSQL's
+//! outage test stops the server; it lives in `tests/audit_pg_outage.rs`.)
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::Executor;
+
+use crate::helpers::{eventually, new_request_id, Backend, TestApp, TestDb};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_that_cannot_be_written_gets_503_without_token_then_recovers() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let app = TestApp::spawn(&db).await;
+    app.vend_token("before").await;
+    let body = r#"{"scope":"transcribe"}"#;
+
+    let pool = db.raw().await;
+    let mut locker = pool.acquire().await.unwrap();
+    locker.execute("BEGIN IMMEDIATE").await.unwrap();
+
+    let started = Instant::now();
+    let refused = app
+        .vend(Some(&app.session("during", &[])), body, &new_request_id())
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert!(
+        waited < Duration::from_secs(5),
+        "bounded wait, took {waited:?}"
+    );
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(
+        problem["type"],
+        "urn:token-vendor:problem:audit-unavailable"
+    );
+    assert!(problem.get("accessToken").is_none());
+    assert_eq!(app.readyz().await, 503);
+
+    locker.execute("ROLLBACK").await.unwrap();
+    drop(locker);
+    let recovered = eventually(Duration::from_secs(10), || async {
+        app.vend(Some(&app.session("after", &[])), body, &new_request_id())
+            .await
+            .status()
+            .as_u16()
+            == 200
+    })
+    .await;
+    assert!(recovered, "vending resumes by itself");
+    assert_eq!(app.readyz().await, 200);
+    let subjects: Vec<String> = app
+        .all_events()
+        .await
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap_or("-").to_owned())
+        .collect();
+    assert!(!subjects.contains(&"during".to_owned()), "{subjects:?}");
+    let out = crate::helpers::cli(&db.url, &["audit", "verify"], &[]);
+    assert!(out.status.success(), "{}", crate::helpers::stderr(&out));
+    pool.close().await;
+    db.cleanup().await;
+}

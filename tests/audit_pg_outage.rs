@@ -1,0 +1,89 @@
+//! The PostgreSQL store taken away for real: the server is stopped and started again
+//! (`TEST_PG_CTL stop|start`, from `scripts/services-up.sh`). Alone in its test binary
+//! so that no other test loses its database meanwhile.
+
+#[path = "audit/helpers.rs"]
+mod helpers;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use helpers::{cli, eventually, new_request_id, stderr, Backend, TestApp, TestDb};
+
+fn pg_ctl() -> String {
+    std::env::var("TEST_PG_CTL")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-ctl.sh").into())
+}
+
+fn run_pg_ctl(action: &str) {
+    let status = Command::new(pg_ctl())
+        .arg(action)
+        .status()
+        .unwrap_or_else(|e| panic!("run {} {action}: {e}", pg_ctl()));
+    assert!(status.success(), "{} {action} failed", pg_ctl());
+}
+
+/// Starts the server again however the test ends.
+struct RestartOnDrop;
+
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new(pg_ctl()).arg("start").status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_stopped_gets_503_without_token_then_recovers_when_started() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let app = TestApp::spawn(&db).await;
+    app.vend_token("before").await;
+    let body = r#"{"scope":"transcribe"}"#;
+
+    let restart = RestartOnDrop;
+    run_pg_ctl("stop");
+    let started = Instant::now();
+    let refused = app
+        .vend(Some(&app.session("during", &[])), body, &new_request_id())
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert!(
+        waited < Duration::from_secs(5),
+        "bounded wait, took {waited:?}"
+    );
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(
+        problem["type"],
+        "urn:token-vendor:problem:audit-unavailable"
+    );
+    assert!(problem.get("accessToken").is_none());
+    assert_eq!(app.readyz().await, 503);
+
+    run_pg_ctl("start");
+    drop(restart);
+    let recovered = eventually(Duration::from_secs(20), || async {
+        app.vend(Some(&app.session("after", &[])), body, &new_request_id())
+            .await
+            .status()
+            .as_u16()
+            == 200
+    })
+    .await;
+    assert!(recovered, "vending resumes by itself");
+    assert_eq!(app.readyz().await, 200);
+    let subjects: Vec<String> = app
+        .all_events()
+        .await
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap_or("-").to_owned())
+        .collect();
+    assert!(subjects.contains(&"after".to_owned()));
+    assert!(!subjects.contains(&"during".to_owned()), "{subjects:?}");
+    let out = cli(&db.url, &["audit", "verify"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    db.cleanup().await;
+}
