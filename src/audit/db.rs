@@ -110,6 +110,9 @@ impl AuditDb {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         // FULL: a commit is on disk before the token leaves.
                         conn.execute("PRAGMA synchronous = FULL").await?;
+                        // Index pages of random ids and fingerprints stay in memory
+                        // instead of being re-read from the file on every batch.
+                        conn.execute("PRAGMA cache_size = -32768").await?;
                         conn.execute(
                             format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str(),
                         )
@@ -209,7 +212,7 @@ impl AuditDb {
         while !rest.is_empty() {
             let size = CHUNKS.into_iter().find(|c| *c <= rest.len()).unwrap_or(1);
             let (chunk, tail) = rest.split_at(size);
-            let sql = insert_sql(size);
+            let sql = insert_sql(self.backend, size);
             let mut q = sqlx::query(&sql);
             for (e, seq, prev_hash, hash) in chunk {
                 q = q
@@ -301,11 +304,18 @@ impl AuditDb {
     }
 
     /// Walks every chain and reports the first altered, inserted or removed event.
+    /// Reads one snapshot, so events committed meanwhile by a running service are
+    /// neither half-seen nor mistaken for insertions.
     pub async fn verify(&self) -> Result<Result<Intact, Finding>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .await?;
+        }
         let chains = sqlx::query(
             "SELECT chain_id, head_seq, head_hash, anchor_seq, anchor_hash FROM audit_chains",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(not_migrated)?
         .iter()
@@ -321,21 +331,27 @@ impl AuditDb {
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let mut verifier = Verifier::new(chains);
         let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events ORDER BY chain_id, chain_seq");
-        let mut rows = sqlx::query(&sql).fetch(&self.pool);
-        while let Some(row) = rows.next().await {
-            let row = row?;
-            let linked = Linked {
-                event: event_from_row(&row)?,
-                chain_id: row.try_get("chain_id")?,
-                chain_seq: row.try_get("chain_seq")?,
-                prev_hash: row.try_get("prev_hash")?,
-                hash: row.try_get("hash")?,
-            };
-            if let Err(finding) = verifier.check(&linked) {
-                return Ok(Err(finding));
+        let verdict = {
+            let mut rows = sqlx::query(&sql).fetch(&mut *tx);
+            let mut verdict = None;
+            while let Some(row) = rows.next().await {
+                let row = row?;
+                let linked = Linked {
+                    event: event_from_row(&row)?,
+                    chain_id: row.try_get("chain_id")?,
+                    chain_seq: row.try_get("chain_seq")?,
+                    prev_hash: row.try_get("prev_hash")?,
+                    hash: row.try_get("hash")?,
+                };
+                if let Err(finding) = verifier.check(&linked) {
+                    verdict = Some(Err(finding));
+                    break;
+                }
             }
-        }
-        Ok(verifier.finish())
+            verdict
+        };
+        tx.rollback().await?;
+        Ok(verdict.unwrap_or_else(|| verifier.finish()))
     }
 
     /// Deletes events older than `cutoff`, keeping each chain verifiable: per chain,
@@ -479,7 +495,9 @@ fn not_migrated(e: sqlx::Error) -> StoreError {
     }
 }
 
-fn insert_sql(rows: usize) -> String {
+/// SQLite gets anonymous `?` placeholders: it resolves each named (`$n`) one by a
+/// linear search, which is quadratic for a statement with thousands of them.
+fn insert_sql(backend: Backend, rows: usize) -> String {
     let mut sql = format!("INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES ");
     let mut n = 0;
     for r in 0..rows {
@@ -492,7 +510,10 @@ fn insert_sql(rows: usize) -> String {
                 sql.push(',');
             }
             n += 1;
-            sql.push_str(&format!("${n}"));
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => sql.push_str(&format!("${n}")),
+            }
         }
         sql.push(')');
     }
@@ -593,8 +614,11 @@ mod tests {
 
     #[test]
     fn insert_sql_numbers_every_value() {
-        let sql = insert_sql(2);
+        let sql = insert_sql(Backend::Postgres, 2);
         assert!(sql.ends_with("$46)"), "{sql}");
         assert_eq!(sql.matches('$').count(), 46);
+        let sql = insert_sql(Backend::Sqlite, 2);
+        assert_eq!(sql.matches('?').count(), 46);
+        assert!(!sql.contains('$'));
     }
 }

@@ -190,3 +190,39 @@ async fn prune_keeps_the_chain_verifiable(backend: Backend) {
     db.cleanup().await;
 }
 both_backends!(prune_keeps_the_chain_verifiable);
+
+async fn verify_is_ok_while_the_service_keeps_writing(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = log_with_events(&db, 3).await;
+    let writing = {
+        let address = app.address.clone();
+        let session = app.session("busy-user", &[]);
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for _ in 0..60 {
+                let r = http
+                    .post(format!("{address}/v1/tokens"))
+                    .bearer_auth(&session)
+                    .header("Content-Type", "application/json")
+                    .body(r#"{"scope":"transcribe"}"#)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+            }
+        })
+    };
+    for _ in 0..3 {
+        let db_url = db.url.clone();
+        let out = tokio::task::spawn_blocking(move || cli(&db_url, &["audit", "verify"], &[]))
+            .await
+            .unwrap();
+        let report = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(out.status.success(), "{report}");
+    }
+    writing.await.unwrap();
+    db.cleanup().await;
+}
+both_backends!(verify_is_ok_while_the_service_keeps_writing);
