@@ -194,8 +194,17 @@ async fn bench_http(url: &str, args: &Args) {
                             let _ = r.bytes().await;
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
-                        _ => {
-                            other.fetch_add(1, Ordering::Relaxed);
+                        Ok(r) => {
+                            if other.fetch_add(1, Ordering::Relaxed) == 0 {
+                                let status = r.status();
+                                let body = r.text().await.unwrap_or_default();
+                                eprintln!("first non-200: {status} {body}");
+                            }
+                        }
+                        Err(e) => {
+                            if other.fetch_add(1, Ordering::Relaxed) == 0 {
+                                eprintln!("first failure: {e}");
+                            }
                         }
                     }
                 }
