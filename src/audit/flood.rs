@@ -1,7 +1,8 @@
 //! Keeps the audit store bounded under floods of refused attempts.
 //!
-//! Refusals that need no session or cost nothing upstream (`unauthenticated`,
-//! `rate_limited`, `invalid_request`) are grouped by source: outcome, client address
+//! Refusals that cost nothing upstream and that anyone can send (`unauthenticated`,
+//! `rate_limited`, `invalid_request`, and `forbidden` without a verified user, such as
+//! refused CORS preflights) are grouped by source: outcome, client address
 //! (IPv6 by /64) and subject. The first [`FloodGuard::individual`] refusals of a group
 //! in a window are stored as usual, so ordinary mistakes keep their full detail; the
 //! rest of that window is only counted, and stored as one event with `count` = how
@@ -10,7 +11,7 @@
 //!
 //! Memory is bounded too: past [`FloodGuard::max_groups`] sources in a window, new
 //! sources share one group per outcome ("many sources"). So, whatever the request
-//! rate, refusals add at most `(max_groups + 3) × (individual + 1)` events per window.
+//! rate, refusals add at most `(max_groups + 4) × (individual + 1)` events per window.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -87,10 +88,13 @@ impl FloodGuard {
 
     /// True when the event was counted into its group and must not be stored itself.
     pub fn absorb(&self, event: &AuditEvent) -> bool {
-        if !matches!(
-            event.outcome,
-            Outcome::Unauthenticated | Outcome::RateLimited | Outcome::InvalidRequest
-        ) {
+        let foldable = match event.outcome {
+            Outcome::Unauthenticated | Outcome::RateLimited | Outcome::InvalidRequest => true,
+            // A signed-in user's refusals are bounded by the per-user limit already.
+            Outcome::Forbidden => event.subject.is_none(),
+            _ => false,
+        };
+        if !foldable {
             return false;
         }
         let now = event.time;
@@ -254,6 +258,7 @@ mod tests {
     fn tokens_and_other_outcomes_are_never_folded() {
         let guard = FloodGuard::new(Duration::from_secs(60), 10, 1);
         let mut e = refusal("10.0.0.1", OffsetDateTime::now_utc());
+        e.subject = Some("alice".into());
         for outcome in [Outcome::Issued, Outcome::Reused, Outcome::Forbidden] {
             e.outcome = outcome;
             for _ in 0..5 {
@@ -284,5 +289,14 @@ mod tests {
         assert_eq!(source_of(Some("2001:db8:1:2:3:4:5:6")), "2001:db8:1:2::/64");
         assert_eq!(source_of(Some("::ffff:10.0.0.1")), "10.0.0.1");
         assert_eq!(source_of(Some("10.0.0.1")), "10.0.0.1");
+    }
+
+    #[test]
+    fn refused_preflights_without_a_user_are_folded() {
+        let guard = FloodGuard::new(Duration::from_secs(60), 10, 1);
+        let mut e = refusal("10.0.0.1", OffsetDateTime::now_utc());
+        e.outcome = Outcome::Forbidden;
+        assert!(!guard.absorb(&e));
+        assert!(guard.absorb(&e));
     }
 }

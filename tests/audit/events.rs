@@ -30,10 +30,22 @@ async fn every_outcome_writes_exactly_one_event_with_its_fields(backend: Backend
         },
     )
     .await;
+    // Reuse on, and a user limit of one vend a minute.
+    let limited = TestApp::spawn_with(
+        &db,
+        AppConfig {
+            env: vec![
+                ("TOKEN_REUSE_MIN_TTL", "60".into()),
+                ("RATE_LIMIT_PER_USER", "2/minute".into()),
+            ],
+            ..AppConfig::default()
+        },
+    )
+    .await;
     let alice = app.session("alice", &[]);
     let body = r#"{"scope":"transcribe"}"#;
 
-    let ids: Vec<String> = (0..6).map(|_| new_request_id()).collect();
+    let ids: Vec<String> = (0..9).map(|_| new_request_id()).collect();
     let issued = app.vend(Some(&alice), body, &ids[0]).await;
     assert_eq!(issued.status().as_u16(), 200);
     let token: Value = issued.json().await.unwrap();
@@ -55,8 +67,17 @@ async fn every_outcome_writes_exactly_one_event_with_its_fields(backend: Backend
         .vend(Some(&unreachable.session("erin", &[])), body, &ids[5])
         .await;
     assert_eq!(down.status().as_u16(), 503);
+    let frank = limited.session("frank", &[]);
+    let first = limited.vend(Some(&frank), body, &ids[6]).await;
+    assert_eq!(first.status().as_u16(), 200);
+    let again = limited.vend(Some(&frank), body, &ids[7]).await;
+    assert_eq!(again.status().as_u16(), 200);
+    let again: Value = again.json().await.unwrap();
+    let reused_token = again["accessToken"].as_str().unwrap().to_owned();
+    let over = limited.vend(Some(&frank), body, &ids[8]).await;
+    assert_eq!(over.status().as_u16(), 429);
 
-    assert_eq!(app.all_events().await.len(), 6, "one event per attempt");
+    assert_eq!(app.all_events().await.len(), 9, "one event per attempt");
     let e = only(app.events_for(&ids[0]).await, "issued");
     assert_eq!(e["outcome"], "issued");
     assert_eq!(e["status"], 200);
@@ -135,13 +156,20 @@ async fn every_token_in_a_200_has_its_event(backend: Backend) {
         }
     });
     let tokens = futures_util::future::join_all(vends).await;
+    // Concurrent vends of one user may share one upstream token (single flight): it
+    // is issued once and handed out again as reused, each hand-out with its event.
     for (user, id, token) in tokens {
         let fp = app.fingerprint(&token);
         let (events, _) = app.events(&format!("token_fingerprint={fp}")).await;
-        let e = only(events, "a vended token");
-        assert_eq!(e["outcome"], "issued");
-        assert_eq!(e["subject"], user);
-        assert_eq!(e["request_id"], id);
+        let mine: Vec<&Value> = events.iter().filter(|e| e["request_id"] == id).collect();
+        assert_eq!(mine.len(), 1, "the response's own event: {events:#?}");
+        assert_eq!(mine[0]["subject"], user);
+        assert_eq!(mine[0]["status"], 200);
+        let issued = events.iter().filter(|e| e["outcome"] == "issued").count();
+        assert_eq!(issued, 1, "one token, issued once: {events:#?}");
+        assert!(events
+            .iter()
+            .all(|e| e["outcome"] == "issued" || e["outcome"] == "reused"));
     }
     db.cleanup().await;
 }

@@ -66,3 +66,58 @@ async fn a_refusal_flood_is_stored_boundedly_while_every_token_keeps_its_event(b
     db.cleanup().await;
 }
 both_backends!(a_refusal_flood_is_stored_boundedly_while_every_token_keeps_its_event);
+
+async fn a_flood_stopped_by_the_address_limit_is_stored_as_counts(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = TestApp::spawn_with(
+        &db,
+        AppConfig {
+            flood: Some(FloodGuard::new(Duration::from_secs(1), 1024, 5)),
+            env: vec![("RATE_LIMIT_PER_IP", "10/minute".into())],
+            ..AppConfig::default()
+        },
+    )
+    .await;
+
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let burst = (0..30).map(|_| app.vend(None, "{}", "req-flood"));
+        for r in futures_util::future::join_all(burst).await {
+            statuses.push(r.status().as_u16());
+        }
+    }
+    let windows = started.elapsed().as_secs() + 2;
+    let limited = statuses.iter().filter(|s| **s == 429).count() as u64;
+    assert!(
+        limited >= 280,
+        "the address limit answers the flood: {limited}"
+    );
+
+    let rate_limited = || async {
+        app.all_events()
+            .await
+            .into_iter()
+            .filter(|e| e["outcome"] == "rate_limited")
+            .collect::<Vec<Value>>()
+    };
+    let counted = eventually(Duration::from_secs(5), || async {
+        rate_limited()
+            .await
+            .iter()
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum::<u64>()
+            == limited
+    })
+    .await;
+    assert!(counted, "every 429 is counted");
+    let stored = rate_limited().await.len() as u64;
+    assert!(
+        stored <= windows * (5 + 1),
+        "{stored} events for {limited} refusals"
+    );
+    db.cleanup().await;
+}
+both_backends!(a_flood_stopped_by_the_address_limit_is_stored_as_counts);

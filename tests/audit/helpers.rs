@@ -208,6 +208,11 @@ impl TestApp {
             ("AUDIT_HMAC_KEY", audit_key.clone()),
             ("DATABASE_URL", db.url.clone()),
             ("UPSTREAM_TIMEOUT", "2s".into()),
+            // Limits and reuse have tests of their own; here every vend goes upstream.
+            ("RATE_LIMIT_PER_USER", "100000/second".into()),
+            ("RATE_LIMIT_PER_IP", "100000/second".into()),
+            ("UPSTREAM_RATE_LIMIT", "100000/second".into()),
+            ("TOKEN_REUSE_MIN_TTL", "0".into()),
         ];
         for (k, v) in config.env {
             env.retain(|(key, _)| *key != k);
