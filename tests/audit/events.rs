@@ -129,6 +129,20 @@ async fn every_outcome_writes_exactly_one_event_with_its_fields(backend: Backend
         (e["outcome"].clone(), e["status"].clone()),
         (json!("unavailable"), json!(503))
     );
+    let e = only(app.events_for(&ids[6]).await, "issued before reuse");
+    assert_eq!(e["outcome"], "issued");
+    let e = only(app.events_for(&ids[7]).await, "reused");
+    assert_eq!(
+        (e["outcome"].clone(), e["status"].clone()),
+        (json!("reused"), json!(200))
+    );
+    assert_eq!(e["token_fingerprint"], limited.fingerprint(&reused_token));
+    let e = only(app.events_for(&ids[8]).await, "rate_limited");
+    assert_eq!(
+        (e["outcome"].clone(), e["status"].clone()),
+        (json!("rate_limited"), json!(429))
+    );
+    assert_eq!(e["subject"], "frank");
     db.cleanup().await;
 }
 both_backends!(every_outcome_writes_exactly_one_event_with_its_fields);
