@@ -134,8 +134,20 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             );
             runtime()?.block_on(async {
                 let app = Application::build(settings).await?;
-                tracing::info!(port = app.port(), "token-vendor listening");
-                app.run_until_stopped()
+                let port = app.port();
+                let server = app.run_until_stopped();
+                tokio::pin!(server);
+                // Poll the server once first: that installs its SIGTERM handler, so a
+                // supervisor that signals right after this line gets a graceful stop.
+                tokio::select! {
+                    biased;
+                    stopped = &mut server => {
+                        return stopped.map_err(|e| Failure::Other(format!("server stopped: {e}")));
+                    }
+                    () = std::future::ready(()) => {}
+                }
+                tracing::info!(port, "token-vendor listening");
+                server
                     .await
                     .map_err(|e| Failure::Other(format!("server stopped: {e}")))
             })

@@ -61,6 +61,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the audit tables do not exist yet (run `token-vendor migrate`)")]
     NotMigrated,
+    #[error("{0}")]
+    Open(String),
     #[error("a stored event cannot be read: {0}")]
     Corrupt(String),
     #[error("the audit database did not answer in time")]
@@ -122,7 +124,7 @@ impl AuditDb {
                 })
                 .connect_with(options)
                 .await
-                .map_err(|e| with_sqlite_hint(e, &url))?,
+                .map_err(|e| with_sqlite_hint(e, &url, mode))?,
             Backend::Postgres => {
                 AnyPoolOptions::new()
                     .max_connections(10)
@@ -470,11 +472,15 @@ fn sqlite_url(url: &str, mode: OpenMode) -> String {
     }
 }
 
-fn with_sqlite_hint(e: sqlx::Error, url: &str) -> StoreError {
+fn with_sqlite_hint(e: sqlx::Error, url: &str, mode: OpenMode) -> StoreError {
     match &e {
         sqlx::Error::Database(d) if d.message().contains("unable to open") => {
-            StoreError::Corrupt(format!(
-                "cannot open the SQLite file of {}: {} (does it exist? run `token-vendor migrate`)",
+            let hint = match mode {
+                OpenMode::Create => "is its directory there and writable?",
+                OpenMode::Existing => "does it exist? `token-vendor migrate` creates it",
+            };
+            StoreError::Open(format!(
+                "cannot open the SQLite file of {}: {} ({hint})",
                 url.split('?').next().unwrap_or(url),
                 d.message()
             ))
