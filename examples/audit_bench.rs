@@ -2,7 +2,7 @@
 //!
 //!     cargo run --release --example audit_bench -- --db sqlite
 //!     cargo run --release --example audit_bench -- --db postgres --url postgres://…
-//!     cargo run --release --example audit_bench -- --db sqlite --http
+//!     cargo run --release --example audit_bench -- --db sqlite --http [--reuse]
 //!
 //! Default mode: many concurrent callers each `record()` an issued-token event and
 //! wait for its commit, as `POST /v1/tokens` does. `--http`: full vends over HTTP
@@ -38,6 +38,10 @@ struct Args {
     /// Measure full HTTP vends instead of the writer alone.
     #[arg(long)]
     http: bool,
+    /// With --http: hand out a live token again (TOKEN_REUSE_MIN_TTL=60), so most vends
+    /// are `reused` (still audited one by one) and skip the stand-in's RSA signing.
+    #[arg(long)]
+    reuse: bool,
 }
 
 fn issued_event(fp: &Fingerprinter, n: u64) -> AuditEvent {
@@ -149,6 +153,14 @@ async fn bench_http(url: &str, args: &Args) {
         ("SESSION_JWT_SECRET", session_secret.clone()),
         ("AUDIT_HMAC_KEY", random_hex(16)),
         ("DATABASE_URL", url.to_owned()),
+        // Limits have their own tests; here they must not cap the measurement.
+        ("RATE_LIMIT_PER_USER", "1000000/second".into()),
+        ("RATE_LIMIT_PER_IP", "1000000/second".into()),
+        ("UPSTREAM_RATE_LIMIT", "1000000/second".into()),
+        (
+            "TOKEN_REUSE_MIN_TTL",
+            if args.reuse { "60" } else { "0" }.into(),
+        ),
     ]))
     .expect("settings");
     let app = Application::build_with(settings, Options::default())
@@ -156,13 +168,19 @@ async fn bench_http(url: &str, args: &Args) {
         .expect("app");
     let address = format!("http://127.0.0.1:{}/v1/tokens", app.port());
     tokio::spawn(app.run_until_stopped());
-    let session = mint_session(
-        &session_secret.into(),
-        "bench-user",
-        &[],
-        Duration::from_secs(3600),
-    )
-    .expect("session");
+    // One user per client, so that single flight does not merge clients' vends.
+    let session_secret: secrecy::SecretString = session_secret.into();
+    let sessions: Vec<String> = (0..args.callers)
+        .map(|i| {
+            mint_session(
+                &session_secret,
+                &format!("bench-user-{i}"),
+                &[],
+                Duration::from_secs(3600),
+            )
+            .expect("session")
+        })
+        .collect();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.callers)
         .build()
@@ -172,11 +190,11 @@ async fn bench_http(url: &str, args: &Args) {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.callers)
-        .map(|_| {
+        .map(|i| {
             let (http, address, session, ok, other) = (
                 http.clone(),
                 address.clone(),
-                session.clone(),
+                sessions[i].clone(),
                 ok.clone(),
                 other.clone(),
             );

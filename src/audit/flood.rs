@@ -11,7 +11,8 @@
 //!
 //! Memory is bounded too: past [`FloodGuard::max_groups`] sources in a window, new
 //! sources share one group per outcome ("many sources"). So, whatever the request
-//! rate, refusals add at most `(max_groups + 4) × (individual + 1)` events per window.
+//! rate, refusals add about `(max_groups + 4) × (individual + 1)` events per window
+//! at most (twice that where windows overlap).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
