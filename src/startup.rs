@@ -43,6 +43,9 @@ pub type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 pub struct Options {
     pub audit_store: Option<Arc<dyn AuditStore>>,
     pub extra_routes: Option<ExtraRoutes>,
+    /// An already-bound listener to serve on instead of binding `LISTEN_ADDR`
+    /// (`dev` binds first so it knows its port before it lists its own origins).
+    pub listener: Option<TcpListener>,
 }
 
 /// A bound, not yet running, service.
@@ -61,11 +64,15 @@ impl Application {
     pub async fn build_with(settings: Settings, options: Options) -> Result<Self, StartupError> {
         settings.require_for_serve()?;
         let state = web::Data::new(app_state(&settings, options.audit_store)?);
-        let listener =
-            TcpListener::bind(settings.listen_addr).map_err(|source| StartupError::Bind {
-                addr: settings.listen_addr.to_string(),
-                source,
-            })?;
+        let listener = match options.listener {
+            Some(listener) => listener,
+            None => {
+                TcpListener::bind(settings.listen_addr).map_err(|source| StartupError::Bind {
+                    addr: settings.listen_addr.to_string(),
+                    source,
+                })?
+            }
+        };
         let port = listener.local_addr().map_err(|source| StartupError::Bind {
             addr: settings.listen_addr.to_string(),
             source,
