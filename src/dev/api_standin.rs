@@ -346,7 +346,7 @@ async fn stream(
         match message {
             Ok(Message::Binary(_)) => {
                 frames += 1;
-                if frames % FRAMES_PER_TRANSCRIPT == 0 {
+                if frames.is_multiple_of(FRAMES_PER_TRANSCRIPT) {
                     let now_ms = started.elapsed().as_millis() as u64;
                     if !send_json(session, &transcript(endpoint, sent, since_ms, now_ms)).await {
                         return None;
@@ -364,10 +364,8 @@ async fn stream(
                         send_json(session, &json!({"type": "ENDED"})).await;
                         return Some(CloseReason::from(CloseCode::Normal));
                     }
-                    Some("flush") => {
-                        if !send_json(session, &json!({"type": "flushed"})).await {
-                            return None;
-                        }
+                    Some("flush") if !send_json(session, &json!({"type": "flushed"})).await => {
+                        return None;
                     }
                     _ => {}
                 }

@@ -161,7 +161,8 @@ struct SignIn {
     subject: String,
 }
 
-fn same_origin_only(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
+/// `Some(refusal)` unless the request is JSON from an allowed origin (or has no Origin).
+fn refuse_cross_origin(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -174,15 +175,17 @@ fn same_origin_only(req: &HttpRequest, state: &AppState) -> Result<(), HttpRespo
     // A JSON body cannot be sent cross-origin without a preflight, which these routes
     // do not answer; the Origin check is the second lock on the door.
     if json_body && origin.is_none_or(|o| state.origins.is_allowed(o)) {
-        return Ok(());
+        return None;
     }
-    Err(Problem::new(
-        403,
-        "origin-not-allowed",
-        "Origin not allowed",
-        "demo sign-in takes JSON from the demo's own origin only",
+    Some(
+        Problem::new(
+            403,
+            "origin-not-allowed",
+            "Origin not allowed",
+            "demo sign-in takes JSON from the demo's own origin only",
+        )
+        .respond(&request_id(req)),
     )
-    .respond(&request_id(req)))
 }
 
 async fn sign_in(
@@ -191,7 +194,7 @@ async fn sign_in(
     demo: web::Data<Demo>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(refused) = same_origin_only(&req, &state) {
+    if let Some(refused) = refuse_cross_origin(&req, &state) {
         return refused;
     }
     let asked = serde_json::from_slice::<SignIn>(&body).ok();
@@ -251,7 +254,7 @@ async fn sign_out(
     demo: web::Data<Demo>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(refused) = same_origin_only(&req, &state) {
+    if let Some(refused) = refuse_cross_origin(&req, &state) {
         return refused;
     }
     let mut cookie = Cookie::build(demo.cookie_name.clone(), "")
