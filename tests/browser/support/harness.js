@@ -110,11 +110,17 @@ export async function startService({ allowedOrigins = [], tokenLifetimeSeconds }
     logs: () => logLines.slice(),
     /** Audit events as logged on the `audit` target (dev writes them before answering). */
     auditEvents: () => logLines.filter((l) => l.target === "audit" && l.message === "audit event"),
-    async stop() {
+    /** Stops dev and keeps its output as test-output/browser/<logName> (a CI artifact). */
+    async stop(logName = "token-vendor-dev.log") {
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
       const forced = setTimeout(() => child.kill("SIGKILL"), 15000);
       await exited;
       clearTimeout(forced);
+      fs.mkdirSync(outputDir, { recursive: true });
+      fs.writeFileSync(
+        path.join(outputDir, logName),
+        `${stdoutText}\n${logLines.map((l) => JSON.stringify(l)).join("\n")}\n`,
+      );
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
