@@ -65,8 +65,8 @@ function explain(e) {
   if (!(e instanceof ApiError)) return String(e?.message ?? e);
   const detail = e.problem?.detail ? ` (${e.problem.detail})` : "";
   switch (e.status) {
-    case 401: return `Not signed in: the audit API needs a session with the audit reader role. Sign in to the app, or paste a session token at the top right.${detail}`;
-    case 403: return `Signed in, but this session does not have the audit reader role.${detail}`;
+    case 401: return "Not signed in: the audit API needs a session with the audit reader role. Sign in to the app, or paste a session token at the top right.";
+    case 403: return "Signed in, but this session does not have the audit reader role.";
     case 404: return "This service answers 404 for GET /v1/audit/events: it has no audit API.";
     case 0: return `The audit API cannot be reached${detail}.`;
     default: return `The audit API answered HTTP ${e.status}${detail}.`;
