@@ -47,6 +47,9 @@ pub struct Options {
     /// How repeated refusals are aggregated; `None` for [`FloodGuard::default`].
     pub audit_flood: Option<FloodGuard>,
     pub extra_routes: Option<ExtraRoutes>,
+    /// An already-bound listener to serve on instead of binding `LISTEN_ADDR`
+    /// (`dev` binds first so it knows its port before it lists its own origins).
+    pub listener: Option<TcpListener>,
 }
 
 /// A bound, not yet running, service.
@@ -75,11 +78,15 @@ impl Application {
         let flood = options.audit_flood.unwrap_or_default();
         let state = web::Data::new(app_state(&settings, store, flood)?);
         spawn_flood_flusher(&state.auditor);
-        let listener =
-            TcpListener::bind(settings.listen_addr).map_err(|source| StartupError::Bind {
-                addr: settings.listen_addr.to_string(),
-                source,
-            })?;
+        let listener = match options.listener {
+            Some(listener) => listener,
+            None => {
+                TcpListener::bind(settings.listen_addr).map_err(|source| StartupError::Bind {
+                    addr: settings.listen_addr.to_string(),
+                    source,
+                })?
+            }
+        };
         let port = listener.local_addr().map_err(|source| StartupError::Bind {
             addr: settings.listen_addr.to_string(),
             source,

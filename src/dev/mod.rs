@@ -1,7 +1,10 @@
 //! `token-vendor dev`: everything a newcomer needs on loopback, with nothing to set.
 
+pub mod api_standin;
 pub mod auth_standin;
+pub mod demo;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{encode, EncodingKey, Header};
@@ -12,6 +15,7 @@ use serde_json::json;
 use crate::config::{ConfigError, Environment, Settings};
 use crate::startup::{Application, Options, StartupError};
 
+use api_standin::ApiStandIn;
 use auth_standin::{AuthStandIn, StandInConfig};
 
 /// A random hex string; every dev secret is made fresh on each start.
@@ -28,14 +32,28 @@ pub fn mint_session(
     roles: &[&str],
     lifetime: Duration,
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    mint_session_with_scopes(secret, subject, roles, None, lifetime)
+}
+
+/// [`mint_session`] with a `corti_scopes` claim, for a user the app narrows.
+pub fn mint_session_with_scopes(
+    secret: &SecretString,
+    subject: &str,
+    roles: &[&str],
+    corti_scopes: Option<&[&str]>,
+    lifetime: Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let claims = json!({
+    let mut claims = json!({
         "sub": subject,
         "sid": uuid::Uuid::new_v4().to_string(),
         "iat": now,
         "exp": now + lifetime.as_secs() as i64,
         "roles": roles,
     });
+    if let Some(scopes) = corti_scopes {
+        claims["corti_scopes"] = json!(scopes);
+    }
     encode(
         &Header::default(),
         &claims,
@@ -43,24 +61,66 @@ pub fn mint_session(
     )
 }
 
-/// Runs the demo until stopped. Only `LISTEN_ADDR` and `DATABASE_URL` are taken from
-/// the loaded settings; everything else is generated, and the real Corti is never used.
+/// Lifetime of the stand-in's tokens when `DEV_TOKEN_LIFETIME` is not set (Corti's own).
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+
+/// How long before expiry the demo page's JS client fetches a fresh token.
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(30);
+
+/// Reads `DEV_TOKEN_LIFETIME` (only `dev` reads it): whole seconds or a duration such as
+/// `40s` or `2m`. It must exceed the demo's refresh margin, or every call would refetch.
+pub fn token_lifetime(value: Option<&str>) -> Result<Duration, ConfigError> {
+    let Some(raw) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(DEFAULT_TOKEN_LIFETIME);
+    };
+    let parsed = match raw.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(raw),
+    };
+    let min = REFRESH_MARGIN + Duration::from_secs(5);
+    match parsed {
+        Ok(d) if d >= min && d <= Duration::from_secs(3600) => Ok(Duration::from_secs(d.as_secs())),
+        Ok(_) => Err(ConfigError::new(
+            "DEV_TOKEN_LIFETIME",
+            format!("must be between {}s and 3600s", min.as_secs()),
+        )),
+        Err(_) => Err(ConfigError::new(
+            "DEV_TOKEN_LIFETIME",
+            "is not a duration (seconds, or e.g. 40s, 2m)",
+        )),
+    }
+}
+
+/// Runs the demo until stopped. Only `LISTEN_ADDR`, `DATABASE_URL` and `ALLOWED_ORIGINS`
+/// (added to the demo's own origins, for an app page on another origin) are taken from
+/// the loaded settings, and `DEV_TOKEN_LIFETIME` from the environment; everything else is
+/// generated, and the real Corti is never used.
 pub async fn run(loaded: Settings) -> Result<(), StartupError> {
     if !loaded.listen_addr.ip().is_loopback() {
         return Err(ConfigError::new("LISTEN_ADDR", "dev binds only loopback addresses").into());
     }
+    let token_lifetime = token_lifetime(std::env::var("DEV_TOKEN_LIFETIME").ok().as_deref())?;
+    let bind_error = |addr: &str| {
+        let addr = addr.to_owned();
+        move |source| StartupError::Bind { addr, source }
+    };
+    // Bound first, so a port of 0 is known before the demo's own origins are listed.
+    let listener = std::net::TcpListener::bind(loaded.listen_addr)
+        .map_err(bind_error(&loaded.listen_addr.to_string()))?;
+    let port = listener
+        .local_addr()
+        .map_err(bind_error(&loaded.listen_addr.to_string()))?
+        .port();
     let client_secret = random_hex(24);
-    let standin = AuthStandIn::start(StandInConfig {
-        client_id: "token-vendor-dev".into(),
-        client_secret: client_secret.clone(),
-        token_lifetime: Duration::from_secs(300),
-    })
-    .map_err(|e| StartupError::Bind {
-        addr: "127.0.0.1:0 (auth stand-in)".into(),
-        source: e,
-    })?;
+    let standin = Arc::new(
+        AuthStandIn::start(StandInConfig {
+            client_id: "token-vendor-dev".into(),
+            client_secret: client_secret.clone(),
+            token_lifetime,
+        })
+        .map_err(bind_error("127.0.0.1:0 (auth stand-in)"))?,
+    );
     let session_secret = SecretString::from(random_hex(32));
-    let port = loaded.listen_addr.port();
     let mut settings = Settings {
         listen_addr: loaded.listen_addr,
         database_url: loaded.database_url.clone(),
@@ -72,26 +132,58 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
         audit_hmac_key: Some(SecretString::from(random_hex(32))),
         ..Settings::default()
     };
+    let api = ApiStandIn::start(standin.clone(), settings.corti_tenant.as_str().to_owned())
+        .map_err(bind_error("127.0.0.1:0 (speech API stand-in)"))?;
     settings.allowed_origins = vec![
         format!("http://127.0.0.1:{port}"),
         format!("http://localhost:{port}"),
     ];
-    let app = Application::build_with(settings.clone(), Options::default()).await?;
-    let port = app.port();
+    for origin in &loaded.allowed_origins {
+        if !settings.allowed_origins.contains(origin) {
+            settings.allowed_origins.push(origin.clone());
+        }
+    }
+    let demo = demo::Demo {
+        session_secret: session_secret.clone(),
+        reader_role: settings.audit_reader_role.clone(),
+        cookie_name: settings.session_cookie_name.clone(),
+        api_base_url: api.base_url(),
+        tenant: settings.corti_tenant.as_str().to_owned(),
+        environment: Environment::Eu.as_str().to_owned(),
+        token_lifetime,
+        refresh_margin_secs: REFRESH_MARGIN.as_secs(),
+    };
+    let app = Application::build_with(
+        settings.clone(),
+        Options {
+            extra_routes: Some(demo::routes(demo)),
+            listener: Some(listener),
+            ..Options::default()
+        },
+    )
+    .await?;
     let base = format!("http://127.0.0.1:{port}");
     let session = mint_session(
         &session_secret,
         "demo-user",
         &[settings.audit_reader_role.as_str()],
-        Duration::from_secs(8 * 3600),
+        demo::SESSION_LIFETIME,
     )
     .map_err(|e| StartupError::Audit(format!("cannot sign the demo session: {e}")))?;
     let auth = standin.base_url();
+    let api_url = api.base_url();
+    let lifetime = token_lifetime.as_secs();
+    let origins = settings.allowed_origins.join(", ");
     let database = &settings.database_url;
     let banner = format!(
         "token-vendor dev: a local demo. It NEVER talks to the real Corti.
   service:          {base}
+  demo page:        {base}/
+  ops audit page:   {base}/ops/audit
   Corti auth:       {auth} (DEVELOPMENT STAND-IN, loopback only)
+  Corti speech API: {api_url} (DEVELOPMENT STAND-IN, loopback only)
+  token lifetime:   {lifetime}s (DEV_TOKEN_LIFETIME)
+  allowed origins:  {origins}
   audit store:      {database}
   session token (user demo-user, valid 8h):
     {session}
@@ -108,9 +200,37 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
         let _ = out.flush();
     }
     let result = app.run_until_stopped().await;
+    api.stop().await;
     standin.stop().await;
     result.map_err(|e| StartupError::Bind {
         addr: base,
         source: e,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_lifetime_defaults_to_cortis_and_takes_seconds_or_durations() {
+        assert_eq!(token_lifetime(None).unwrap(), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(token_lifetime(Some("")).unwrap(), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(token_lifetime(Some("40")).unwrap(), Duration::from_secs(40));
+        assert_eq!(
+            token_lifetime(Some("2m")).unwrap(),
+            Duration::from_secs(120)
+        );
+    }
+
+    #[test]
+    fn token_lifetime_must_exceed_the_refresh_margin_and_be_a_duration() {
+        for bad in ["10", "30s", "2h", "soon", "-5"] {
+            let err = token_lifetime(Some(bad)).unwrap_err();
+            assert!(
+                err.to_string().contains("DEV_TOKEN_LIFETIME"),
+                "{bad}: {err}"
+            );
+        }
+    }
 }

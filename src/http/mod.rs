@@ -4,6 +4,7 @@ pub mod audit;
 pub mod context;
 pub mod cors;
 pub mod ops;
+pub mod ops_page;
 pub mod problem;
 pub mod tokens;
 
@@ -43,5 +44,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))
     .route("/metrics", web::get().to(ops::metrics))
-    .route("/openapi.yaml", web::get().to(ops::openapi));
+    .route("/openapi.yaml", web::get().to(ops::openapi))
+    .configure(ops_page::routes);
 }

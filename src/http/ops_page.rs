@@ -1,0 +1,56 @@
+//! `GET /ops/audit`: a page for ops to read the audit log in a browser — recent events
+//! with filters, outcomes per minute, and a token-fingerprint search. Plain files
+//! compiled into the binary. The page holds no data itself: everything it shows comes
+//! from `GET /v1/audit/events`, which checks the session and the reader role.
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+
+const PAGE_HTML: &str = include_str!("assets/ops-audit.html");
+const PAGE_JS: &str = include_str!("assets/ops-audit.js");
+const PAGE_CSS: &str = include_str!("assets/ops-audit.css");
+
+/// Only same-origin scripts, styles and API calls; the page may not be framed.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// Registers the page and its two assets.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ops/audit", web::get().to(page))
+        .route("/ops/audit.js", web::get().to(script))
+        .route("/ops/audit.css", web::get().to(style));
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .body(body)
+}
+
+async fn page() -> HttpResponse {
+    let mut res = asset("text/html; charset=utf-8", PAGE_HTML);
+    let headers = res.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    res
+}
+
+async fn script() -> HttpResponse {
+    asset("text/javascript; charset=utf-8", PAGE_JS)
+}
+
+async fn style() -> HttpResponse {
+    asset("text/css; charset=utf-8", PAGE_CSS)
+}
