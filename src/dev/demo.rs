@@ -12,6 +12,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::http::assets::{asset, html_page};
 use crate::http::context::request_id;
 use crate::http::problem::Problem;
 use crate::http::AppState;
@@ -83,14 +84,6 @@ pub fn routes(demo: Demo) -> ExtraRoutes {
     })
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type(content_type)
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .body(body)
-}
-
 async fn page(demo: web::Data<Demo>) -> HttpResponse {
     // Everything is same-origin but the speech stand-in's WebSocket.
     let csp = format!(
@@ -98,17 +91,7 @@ async fn page(demo: web::Data<Demo>) -> HttpResponse {
          connect-src 'self' {}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
         demo.api_base_url
     );
-    let mut res = asset("text/html; charset=utf-8", DEMO_HTML);
-    res.headers_mut().insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_str(&csp)
-            .unwrap_or(header::HeaderValue::from_static("default-src 'self'")),
-    );
-    res.headers_mut().insert(
-        header::REFERRER_POLICY,
-        header::HeaderValue::from_static("no-referrer"),
-    );
-    res
+    html_page(DEMO_HTML, &csp)
 }
 
 async fn script() -> HttpResponse {

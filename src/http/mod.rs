@@ -1,5 +1,6 @@
 //! The HTTP edge: routes, request ids, CORS, and the one problem+json error shape.
 
+pub mod assets;
 pub mod audit;
 pub mod context;
 pub mod cors;

@@ -3,8 +3,9 @@
 //! compiled into the binary. The page holds no data itself: everything it shows comes
 //! from `GET /v1/audit/events`, which checks the session and the reader role.
 
-use actix_web::http::header;
 use actix_web::{web, HttpResponse};
+
+use super::assets::{asset, html_page};
 
 const PAGE_HTML: &str = include_str!("assets/ops-audit.html");
 const PAGE_JS: &str = include_str!("assets/ops-audit.js");
@@ -21,30 +22,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/ops/audit.css", web::get().to(style));
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type(content_type)
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .body(body)
-}
-
 async fn page() -> HttpResponse {
-    let mut res = asset("text/html; charset=utf-8", PAGE_HTML);
-    let headers = res.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static(CSP),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        header::HeaderValue::from_static("no-referrer"),
-    );
-    headers.insert(
-        header::X_FRAME_OPTIONS,
-        header::HeaderValue::from_static("DENY"),
-    );
-    res
+    html_page(PAGE_HTML, CSP)
 }
 
 async fn script() -> HttpResponse {
