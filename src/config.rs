@@ -259,8 +259,16 @@ impl Sources {
             (None, None) => {
                 let lower = name.to_ascii_lowercase();
                 let lower_file = file_key.to_ascii_lowercase();
-                match (self.file.get(&lower), self.file.get(&lower_file)) {
-                    (Some(v), _) => Some((false, v.clone())),
+                let direct = self.file.get(&lower).filter(|v| !v.is_empty());
+                let file = self.file.get(&lower_file).filter(|v| !v.is_empty());
+                match (direct, file) {
+                    (Some(_), Some(_)) => {
+                        return Err(ConfigError::new(
+                            name,
+                            format!("set either {lower} or {lower_file}, not both"),
+                        ))
+                    }
+                    (Some(v), None) => Some((false, v.clone())),
                     (None, Some(p)) => Some((true, p.clone())),
                     (None, None) => None,
                 }
@@ -348,7 +356,26 @@ fn parse_url(name: &str, raw: &str, schemes: &[&str]) -> Result<String, ConfigEr
             format!("scheme must be one of {}", schemes.join(", ")),
         ));
     }
+    // Plain HTTP would carry the client secret in clear and let anyone on the path
+    // swap signing keys; it is accepted only on this machine (tests, dev stand-ins).
+    if url.scheme() == "http" && !is_loopback_host(&url) {
+        return Err(ConfigError::new(
+            name,
+            "must use https (http is accepted only for loopback hosts)",
+        ));
+    }
     Ok(raw.trim_end_matches('/').to_owned())
+}
+
+fn is_loopback_host(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Normalises a configured origin to `scheme://host[:port]` and refuses anything else.
@@ -662,6 +689,8 @@ mod tests {
             ("ALLOWED_ORIGINS", "https://app.example/path"),
             ("TRUSTED_PROXIES", "10.0.0.0/99"),
             ("LISTEN_ADDR", "nowhere"),
+            ("CORTI_AUTH_URL", "http://auth.example.test"),
+            ("SESSION_JWKS_URL", "http://id.example.test/jwks"),
         ] {
             let err = Settings::load(&Sources::from_pairs([(k, v)])).unwrap_err();
             assert_eq!(err.setting, k, "{err}");

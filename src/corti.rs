@@ -15,6 +15,8 @@ use crate::scope::{GrantError, RequestedScope};
 
 /// Largest upstream body read; a Keycloak token response is a few KiB.
 const MAX_BODY: usize = 64 * 1024;
+/// Longest upstream `Retry-After` honoured.
+const MAX_RETRY_AFTER_SECS: u64 = 3600;
 /// Largest access token passed on.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 
@@ -195,7 +197,8 @@ impl CortiClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            // A hostile or broken value must not overflow deadlines computed from it.
+            .map(|secs| Duration::from_secs(secs.min(MAX_RETRY_AFTER_SECS)));
         let body = read_capped(response).await?;
 
         if status.as_u16() == 429 {

@@ -11,7 +11,7 @@ use tokio::sync::{Mutex, RwLock};
 /// How a key set is kept fresh.
 #[derive(Debug, Clone, Copy)]
 pub struct JwksPolicy {
-    /// Keys are refetched in the background of a lookup once this old.
+    /// Keys are refreshed behind a lookup once this old.
     pub refresh_after: Duration,
     /// An unknown `kid` triggers a refetch at most this often.
     pub min_refetch_interval: Duration,
@@ -74,15 +74,27 @@ impl JwksCache {
     }
 
     /// The key for `kid` (or the only key when the token names none).
-    pub async fn key(&self, kid: Option<&str>) -> Result<VerifyingKey, JwksError> {
+    pub async fn key(self: &Arc<Self>, kid: Option<&str>) -> Result<VerifyingKey, JwksError> {
         let (found, fresh) = self.lookup(kid).await;
-        if let (Some(key), true) = (&found, fresh) {
-            return Ok(key.clone());
+        match (found, fresh) {
+            (Some(key), true) => return Ok(key),
+            (Some(key), false) => {
+                // Known but due for a refresh: answer now, refresh behind the request,
+                // so a slow identity provider never holds up a session check.
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    if let Ok(mut last) = this.last_attempt.try_lock() {
+                        let _ = this.refetch_locked(&mut last).await;
+                    }
+                });
+                return Ok(key);
+            }
+            (None, _) => {}
         }
-        // Unknown kid, stale or empty cache: refetch (rate-limited), then look again.
+        // Unknown kid or empty cache: refetch (rate-limited), then look again.
         let refetch = self.refetch().await;
         let (again, _) = self.lookup(kid).await;
-        match (again.or(found), refetch) {
+        match (again, refetch) {
             (Some(key), _) => Ok(key),
             (None, Err(e)) if !self.has_usable_keys().await => Err(e),
             (None, _) => Err(JwksError::UnknownKid),
@@ -120,6 +132,11 @@ impl JwksCache {
 
     async fn refetch(&self) -> Result<(), JwksError> {
         let mut last = self.last_attempt.lock().await;
+        self.refetch_locked(&mut last).await
+    }
+
+    /// Refetches unless one was tried within `min_refetch_interval`.
+    async fn refetch_locked(&self, last: &mut Option<Instant>) -> Result<(), JwksError> {
         if let Some(at) = *last {
             if at.elapsed() < self.policy.min_refetch_interval {
                 return Ok(());

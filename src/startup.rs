@@ -184,6 +184,8 @@ fn app_state(
     let jwks_http = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(3))
         .timeout(std::time::Duration::from_secs(5))
+        // A redirect could lead key fetches to a host nobody configured.
+        .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let sessions = SessionVerifier::from_settings(settings, jwks_http)?;
     let fingerprinter = Fingerprinter::new(

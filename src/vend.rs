@@ -204,10 +204,13 @@ impl Vendor {
 
         event.duration_ms = started.elapsed().as_millis() as u64;
         set_outcome(&mut event, &result);
-        if self.auditor.record(&event).await.is_err() && result.is_ok() {
-            // Fail closed: a token whose event is not stored never leaves.
-            result = Err(VendError::AuditUnavailable);
-            set_outcome(&mut event, &result);
+        if self.auditor.record(&event).await.is_err() {
+            if result.is_ok() {
+                // Fail closed: a token whose event is not stored never leaves.
+                result = Err(VendError::AuditUnavailable);
+                set_outcome(&mut event, &result);
+            }
+            self.auditor.log_unstored(&event);
         }
         self.metrics
             .vend(event.outcome.as_str(), &scope_label(event.scope.as_deref()));
@@ -236,17 +239,22 @@ impl Vendor {
             }
             Credentials::None => return Err(SessionError::Missing.into()),
         };
-        let session = self.sessions.verify(&token).await?;
-        event.subject = Some(session.subject.to_string());
-        event.session_id = session.session_id.clone();
+        let verified = self.sessions.verify(&token).await;
+        if let Ok(session) = &verified {
+            event.subject = Some(session.subject.to_string());
+            event.session_id = session.session_id.clone();
+        }
+        // The origin is judged before the session's validity and before the user's
+        // quota: a cross-site request riding on a cookie is a CSRF attempt (403) and
+        // must not spend its victim's quota.
+        self.origins
+            .check_request(attempt.origin.as_deref(), via_cookie)?;
+        let session = verified?;
         // Only a verified session spends its user's quota.
         admit(
             limits,
             self.limits.check_user(session.subject.as_str()).await,
         )?;
-
-        self.origins
-            .check_request(attempt.origin.as_deref(), via_cookie)?;
 
         if !is_json(attempt.content_type.as_deref()) {
             return Err(VendError::UnsupportedMediaType);

@@ -190,7 +190,9 @@ pub async fn export(
 pub async fn prune(url: &str, args: &PruneArgs, out: &mut impl Write) -> Result<(), CommandError> {
     let older_than = time::Duration::try_from(args.older_than)
         .map_err(|_| CommandError::Usage("--older-than is too long".into()))?;
-    let cutoff = OffsetDateTime::now_utc() - older_than;
+    let cutoff = OffsetDateTime::now_utc()
+        .checked_sub(older_than)
+        .ok_or_else(|| CommandError::Usage("--older-than is too long".into()))?;
     let db = AuditDb::open(url, OpenMode::Existing).await?;
     let deleted = db.prune(cutoff).await?;
     writeln!(

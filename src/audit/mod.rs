@@ -250,7 +250,7 @@ impl Auditor {
     async fn write(&self, event: &AuditEvent) -> Result<(), AuditError> {
         let result = self.store.record(event).await;
         match &result {
-            Ok(()) => emit_log_line(event),
+            Ok(()) => emit_log_line(event, true),
             Err(e) => {
                 tracing::error!(error = %e, request_id = %event.request_id, outcome = %event.outcome, "audit event could not be stored")
             }
@@ -261,9 +261,15 @@ impl Auditor {
     pub async fn ready(&self) -> bool {
         self.store.ready().await
     }
+
+    /// The `audit` log line of an event the store could not take (`stored: false`):
+    /// then the log is the only trace of the attempt.
+    pub fn log_unstored(&self, event: &AuditEvent) {
+        emit_log_line(event, false);
+    }
 }
 
-fn emit_log_line(e: &AuditEvent) {
+fn emit_log_line(e: &AuditEvent, stored: bool) {
     let time = e
         .time
         .format(&time::format_description::well_known::Rfc3339)
@@ -293,6 +299,7 @@ fn emit_log_line(e: &AuditEvent) {
         duration_ms = e.duration_ms,
         detail = e.detail.as_deref(),
         count = e.count,
+        stored,
         "audit event"
     );
 }

@@ -127,12 +127,13 @@ impl AuditQuery {
                 let ok = |v: &str| {
                     v.len() <= 64
                         && v.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
+                            // `_` and `%` are LIKE wildcards, so neither is accepted.
+                            .all(|b| b.is_ascii_alphanumeric() || b"-.:/".contains(&b))
                 };
                 if !parts.iter().all(|v| ok(v)) {
                     return Err(FilterError::new(
                         "scope",
-                        "must be space-separated scope values (letters, digits, - _ . : /)",
+                        "must be space-separated scope values (letters, digits, - . : /)",
                     ));
                 }
                 parts
@@ -188,7 +189,10 @@ fn parse_time(
         if let Ok(ago) = humantime::parse_duration(v) {
             let ago = time::Duration::try_from(ago)
                 .map_err(|_| FilterError::new(param, "is too long ago"))?;
-            return Ok(Some(OffsetDateTime::now_utc() - ago));
+            return OffsetDateTime::now_utc()
+                .checked_sub(ago)
+                .map(Some)
+                .ok_or_else(|| FilterError::new(param, "is too long ago"));
         }
         return Err(FilterError::new(
             param,

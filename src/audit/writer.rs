@@ -27,7 +27,9 @@ pub struct WriterConfig {
     pub queue: usize,
     /// Most events in one transaction.
     pub max_batch: usize,
-    /// Longest a caller waits for its event to be committed.
+    /// Longest a caller waits for its event to be committed: more than two
+    /// transactions (the one in progress and its own), so a caller that is told
+    /// "failed" is not one whose event was committed after all.
     pub wait: Duration,
     /// Longest one transaction may take before the writer abandons it.
     pub commit_timeout: Duration,
@@ -38,8 +40,8 @@ impl Default for WriterConfig {
         Self {
             queue: 16_384,
             max_batch: 2_048,
-            wait: Duration::from_secs(3),
-            commit_timeout: Duration::from_secs(5),
+            wait: Duration::from_secs(5),
+            commit_timeout: Duration::from_secs(2),
         }
     }
 }

@@ -136,3 +136,37 @@ async fn no_origin_is_allowed_by_default() {
     let response = cookie_request(&app, Some(APP_ORIGIN)).send().await.unwrap();
     problem(response, 403).await;
 }
+
+#[tokio::test]
+async fn cookie_from_a_foreign_origin_is_refused_as_csrf_even_with_a_bad_session() {
+    let app = spawn_app().await;
+    let expired = app.session_with(serde_json::json!({"sub": "pat", "exp": now() - 600}));
+    let response = app
+        .post_tokens()
+        .header("Cookie", format!("session={expired}"))
+        .header("Origin", "https://evil.example.test")
+        .header("Content-Type", "application/json")
+        .body(BODY)
+        .send()
+        .await
+        .unwrap();
+    let (_, id) = problem(response, 403).await;
+    assert_outcome(&app, &id, Outcome::Forbidden, 403);
+}
+
+#[tokio::test]
+async fn only_the_token_endpoint_answers_other_origins() {
+    let app = spawn_app().await;
+    let response = app
+        .http
+        .get(format!("{}/v1/audit/events", app.address))
+        .bearer_auth(app.session("pat"))
+        .header("Origin", APP_ORIGIN)
+        .send()
+        .await
+        .unwrap();
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
