@@ -63,13 +63,12 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Whether a retry might succeed (connection problems and 5xx).
+    /// Whether a retry might succeed (connection problems and 5xx). Unavailable realm
+    /// keys are not retried here: a retry would mint another token for nothing.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            UpstreamError::Unreachable(_)
-                | UpstreamError::ServerError { .. }
-                | UpstreamError::KeysUnavailable
+            UpstreamError::Unreachable(_) | UpstreamError::ServerError { .. }
         )
     }
 }
@@ -155,10 +154,6 @@ impl CortiClient {
 
     pub fn environment(&self) -> Environment {
         self.environment
-    }
-
-    pub fn token_url(&self) -> &str {
-        &self.token_url
     }
 
     /// Exchanges the client credentials for a token limited to `scope`, and checks it.

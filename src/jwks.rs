@@ -69,10 +69,6 @@ impl JwksCache {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// The key for `kid` (or the only key when the token names none).
     pub async fn key(self: &Arc<Self>, kid: Option<&str>) -> Result<VerifyingKey, JwksError> {
         let (found, fresh) = self.lookup(kid).await;

@@ -276,7 +276,7 @@ impl ResilientUpstream {
 
 /// Failures that mean the auth server is down, not that it said no.
 fn counts_against_breaker(e: &UpstreamError) -> bool {
-    e.is_transient() || matches!(e, UpstreamError::Timeout)
+    e.is_transient() || matches!(e, UpstreamError::Timeout | UpstreamError::KeysUnavailable)
 }
 
 fn result_label(result: &Result<GrantedToken, UpstreamError>) -> &'static str {

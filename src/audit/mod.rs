@@ -163,18 +163,6 @@ pub trait AuditStore: Send + Sync + 'static {
     }
 }
 
-/// A store that keeps nothing but the log line; for tests of the HTTP edge only.
-pub struct LogOnlyStore;
-
-impl AuditStore for LogOnlyStore {
-    fn record<'a>(&'a self, _event: &'a AuditEvent) -> BoxFuture<'a, Result<(), AuditError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn ready(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async { true })
-    }
-}
-
 /// An [`Auditor`] that does not keep its store alive.
 pub struct WeakAuditor {
     store: std::sync::Weak<dyn AuditStore>,
@@ -307,19 +295,21 @@ fn emit_log_line(e: &AuditEvent, stored: bool) {
 /// Keyed fingerprints of tokens: lets ops trace a token without storing it.
 #[derive(Clone)]
 pub struct Fingerprinter {
-    key: SecretString,
+    /// Keyed once; each fingerprint starts from a clone of this state.
+    keyed: Hmac<Sha256>,
 }
 
 impl Fingerprinter {
     pub fn new(key: SecretString) -> Self {
-        Self { key }
+        // HMAC accepts keys of any length, so this cannot fail.
+        let keyed = Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        Self { keyed }
     }
 
     /// `hmac-sha256:<hex>` of the token.
     pub fn fingerprint(&self, token: &str) -> String {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.expose_secret().as_bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut mac = self.keyed.clone();
         mac.update(token.as_bytes());
         format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
     }
