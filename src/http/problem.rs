@@ -89,42 +89,39 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 
 impl From<&VendError> for Problem {
     fn from(e: &VendError) -> Self {
+        // The status comes from the one mapping in `VendError::status`.
+        let problem = |slug, title, detail: &str| Problem::new(e.status(), slug, title, detail);
         let p = match e {
-            VendError::InvalidRequest(detail) => Problem::new(400, "invalid-request", "Invalid request", detail.clone()),
-            VendError::PayloadTooLarge => Problem::new(413, "payload-too-large", "Request body too large", e.to_string()),
-            VendError::UnsupportedMediaType => Problem::new(415, "unsupported-media-type", "Unsupported media type", e.to_string()),
-            VendError::Unauthenticated(SessionError::KeysUnavailable) => Problem::new(
-                503,
+            VendError::InvalidRequest(detail) => problem("invalid-request", "Invalid request", detail),
+            VendError::PayloadTooLarge => problem("payload-too-large", "Request body too large", &e.to_string()),
+            VendError::UnsupportedMediaType => problem("unsupported-media-type", "Unsupported media type", &e.to_string()),
+            VendError::Unauthenticated(SessionError::KeysUnavailable) => problem(
                 "session-keys-unavailable",
                 "Service unavailable",
                 "session keys cannot be loaded right now; try again shortly",
             ),
-            VendError::Unauthenticated(_) => Problem::new(
-                401,
+            VendError::Unauthenticated(_) => problem(
                 "unauthenticated",
                 "Not signed in",
                 "a valid session is required (Authorization: Bearer or the session cookie)",
             ),
-            VendError::Origin(o) => Problem::new(403, "origin-not-allowed", "Origin not allowed", o.to_string()),
-            VendError::ScopeNotAllowed(_) => Problem::new(403, "scope-not-allowed", "Scope not allowed", e.to_string()),
-            VendError::RateLimited { .. } => Problem::new(429, "rate-limited", "Too many requests", e.to_string()),
-            VendError::Upstream(UpstreamError::Timeout) => Problem::new(
-                504,
+            VendError::Origin(o) => problem("origin-not-allowed", "Origin not allowed", &o.to_string()),
+            VendError::ScopeNotAllowed(_) => problem("scope-not-allowed", "Scope not allowed", &e.to_string()),
+            VendError::RateLimited { .. } => problem("rate-limited", "Too many requests", &e.to_string()),
+            VendError::Upstream(UpstreamError::Timeout) => problem(
                 "upstream-timeout",
                 "Corti auth timed out",
                 "the Corti auth server did not answer in time",
             ),
             VendError::Upstream(UpstreamError::Unreachable(_) | UpstreamError::KeysUnavailable | UpstreamError::RateLimited { .. } | UpstreamError::CircuitOpen { .. }) => {
-                Problem::new(503, "upstream-unavailable", "Corti auth unavailable", "the Corti auth server cannot be reached right now")
+                problem("upstream-unavailable", "Corti auth unavailable", "the Corti auth server cannot be reached right now")
             }
-            VendError::Upstream(_) => Problem::new(
-                502,
+            VendError::Upstream(_) => problem(
                 "upstream-error",
                 "Corti auth error",
                 "the Corti auth server refused the request or answered in a way that cannot be used",
             ),
-            VendError::AuditUnavailable => Problem::new(
-                503,
+            VendError::AuditUnavailable => problem(
                 "audit-unavailable",
                 "Audit store unavailable",
                 "no token is issued while the audit store cannot record it",
