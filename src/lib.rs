@@ -1,6 +1,7 @@
 //! token-vendor: vends limited-scope Corti tokens to signed-in browsers, so browser
 //! code can open Corti's speech WebSockets without ever seeing the client secret.
 
+pub mod address;
 pub mod audit;
 pub mod browser;
 pub mod cli;

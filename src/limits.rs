@@ -24,6 +24,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 
+use crate::address::address_group;
 use crate::config::{Rate, Settings};
 use crate::metrics::Metrics;
 
@@ -253,7 +254,7 @@ impl Limits {
 
     /// Checks and spends one request of the client address's quota.
     pub async fn check_ip(&self, ip: IpAddr) -> Decision {
-        let bucket = ip_bucket(ip);
+        let bucket = address_group(ip);
         let local = self.hasher.hash_one(bucket);
         self.decide(&self.ip, local, || bucket.to_string()).await
     }
@@ -319,19 +320,6 @@ async fn prune_while_alive(limits: Weak<Limits>) {
 }
 
 /// The unit an address is limited by: IPv4 as is, IPv6 by its /64.
-fn ip_bucket(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(prefix.into())
-            }
-        },
-    }
-}
-
 /// A fixed-size, replica-independent name for a subject in Redis keys.
 fn subject_digest(subject: &str) -> String {
     hex::encode(&Sha256::digest(subject.as_bytes())[..16])

@@ -406,7 +406,8 @@ fn check_user_may_have(session: &Session, scope: &RequestedScope) -> Result<(), 
     Ok(())
 }
 
-fn is_json(content_type: Option<&str>) -> bool {
+/// Whether a `Content-Type` names JSON (`application/json`, any parameters).
+pub fn is_json(content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return false };
     let essence = ct.split(';').next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case("application/json")

@@ -23,6 +23,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{AuditEvent, Outcome};
+use crate::address::address_group;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -205,15 +206,8 @@ fn summarize(key: &Key, group: Group) -> Option<AuditEvent> {
 
 /// The address a flood is counted against: IPv4 as is, IPv6 by its /64.
 fn source_of(ip: Option<&str>) -> String {
-    match ip.and_then(|s| s.parse::<IpAddr>().ok()) {
-        Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-        Some(IpAddr::V6(v6)) => v6
-            .to_ipv4_mapped()
-            .map(|v4| v4.to_string())
-            .unwrap_or_default(),
+    match ip.and_then(|s| s.parse::<IpAddr>().ok()).map(address_group) {
+        Some(IpAddr::V6(net)) => format!("{net}/64"),
         Some(IpAddr::V4(v4)) => v4.to_string(),
         None => ip.unwrap_or("unknown").to_owned(),
     }

@@ -150,11 +150,11 @@ fn refuse_cross_origin(req: &HttpRequest, state: &AppState) -> Option<HttpRespon
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok());
-    let json_body = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+    let json_body = crate::vend::is_json(
+        req.headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
     // A JSON body cannot be sent cross-origin without a preflight, which these routes
     // do not answer; the Origin check is the second lock on the door.
     if json_body && origin.is_none_or(|o| state.origins.is_allowed(o)) {
