@@ -9,7 +9,8 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Row};
 use time::OffsetDateTime;
 
 use super::chain::{self, ChainRecord, Finding, Intact, Linked, Verifier, GENESIS};
@@ -39,6 +40,15 @@ impl Backend {
             Some(Backend::Postgres)
         } else {
             None
+        }
+    }
+
+    /// Starts a write transaction: SQLite takes the write lock at once (waiting up to
+    /// its busy timeout) rather than failing half-way when a read turns into a write.
+    fn begin_write(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
         }
     }
 
@@ -149,13 +159,23 @@ impl AuditDb {
         Ok(())
     }
 
+    /// Proves the database answers a read, without taking any lock a writer needs.
+    pub async fn probe_read(&self) -> Result<(), StoreError> {
+        let probe =
+            sqlx::query("SELECT head_seq FROM audit_chains LIMIT 1").fetch_optional(&self.pool);
+        match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(r) => r.map(|_| ()).map_err(not_migrated),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
     /// Proves the database can take a write right now, without changing anything.
     pub async fn probe_write(&self) -> Result<(), StoreError> {
         let probe = async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = RawTransaction::begin(&self.pool, self.backend.begin_write()).await?;
             sqlx::query("UPDATE audit_chains SET head_seq = head_seq WHERE chain_id = $1")
                 .bind("readiness-probe")
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
             tx.rollback().await?;
             Ok::<(), sqlx::Error>(())
@@ -173,12 +193,12 @@ impl AuditDb {
         chain: &mut ChainState,
         events: &[&AuditEvent],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = RawTransaction::begin(&self.pool, self.backend.begin_write()).await?;
         if !chain.known {
             let row =
                 sqlx::query("SELECT head_seq, head_hash FROM audit_chains WHERE chain_id = $1")
                     .bind(chain.id.as_str())
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(tx.conn())
                     .await?;
             match row {
                 Some(r) => {
@@ -202,7 +222,7 @@ impl AuditDb {
             .bind(chain.id.as_str())
             .bind(chain::to_micros(OffsetDateTime::now_utc()))
             .bind(GENESIS)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         }
         let mut seq = chain.head_seq;
@@ -245,14 +265,14 @@ impl AuditDb {
                     .bind(prev_hash.as_str())
                     .bind(hash.as_str());
             }
-            q.execute(&mut *tx).await?;
+            q.execute(tx.conn()).await?;
             rest = tail;
         }
         sqlx::query("UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain_id = $3")
             .bind(seq)
             .bind(prev.as_str())
             .bind(chain.id.as_str())
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         tx.commit().await?;
         chain.registered = true;
@@ -312,15 +332,15 @@ impl AuditDb {
     /// Reads one snapshot, so events committed meanwhile by a running service are
     /// neither half-seen nor mistaken for insertions.
     pub async fn verify(&self) -> Result<Result<Intact, Finding>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .await?;
-        }
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        };
+        let mut tx = RawTransaction::begin(&self.pool, begin).await?;
         let chains = sqlx::query(
             "SELECT chain_id, head_seq, head_hash, anchor_seq, anchor_hash FROM audit_chains",
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(tx.conn())
         .await
         .map_err(not_migrated)?
         .iter()
@@ -337,7 +357,7 @@ impl AuditDb {
         let mut verifier = Verifier::new(chains);
         let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events ORDER BY chain_id, chain_seq");
         let verdict = {
-            let mut rows = sqlx::query(&sql).fetch(&mut *tx);
+            let mut rows = sqlx::query(&sql).fetch(tx.conn());
             let mut verdict = None;
             while let Some(row) = rows.next().await {
                 let row = row?;
@@ -402,13 +422,13 @@ impl AuditDb {
             };
             while anchor < through {
                 let step = through.min(anchor + PER_TRANSACTION);
-                let mut tx = self.pool.begin().await?;
+                let mut tx = RawTransaction::begin(&self.pool, self.backend.begin_write()).await?;
                 let hash: String = sqlx::query(
                     "SELECT hash FROM audit_events WHERE chain_id = $1 AND chain_seq = $2",
                 )
                 .bind(chain_id.as_str())
                 .bind(step)
-                .fetch_one(&mut *tx)
+                .fetch_one(tx.conn())
                 .await?
                 .try_get("hash")?;
                 let done = sqlx::query(
@@ -417,7 +437,7 @@ impl AuditDb {
                 .bind(chain_id.as_str())
                 .bind(anchor)
                 .bind(step)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
                 sqlx::query(
                     "UPDATE audit_chains SET anchor_seq = $1, anchor_hash = $2, pruned_us = $3 WHERE chain_id = $4",
@@ -426,7 +446,7 @@ impl AuditDb {
                 .bind(hash.as_str())
                 .bind(chain::to_micros(OffsetDateTime::now_utc()))
                 .bind(chain_id.as_str())
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
                 tx.commit().await?;
                 deleted += done.rows_affected();
@@ -434,6 +454,56 @@ impl AuditDb {
             }
         }
         Ok(deleted)
+    }
+}
+
+/// A transaction driven by plain `BEGIN` / `COMMIT` on a pooled connection, used for
+/// every transaction on the audit database instead of sqlx's `Transaction`.
+///
+/// When a COMMIT fails (disk full, I/O error, lock timeout), sqlx 0.8 keeps counting its
+/// connection as inside a transaction; the next `begin()` on that pooled connection
+/// then issues a SAVEPOINT, and its "commit" is a RELEASE that makes nothing durable
+/// while reporting success. Here a transaction that did not end in a successful
+/// COMMIT or ROLLBACK — an error, or a timeout that dropped the future half-way —
+/// closes its connection instead of returning it to the pool, so no later commit can
+/// run on a connection in an unknown state.
+struct RawTransaction {
+    conn: PoolConnection<Any>,
+    ended: bool,
+}
+
+impl RawTransaction {
+    async fn begin(pool: &AnyPool, begin: &str) -> Result<Self, sqlx::Error> {
+        let mut tx = Self {
+            conn: pool.acquire().await?,
+            ended: false,
+        };
+        tx.conn.execute(begin).await?;
+        Ok(tx)
+    }
+
+    fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+
+    async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.conn.execute("COMMIT").await?;
+        self.ended = true;
+        Ok(())
+    }
+
+    async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        self.conn.execute("ROLLBACK").await?;
+        self.ended = true;
+        Ok(())
+    }
+}
+
+impl Drop for RawTransaction {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.conn.close_on_drop();
+        }
     }
 }
 

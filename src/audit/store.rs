@@ -1,7 +1,10 @@
 //! The durable audit store the service runs with: the database chosen by
 //! `DATABASE_URL`, written through the group-commit writer.
 
+use std::time::{Duration, Instant};
+
 use futures_util::future::BoxFuture;
+use tokio::sync::Mutex;
 
 use super::db::{AuditDb, OpenMode, StoreError};
 use super::query::{AuditQuery, Page};
@@ -12,7 +15,12 @@ use super::{AuditError, AuditEvent, AuditStore};
 pub struct SqlAuditStore {
     db: AuditDb,
     writer: GroupCommitWriter,
+    /// When a write probe last ran while the writer was failing, and its result.
+    write_probe: Mutex<Option<(Instant, bool)>>,
 }
+
+/// Least time between two write probes of a failing store.
+const WRITE_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 impl SqlAuditStore {
     /// Opens (creating a missing SQLite file), migrates, and starts the writer.
@@ -29,7 +37,11 @@ impl SqlAuditStore {
     /// A store on an already migrated database.
     pub fn with_db(db: AuditDb, config: WriterConfig) -> Self {
         let writer = GroupCommitWriter::start(db.clone(), config);
-        Self { db, writer }
+        Self {
+            db,
+            writer,
+            write_probe: Mutex::new(None),
+        }
     }
 
     pub fn db(&self) -> &AuditDb {
@@ -42,9 +54,26 @@ impl AuditStore for SqlAuditStore {
         Box::pin(self.writer.record(event.clone()))
     }
 
+    /// Ready while the writer's last commit succeeded and the database answers a read:
+    /// a flood of probes never competes with the writer for SQLite's write lock. Only
+    /// while the writer is failing does a probe try a write (at most one a second,
+    /// shared by all callers), so readiness returns when the store does, even with no
+    /// traffic to commit.
     fn ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move {
-            match self.db.probe_write().await {
+            let result = if self.writer.failing() {
+                let mut last = self.write_probe.lock().await;
+                match *last {
+                    Some((at, ok)) if at.elapsed() < WRITE_PROBE_EVERY => return ok,
+                    _ => {}
+                }
+                let result = self.db.probe_write().await;
+                *last = Some((Instant::now(), result.is_ok()));
+                result
+            } else {
+                self.db.probe_read().await
+            };
+            match result {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(error = %e, writer_failing = self.writer.failing(), "audit store not ready");
