@@ -147,6 +147,8 @@ export interface SpeechSocketOptions {
   maxDelayMs?: number;
   /** Called on every state change. */
   onStateChange?: (state: SpeechSocketState) => void;
+  /** Before each WebSocket is created, with the token and URL it uses. */
+  onConnecting?: (event: { attempt: number; token: TokenResponse; url: string }) => void;
   /** After CONFIG_ACCEPTED, on the first connect and every reconnect. */
   onOpen?: (event: { attempt: number; reconnected: boolean; token: TokenResponse; url: string }) => void;
   /** Every message: parsed JSON, or the raw data when it is not JSON. */

@@ -318,6 +318,7 @@ export function connectSpeechSocket(options) {
     sleep = defaultSleep,
     random = Math.random,
     onStateChange,
+    onConnecting,
     onOpen,
     onMessage,
     onReconnecting,
@@ -390,10 +391,11 @@ export function connectSpeechSocket(options) {
       let opened = false;
       let accepted = false;
       let refused = null;
+      setState("connecting");
+      call(onConnecting, { attempt: n, token, url: target });
       const socket = new WS(target);
       socket.binaryType = "arraybuffer";
       ws = socket;
-      setState("connecting");
       socket.onopen = () => {
         opened = true;
         setState("configuring");
