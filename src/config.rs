@@ -710,7 +710,8 @@ mod tests {
         let s = Settings::load(&Sources::default()).unwrap();
         assert!(s.token_reuse_min_ttl > Duration::from_secs(120));
         assert_eq!(s.token_reuse_min_ttl, Duration::from_secs(150));
-        let explicit = Settings::load(&Sources::from_pairs([("TOKEN_REUSE_MIN_TTL", "60")])).unwrap();
+        let explicit =
+            Settings::load(&Sources::from_pairs([("TOKEN_REUSE_MIN_TTL", "60")])).unwrap();
         assert_eq!(explicit.token_reuse_min_ttl, Duration::from_secs(60));
         let off = Settings::load(&Sources::from_pairs([("TOKEN_REUSE_MIN_TTL", "0")])).unwrap();
         assert!(off.token_reuse_min_ttl.is_zero());
