@@ -156,6 +156,13 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// Default `TOKEN_REUSE_MIN_TTL`. The Corti JS SDK counts a token as expired 120 s
+/// before its `expiresIn` runs out and then asks for another before every request; a
+/// reused token must therefore have more than 120 s left, or each SDK request would
+/// fetch the same token again. 150 s leaves 30 s for the round trip and for the page
+/// using the token, and still reuses a 300-s Corti token for half its life.
+pub const DEFAULT_TOKEN_REUSE_MIN_TTL: Duration = Duration::from_secs(150);
+
 const fn nz(n: u32) -> NonZeroU32 {
     match NonZeroU32::new(n) {
         Some(v) => v,
@@ -184,7 +191,7 @@ impl Default for Settings {
             rate_limit_per_ip: Rate::new(nz(120), Duration::from_secs(60)),
             upstream_rate_limit: Rate::new(nz(50), Duration::from_secs(1)),
             rate_limit_redis_url: None,
-            token_reuse_min_ttl: Duration::from_secs(60),
+            token_reuse_min_ttl: DEFAULT_TOKEN_REUSE_MIN_TTL,
             upstream_timeout: Duration::from_secs(5),
             audit_hmac_key: None,
             audit_reader_role: "token-vendor:audit-reader".into(),
@@ -695,6 +702,19 @@ mod tests {
             let err = Settings::load(&Sources::from_pairs([(k, v)])).unwrap_err();
             assert_eq!(err.setting, k, "{err}");
         }
+    }
+
+    #[test]
+    fn reused_tokens_outlast_the_corti_sdks_expiry_margin_by_default() {
+        // The SDK's BUFFER_IN_MINUTES = 2: a token with 120 s or less left is "expired" to it.
+        let s = Settings::load(&Sources::default()).unwrap();
+        assert!(s.token_reuse_min_ttl > Duration::from_secs(120));
+        assert_eq!(s.token_reuse_min_ttl, Duration::from_secs(150));
+        let explicit =
+            Settings::load(&Sources::from_pairs([("TOKEN_REUSE_MIN_TTL", "60")])).unwrap();
+        assert_eq!(explicit.token_reuse_min_ttl, Duration::from_secs(60));
+        let off = Settings::load(&Sources::from_pairs([("TOKEN_REUSE_MIN_TTL", "0")])).unwrap();
+        assert!(off.token_reuse_min_ttl.is_zero());
     }
 
     #[test]

@@ -429,3 +429,78 @@ async fn speech_stand_in_denies_a_config_without_the_required_fields() {
     assert_eq!(denied["type"], "CONFIG_DENIED");
     assert!(denied["reason"].as_str().unwrap().contains("mode"));
 }
+
+/// Reads frames until a close frame; returns its status code.
+async fn read_close_code(stream: &mut TcpStream) -> u16 {
+    loop {
+        let mut head = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
+            .await
+            .expect("a frame in time")
+            .unwrap();
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut ext = [0u8; 2];
+                stream.read_exact(&mut ext).await.unwrap();
+                u16::from_be_bytes(ext) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.unwrap();
+        if head[0] & 0x0f == 8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn speech_stand_in_drops_open_streams_on_request_with_1012() {
+    let dev = start_dev(&[]);
+    let token = access_token(&dev, "transcribe").await;
+    let (_, mut ws) = upgrade(
+        &dev.api,
+        &format!("/audio-bridge/v2/transcribe?{}", bearer_query(&token)),
+    )
+    .await;
+    send_frame(
+        &mut ws,
+        1,
+        br#"{"type":"config","configuration":{"primaryLanguage":"en"}}"#,
+    )
+    .await;
+    assert_eq!(read_json(&mut ws).await["type"], "CONFIG_ACCEPTED");
+
+    let http_api = dev.api.replacen("ws://", "http://", 1);
+    let answer: Value = http()
+        .post(format!("{http_api}/dev/drop-connections"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    assert_eq!(answer["dropped"], 1);
+    assert_eq!(read_close_code(&mut ws).await, 1012, "service restart");
+}
+
+#[tokio::test]
+async fn dev_reuses_a_live_token_only_while_token_reuse_min_ttl_is_left() {
+    // 135-s tokens: under the default 150 s nothing is reused (the Corti SDK would count
+    // a token with 120 s or less left as expired); with an explicit 60 s it is.
+    let default = start_dev(&[("DEV_TOKEN_LIFETIME", "135")]);
+    let explicit = start_dev(&[("DEV_TOKEN_LIFETIME", "135"), ("TOKEN_REUSE_MIN_TTL", "60")]);
+
+    let fresh = [
+        access_token(&default, "transcribe").await,
+        access_token(&default, "transcribe").await,
+    ];
+    let reused = [
+        access_token(&explicit, "transcribe").await,
+        access_token(&explicit, "transcribe").await,
+    ];
+
+    assert_ne!(fresh[0], fresh[1]);
+    assert_eq!(reused[0], reused[1]);
+}

@@ -59,10 +59,10 @@ export interface TokenSourceOptions {
 }
 
 export interface TokenSource {
-  /** A token with more than refreshMarginSeconds left: cached, or fetched (concurrent callers share one request). */
+  /** A token with more than refreshMarginSeconds left: cached, or fetched (concurrent callers share one request); `expiresIn` is what it has left now. */
   getToken(): Promise<TokenResponse>;
   /**
-   * Same semantics as getToken, as a detached function for
+   * Same semantics as getToken (a cached token's expiresIn is what it has left now), as a detached function for
    * `new CortiClient({ environment, tenantName, auth: { refreshAccessToken } })`.
    */
   refreshAccessToken: () => Promise<TokenResponse>;
@@ -111,3 +111,86 @@ export class InvalidResponseError extends TokenVendorError {}
 
 /** Create a token source bound to one token-vendor endpoint and one scope. */
 export function createTokenSource(options: TokenSourceOptions): TokenSource;
+
+/** The speech socket could not be (re)opened or was refused. */
+export class SocketError extends TokenVendorError {
+  /** WebSocket close code, or null. */
+  code: number | null;
+  /** Close reason, or the rejecting message type (e.g. "CONFIG_DENIED"), or null. */
+  reason: string | null;
+}
+
+export type SpeechSocketState = "connecting" | "configuring" | "open" | "reconnecting" | "closed";
+
+export interface SpeechSocketClosed {
+  /** The last close code (1000 after a normal end or close()), or null when no socket was opened. */
+  code: number | null;
+  reason: string;
+  /** Why it stopped, or null after a normal end or close(). */
+  error: Error | null;
+}
+
+export interface SpeechSocketOptions {
+  /** Where tokens come from; a fresh one is asked for on every (re)connect. */
+  tokens: TokenSource;
+  /** Default "transcribe". */
+  endpoint?: "transcribe" | "streams";
+  /** Required for "streams". */
+  interactionId?: string;
+  /** Sent as `{"type":"config","configuration":…}` on every (re)connect. */
+  configuration: Record<string, unknown>;
+  /** Failed reconnects in a row before giving up. Default 8. */
+  maxAttempts?: number;
+  /** First backoff step; doubles per failure, with jitter. Default 500. */
+  initialDelayMs?: number;
+  /** Backoff cap. Default 15000. */
+  maxDelayMs?: number;
+  /** Called on every state change. */
+  onStateChange?: (state: SpeechSocketState) => void;
+  /** Before each WebSocket is created, with the token and URL it uses. */
+  onConnecting?: (event: { attempt: number; token: TokenResponse; url: string }) => void;
+  /** After CONFIG_ACCEPTED, on the first connect and every reconnect. */
+  onOpen?: (event: { attempt: number; reconnected: boolean; token: TokenResponse; url: string }) => void;
+  /** Every message: parsed JSON, or the raw data when it is not JSON. */
+  onMessage?: (message: any) => void;
+  /** Before waiting `delayMs` to reconnect after an abnormal close (or a failed token request). */
+  onReconnecting?: (event: { attempt: number; delayMs: number; code: number | null; reason: string; error: Error | null }) => void;
+  /** Once, when the socket is closed for good. */
+  onClose?: (event: SpeechSocketClosed) => void;
+  /** WebSocket implementation. Default globalThis.WebSocket. For tests and Node. */
+  WebSocket?: any;
+  /** Sleep used for the backoff (milliseconds). For tests. */
+  sleep?: (ms: number) => Promise<void>;
+  /** Random source in [0, 1) for the jitter. For tests. */
+  random?: () => number;
+}
+
+export interface SpeechSocket {
+  readonly state: SpeechSocketState;
+  /** Sends audio (ArrayBuffer, typed array, Blob, string) or a JSON-able object while open; false otherwise. */
+  send(data: unknown): boolean;
+  /** Sends `{"type":"end"}`; the server answers ENDED and closes normally. */
+  end(): void;
+  /** Closes now; never reconnects. */
+  close(code?: number, reason?: string): void;
+  /** Resolves once closed for good. */
+  readonly closed: Promise<SpeechSocketClosed>;
+}
+
+/**
+ * A Corti speech WebSocket that reconnects with a fresh token (and re-sends the config)
+ * after an abnormal close of an established stream. Stops on a normal close, a refused
+ * config, close(), 401/403 from token-vendor, or after maxAttempts failures in a row.
+ */
+export function connectSpeechSocket(options: SpeechSocketOptions): SpeechSocket;
+/** connectSpeechSocket for `/audio-bridge/v2/transcribe`. */
+export function openTranscribeSocket(
+  tokens: TokenSource,
+  options: Omit<SpeechSocketOptions, "tokens" | "endpoint" | "interactionId">,
+): SpeechSocket;
+/** connectSpeechSocket for `/audio-bridge/v2/interactions/{interactionId}/streams`. */
+export function openStreamSocket(
+  tokens: TokenSource,
+  interactionId: string,
+  options: Omit<SpeechSocketOptions, "tokens" | "endpoint" | "interactionId">,
+): SpeechSocket;

@@ -41,13 +41,23 @@ export class UnavailableError extends TokenVendorError {
 export class NetworkError extends TokenVendorError {}
 /** A 2xx response whose body is not a usable token (no `accessToken` / `expiresIn`). */
 export class InvalidResponseError extends TokenVendorError {}
+/** The speech socket could not be (re)opened or was refused; see `code` and `reason`. */
+export class SocketError extends TokenVendorError {
+  constructor(message, info = {}) {
+    super(message, info);
+    /** WebSocket close code, or null. */
+    this.code = info.code ?? null;
+    /** Close reason, or the rejecting message type (e.g. `CONFIG_DENIED`), or null. */
+    this.reason = info.reason ?? null;
+  }
+}
 
 // Explicit names survive minifiers that rename classes.
 for (const [C, name] of /** @type {Array<[Function, string]>} */ ([
   [TokenVendorError, "TokenVendorError"], [UnauthenticatedError, "UnauthenticatedError"],
   [ForbiddenError, "ForbiddenError"], [RateLimitedError, "RateLimitedError"],
   [UnavailableError, "UnavailableError"], [NetworkError, "NetworkError"],
-  [InvalidResponseError, "InvalidResponseError"],
+  [InvalidResponseError, "InvalidResponseError"], [SocketError, "SocketError"],
 ])) Object.defineProperty(C.prototype, "name", { value: name, writable: true, configurable: true });
 
 const DEFAULT_RETRY_AFTER_SECONDS = 1;
@@ -198,21 +208,28 @@ export function createTokenSource(options) {
    * freshly fetched one. Concurrent callers share one request. Returns a copy.
    * @returns {Promise<import("./index.js").TokenResponse>}
    */
+  /** A copy whose expiresIn is what is left now (the Corti SDK counts from when it gets it). */
+  function copyOf(entry) {
+    const left = Math.floor((entry.deadline - now()) / 1000);
+    return { ...entry.token, expiresIn: Math.max(1, Math.min(entry.token.expiresIn, left)) };
+  }
+
   function getToken() {
-    if (isFresh(cached)) return Promise.resolve({ ...cached.token });
+    if (isFresh(cached)) return Promise.resolve(copyOf(cached));
     if (!inflight) {
       const gen = generation;
       const p = fetchToken()
         .then(({ token, startedAt }) => {
-          if (gen === generation) cached = { token, deadline: startedAt + token.expiresIn * 1000 };
-          return token;
+          const entry = { token, deadline: startedAt + token.expiresIn * 1000 };
+          if (gen === generation) cached = entry;
+          return entry;
         })
         .finally(() => {
           if (inflight === p) inflight = null;
         });
       inflight = p;
     }
-    return inflight.then((token) => ({ ...token }));
+    return inflight.then(copyOf);
   }
 
   function wsBase(token) {
@@ -270,4 +287,223 @@ export function createTokenSource(options) {
     streamsUrl,
     clear,
   };
+}
+
+// ---- reconnecting speech socket -------------------------------------------------------
+
+/** Close codes after which reconnecting cannot help: normal end, and policy (config refused). */
+const FINAL_CLOSE_CODES = new Set([1000, 1008]);
+const CONFIG_OK = new Set(["CONFIG_ACCEPTED", "CONFIG_ALREADY_RECEIVED"]);
+const CONFIG_REFUSED = new Set(["CONFIG_DENIED", "CONFIG_TIMEOUT", "CONFIG_MISSING", "CONFIG_NOT_PROVIDED"]);
+
+/**
+ * Open a Corti speech WebSocket (`transcribe`, or an interaction's `streams`) that, when
+ * an established stream closes abnormally, gets a token again through `tokens` (a fresh
+ * one if the first has expired) and reconnects with backoff, re-sending the config.
+ * It stops for good on a normal close (1000), on a refused config, after `close()`, on
+ * 401/403 from token-vendor, or after `maxAttempts` failed reconnects in a row.
+ *
+ * @param {import("./index.js").SpeechSocketOptions} options
+ * @returns {import("./index.js").SpeechSocket}
+ */
+export function connectSpeechSocket(options) {
+  const {
+    tokens,
+    endpoint = "transcribe",
+    interactionId,
+    configuration,
+    maxAttempts = 8,
+    initialDelayMs = 500,
+    maxDelayMs = 15000,
+    sleep = defaultSleep,
+    random = Math.random,
+    onStateChange,
+    onConnecting,
+    onOpen,
+    onMessage,
+    onReconnecting,
+    onClose,
+  } = options ?? {};
+  const WS = options?.WebSocket ?? globalThis.WebSocket;
+  if (!tokens || typeof tokens.getToken !== "function") {
+    throw new TypeError("connectSpeechSocket: `tokens` (from createTokenSource) is required");
+  }
+  if (endpoint !== "transcribe" && endpoint !== "streams") {
+    throw new TypeError('connectSpeechSocket: `endpoint` must be "transcribe" or "streams"');
+  }
+  if (endpoint === "streams" && (interactionId == null || String(interactionId) === "")) {
+    throw new TypeError("connectSpeechSocket: `interactionId` is required for streams");
+  }
+  if (configuration == null || typeof configuration !== "object") {
+    throw new TypeError("connectSpeechSocket: `configuration` is required");
+  }
+  if (typeof WS !== "function") throw new TypeError("connectSpeechSocket: no `WebSocket` available; pass one");
+
+  let state = "connecting"; // connecting | configuring | open | reconnecting | closed
+  let ws = null;
+  let stopped = false;
+  let everAccepted = false;
+  let failures = 0; // failed (re)connects in a row
+  let connects = 0;
+  let resolveClosed;
+  const closed = new Promise((resolve) => { resolveClosed = resolve; });
+
+  const call = (fn, arg) => {
+    if (typeof fn !== "function") return;
+    try {
+      fn(arg);
+    } catch (e) {
+      // A throwing handler must not break the socket's bookkeeping.
+      setTimeout(() => { throw e; });
+    }
+  };
+  function setState(next) {
+    if (state === next) return;
+    state = next;
+    call(onStateChange, next);
+  }
+  function finish(info) {
+    if (state === "closed") return;
+    stopped = true;
+    setState("closed");
+    call(onClose, info);
+    resolveClosed(info);
+  }
+
+  function url() {
+    return endpoint === "streams" ? tokens.streamsUrl(interactionId) : tokens.transcribeUrl();
+  }
+
+  /** One connection attempt; resolves when it has closed (or could not start). */
+  async function attempt() {
+    let target;
+    let token;
+    try {
+      token = await tokens.getToken();
+      target = await url();
+    } catch (error) {
+      return { tokenError: error };
+    }
+    if (stopped) return { stopped: true };
+    connects += 1;
+    const n = connects;
+    return new Promise((resolve) => {
+      let opened = false;
+      let accepted = false;
+      let refused = null;
+      setState("connecting");
+      call(onConnecting, { attempt: n, token, url: target });
+      const socket = new WS(target);
+      socket.binaryType = "arraybuffer";
+      ws = socket;
+      socket.onopen = () => {
+        opened = true;
+        setState("configuring");
+        socket.send(JSON.stringify({ type: "config", configuration }));
+      };
+      socket.onmessage = (ev) => {
+        let msg = ev.data;
+        if (typeof ev.data === "string") {
+          try {
+            msg = JSON.parse(ev.data);
+          } catch {
+            msg = ev.data;
+          }
+        }
+        const type = msg && typeof msg === "object" ? msg.type : undefined;
+        if (!accepted && CONFIG_OK.has(type)) {
+          accepted = true;
+          everAccepted = true;
+          failures = 0;
+          setState("open");
+          call(onOpen, { attempt: n, reconnected: n > 1, token, url: target });
+        } else if (!accepted && CONFIG_REFUSED.has(type)) {
+          refused = msg;
+        }
+        call(onMessage, msg);
+      };
+      socket.onerror = () => {}; // the close event that follows says what happened
+      socket.onclose = (ev) => {
+        if (ws === socket) ws = null;
+        resolve({ opened, accepted, refused, code: ev.code, reason: ev.reason || "" });
+      };
+    });
+  }
+
+  async function run() {
+    for (;;) {
+      const r = await attempt();
+      if (stopped || r.stopped) return finish({ code: 1000, reason: "closed by the client", error: null });
+      if (r.tokenError) {
+        const err = r.tokenError;
+        if (err instanceof UnauthenticatedError || err instanceof ForbiddenError || !everAccepted) {
+          return finish({ code: null, reason: "no token", error: err });
+        }
+      } else if (r.refused) {
+        const type = r.refused.type;
+        return finish({
+          code: r.code, reason: type,
+          error: new SocketError(`speech socket: ${type}${r.refused.reason ? `: ${r.refused.reason}` : ""}`, { code: r.code, reason: type }),
+        });
+      } else if (FINAL_CLOSE_CODES.has(r.code)) {
+        const error = r.code === 1000 ? null : new SocketError(`speech socket closed (${r.code} ${r.reason})`, { code: r.code, reason: r.reason });
+        return finish({ code: r.code, reason: r.reason, error });
+      } else if (!everAccepted) {
+        // The very first connection never got going (handshake refused, bad token scope,
+        // wrong URL): retrying would hide the reason.
+        const why = r.opened ? `closed before CONFIG_ACCEPTED (${r.code})` : "the WebSocket handshake was refused";
+        return finish({ code: r.code, reason: r.reason, error: new SocketError(`speech socket: ${why}`, { code: r.code, reason: r.reason }) });
+      }
+      if (!r.accepted) failures += 1;
+      if (failures >= maxAttempts) {
+        return finish({
+          code: r.code ?? null, reason: r.reason ?? "",
+          error: r.tokenError ?? new SocketError(`speech socket: ${failures} reconnects failed`, { code: r.code, reason: r.reason }),
+        });
+      }
+      // Full jitter on an exponential ladder, so many clients do not return at once.
+      const ceiling = Math.min(maxDelayMs, initialDelayMs * 2 ** Math.max(0, failures));
+      const delayMs = Math.round(ceiling / 2 + (random() * ceiling) / 2);
+      setState("reconnecting");
+      call(onReconnecting, { attempt: failures + 1, delayMs, code: r.code ?? null, reason: r.reason ?? "", error: r.tokenError ?? null });
+      await sleep(delayMs);
+      if (stopped) return finish({ code: 1000, reason: "closed by the client", error: null });
+    }
+  }
+  run();
+
+  return {
+    get state() { return state; },
+    /** Sends audio (or a JSON-able object) while the stream is open; false otherwise. */
+    send(data) {
+      if (state !== "open" || !ws || ws.readyState !== 1) return false;
+      ws.send(typeof data === "string" || data instanceof ArrayBuffer || ArrayBuffer.isView(data) || (typeof Blob !== "undefined" && data instanceof Blob)
+        ? data : JSON.stringify(data));
+      return true;
+    },
+    /** Asks the server to finish (`{"type":"end"}`); it answers ENDED and closes with 1000. */
+    end() {
+      if (ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "end" }));
+      else this.close();
+    },
+    /** Closes now and never reconnects. */
+    close(code = 1000, reason = "closed by the client") {
+      stopped = true;
+      const socket = ws;
+      if (socket && (socket.readyState === 0 || socket.readyState === 1)) socket.close(code, reason);
+      else if (state === "reconnecting" || !socket) finish({ code, reason, error: null });
+    },
+    /** Resolves once the socket is closed for good, with { code, reason, error }. */
+    closed,
+  };
+}
+
+/** `connectSpeechSocket` for `/audio-bridge/v2/transcribe`. */
+export function openTranscribeSocket(tokens, options = {}) {
+  return connectSpeechSocket({ ...options, tokens, endpoint: "transcribe" });
+}
+
+/** `connectSpeechSocket` for `/audio-bridge/v2/interactions/{interactionId}/streams`. */
+export function openStreamSocket(tokens, interactionId, options = {}) {
+  return connectSpeechSocket({ ...options, tokens, endpoint: "streams", interactionId });
 }

@@ -8,6 +8,10 @@
 //!
 //! A stream that is already open outlives its token, as with other streaming APIs: the
 //! token is checked when the connection is opened.
+//!
+//! `POST /dev/drop-connections` (this stand-in only) closes every open stream with
+//! 1012 (service restart), as a redeploy or a network drop would, so a client's
+//! reconnect path can be seen and tested.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
 use super::auth_standin::AuthStandIn;
 
@@ -89,6 +94,8 @@ impl Refusal {
 struct Shared {
     auth: Arc<AuthStandIn>,
     tenant: String,
+    /// Bumped by `POST /dev/drop-connections`; every open stream watches it.
+    drops: watch::Sender<u64>,
 }
 
 /// A running stand-in of the speech API.
@@ -109,7 +116,11 @@ impl ApiStandIn {
     pub fn start(auth: Arc<AuthStandIn>, tenant: String) -> std::io::Result<Self> {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let port = listener.local_addr()?.port();
-        let data = web::Data::new(Shared { auth, tenant });
+        let data = web::Data::new(Shared {
+            auth,
+            tenant,
+            drops: watch::channel(0).0,
+        });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
@@ -118,6 +129,7 @@ impl ApiStandIn {
                     "/audio-bridge/v2/interactions/{id}/streams",
                     web::get().to(streams),
                 )
+                .route("/dev/drop-connections", web::post().to(drop_connections))
         })
         .workers(1)
         .disable_signals()
@@ -172,6 +184,18 @@ fn authorize(
     Ok(())
 }
 
+/// Closes every open stream abnormally; answers how many there were.
+async fn drop_connections(shared: web::Data<Shared>) -> HttpResponse {
+    let open = shared.drops.receiver_count();
+    shared.drops.send_modify(|n| *n += 1);
+    tracing::info!(
+        target: "token_vendor::dev::api_standin",
+        open,
+        "speech stand-in dropped its connections"
+    );
+    HttpResponse::Ok().json(json!({"dropped": open}))
+}
+
 async fn transcribe(
     req: HttpRequest,
     body: web::Payload,
@@ -217,7 +241,8 @@ async fn connect(
                 endpoint = endpoint.scope(),
                 "speech stand-in accepted a connection"
             );
-            actix_web::rt::spawn(converse(endpoint, session, messages));
+            let drops = shared.drops.subscribe();
+            actix_web::rt::spawn(converse(endpoint, session, messages, drops));
             response
         }
         Err(e) => e.error_response(),
@@ -283,7 +308,12 @@ async fn send_json(session: &mut Session, value: &Value) -> bool {
 
 /// One connection: config first (within [`CONFIG_DEADLINE`]), then audio in and
 /// transcripts out until the client ends or closes.
-async fn converse(endpoint: Endpoint, mut session: Session, mut messages: MessageStream) {
+async fn converse(
+    endpoint: Endpoint,
+    mut session: Session,
+    mut messages: MessageStream,
+    mut drops: watch::Receiver<u64>,
+) {
     let configured = tokio::time::timeout(CONFIG_DEADLINE, async {
         loop {
             match messages.recv().await {
@@ -324,13 +354,26 @@ async fn converse(endpoint: Endpoint, mut session: Session, mut messages: Messag
         }
         Ok(Some(Ok(()))) => {
             if send_json(&mut session, &json!({"type": "CONFIG_ACCEPTED"})).await {
-                stream(endpoint, &mut session, &mut messages).await
+                tokio::select! {
+                    reason = stream(endpoint, &mut session, &mut messages) => reason,
+                    () = dropped(&mut drops) => Some(CloseReason {
+                        code: CloseCode::Restart,
+                        description: Some("dropped by the development stand-in".into()),
+                    }),
+                }
             } else {
                 None
             }
         }
     };
     let _ = session.close(reason).await;
+}
+
+/// Resolves when `POST /dev/drop-connections` is called (never once the server is gone).
+async fn dropped(drops: &mut watch::Receiver<u64>) {
+    if drops.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn stream(

@@ -85,11 +85,13 @@ pub fn routes(demo: Demo) -> ExtraRoutes {
 }
 
 async fn page(demo: web::Data<Demo>) -> HttpResponse {
-    // Everything is same-origin but the speech stand-in's WebSocket.
+    // Everything is same-origin but the speech stand-in: its WebSocket, and its
+    // `POST /dev/drop-connections` behind the demo's "Drop the connection" button.
+    let ws = &demo.api_base_url;
+    let http = ws.replacen("ws://", "http://", 1);
     let csp = format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self' {}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-        demo.api_base_url
+         connect-src 'self' {ws} {http}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     );
     html_page(DEMO_HTML, &csp)
 }

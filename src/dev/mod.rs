@@ -91,9 +91,9 @@ pub fn token_lifetime(value: Option<&str>) -> Result<Duration, ConfigError> {
     }
 }
 
-/// Runs the demo until stopped. Only `LISTEN_ADDR`, `DATABASE_URL` and `ALLOWED_ORIGINS`
-/// (added to the demo's own origins, for an app page on another origin) are taken from
-/// the loaded settings, and `DEV_TOKEN_LIFETIME` from the environment; everything else is
+/// Runs the demo until stopped. Only `LISTEN_ADDR`, `DATABASE_URL`, `ALLOWED_ORIGINS`
+/// (added to the demo's own origins, for an app page on another origin) and
+/// `TOKEN_REUSE_MIN_TTL` are taken from the loaded settings, and `DEV_TOKEN_LIFETIME` from the environment; everything else is
 /// generated, and the real Corti is never used.
 pub async fn run(loaded: Settings) -> Result<(), StartupError> {
     if !loaded.listen_addr.ip().is_loopback() {
@@ -130,6 +130,7 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
         corti_client_secret: Some(SecretString::from(client_secret)),
         session_jwt_secret: Some(session_secret.clone()),
         audit_hmac_key: Some(SecretString::from(random_hex(32))),
+        token_reuse_min_ttl: loaded.token_reuse_min_ttl,
         ..Settings::default()
     };
     let api = ApiStandIn::start(standin.clone(), settings.corti_tenant.as_str().to_owned())
@@ -173,6 +174,7 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
     let auth = standin.base_url();
     let api_url = api.base_url();
     let lifetime = token_lifetime.as_secs();
+    let reuse = settings.token_reuse_min_ttl.as_secs();
     let origins = settings.allowed_origins.join(", ");
     let database = &settings.database_url;
     let banner = format!(
@@ -183,6 +185,7 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
   Corti auth:       {auth} (DEVELOPMENT STAND-IN, loopback only)
   Corti speech API: {api_url} (DEVELOPMENT STAND-IN, loopback only)
   token lifetime:   {lifetime}s (DEV_TOKEN_LIFETIME)
+  token reuse:      while at least {reuse}s are left (TOKEN_REUSE_MIN_TTL)
   allowed origins:  {origins}
   audit store:      {database}
   session token (user demo-user, valid 8h):

@@ -29,6 +29,11 @@ const readmeCopy = (name) =>
 
 const enc = encodeURIComponent;
 
+/** The Corti token in a speech socket URL (`token=Bearer …`). */
+const tokenIn = (url) => new URL(url).searchParams.get("token").replace(/^Bearer /, "");
+/** A JWT's `exp` claim (seconds). */
+const jwtExp = (jwt) => JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString()).exp;
+
 describe("token-vendor in a real browser", { skip: missing ?? false }, () => {
   let service;
   let allowedApp;
@@ -174,6 +179,13 @@ describe("token-vendor in a real browser", { skip: missing ?? false }, () => {
 
   it("d. with 40 s tokens the JS client refreshes before expiry and the demo keeps streaming", async () => {
     const page = await context.newPage();
+    const sockets = [];
+    page.on("websocket", (ws) => {
+      const entry = { url: ws.url(), received: [], sent: [] };
+      ws.on("framereceived", (f) => entry.received.push(String(f.payload)));
+      ws.on("framesent", (f) => typeof f.payload === "string" && entry.sent.push(f.payload));
+      sockets.push(entry);
+    });
     await page.goto(`${service.base}/`);
     await page.waitForSelector("body[data-ready=true]");
     await page.waitForSelector("#who.ok");
@@ -213,8 +225,43 @@ describe("token-vendor in a real browser", { skip: missing ?? false }, () => {
     assert.equal(await page.locator("#steps li.fail").count(), 0, await page.textContent("#steps"));
     assert.doesNotMatch(await page.textContent("#remaining"), /expired/);
     await h.screenshot(page, "demo.png", readmeCopy("demo.png"));
+    // Scenario f goes on with this stream.
+    produced.demo = { page, sockets, firstExpiry };
+  });
+
+  it("f. a socket dropped after its token expired reconnects with a new token and CONFIG_ACCEPTED again", async () => {
+    assert.ok(produced.demo, "scenario d left its demo stream open");
+    const { page, sockets, firstExpiry } = produced.demo;
+    assert.equal(sockets.length, 1, "one socket so far");
+    const firstToken = tokenIn(sockets[0].url);
+    assert.ok(jwtExp(firstToken) * 1000 <= Date.now(), "the first socket's token has expired");
+
+    await page.click("#drop");
+    const reconnected = await page.waitForSelector("#steps li[data-kind=reconnected]", { timeout: 15000 });
+    assert.match(await reconnected.textContent(), /CONFIG_ACCEPTED/);
+    assert.ok(
+      service.logs().some((l) => l.message === "speech stand-in dropped its connections" && l.open === 1),
+      "the stand-in dropped the one open stream",
+    );
+    assert.match(await page.textContent("#steps li[data-kind=reconnecting]"), /closed unexpectedly \(1012/);
+    assert.equal(sockets.length, 2, "one reconnect");
+    const second = sockets[1];
+    const secondToken = tokenIn(second.url);
+    assert.notEqual(secondToken, firstToken, "the reconnect used a new token");
+    assert.ok(jwtExp(secondToken) * 1000 > Date.now(), "and a live one");
+    assert.ok(jwtExp(secondToken) * 1000 > firstExpiry);
+    assert.deepEqual(JSON.parse(second.sent[0]).type, "config", "the config was sent again");
+    assert.ok(second.received.some((m) => m.includes("CONFIG_ACCEPTED")), "CONFIG_ACCEPTED on the new socket");
+
+    // Streaming goes on over the new socket.
+    const since = Date.now();
+    await page.waitForFunction(
+      (t) => [...document.querySelectorAll("#transcript p")].some((p) => Number(p.dataset.at) > t), since,
+      { timeout: 15000 });
+    assert.equal(await page.textContent("#ws-state"), "open");
     await page.click("#stop");
     await page.waitForSelector("#steps li:has-text('ENDED')");
+    assert.equal(sockets.length, 2, "no reconnect after a normal end");
     await page.close();
   });
 

@@ -57,3 +57,45 @@ export function fakeSleep() {
   const sleep = async (ms) => { waits.push(ms); };
   return { sleep, waits };
 }
+
+/**
+ * Fake WebSocket class recording every instance. The test plays the server:
+ * ws.serverOpen(), ws.serverSend(obj), ws.serverClose(code, reason).
+ */
+export function fakeWebSocketClass() {
+  const instances = [];
+  class FakeWebSocket {
+    constructor(url) {
+      this.url = url;
+      this.readyState = 0;
+      this.sent = [];
+      instances.push(this);
+    }
+    send(data) {
+      if (this.readyState !== 1) throw new Error("send on a socket that is not open");
+      this.sent.push(typeof data === "string" ? JSON.parse(data) : data);
+    }
+    close(code = 1000, reason = "") {
+      this.serverClose(code, reason);
+    }
+    serverOpen() {
+      this.readyState = 1;
+      this.onopen?.({});
+    }
+    serverSend(obj) {
+      this.onmessage?.({ data: JSON.stringify(obj) });
+    }
+    serverClose(code, reason = "") {
+      if (this.readyState === 3) return;
+      this.readyState = 3;
+      this.onclose?.({ code, reason });
+    }
+  }
+  return { FakeWebSocket, instances };
+}
+
+/** Resolves after pending promise callbacks (and one timer turn) have run. */
+export const settle = () => new Promise((r) => setTimeout(r, 0));
+
+/** The Bearer token in a speech socket URL. */
+export const tokenIn = (url) => decodeURIComponent(new URL(url).searchParams.get("token")).replace(/^Bearer /, "");

@@ -151,3 +151,12 @@ test("requires url and a fetch", () => {
   assert.throws(() => createTokenSource({}), TypeError);
   assert.throws(() => createTokenSource({ url: URL_, fetch: 42 }), TypeError);
 });
+
+test("a cached token says how many seconds it has left, so the Corti SDK counts from the truth", async () => {
+  const { src, calls, clock } = setup([json(200, TOKEN)]);
+  assert.equal((await src.getToken()).expiresIn, 287);
+  clock.advance(100);
+  const again = await src.refreshAccessToken();
+  assert.equal(again.expiresIn, 187);
+  assert.equal(calls.length, 1);
+});

@@ -1,13 +1,14 @@
 // The dev demo: sign in, get a token through the JS client, open the speech stand-in's
-// WebSocket with it, and show each step, the countdown and the automatic refresh.
-import { createTokenSource, TokenVendorError, NetworkError } from "/client/token-vendor.js";
+// WebSocket with it (the client's reconnecting socket), and show each step, the countdown,
+// the automatic refresh and a reconnect with a fresh token.
+import { connectSpeechSocket, createTokenSource, TokenVendorError, NetworkError } from "/client/token-vendor.js";
 
 const $ = (id) => document.getElementById(id);
 const cfg = await (await fetch("/dev/demo-config", { cache: "no-store" })).json();
 
 const state = {
   source: null,
-  ws: null,
+  socket: null,
   token: null,
   deadline: 0,
   tokens: 0,
@@ -221,11 +222,10 @@ function redact(url) {
   return url.replace(/token=[^&]*/, "token=Bearer%20…");
 }
 
-function startAudio(ws) {
+function startAudio() {
   stopAudio();
   state.audioTimer = setInterval(() => {
-    if (ws.readyState !== WebSocket.OPEN) return;
-    ws.send(AUDIO_CHUNK);
+    if (!state.socket?.send(AUDIO_CHUNK)) return;
     state.frames += 1;
     $("frames").textContent = `${state.frames} audio frames sent`;
   }, 250);
@@ -249,90 +249,89 @@ function addTranscript(text) {
   box.scrollTop = box.scrollHeight;
 }
 
+function onMessage(msg) {
+  switch (msg?.type) {
+    case "transcript": {
+      const items = Array.isArray(msg.data) ? msg.data.map((d) => d.transcript) : [msg.data?.text];
+      for (const text of items) if (text) addTranscript(text);
+      break;
+    }
+    case "CONFIG_DENIED":
+    case "CONFIG_TIMEOUT":
+    case "CONFIG_NOT_PROVIDED":
+      step("fail", "The speech API answered ", { code: msg.type }, msg.reason ? `: ${msg.reason}` : "");
+      break;
+    case "ENDED":
+      step("info", "The speech API answered ", { code: "ENDED" });
+      break;
+    default:
+      break;
+  }
+}
+
+/** Opens the socket through the JS client's reconnecting helper. */
 async function connect(endpoint) {
   const token = await currentToken();
-  const url = endpoint === "streams"
-    ? await state.source.streamsUrl(crypto.randomUUID())
-    : await state.source.transcribeUrl();
-  step("info", "Opening the WebSocket ", { code: redact(url) });
-  wsState("connecting");
-  const ws = new WebSocket(url);
-  ws.binaryType = "arraybuffer";
-  state.ws = ws;
-  let opened = false;
-  ws.onopen = () => {
-    opened = true;
-    state.reconnects = 0;
-    step("ok", "WebSocket open; sending ", { code: '{"type":"config",…}' });
-    wsState("configuring");
-    ws.send(JSON.stringify(configFor(endpoint)));
-  };
-  ws.onmessage = (ev) => {
-    if (typeof ev.data !== "string") return;
-    let msg;
-    try {
-      msg = JSON.parse(ev.data);
-    } catch {
-      return;
-    }
-    switch (msg.type) {
-      case "CONFIG_ACCEPTED":
-        step("ok", "The speech API answered ", { code: "CONFIG_ACCEPTED" }, ": streaming audio");
-        wsState("open", "open");
-        startAudio(ws);
-        break;
-      case "transcript": {
-        const items = Array.isArray(msg.data) ? msg.data.map((d) => d.transcript) : [msg.data?.text];
-        for (const text of items) if (text) addTranscript(text);
-        break;
+  const socket = connectSpeechSocket({
+    tokens: state.source,
+    endpoint,
+    interactionId: endpoint === "streams" ? crypto.randomUUID() : undefined,
+    configuration: configFor(endpoint).configuration,
+    onConnecting: ({ url, attempt }) => {
+      step("info", attempt > 1 ? "Reconnecting: opening the WebSocket " : "Opening the WebSocket ", { code: redact(url) });
+      wsState(attempt > 1 ? "reconnecting" : "connecting");
+    },
+    onStateChange: (s) => {
+      if (s === "configuring") {
+        step("ok", "WebSocket open; sending ", { code: '{"type":"config",…}' });
+        wsState("configuring");
       }
-      case "CONFIG_DENIED":
-      case "CONFIG_TIMEOUT":
-      case "CONFIG_NOT_PROVIDED":
-        step("fail", "The speech API answered ", { code: msg.type }, msg.reason ? `: ${msg.reason}` : "");
-        break;
-      case "ENDED":
-        step("info", "The speech API answered ", { code: "ENDED" });
-        break;
-      default:
-        break;
-    }
-  };
-  ws.onclose = (ev) => {
-    if (state.ws !== ws) return;
-    stopAudio();
-    if (!opened) {
-      const needed = endpoint === "streams" ? "streams" : "transcribe";
-      const has = token.scope.split(" ").includes(needed);
-      step(
-        "fail",
-        "The speech API refused the WebSocket handshake",
-        has ? "" : ": the token's scope ",
-        has ? " (401: the token was not accepted)" : { code: token.scope },
-        has ? "" : " does not include ",
-        has ? "" : { code: needed },
-        has ? "" : " (it answers 403)",
-      );
-      wsState("refused", "refused");
-      finish();
-      return;
-    }
-    if (state.stopping || !state.running) {
-      step("info", `WebSocket closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`);
-      wsState("closed");
-      return;
-    }
-    // An unexpected drop: reconnect with a token from the JS client (fresh if needed).
-    step("fail", `WebSocket closed unexpectedly (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`);
-    if (state.reconnects < 3) {
-      state.reconnects += 1;
+    },
+    onOpen: ({ reconnected, token: used }) => {
+      const li = step("ok", "The speech API answered ", { code: "CONFIG_ACCEPTED" },
+        reconnected ? `: streaming again (reconnected with a token valid ${used.expiresIn} s more)` : ": streaming audio");
+      if (reconnected) {
+        li.dataset.kind = "reconnected";
+        state.reconnects += 1;
+      }
+      wsState("open", "open");
+      startAudio();
+    },
+    onMessage,
+    onReconnecting: ({ code, reason, delayMs, attempt }) => {
+      stopAudio();
+      const li = step("info", `WebSocket closed unexpectedly (${code ?? "no socket"}${reason ? ` ${reason}` : ""}); the JS client reconnects in ${delayMs} ms with a fresh token (attempt ${attempt})`);
+      li.dataset.kind = "reconnecting";
       wsState("reconnecting");
-      setTimeout(() => connect(endpoint).catch(onStartError), 1000);
-    } else {
-      wsState("closed");
+    },
+    onClose: ({ code, reason, error }) => {
+      if (state.socket !== socket) return;
+      stopAudio();
+      state.socket = null;
+      if (error && /handshake/.test(error.message)) {
+        const needed = endpoint === "streams" ? "streams" : "transcribe";
+        const has = token.scope.split(" ").includes(needed);
+        step(
+          "fail",
+          "The speech API refused the WebSocket handshake",
+          has ? "" : ": the token's scope ",
+          has ? " (401: the token was not accepted)" : { code: token.scope },
+          has ? "" : " does not include ",
+          has ? "" : { code: needed },
+          has ? "" : " (it answers 403)",
+        );
+        wsState("refused", "refused");
+      } else if (error) {
+        step("fail", "The WebSocket stopped: ", ...describeError(error));
+        wsState("closed");
+      } else {
+        step("info", `WebSocket closed (${code}${reason ? ` ${reason}` : ""})`);
+        wsState("closed");
+      }
       finish();
-    }
-  };
+    },
+  });
+  state.socket = socket;
 }
 
 function onStartError(e) {
@@ -346,29 +345,35 @@ function finish() {
   stopAudio();
   $("start").disabled = false;
   $("stop").disabled = true;
+  $("drop").disabled = true;
 }
 
 async function stop(why) {
-  if (!state.running && !state.ws) return;
+  if (!state.running && !state.socket) return;
   state.stopping = true;
   state.running = false;
   stopAudio();
-  const ws = state.ws;
-  if (ws && ws.readyState === WebSocket.OPEN) {
-    ws.send(JSON.stringify({ type: "end" }));
-    await new Promise((resolve) => {
-      const t = setTimeout(resolve, 1500);
-      ws.addEventListener("close", () => { clearTimeout(t); resolve(); }, { once: true });
-    });
-    if (ws.readyState !== WebSocket.CLOSED) ws.close(1000, why);
+  const socket = state.socket;
+  if (socket) {
+    socket.end();
+    await Promise.race([socket.closed, new Promise((r) => setTimeout(r, 1500))]);
+    socket.close(1000, why);
+    await socket.closed;
   }
-  state.ws = null;
+  state.socket = null;
   state.source?.clear();
   state.token = null;
   renderCountdown();
   finish();
   state.stopping = false;
 }
+
+$("drop").addEventListener("click", async () => {
+  // The stand-in's own endpoint (no CORS): the page cannot read the answer, only see the drop.
+  const base = cfg.apiBaseUrl.replace(/^ws/, "http");
+  step("info", "Asking the speech stand-in to drop its connections");
+  await fetch(`${base}/dev/drop-connections`, { method: "POST", mode: "no-cors" }).catch(() => {});
+});
 
 $("start").addEventListener("click", async () => {
   await stop("restart");
@@ -386,6 +391,7 @@ $("start").addEventListener("click", async () => {
   $("frames").textContent = "0 audio frames sent";
   $("start").disabled = true;
   $("stop").disabled = false;
+  $("drop").disabled = false;
   step("info", "Asking token-vendor (", { code: `POST ${cfg.tokenUrl}` }, ") for scope ", { code: scope });
   try {
     await connect(endpoint);
