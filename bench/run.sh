@@ -280,6 +280,10 @@ for db in $BENCH_DBS; do
     run_wrk "reuse nginx" "$NGINX_PID" "$NGINX_URL" 64 "$REUSE_SECONDS" bench/vend.lua "$W/reuse" cycle
     nginx_rps=$(field rps)
     row reuse nginx 64 1.000 "-" ""
+    # For reference: nginx with one fixed request and no per-request Lua in wrk, to see
+    # whether vend.lua's request() limits wrk itself at nginx's rate.
+    run_wrk "reuse nginx, static request" "$NGINX_PID" "$NGINX_URL" 64 "$REUSE_SECONDS" bench/static.lua "$W/reuse"
+    row reuse "nginx, one fixed request (wrk without per-request Lua)" 64 "$(ratio "$(field rps)" "$nginx_rps")" "-" "not the ceiling used for ratios"
     # warm the 1,000 users' tokens first, so the run measures reuse, not 1,000 first mints
     run_wrk "reuse warm-up" "$SERVICE_PID" "$SERVICE_URL" 64 1 bench/vend.lua "$W/reuse" cycle
     run_wrk "reuse $db" "$SERVICE_PID" "$SERVICE_URL" 64 "$REUSE_SECONDS" bench/vend.lua "$W/reuse" cycle
