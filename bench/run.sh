@@ -177,16 +177,18 @@ cp "$W/herd1.0" "$W/herd.0"
 cp "$W/herd1.0" "$W/herd.1"
 
 # --- the service -------------------------------------------------------------------------
+# The bench's own PostgreSQL (never the shared test one), started once, before any
+# command substitution, so that every scenario uses the same cluster.
 PG_URL=
-pg_url() {
-    if [ -z "$PG_URL" ]; then
-        log "starting the bench's own PostgreSQL on port $BENCH_PG_PORT ($W/services)"
-        PG_STARTED=1
-        PG_URL=$(TV_SERVICES_DIR="$W/services" PG_PORT=$BENCH_PG_PORT PG_FRESH=1 "$ROOT/scripts/pg-start.sh" 2>"$W/pg-start.log" | tail -n 1) ||
-            die "PostgreSQL did not start (see $W/pg-start.log)"
-    fi
-    echo "$PG_URL"
-}
+case " $BENCH_DBS " in
+*" postgres "*)
+    log "starting the bench's own PostgreSQL on port $BENCH_PG_PORT ($W/services)"
+    PG_STARTED=1
+    PG_URL=$(TV_SERVICES_DIR="$W/services" PG_PORT=$BENCH_PG_PORT PG_FRESH=1 "$ROOT/scripts/pg-start.sh" 2>"$W/pg-start.log" | tail -n 1) ||
+        die "PostgreSQL did not start (see $W/pg-start.log)"
+    [ -n "$PG_URL" ] || die "PostgreSQL did not start (see $W/pg-start.log)"
+    ;;
+esac
 
 SERVICE_PID=
 SERVICE_URL=
@@ -194,7 +196,7 @@ start_service() { # start_service DB NAME
     local db=$1 name=$2 url port
     case "$db" in
     sqlite) url="sqlite://$W/audit-$name.db" ;;
-    postgres) url=$(pg_url) ;;
+    postgres) url=$PG_URL ;;
     esac
     port=$(free_port)
     # Audit lines go to stdout as JSON (formatted and written as in production), here to
@@ -269,6 +271,22 @@ row() { # row SCENARIO TARGET CONNS RATIO PEAK_RSS_MIB NOTE
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.3f", a / b; else print "-"}'; }
 
+profile_summary() { # profile_summary PERF_DATA
+    echo '### By thread (share of all samples)'
+    echo '```'
+    perf report -i "$1" --no-children --sort comm --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 12
+    echo '```'
+    echo '### By binary / kernel'
+    echo '```'
+    perf report -i "$1" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 10
+    echo '```'
+    echo '### Top 40 symbols (self time)'
+    echo '```'
+    perf report -i "$1" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 40
+    echo '```'
+}
+MINT_PROFILE_TEXT=
+perf_pid=
 HERD_LINES=()
 SCALE_LINES=()
 WRITER_LINES=()
@@ -295,20 +313,7 @@ for db in $BENCH_DBS; do
         sleep 0.5
         run_wrk "reuse $db (profiled)" "$SERVICE_PID" "$SERVICE_URL" 64 "$((REUSE_SECONDS - 1))" bench/vend.lua "$W/reuse" cycle
         wait "$perf_pid" || true
-        PROFILE_TEXT=$(
-            echo '### By thread (share of all samples)'
-            echo '```'
-            perf report -i "$W/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 12
-            echo '```'
-            echo '### By binary / kernel'
-            echo '```'
-            perf report -i "$W/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 10
-            echo '```'
-            echo '### Top 40 symbols (self time)'
-            echo '```'
-            perf report -i "$W/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 40
-            echo '```'
-        )
+        PROFILE_TEXT=$(profile_summary "$W/perf.data")
     fi
     stop_service
 
@@ -319,11 +324,20 @@ for db in $BENCH_DBS; do
         up_p50=$(field p50_ms) up_p99=$(field p99_ms)
         row "mint" "upstream alone (${UPSTREAM_LATENCY_MS} ms)" "$conns" "-" "-" ""
         start_service "$db" "mint-$db-$conns"
+        if [ "$BENCH_PROFILE" = 1 ] && [ "$db" = sqlite ] && [ "$conns" = 64 ]; then
+            perf record -F 499 -g -o "$W/perf-mint.data" -p "$SERVICE_PID" -- sleep "$MINT_SECONDS" 2>"$W/perf-record-mint.log" &
+            perf_pid=$!
+        fi
         run_wrk "mint $db c$conns" "$SERVICE_PID" "$SERVICE_URL" "$conns" "$MINT_SECONDS" bench/vend.lua "$W/mint" stream
         added=$(awk -v a="$(field p50_ms)" -v b="$up_p50" -v c="$(field p99_ms)" -v d="$up_p99" \
             'BEGIN {printf "added over upstream alone: p50 %+.2f ms, p99 %+.2f ms", a - b, c - d}')
         [ "$(field wrapped)" = 0 ] || added="$added; USERS RAN OUT (wrapped $(field wrapped)x): later requests were reuses"
         row "mint" "token-vendor ($db)" "$conns" "-" "$(mib "$(kib "$SERVICE_PID" VmHWM)")" "$added"
+        if [ -n "${perf_pid:-}" ]; then
+            wait "$perf_pid" || true
+            perf_pid=
+            MINT_PROFILE_TEXT=$(profile_summary "$W/perf-mint.data")
+        fi
         stop_service
     done
 
@@ -352,7 +366,7 @@ for db in $BENCH_DBS; do
     # the audit writer alone (examples/audit_bench.rs): events/s committed.
     case "$db" in
     sqlite) wout=$("$AUDIT_BENCH" --db sqlite --url "sqlite://$W/writer.db" --seconds "$WRITER_SECONDS" 2>&1) ;;
-    postgres) wout=$("$AUDIT_BENCH" --db postgres --url "$(pg_url)" --seconds "$WRITER_SECONDS" 2>&1) ;;
+    postgres) wout=$("$AUDIT_BENCH" --db postgres --url "$PG_URL" --seconds "$WRITER_SECONDS" 2>&1) ;;
     esac
     log "$wout"
     WRITER_LINES+=("- $(grep '^writer:' <<<"$wout" || echo "$db: $wout")")
@@ -401,6 +415,12 @@ dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -qv '^??' && echo "
         echo "## Profile of the reuse path (SQLite), \`perf record -F 499 -g -p PID\`, perf report --no-children"
         echo
         echo "$PROFILE_TEXT"
+    fi
+    if [ -n "$MINT_PROFILE_TEXT" ]; then
+        echo
+        echo "## Profile of the mint path (SQLite, 64 connections), same method"
+        echo
+        echo "$MINT_PROFILE_TEXT"
     fi
 } >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
