@@ -100,7 +100,11 @@ cleanup() {
     if [ "$PG_STARTED" = 1 ]; then
         TV_SERVICES_DIR="$W/services" PG_PORT=$BENCH_PG_PORT "$ROOT/scripts/pg-stop.sh" >/dev/null 2>&1 || true
     fi
-    if [ "$KEEP" = 0 ] && [ -z "${BENCH_WORK:-}" ]; then rm -rf "$W"; fi
+    if [ "$rc" != 0 ]; then
+        log "failed; scratch kept in $W"
+    elif [ "$KEEP" = 0 ] && [ -z "${BENCH_WORK:-}" ]; then
+        rm -rf "$W"
+    fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -184,9 +188,11 @@ case " $BENCH_DBS " in
 *" postgres "*)
     log "starting the bench's own PostgreSQL on port $BENCH_PG_PORT ($W/services)"
     PG_STARTED=1
-    PG_URL=$(TV_SERVICES_DIR="$W/services" PG_PORT=$BENCH_PG_PORT PG_FRESH=1 "$ROOT/scripts/pg-start.sh" 2>"$W/pg-start.log" | tail -n 1) ||
+    PG_URL=$(TV_SERVICES_DIR="$W/services" PG_PORT=$BENCH_PG_PORT PG_FRESH=1 "$ROOT/scripts/pg-start.sh" 2>"$W/pg-start.log" | tail -n 1) || true
+    [ -n "$PG_URL" ] || {
+        tail -n 20 "$W/pg-start.log" >&2
         die "PostgreSQL did not start (see $W/pg-start.log)"
-    [ -n "$PG_URL" ] || die "PostgreSQL did not start (see $W/pg-start.log)"
+    }
     ;;
 esac
 
