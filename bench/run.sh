@@ -280,11 +280,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.3f", a / b; else 
 profile_summary() { # profile_summary PERF_DATA
     echo '### By thread (share of all samples)'
     echo '```'
-    perf report -i "$1" --no-children --sort comm --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 12
+    perf report -i "$1" --no-children --sort comm --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 12
     echo '```'
     echo '### By binary / kernel'
     echo '```'
-    perf report -i "$1" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 10
+    perf report -i "$1" --no-children --sort dso --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 10
     echo '```'
     echo '### Top 40 symbols (self time)'
     echo '```'

@@ -142,10 +142,12 @@ struct Upstream {
     signer: Signer,
     base_url: String,
     calls: AtomicUsize,
-    /// scope -> (signed at, tokens with their exp)
-    pools: Mutex<HashMap<String, (Instant, Vec<(String, i64)>)>>,
+    pools: Mutex<HashMap<String, Pool>>,
     next: AtomicUsize,
 }
+
+/// Tokens for one scope: when they were signed, and each token with its signing time.
+type Pool = (Instant, Vec<(String, i64)>);
 
 const POOL: usize = 16;
 const RESIGN_AFTER: Duration = Duration::from_secs(30);
