@@ -4,7 +4,8 @@
 #
 #   bench/run.sh            full run (about 15 min with the default scale budget);
 #                           writes bench/RESULTS.md
-#   bench/run.sh --smoke    seconds-long run of every scenario (CI); asserts no speed,
+#   bench/run.sh --smoke    seconds-long run of every scenario (CI), debug build unless
+#                           BENCH_RELEASE=1; asserts no speed,
 #                           fails only when something does not work; writes
 #                           $BENCH_WORK/RESULTS.md and prints it
 #
@@ -80,11 +81,20 @@ if [ "$BENCH_PROFILE" = 1 ] && ! command -v perf >/dev/null 2>&1; then
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-log "cargo build --release (token-vendor, examples bench_support and audit_bench)"
-cargo build --release --bin token-vendor --example bench_support --example audit_bench >&2
-BIN="$CARGO_TARGET_DIR/release/token-vendor"
-SUPPORT="$CARGO_TARGET_DIR/release/examples/bench_support"
-AUDIT_BENCH="$CARGO_TARGET_DIR/release/examples/audit_bench"
+# A smoke run measures nothing, so by default it uses the debug build `cargo test` has
+# already made (CI); BENCH_RELEASE=1 makes it build release like a full run.
+if [ "$SMOKE" = 1 ] && [ "${BENCH_RELEASE:-0}" != 1 ]; then
+    BUILD=debug
+    BUILD_FLAGS=()
+else
+    BUILD=release
+    BUILD_FLAGS=(--release)
+fi
+log "cargo build ${BUILD_FLAGS[*]} (token-vendor, examples bench_support and audit_bench)"
+cargo build "${BUILD_FLAGS[@]}" --bin token-vendor --example bench_support --example audit_bench >&2
+BIN="$CARGO_TARGET_DIR/$BUILD/token-vendor"
+SUPPORT="$CARGO_TARGET_DIR/$BUILD/examples/bench_support"
+AUDIT_BENCH="$CARGO_TARGET_DIR/$BUILD/examples/audit_bench"
 
 # --- scratch and clean-up ----------------------------------------------------------------
 W=${BENCH_WORK:-$(mktemp -d /tmp/tv-bench.XXXXXX)}
@@ -396,7 +406,7 @@ dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -qv '^??' && echo "
         "(shared with other work: figures are noisy, compare the ratios)"
     echo "- Load: $(wrk --version 2>&1 | head -n 1 | cut -d' ' -f1-2), -t$THREADS, same connections for nginx and the service," \
         "back to back in this run; $("$NGINX" -v 2>&1 | sed 's/.*: //') with worker_processes auto"
-    echo "- Service: release build, \`token-vendor serve\`, reuse on (TOKEN_REUSE_MIN_TTL=60)," \
+    echo "- Service: $BUILD build, \`token-vendor serve\`, reuse on (TOKEN_REUSE_MIN_TTL=60)," \
         "limits on but set not to bind, audit durable (SQLite WAL synchronous=FULL; PostgreSQL" \
         "synchronous_commit=on, own cluster), RUST_LOG default (audit JSON lines to /dev/null)"
     echo "- Upstream: bench/support.rs, Keycloak-shaped, RS256 tokens, ${UPSTREAM_LATENCY_MS} ms latency"
