@@ -17,7 +17,8 @@
 #   REUSE_SECONDS / MINT_SECONDS / HERD_SECONDS / WRITER_SECONDS         [15/10/3/10]
 #   SCALE_USERS / SCALE_BUDGET   distinct users for "scale" and the time allowed [1000000/300 s]
 #   BENCH_PROFILE      1: perf-profile the reuse path (SQLite) when perf exists  [1; smoke 0]
-#   BENCH_PG_PORT      port of the bench's own PostgreSQL  [55632]
+#   BENCH_PG_PORT      first port tried for the bench's own PostgreSQL, below the
+#                      ephemeral range so wrk's client sockets cannot hold it  [25632]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -50,7 +51,7 @@ else
 fi
 : "${BENCH_DBS:=sqlite postgres}"
 : "${UPSTREAM_LATENCY_MS:=20}"
-: "${BENCH_PG_PORT:=55632}"
+: "${BENCH_PG_PORT:=25632}"
 REUSE_USERS=1000
 THREADS=2
 
@@ -196,6 +197,7 @@ cp "$W/herd1.0" "$W/herd.1"
 PG_URL=
 case " $BENCH_DBS " in
 *" postgres "*)
+    for _ in $(seq 20); do tv_port_in_use "$BENCH_PG_PORT" || break; BENCH_PG_PORT=$((BENCH_PG_PORT + 1)); done
     log "starting the bench's own PostgreSQL on port $BENCH_PG_PORT ($W/services)"
     PG_STARTED=1
     PG_URL=$(TV_SERVICES_DIR="$W/services" PG_PORT=$BENCH_PG_PORT PG_FRESH=1 "$ROOT/scripts/pg-start.sh" 2>"$W/pg-start.log" | tail -n 1) || true
