@@ -4,6 +4,7 @@
 pub mod address;
 pub mod audit;
 pub mod browser;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod corti;

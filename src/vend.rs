@@ -2,6 +2,7 @@
 //! limit → origin → body → scope → user policy → reuse/single-flight (→ upstream
 //! budget → Corti) → audit.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use time::OffsetDateTime;
 
 use crate::audit::{AuditEvent, Auditor, Fingerprinter, Outcome};
 use crate::browser::{OriginError, OriginPolicy};
+use crate::catalog::ProblemType;
 use crate::corti::{CortiClient, GrantedToken, UpstreamError};
 use crate::limits::{Decision, Limits, RateLimitReport};
 use crate::metrics::Metrics;
@@ -75,65 +77,104 @@ pub enum VendError {
     AuditUnavailable,
 }
 
+/// How a failed vend is answered and audited, decided in one place.
+#[derive(Debug, Clone)]
+pub struct Class {
+    /// The catalog entry: status, problem type and title.
+    pub problem: ProblemType,
+    pub outcome: Outcome,
+    /// What the caller is told: the error itself, or a fixed text where the cause is
+    /// for the log and the audit event only.
+    pub detail: Cow<'static, str>,
+    /// How long a client should wait before trying again, when known.
+    pub retry_after: Option<Duration>,
+}
+
+/// The wait suggested when a dependency is down and no better figure is known.
+const TRY_AGAIN_SOON: Duration = Duration::from_secs(5);
+
 impl VendError {
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            VendError::InvalidRequest(_)
-            | VendError::PayloadTooLarge
-            | VendError::UnsupportedMediaType => Outcome::InvalidRequest,
-            VendError::Unauthenticated(SessionError::KeysUnavailable) => Outcome::Unavailable,
-            VendError::Unauthenticated(_) => Outcome::Unauthenticated,
-            VendError::Origin(_) | VendError::ScopeNotAllowed(_) => Outcome::Forbidden,
-            VendError::RateLimited { .. } => Outcome::RateLimited,
+    /// The one classification of every failure.
+    pub fn class(&self) -> Class {
+        use ProblemType as P;
+        let own = || Cow::Owned(self.to_string());
+        let (problem, outcome, detail, retry_after) = match self {
+            VendError::InvalidRequest(detail) => (
+                P::InvalidRequest,
+                Outcome::InvalidRequest,
+                Cow::Owned(detail.clone()),
+                None,
+            ),
+            VendError::PayloadTooLarge => (P::PayloadTooLarge, Outcome::InvalidRequest, own(), None),
+            VendError::UnsupportedMediaType => {
+                (P::UnsupportedMediaType, Outcome::InvalidRequest, own(), None)
+            }
+            VendError::Unauthenticated(SessionError::KeysUnavailable) => (
+                P::SessionKeysUnavailable,
+                Outcome::Unavailable,
+                SESSION_KEYS_UNAVAILABLE.into(),
+                Some(TRY_AGAIN_SOON),
+            ),
+            VendError::Unauthenticated(_) => (
+                P::Unauthenticated,
+                Outcome::Unauthenticated,
+                "a valid session is required (Authorization: Bearer or the session cookie)".into(),
+                None,
+            ),
+            VendError::Origin(_) => (P::OriginNotAllowed, Outcome::Forbidden, own(), None),
+            VendError::ScopeNotAllowed(_) => (P::ScopeNotAllowed, Outcome::Forbidden, own(), None),
+            VendError::RateLimited { retry_after, .. } => {
+                (P::RateLimited, Outcome::RateLimited, own(), Some(*retry_after))
+            }
+            VendError::Upstream(UpstreamError::Timeout) => (
+                P::UpstreamTimeout,
+                Outcome::UpstreamError,
+                "the Corti auth server did not answer in time".into(),
+                None,
+            ),
             VendError::Upstream(
-                UpstreamError::Unreachable(_)
+                e @ (UpstreamError::Unreachable(_)
                 | UpstreamError::KeysUnavailable
                 | UpstreamError::RateLimited { .. }
-                | UpstreamError::CircuitOpen { .. },
-            ) => Outcome::Unavailable,
-            VendError::Upstream(_) => Outcome::UpstreamError,
-            VendError::AuditUnavailable => Outcome::Unavailable,
-        }
-    }
-
-    pub fn status(&self) -> u16 {
-        match self {
-            VendError::InvalidRequest(_) => 400,
-            VendError::PayloadTooLarge => 413,
-            VendError::UnsupportedMediaType => 415,
-            VendError::Unauthenticated(SessionError::KeysUnavailable) => 503,
-            VendError::Unauthenticated(_) => 401,
-            VendError::Origin(_) | VendError::ScopeNotAllowed(_) => 403,
-            VendError::RateLimited { .. } => 429,
-            VendError::Upstream(UpstreamError::Timeout) => 504,
-            VendError::Upstream(
-                UpstreamError::Unreachable(_)
-                | UpstreamError::KeysUnavailable
-                | UpstreamError::RateLimited { .. }
-                | UpstreamError::CircuitOpen { .. },
-            ) => 503,
-            VendError::Upstream(_) => 502,
-            VendError::AuditUnavailable => 503,
-        }
-    }
-
-    /// Seconds a client should wait before trying again, when known.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            VendError::RateLimited { retry_after, .. } => Some(*retry_after),
-            VendError::Upstream(UpstreamError::RateLimited { retry_after }) => {
-                Some(retry_after.unwrap_or(Duration::from_secs(5)))
-            }
-            VendError::Upstream(UpstreamError::CircuitOpen { retry_after }) => Some(*retry_after),
-            VendError::Upstream(UpstreamError::Unreachable(_) | UpstreamError::KeysUnavailable)
-            | VendError::AuditUnavailable
-            | VendError::Unauthenticated(SessionError::KeysUnavailable) => {
-                Some(Duration::from_secs(5))
-            }
-            _ => None,
+                | UpstreamError::CircuitOpen { .. }),
+            ) => (
+                P::UpstreamUnavailable,
+                Outcome::Unavailable,
+                "the Corti auth server cannot be reached right now".into(),
+                Some(match e {
+                    UpstreamError::RateLimited { retry_after } => {
+                        retry_after.unwrap_or(TRY_AGAIN_SOON)
+                    }
+                    UpstreamError::CircuitOpen { retry_after } => *retry_after,
+                    _ => TRY_AGAIN_SOON,
+                }),
+            ),
+            VendError::Upstream(_) => (
+                P::UpstreamError,
+                Outcome::UpstreamError,
+                "the Corti auth server refused the request or answered in a way that cannot be used"
+                    .into(),
+                None,
+            ),
+            VendError::AuditUnavailable => (
+                P::AuditUnavailable,
+                Outcome::Unavailable,
+                "no token is issued while the audit store cannot record it".into(),
+                Some(TRY_AGAIN_SOON),
+            ),
+        };
+        Class {
+            problem,
+            outcome,
+            detail,
+            retry_after,
         }
     }
 }
+
+/// The caller's detail when the session keys cannot be loaded (vend and audit read).
+pub const SESSION_KEYS_UNAVAILABLE: &str =
+    "session keys cannot be loaded right now; try again shortly";
 
 /// A token about to be handed out.
 #[derive(Debug, Clone)]
@@ -386,8 +427,9 @@ fn set_outcome(event: &mut AuditEvent, result: &Result<TokenBody, VendError>) {
         // `body` already chose between issued and reused.
         Ok(_) => event.status = 200,
         Err(e) => {
-            event.outcome = e.outcome();
-            event.status = e.status();
+            let class = e.class();
+            event.outcome = class.outcome;
+            event.status = class.problem.status();
             event.detail = Some(clip(&e.to_string(), 300));
         }
     }

@@ -92,13 +92,7 @@ pub async fn preflight(
                 // A refusal needs no fail-closed handling: nothing leaves the service.
                 let _ = state.auditor.record(&event).await;
             }
-            Problem::new(
-                403,
-                "origin-not-allowed",
-                "Origin not allowed",
-                "origin is not allowed",
-            )
-            .respond(&id)
+            Problem::origin_not_allowed("origin is not allowed").respond(&id)
         }
     }
 }
