@@ -19,7 +19,10 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use time::OffsetDateTime;
 
+use crate::config::Tenant;
 use crate::corti::{GrantedToken, UpstreamError};
+use crate::scope::RequestedScope;
+use crate::session::Subject;
 
 /// Most live tokens held at once (a Corti token is about 1.5 KiB).
 pub const MAX_LIVE_TOKENS: usize = 20_000;
@@ -29,9 +32,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Whose token, for what.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReuseKey {
-    pub subject: String,
-    pub scope: String,
-    pub tenant: String,
+    pub subject: Subject,
+    pub scope: RequestedScope,
+    pub tenant: Tenant,
 }
 
 /// Why a shared upstream call produced no token.
@@ -236,9 +239,9 @@ mod tests {
 
     fn key(subject: &str) -> ReuseKey {
         ReuseKey {
-            subject: subject.into(),
-            scope: "openid transcribe".into(),
-            tenant: "base".into(),
+            subject: Subject::parse(subject).unwrap(),
+            scope: RequestedScope::parse("transcribe").unwrap(),
+            tenant: Tenant::parse("base").unwrap(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! budget → Corti) → audit.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use crate::audit::{AuditEvent, Auditor, Fingerprinter, Outcome};
 use crate::browser::{OriginError, OriginPolicy};
 use crate::catalog::ProblemType;
 use crate::corti::{CortiClient, GrantedToken, UpstreamError};
-use crate::limits::{Decision, Limits, RateLimitReport};
+use crate::limits::{Decision, KeyKind, Limits, RateLimitReport};
 use crate::metrics::Metrics;
 use crate::reuse::{FetchError, ReuseKey, Source, TokenReuse};
 use crate::scope::{RequestedScope, ScopeError};
@@ -24,12 +25,17 @@ use crate::upstream::ResilientUpstream;
 /// Largest accepted request body; `{"scope":"transcribe streams"}` is 31 bytes.
 pub const MAX_BODY_BYTES: usize = 1024;
 
-/// Everything the HTTP edge knows about one `POST /v1/tokens`.
-pub struct Attempt {
+/// Who is asking, as the HTTP edge sees it: what every audit event records of a caller.
+pub struct Caller {
     pub request_id: String,
-    pub client_ip: Option<String>,
+    pub client_ip: Option<IpAddr>,
     pub user_agent: Option<String>,
     pub origin: Option<String>,
+}
+
+/// Everything the HTTP edge knows about one `POST /v1/tokens`.
+pub struct Attempt {
+    pub caller: Caller,
     pub credentials: Credentials,
     pub content_type: Option<String>,
     /// The body, or why it could not be read.
@@ -66,9 +72,9 @@ pub enum VendError {
     Origin(#[from] OriginError),
     #[error("scope {0:?} is not allowed for this user")]
     ScopeNotAllowed(String),
-    #[error("too many requests ({kind} limit)")]
+    #[error("too many requests ({} limit)", kind.as_str())]
     RateLimited {
-        kind: &'static str,
+        kind: KeyKind,
         retry_after: Duration,
     },
     #[error("{0}")]
@@ -216,6 +222,14 @@ pub struct Vendor {
     pub metrics: Arc<Metrics>,
 }
 
+/// What an attempt leaves behind however it ends: its audit event, the limits it was
+/// checked against and, once parsed, its scope.
+struct Trail {
+    event: AuditEvent,
+    rate_limits: RateLimitReport,
+    scope: Option<RequestedScope>,
+}
+
 /// The end of one attempt: its result, its audit event and the limits it was
 /// checked against (for the `RateLimit` headers).
 pub struct Handled {
@@ -230,17 +244,17 @@ impl Vendor {
     #[tracing::instrument(name = "vend", skip_all)]
     pub async fn handle(&self, attempt: Attempt) -> Handled {
         let started = Instant::now();
-        let mut event = AuditEvent::begin(
-            &attempt.request_id,
-            self.corti.tenant().as_str(),
-            self.corti.environment().as_str(),
-        );
-        event.client_ip = attempt.client_ip.clone();
-        event.user_agent = attempt.user_agent.as_deref().map(|ua| clip(ua, 256));
-        event.origin = attempt.origin.as_deref().map(|o| clip(o, 256));
-
-        let mut rate_limits = RateLimitReport::default();
-        let result = self.run(attempt, &mut event, &mut rate_limits).await;
+        let mut trail = Trail {
+            event: self.begin_event(&attempt.caller),
+            rate_limits: RateLimitReport::default(),
+            scope: None,
+        };
+        let result = self.run(attempt, &mut trail).await;
+        let Trail {
+            mut event,
+            rate_limits,
+            scope,
+        } = trail;
         let mut result = result.map(|vended| self.body(vended, &mut event));
 
         event.duration_ms = started.elapsed().as_millis() as u64;
@@ -253,8 +267,9 @@ impl Vendor {
             }
             self.auditor.log_unstored(&event);
         }
-        self.metrics
-            .vend(event.outcome.as_str(), &scope_label(event.scope.as_deref()));
+        // Only parsed scopes label the metric, so the label set stays small.
+        let scope_label = scope.map_or_else(|| "none".to_owned(), |s| s.to_oauth_string());
+        self.metrics.vend(event.outcome.as_str(), &scope_label);
         Handled {
             result,
             event,
@@ -262,17 +277,42 @@ impl Vendor {
         }
     }
 
-    async fn run(
-        &self,
-        attempt: Attempt,
-        event: &mut AuditEvent,
-        limits: &mut RateLimitReport,
-    ) -> Result<Vended, VendError> {
+    /// Audits a refused CORS preflight: the only trace of a page on a disallowed
+    /// origin, since the browser then never sends the `POST`.
+    pub async fn refuse_preflight(&self, caller: &Caller) {
+        let mut event = self.begin_event(caller);
+        event.outcome = Outcome::Forbidden;
+        event.status = ProblemType::OriginNotAllowed.status();
+        event.detail = Some("CORS preflight from an origin that is not allowed".into());
+        // A refusal needs no fail-closed handling: nothing leaves the service.
+        let _ = self.auditor.record(&event).await;
+    }
+
+    /// A new event for this caller, its outcome not known yet.
+    fn begin_event(&self, caller: &Caller) -> AuditEvent {
+        let mut event = AuditEvent::begin(
+            &caller.request_id,
+            self.corti.tenant().as_str(),
+            self.corti.environment().as_str(),
+        );
+        event.client_ip = caller.client_ip.map(|ip| ip.to_string());
+        event.user_agent = caller.user_agent.as_deref().map(|ua| clip(ua, 256));
+        event.origin = caller.origin.as_deref().map(|o| clip(o, 256));
+        event
+    }
+
+    async fn run(&self, attempt: Attempt, trail: &mut Trail) -> Result<Vended, VendError> {
+        let Attempt {
+            caller,
+            credentials,
+            content_type,
+            body,
+        } = attempt;
         // Before any signature is checked, so a flood of garbage costs little.
-        if let Some(ip) = attempt.client_ip.as_deref().and_then(|ip| ip.parse().ok()) {
-            admit(limits, self.limits.check_ip(ip).await)?;
+        if let Some(ip) = caller.client_ip {
+            admit(&mut trail.rate_limits, self.limits.check_ip(ip).await)?;
         }
-        let (token, via_cookie) = match attempt.credentials {
+        let (token, via_cookie) = match credentials {
             Credentials::Bearer(t) => (t, false),
             Credentials::Cookie(t) => (t, true),
             Credentials::Malformed => {
@@ -282,25 +322,25 @@ impl Vendor {
         };
         let verified = self.sessions.verify(&token).await;
         if let Ok(session) = &verified {
-            event.subject = Some(session.subject.to_string());
-            event.session_id = session.session_id.clone();
+            trail.event.subject = Some(session.subject.to_string());
+            trail.event.session_id = session.session_id.clone();
         }
         // The origin is judged before the session's validity and before the user's
         // quota: a cross-site request riding on a cookie is a CSRF attempt (403) and
         // must not spend its victim's quota.
         self.origins
-            .check_request(attempt.origin.as_deref(), via_cookie)?;
+            .check_request(caller.origin.as_deref(), via_cookie)?;
         let session = verified?;
         // Only a verified session spends its user's quota.
         admit(
-            limits,
+            &mut trail.rate_limits,
             self.limits.check_user(session.subject.as_str()).await,
         )?;
 
-        if !is_json(attempt.content_type.as_deref()) {
+        if !is_json(content_type.as_deref()) {
             return Err(VendError::UnsupportedMediaType);
         }
-        let body = attempt.body.map_err(|e| match e {
+        let body = body.map_err(|e| match e {
             BodyError::TooLarge => VendError::PayloadTooLarge,
             BodyError::Unreadable => {
                 VendError::InvalidRequest("request body could not be read".into())
@@ -312,14 +352,15 @@ impl Vendor {
                 clip(&e.to_string(), 120)
             ))
         })?;
-        event.scope = Some(clip(&parsed.scope, 128));
+        trail.event.scope = Some(clip(&parsed.scope, 128));
         let scope = RequestedScope::parse(&parsed.scope)
             .map_err(|e: ScopeError| VendError::InvalidRequest(e.to_string()))?;
-        event.scope = Some(scope.to_oauth_string());
+        trail.event.scope = Some(scope.to_oauth_string());
+        trail.scope = Some(scope.clone());
 
         check_user_may_have(&session, &scope)?;
 
-        self.token_for(&session, scope, event).await
+        self.token_for(&session, scope, &mut trail.event).await
     }
 
     /// A live token of this user's, an identical call's result, or a new token, from
@@ -331,9 +372,9 @@ impl Vendor {
         event: &mut AuditEvent,
     ) -> Result<Vended, VendError> {
         let key = ReuseKey {
-            subject: session.subject.to_string(),
-            scope: scope.to_oauth_string(),
-            tenant: self.corti.tenant().to_string(),
+            subject: session.subject.clone(),
+            scope: scope.clone(),
+            tenant: self.corti.tenant().clone(),
         };
         let limits = self.limits.clone();
         let upstream = self.upstream.clone();
@@ -364,7 +405,7 @@ impl Vendor {
                 })
             }
             Err(FetchError::Budget { retry_after }) => Err(VendError::RateLimited {
-                kind: "upstream",
+                kind: KeyKind::Upstream,
                 retry_after,
             }),
             Err(FetchError::Upstream(e)) => {
@@ -407,19 +448,11 @@ fn admit(report: &mut RateLimitReport, decision: Decision) -> Result<(), VendErr
     report.add(decision);
     match decision.retry_after {
         Some(retry_after) => Err(VendError::RateLimited {
-            kind: decision.kind.as_str(),
+            kind: decision.kind,
             retry_after,
         }),
         None => Ok(()),
     }
-}
-
-/// The metric label for a scope: only parsed scopes, so the label set stays small.
-fn scope_label(scope: Option<&str>) -> String {
-    scope
-        .and_then(|s| RequestedScope::parse(s).ok())
-        .map(|s| s.to_oauth_string())
-        .unwrap_or_else(|| "none".to_owned())
 }
 
 fn set_outcome(event: &mut AuditEvent, result: &Result<TokenBody, VendError>) {

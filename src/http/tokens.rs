@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 
 use crate::vend::{Attempt, BodyError, Credentials, MAX_BODY_BYTES};
 
-use super::context::{client_ip, request_id};
+use super::context::{caller, header_text};
 use super::problem::Problem;
 use super::AppState;
 
@@ -16,12 +16,10 @@ pub async fn post_tokens(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let request_id = request_id(&req);
+    let caller = caller(&req, &state.trusted_proxies);
+    let request_id = caller.request_id.clone();
     let attempt = Attempt {
-        request_id: request_id.clone(),
-        client_ip: client_ip(&req, &state.trusted_proxies).map(|ip| ip.to_string()),
-        user_agent: header_text(&req, header::USER_AGENT),
-        origin: header_text(&req, header::ORIGIN),
+        caller,
         credentials: credentials(&req, &state.cookie_name),
         content_type: header_text(&req, header::CONTENT_TYPE),
         body: read_body(&req, payload).await,
@@ -46,13 +44,6 @@ pub async fn post_tokens(
         }
     }
     response
-}
-
-fn header_text(req: &HttpRequest, name: header::HeaderName) -> Option<String> {
-    req.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }
 
 /// `Authorization: Bearer` wins over the cookie; a non-Bearer header is an error,
