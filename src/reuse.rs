@@ -13,12 +13,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use time::OffsetDateTime;
 
+use crate::background::{lock, spawn_while_alive};
 use crate::config::Tenant;
 use crate::corti::{GrantedToken, UpstreamError};
 use crate::scope::RequestedScope;
@@ -79,8 +80,16 @@ impl TokenReuse {
     /// Inside a Tokio runtime, also sweeps expired tokens out of memory periodically.
     pub fn new(min_ttl: Duration) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
-        if !min_ttl.is_zero() && tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(sweep_while_alive(Arc::downgrade(&state), min_ttl));
+        if !min_ttl.is_zero() {
+            let weak = Arc::downgrade(&state);
+            spawn_while_alive(SWEEP_EVERY, move || {
+                let state = weak.upgrade()?;
+                let now = OffsetDateTime::now_utc();
+                lock(&state)
+                    .live
+                    .retain(|_, t| t.expires_at - now >= min_ttl);
+                Some(std::future::ready(()))
+            });
         }
         Self { min_ttl, state }
     }
@@ -191,13 +200,6 @@ impl Drop for FlightGuard {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    // The map stays consistent through a panic elsewhere; keep serving.
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// At capacity, drops tokens too short-lived to hand out, then the soonest to expire.
 fn make_room(live: &mut HashMap<ReuseKey, GrantedToken>, min_ttl: Duration) {
     if live.len() < MAX_LIVE_TOKENS {
@@ -213,21 +215,6 @@ fn make_room(live: &mut HashMap<ReuseKey, GrantedToken>, min_ttl: Duration) {
         {
             live.remove(&key);
         }
-    }
-}
-
-async fn sweep_while_alive(state: Weak<Mutex<State>>, min_ttl: Duration) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(state) = state.upgrade() else {
-            return;
-        };
-        let now = OffsetDateTime::now_utc();
-        lock(&state)
-            .live
-            .retain(|_, t| t.expires_at - now >= min_ttl);
     }
 }
 

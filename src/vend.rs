@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::reuse::{FetchError, ReuseKey, Source, TokenReuse};
 use crate::scope::{RequestedScope, ScopeError};
 use crate::session::{Session, SessionError, SessionVerifier};
+use crate::text::clip;
 use crate::upstream::ResilientUpstream;
 
 /// Largest accepted request body; `{"scope":"transcribe streams"}` is 31 bytes.
@@ -486,8 +487,4 @@ pub fn is_json(content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return false };
     let essence = ct.split(';').next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case("application/json")
-}
-
-fn clip(s: &str, max: usize) -> String {
-    s.chars().filter(|c| !c.is_control()).take(max).collect()
 }

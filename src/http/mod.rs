@@ -7,6 +7,7 @@ pub mod cors;
 pub mod ops;
 pub mod ops_page;
 pub mod problem;
+pub mod rate_limit;
 pub mod tokens;
 
 use std::sync::Arc;

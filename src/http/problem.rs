@@ -11,6 +11,7 @@ use crate::catalog::ProblemType;
 use crate::vend::VendError;
 
 use super::context::request_id;
+use super::rate_limit::ceil_secs;
 
 /// One problem response: a catalog entry and what this occurrence adds to it.
 #[derive(Debug, Clone)]
@@ -107,8 +108,7 @@ impl Problem {
 
 /// Whole seconds, rounded up, so a client that waits exactly this long is not early.
 pub fn retry_after_secs(d: Duration) -> u64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    secs.max(1)
+    ceil_secs(d).max(1)
 }
 
 impl From<&VendError> for Problem {

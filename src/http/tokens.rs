@@ -9,6 +9,7 @@ use crate::vend::{Attempt, BodyError, Credentials, MAX_BODY_BYTES};
 
 use super::context::{caller, header_text};
 use super::problem::Problem;
+use super::rate_limit::add_headers;
 use super::AppState;
 
 pub async fn post_tokens(
@@ -32,17 +33,7 @@ pub async fn post_tokens(
             .json(body),
         Err(e) => Problem::from(&e).respond(&request_id),
     };
-    let limits = &handled.rate_limits;
-    for (name, value) in [
-        ("ratelimit-policy", limits.policy_header()),
-        ("ratelimit", limits.state_header()),
-    ] {
-        if let Some(value) = value.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
-            response
-                .headers_mut()
-                .insert(header::HeaderName::from_static(name), value);
-        }
-    }
+    add_headers(&handled.rate_limits, &mut response);
     response
 }
 
