@@ -205,7 +205,6 @@ impl Limits {
     }
 }
 
-/// The unit an address is limited by: IPv4 as is, IPv6 by its /64.
 /// A fixed-size, replica-independent name for a subject in Redis keys.
 fn subject_digest(subject: &str) -> String {
     hex::encode(&Sha256::digest(subject.as_bytes())[..16])

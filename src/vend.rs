@@ -1,6 +1,6 @@
-//! One vend, from a raw attempt to an audited result: IP limit → session → user
-//! limit → origin → body → scope → user policy → reuse/single-flight (→ upstream
-//! budget → Corti) → audit.
+//! One vend, from a raw attempt to an audited result: IP limit → session signature →
+//! origin (CSRF) → session validity → user limit → content type → body → scope → user
+//! policy → reuse/single-flight (→ upstream budget → Corti) → audit.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -58,7 +58,7 @@ pub enum BodyError {
     Unreadable,
 }
 
-/// Why an attempt got no token. Mapped once to HTTP in `http::problem`.
+/// Why an attempt got no token. Classified once, in [`VendError::class`].
 #[derive(Debug, thiserror::Error)]
 pub enum VendError {
     #[error("invalid request: {0}")]
