@@ -1,7 +1,6 @@
 //! The IETF `RateLimit-Policy` and `RateLimit` headers
 //! (draft-ietf-httpapi-ratelimit-headers) for the limits a request was checked against.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -25,44 +24,30 @@ pub fn add_headers(report: &RateLimitReport, response: &mut HttpResponse) {
 
 /// `RateLimit-Policy`, e.g. `"ip";q=120;w=60, "user";q=30;w=60`.
 fn policy_header(report: &RateLimitReport) -> Option<String> {
-    render(report, |out, d| {
-        let _ = write!(
-            out,
-            "\"{}\";q={};w={}",
-            d.kind.as_str(),
-            d.rate.count,
-            ceil_secs(d.rate.period)
-        );
+    render(report, |d| {
+        format!("q={};w={}", d.rate.count, ceil_secs(d.rate.period))
     })
 }
 
 /// `RateLimit`, e.g. `"ip";r=119;t=1, "user";r=29;t=2`: `r` requests left now,
 /// `t` seconds until the whole quota is back.
 fn state_header(report: &RateLimitReport) -> Option<String> {
-    render(report, |out, d| {
-        let _ = write!(
-            out,
-            "\"{}\";r={};t={}",
-            d.kind.as_str(),
-            d.remaining,
-            ceil_secs(d.reset)
-        );
+    render(report, |d| {
+        format!("r={};t={}", d.remaining, ceil_secs(d.reset))
     })
 }
 
-fn render(report: &RateLimitReport, item: impl Fn(&mut String, &Decision)) -> Option<String> {
+/// One `"kind";params` item a limit, comma-separated; `None` when there is none.
+fn render(report: &RateLimitReport, params: impl Fn(&Decision) -> String) -> Option<String> {
     let decisions = report.decisions();
     if decisions.is_empty() {
         return None;
     }
-    let mut out = String::new();
-    for (i, d) in decisions.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        item(&mut out, d);
-    }
-    Some(out)
+    let items: Vec<String> = decisions
+        .iter()
+        .map(|d| format!("\"{}\";{}", d.kind.as_str(), params(d)))
+        .collect();
+    Some(items.join(", "))
 }
 
 /// Whole seconds, rounded up.
