@@ -2,6 +2,11 @@
 //! its `type` slug (`urn:token-vendor:problem:<slug>`) and its title, written once.
 //! `vend::VendError::class` picks an entry for a failed vend; `http::problem` renders it.
 
+use std::time::Duration;
+
+/// The `Retry-After` suggested when a dependency is down and no better figure is known.
+pub const TRY_AGAIN_SOON: Duration = Duration::from_secs(5);
+
 /// One kind of problem response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProblemType {

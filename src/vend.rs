@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use crate::audit::{AuditEvent, Auditor, Fingerprinter, Outcome};
 use crate::browser::{OriginError, OriginPolicy};
-use crate::catalog::ProblemType;
+use crate::catalog::{ProblemType, TRY_AGAIN_SOON};
 use crate::corti::{CortiClient, GrantedToken, UpstreamError};
 use crate::limits::{Decision, KeyKind, Limits, RateLimitReport};
 use crate::metrics::Metrics;
@@ -96,9 +96,6 @@ pub struct Class {
     /// How long a client should wait before trying again, when known.
     pub retry_after: Option<Duration>,
 }
-
-/// The wait suggested when a dependency is down and no better figure is known.
-const TRY_AGAIN_SOON: Duration = Duration::from_secs(5);
 
 impl VendError {
     /// The one classification of every failure.

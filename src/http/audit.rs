@@ -4,7 +4,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::audit::query::{AuditQuery, FilterParams, TimeSyntax};
-use crate::catalog::ProblemType;
+use crate::catalog::{ProblemType, TRY_AGAIN_SOON};
 use crate::vend::{Credentials, SESSION_KEYS_UNAVAILABLE};
 
 use super::context::request_id;
@@ -67,7 +67,7 @@ pub async fn list_events(req: HttpRequest, state: web::Data<AppState>) -> HttpRe
                 ProblemType::AuditUnavailable,
                 "the audit store cannot be read right now",
             )
-            .with_retry_after(Some(std::time::Duration::from_secs(5)))
+            .with_retry_after(Some(TRY_AGAIN_SOON))
             .respond(&request_id)
         }
     }
