@@ -10,6 +10,7 @@ use actix_web::{web, App, HttpServer};
 use crate::audit::flood::FloodGuard;
 use crate::audit::store::SqlAuditStore;
 use crate::audit::{AuditStore, Auditor, Fingerprinter};
+use crate::background::spawn_while_alive;
 use crate::browser::OriginPolicy;
 use crate::config::{ConfigError, Settings};
 use crate::corti::{CortiClient, CortiClientConfig};
@@ -143,15 +144,9 @@ impl Application {
 /// service's auditor is gone.
 fn spawn_flood_flusher(auditor: &Auditor) {
     let weak = auditor.downgrade();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let Some(auditor) = Auditor::upgrade(&weak) else {
-                return;
-            };
-            auditor.flush_floods(false).await;
-        }
+    spawn_while_alive(std::time::Duration::from_secs(1), move || {
+        let auditor = Auditor::upgrade(&weak)?;
+        Some(async move { auditor.flush_floods(false).await })
     });
 }
 

@@ -7,6 +7,7 @@ pub mod cors;
 pub mod ops;
 pub mod ops_page;
 pub mod problem;
+pub mod rate_limit;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -35,12 +36,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/tokens")
             .route(web::post().to(tokens::post_tokens))
             .route(web::method(actix_web::http::Method::OPTIONS).to(cors::preflight_tokens))
-            .default_service(web::to(problem::method_not_allowed)),
+            .default_service(web::to(problem::method_not_allowed("POST, OPTIONS"))),
     )
     .service(
         web::resource("/v1/audit/events")
             .route(web::get().to(audit::list_events))
-            .default_service(web::to(audit::method_not_allowed)),
+            .default_service(web::to(problem::method_not_allowed("GET"))),
     )
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))
