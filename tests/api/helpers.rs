@@ -13,7 +13,7 @@ use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use rsa::traits::PublicKeyParts;
 use serde_json::{json, Value};
 use token_vendor::audit::{AuditError, AuditEvent, AuditStore, Outcome};
-use token_vendor::config::{Settings, Sources};
+use token_vendor::config::{ServeSettings, Sources};
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
 use token_vendor::dev::random_hex;
 use token_vendor::startup::{Application, Options};
@@ -198,7 +198,7 @@ pub async fn spawn_app_with(config: TestConfig) -> TestApp {
         env.retain(|(key, _)| *key != k);
         env.push((k, v));
     }
-    let settings = Settings::load(&Sources::from_pairs(env)).expect("test settings are valid");
+    let settings = ServeSettings::load(&Sources::from_pairs(env)).expect("test settings are valid");
     let audit = Arc::new(RecordingStore::default());
     let app = Application::build_with(
         settings,

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sqlx::{AnyPool, Executor};
 use token_vendor::audit::flood::FloodGuard;
 use token_vendor::audit::Fingerprinter;
-use token_vendor::config::{Settings, Sources};
+use token_vendor::config::{ServeSettings, Sources};
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
 use token_vendor::dev::random_hex;
 use token_vendor::startup::{Application, Options};
@@ -218,7 +218,7 @@ impl TestApp {
             env.retain(|(key, _)| *key != k);
             env.push((k, v));
         }
-        let settings = Settings::load(&Sources::from_pairs(env)).expect("valid test settings");
+        let settings = ServeSettings::load(&Sources::from_pairs(env)).expect("valid test settings");
         let app = Application::build_with(
             settings,
             Options {

@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use token_vendor::audit::{AuditError, AuditEvent, AuditStore};
-use token_vendor::config::{Settings, Sources};
+use token_vendor::config::{ServeSettings, Sources};
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
 use token_vendor::dev::{mint_session, random_hex};
 use token_vendor::startup::{Application, Options};
@@ -125,7 +125,7 @@ pub async fn spawn_sharing(
         pairs.retain(|(key, _)| key != k);
         pairs.push(((*k).to_owned(), (*v).to_owned()));
     }
-    let settings = Settings::load(&Sources::from_pairs(pairs)).expect("settings load");
+    let settings = ServeSettings::load(&Sources::from_pairs(pairs)).expect("settings load");
     let events = Arc::new(Events::default());
     let app = Application::build_with(
         settings,
