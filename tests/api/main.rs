@@ -5,6 +5,9 @@
 mod support;
 
 mod browser;
+mod cli;
+mod dev;
+mod dev_demo;
 mod ops;
 mod session;
 mod tokens;
