@@ -1,5 +1,10 @@
 //! Settings: embedded defaults, then a TOML file, then the environment (which wins).
 //! Every secret may also come from `NAME_FILE`, as Docker/Kubernetes mount them.
+//!
+//! Each setting is one [`Setting`] constant (name, parser, default, secret or not), so a
+//! name is spelled once. [`Settings::load`] reads them all; [`Settings::for_serve`] is
+//! the one check of what `serve` needs and yields the complete [`ServeSettings`] the
+//! service is built from.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -387,9 +392,9 @@ impl Sources {
     fn secret(&self, name: &str) -> Result<Option<String>, ConfigError> {
         let file_key = format!("{name}_FILE");
         // Environment wins over the TOML file, whichever of the two forms it uses.
-        let chosen = match self.secret_form(&self.env, name, &file_key)? {
+        let chosen = match secret_form(&self.env, name, &file_key)? {
             Some(form) => Some(form),
-            None => self.secret_form(
+            None => secret_form(
                 &self.file,
                 &name.to_ascii_lowercase(),
                 &file_key.to_ascii_lowercase(),
@@ -410,25 +415,24 @@ impl Sources {
             }
         }
     }
+}
 
-    /// Which of `key` and `file_key` one source sets; both is a mistake.
-    fn secret_form(
-        &self,
-        source: &HashMap<String, String>,
-        key: &str,
-        file_key: &str,
-    ) -> Result<Option<SecretForm>, ConfigError> {
-        let direct = source.get(key).filter(|v| !v.is_empty());
-        let file = source.get(file_key).filter(|v| !v.is_empty());
-        match (direct, file) {
-            (Some(_), Some(_)) => Err(ConfigError::new(
-                &key.to_ascii_uppercase(),
-                format!("set either {key} or {file_key}, not both"),
-            )),
-            (Some(v), None) => Ok(Some(SecretForm::Value(v.clone()))),
-            (None, Some(p)) => Ok(Some(SecretForm::Path(p.clone()))),
-            (None, None) => Ok(None),
-        }
+/// Which of `key` and `file_key` one source sets; both is a mistake.
+fn secret_form(
+    source: &HashMap<String, String>,
+    key: &str,
+    file_key: &str,
+) -> Result<Option<SecretForm>, ConfigError> {
+    let direct = source.get(key).filter(|v| !v.is_empty());
+    let file = source.get(file_key).filter(|v| !v.is_empty());
+    match (direct, file) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            &key.to_ascii_uppercase(),
+            format!("set either {key} or {file_key}, not both"),
+        )),
+        (Some(v), None) => Ok(Some(SecretForm::Value(v.clone()))),
+        (None, Some(p)) => Ok(Some(SecretForm::Path(p.clone()))),
+        (None, None) => Ok(None),
     }
 }
 
