@@ -68,12 +68,7 @@ async fn vend_refuses_forged_expired_and_malformed_sessions() {
     let none_upper = format!("{}.{}.", b64(&json!({"alg": "NONE"})), b64(&claims));
     assert_unauthenticated(&app, &none_upper).await;
     // Signed with another key.
-    let other = encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(b"fake-other-secret-that-is-long-enough"),
-    )
-    .unwrap();
+    let other = SessionSigner::new("fake-other-secret-that-is-long-enough").sign(&claims);
     assert_unauthenticated(&app, &other).await;
     // Payload swapped under a valid signature.
     let tampered = format!(

@@ -133,13 +133,7 @@ async fn failed_session_checks_do_not_spend_the_users_quota() {
         .spawn()
         .await;
     let user = unique_user();
-    let forged = token_vendor::dev::mint_session(
-        &secrecy::SecretString::from(format!("fake-other-secret-{}", unique_user())),
-        &user,
-        &[],
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let forged = SessionSigner::new(&format!("fake-other-secret-{}", unique_user())).session(&user);
 
     // Act
     for _ in 0..3 {
