@@ -194,7 +194,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             let settings = load(&cli)?;
             let key = settings
                 .audit_hmac_key
-                .ok_or_else(|| AUDIT_HMAC_KEY.required("is required to fingerprint a token"))?;
+                .ok_or_else(|| AUDIT_HMAC_KEY.error("is required to fingerprint a token"))?;
             let token = if token == "-" {
                 let mut buf = String::new();
                 std::io::stdin()

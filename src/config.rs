@@ -180,14 +180,14 @@ impl<T> Setting<T> {
             None => Ok(None),
             Some(v) => (self.parse)(v)
                 .map(Some)
-                .map_err(|problem| ConfigError::new(self.name, problem)),
+                .map_err(|problem| self.error(problem)),
         }
     }
 
     /// For a setting with a default in the table.
     fn read_defaulted(&self, sources: &Sources) -> Result<T, ConfigError> {
         self.read(sources)?
-            .ok_or_else(|| ConfigError::new(self.name, "has no default"))
+            .ok_or_else(|| self.error("has no default"))
     }
 
     /// For a list, empty when unset.
@@ -198,9 +198,9 @@ impl<T> Setting<T> {
         Ok(self.read(sources)?.unwrap_or_default())
     }
 
-    /// The error for a setting `serve` cannot run without.
-    pub fn required(&self, why: &str) -> ConfigError {
-        ConfigError::new(self.name, why)
+    /// An error naming this setting (missing, malformed or out of range).
+    pub fn error(&self, problem: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.name, problem)
     }
 }
 
@@ -623,12 +623,12 @@ impl Settings {
     pub fn for_serve(self) -> Result<ServeSettings, ConfigError> {
         let environment = self
             .corti_environment
-            .ok_or_else(|| CORTI_ENVIRONMENT.required("is required (eu or us)"))?;
+            .ok_or_else(|| CORTI_ENVIRONMENT.error("is required (eu or us)"))?;
         let client_id = self
             .corti_client_id
-            .ok_or_else(|| CORTI_CLIENT_ID.required("is required"))?;
+            .ok_or_else(|| CORTI_CLIENT_ID.error("is required"))?;
         let client_secret = self.corti_client_secret.ok_or_else(|| {
-            CORTI_CLIENT_SECRET.required(&format!(
+            CORTI_CLIENT_SECRET.error(format!(
                 "is required (or {}_FILE)",
                 CORTI_CLIENT_SECRET.name
             ))
@@ -640,7 +640,7 @@ impl Settings {
         ) {
             (Some(secret), None, None) => {
                 if secret.expose_secret().len() < 32 {
-                    return Err(SESSION_JWT_SECRET.required("must be at least 32 bytes for HMAC"));
+                    return Err(SESSION_JWT_SECRET.error("must be at least 32 bytes for HMAC"));
                 }
                 SessionKeys::Secret(secret)
             }
@@ -651,7 +651,7 @@ impl Settings {
                     .into_iter()
                     .filter(|set| *set)
                     .count();
-                return Err(SESSION_JWT_SECRET.required(&format!(
+                return Err(SESSION_JWT_SECRET.error(format!(
                     "exactly one of {}, {} or {} is required ({set} set)",
                     SESSION_JWT_SECRET.name,
                     SESSION_JWT_PUBLIC_KEY_FILE.name,
@@ -661,11 +661,12 @@ impl Settings {
         };
         let audit_hmac_key = match self.audit_hmac_key {
             None => {
-                return Err(AUDIT_HMAC_KEY
-                    .required(&format!("is required (or {}_FILE)", AUDIT_HMAC_KEY.name)))
+                return Err(
+                    AUDIT_HMAC_KEY.error(format!("is required (or {}_FILE)", AUDIT_HMAC_KEY.name))
+                )
             }
             Some(k) if k.expose_secret().len() < 16 => {
-                return Err(AUDIT_HMAC_KEY.required("must be at least 16 bytes"))
+                return Err(AUDIT_HMAC_KEY.error("must be at least 16 bytes"))
             }
             Some(k) => k,
         };
@@ -897,5 +898,26 @@ mod tests {
         assert!(
             matches!(s.session.keys, SessionKeys::Jwks(ref u) if u == "https://id.example.test/jwks")
         );
+    }
+
+    #[test]
+    fn dev_token_lifetime_is_read_like_every_other_setting() {
+        let mut sources = Sources::default();
+        sources
+            .file
+            .insert("dev_token_lifetime".into(), "2m".into());
+        let s = Settings::load(&sources).unwrap();
+        assert_eq!(s.dev_token_lifetime, Duration::from_secs(120));
+        let s = Settings::load(&Sources::from_pairs([("DEV_TOKEN_LIFETIME", "45")])).unwrap();
+        assert_eq!(s.dev_token_lifetime, Duration::from_secs(45));
+    }
+
+    #[test]
+    fn one_duration_syntax_and_settings_also_take_bare_seconds() {
+        assert_eq!(parse_duration("800ms"), Ok(Duration::from_millis(800)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("90").is_err(), "a CLI duration needs a unit");
+        assert_eq!(setting_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(setting_duration(" 5s "), Ok(Duration::from_secs(5)));
     }
 }

@@ -72,7 +72,7 @@ pub fn token_lifetime(settings: &Settings) -> Result<Duration, ConfigError> {
     if lifetime >= min && lifetime <= Duration::from_secs(3600) {
         Ok(Duration::from_secs(lifetime.as_secs()))
     } else {
-        Err(DEV_TOKEN_LIFETIME.required(&format!("must be between {}s and 3600s", min.as_secs())))
+        Err(DEV_TOKEN_LIFETIME.error(format!("must be between {}s and 3600s", min.as_secs())))
     }
 }
 
@@ -83,7 +83,7 @@ pub fn token_lifetime(settings: &Settings) -> Result<Duration, ConfigError> {
 pub async fn run(loaded: Settings) -> Result<(), StartupError> {
     if !loaded.listen_addr.ip().is_loopback() {
         return Err(LISTEN_ADDR
-            .required("dev binds only loopback addresses")
+            .error("dev binds only loopback addresses")
             .into());
     }
     let token_lifetime = token_lifetime(&loaded)?;
@@ -162,6 +162,7 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
     let auth = standin.base_url();
     let api_url = api.base_url();
     let lifetime = token_lifetime.as_secs();
+    let lifetime_setting = DEV_TOKEN_LIFETIME.name;
     let origins = settings.allowed_origins.join(", ");
     let database = &settings.database_url;
     let banner = format!(
@@ -171,7 +172,7 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
   ops audit page:   {base}/ops/audit
   Corti auth:       {auth} (DEVELOPMENT STAND-IN, loopback only)
   Corti speech API: {api_url} (DEVELOPMENT STAND-IN, loopback only)
-  token lifetime:   {lifetime}s (DEV_TOKEN_LIFETIME)
+  token lifetime:   {lifetime}s ({lifetime_setting})
   allowed origins:  {origins}
   audit store:      {database}
   session token (user demo-user, valid 8h):
