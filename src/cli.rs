@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::audit::commands::{self as audit_commands, CommandError};
 use crate::audit::Fingerprinter;
-use crate::config::{ConfigError, Settings, Sources};
+use crate::config::{ConfigError, Settings, Sources, AUDIT_HMAC_KEY};
 use crate::startup::{Application, StartupError};
 use crate::telemetry;
 
@@ -126,8 +126,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 fn dispatch(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Serve => {
-            let settings = load(&cli)?;
-            settings.require_for_serve()?;
+            let settings = load(&cli)?.for_serve()?;
             telemetry::init(
                 telemetry::env_filter(telemetry::DEFAULT_FILTER),
                 std::io::stdout,
@@ -185,17 +184,17 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             for line in settings.redacted_lines() {
                 println!("{line}");
             }
-            settings.require_for_serve()?;
+            let settings = settings.for_serve()?;
             let http = reqwest::Client::new();
-            crate::session::SessionVerifier::from_settings(&settings, http)?;
+            crate::session::SessionVerifier::from_settings(&settings.session, http)?;
             println!("ok: settings are complete for `serve`");
             Ok(())
         }
         Command::Audit(AuditCommand::Hash { token }) => {
             let settings = load(&cli)?;
-            let key = settings.audit_hmac_key.ok_or_else(|| {
-                ConfigError::new("AUDIT_HMAC_KEY", "is required to fingerprint a token")
-            })?;
+            let key = settings
+                .audit_hmac_key
+                .ok_or_else(|| AUDIT_HMAC_KEY.error("is required to fingerprint a token"))?;
             let token = if token == "-" {
                 let mut buf = String::new();
                 std::io::stdin()

@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, SessionKeys, SessionSettings, SESSION_JWT_PUBLIC_KEY_FILE};
 use crate::jwks::{JwksCache, JwksPolicy, VerifyingKey};
 use crate::jwt::{self, JwtError, Keys, Rules};
 
@@ -92,35 +92,33 @@ pub struct SessionVerifier {
 }
 
 impl SessionVerifier {
-    /// Builds the verifier from the settings' single key source.
-    pub fn from_settings(settings: &Settings, http: reqwest::Client) -> Result<Self, ConfigError> {
-        let keys = if let Some(secret) = &settings.session_jwt_secret {
-            Keys::Static(hmac_key(secret))
-        } else if let Some(path) = &settings.session_jwt_public_key_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                ConfigError::new(
-                    "SESSION_JWT_PUBLIC_KEY_FILE",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            Keys::Static(public_key_from_pem(&pem).ok_or_else(|| {
-                ConfigError::new(
-                    "SESSION_JWT_PUBLIC_KEY_FILE",
-                    "is not a PEM RSA, EC (P-256/P-384) or Ed25519 public key",
-                )
-            })?)
-        } else if let Some(url) = &settings.session_jwks_url {
-            Keys::Jwks(JwksCache::new(url.clone(), http, JwksPolicy::default()))
-        } else {
-            return Err(ConfigError::new(
-                "SESSION_JWT_SECRET",
-                "one of SESSION_JWT_SECRET, SESSION_JWT_PUBLIC_KEY_FILE or SESSION_JWKS_URL is required",
-            ));
+    /// Builds the verifier from the settings' one key source.
+    pub fn from_settings(
+        settings: &SessionSettings,
+        http: reqwest::Client,
+    ) -> Result<Self, ConfigError> {
+        let keys = match &settings.keys {
+            SessionKeys::Secret(secret) => Keys::Static(hmac_key(secret)),
+            SessionKeys::PublicKeyFile(path) => {
+                let setting = SESSION_JWT_PUBLIC_KEY_FILE.name;
+                let pem = std::fs::read(path).map_err(|e| {
+                    ConfigError::new(setting, format!("cannot read {}: {e}", path.display()))
+                })?;
+                Keys::Static(public_key_from_pem(&pem).ok_or_else(|| {
+                    ConfigError::new(
+                        setting,
+                        "is not a PEM RSA, EC (P-256/P-384) or Ed25519 public key",
+                    )
+                })?)
+            }
+            SessionKeys::Jwks(url) => {
+                Keys::Jwks(JwksCache::new(url.clone(), http, JwksPolicy::default()))
+            }
         };
         Ok(Self {
             keys,
-            issuer: settings.session_jwt_issuer.clone(),
-            audience: settings.session_jwt_audience.clone(),
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
         })
     }
 
