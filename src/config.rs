@@ -875,7 +875,7 @@ mod tests {
         let s = Settings::load(&Sources::default()).expect("defaults parse");
         assert_eq!(s.listen_addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
         assert_eq!(s.corti_tenant.as_str(), "base");
-        assert_eq!(s.token_reuse_min_ttl, Duration::from_secs(60));
+        assert_eq!(s.token_reuse_min_ttl, Duration::from_secs(150));
         assert_eq!(s.upstream_timeout, Duration::from_secs(5));
         assert_eq!(s.rate_limit_per_user.to_string(), "30/minute");
     }

@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
@@ -53,18 +54,76 @@ pub fn required_or_skip(what: &str, value: Option<String>) -> Option<String> {
             panic!("{what} is required when CI=true")
         }
         _ => {
-            eprintln!(
-                "skipping: {what} is not available (it is required under CI=true; \
-                 run `eval \"$(scripts/services-up.sh)\"` for PostgreSQL and Redis)"
+            // Straight to stderr: libtest captures `eprintln!` of passing tests, and a
+            // skip must never read as a pass.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED ({}): {what} is not available; it is required under CI=true \
+                 (run `eval \"$(scripts/services-up.sh)\"` for PostgreSQL and Redis)",
+                std::thread::current().name().unwrap_or("a test")
             );
             None
         }
     }
 }
 
-/// A real service named by the environment variable holding its URL.
+/// A real service named by the environment variable holding its URL. When the variable
+/// is unset but the server's binaries are on this machine, a throwaway server is
+/// started (once per test binary; the scripts reuse one that already runs).
 pub fn real_service(var: &str) -> Option<String> {
-    required_or_skip(var, std::env::var(var).ok())
+    let set = std::env::var(var).ok().filter(|v| !v.trim().is_empty());
+    let value = set.or_else(|| started_services().get(var).cloned());
+    required_or_skip(var, value)
+}
+
+/// The throwaway PostgreSQL and Redis this process started with `scripts/`, by the
+/// variable `scripts/services-up.sh` would have set.
+fn started_services() -> &'static std::collections::HashMap<String, String> {
+    static STARTED: std::sync::OnceLock<std::collections::HashMap<String, String>> =
+        std::sync::OnceLock::new();
+    STARTED.get_or_init(|| {
+        let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");
+        let mut started = std::collections::HashMap::new();
+        let postgres_here =
+            std::path::Path::new("/usr/lib/postgresql").is_dir() || on_path("pg_ctl");
+        let wanted = [
+            ("TEST_DATABASE_URL", "pg-start.sh", postgres_here),
+            ("TEST_REDIS_URL", "redis-start.sh", on_path("redis-server")),
+        ];
+        for (var, script, available) in wanted {
+            if !available || std::env::var(var).is_ok_and(|v| !v.trim().is_empty()) {
+                continue;
+            }
+            let out = std::process::Command::new(format!("{scripts}/{script}"))
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {
+                    let url = String::from_utf8_lossy(&o.stdout);
+                    if let Some(url) = url.lines().last().filter(|l| l.contains("://")) {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "started a throwaway server for {var} with scripts/{script}"
+                        );
+                        started.insert(var.to_owned(), url.trim().to_owned());
+                    }
+                }
+                _ => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "could not start a throwaway server with scripts/{script}"
+                    );
+                }
+            }
+        }
+        started
+    })
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
 /// `TEST_DATABASE_URL`, the PostgreSQL the audit cases run against.
