@@ -299,6 +299,9 @@ pub const TOKEN_REUSE_MIN_TTL: Setting<Duration> =
     Setting::plain("TOKEN_REUSE_MIN_TTL", setting_duration).or("150");
 pub const UPSTREAM_TIMEOUT: Setting<Duration> =
     Setting::plain("UPSTREAM_TIMEOUT", positive_duration).or("5s");
+/// On SIGTERM, how long in-flight requests may take to finish before they are cut.
+pub const SHUTDOWN_GRACE: Setting<Duration> =
+    Setting::plain("SHUTDOWN_GRACE", setting_duration).or("10s");
 pub const AUDIT_HMAC_KEY: Setting<SecretString> = Setting::secret("AUDIT_HMAC_KEY", secret);
 pub const AUDIT_READER_ROLE: Setting<String> =
     Setting::plain("AUDIT_READER_ROLE", text).or("token-vendor:audit-reader");
@@ -331,6 +334,7 @@ pub struct Settings {
     pub rate_limit_redis_url: Option<String>,
     pub token_reuse_min_ttl: Duration,
     pub upstream_timeout: Duration,
+    pub shutdown_grace: Duration,
     pub audit_hmac_key: Option<SecretString>,
     pub audit_reader_role: String,
     pub trusted_proxies: Vec<IpNet>,
@@ -581,6 +585,7 @@ pub struct ServeSettings {
     pub rate_limit_redis_url: Option<String>,
     pub token_reuse_min_ttl: Duration,
     pub upstream_timeout: Duration,
+    pub shutdown_grace: Duration,
     pub audit_hmac_key: SecretString,
     pub audit_reader_role: String,
     pub trusted_proxies: Vec<IpNet>,
@@ -617,6 +622,7 @@ impl Settings {
             rate_limit_redis_url: RATE_LIMIT_REDIS_URL.read(sources)?,
             token_reuse_min_ttl: TOKEN_REUSE_MIN_TTL.read_defaulted(sources)?,
             upstream_timeout: UPSTREAM_TIMEOUT.read_defaulted(sources)?,
+            shutdown_grace: SHUTDOWN_GRACE.read_defaulted(sources)?,
             audit_hmac_key: AUDIT_HMAC_KEY.read(sources)?,
             audit_reader_role: AUDIT_READER_ROLE.read_defaulted(sources)?,
             trusted_proxies: TRUSTED_PROXIES.read_or_default(sources)?,
@@ -701,6 +707,7 @@ impl Settings {
             rate_limit_redis_url: self.rate_limit_redis_url,
             token_reuse_min_ttl: self.token_reuse_min_ttl,
             upstream_timeout: self.upstream_timeout,
+            shutdown_grace: self.shutdown_grace,
             audit_hmac_key,
             audit_reader_role: self.audit_reader_role,
             trusted_proxies: self.trusted_proxies,
@@ -772,6 +779,10 @@ impl Settings {
             line(
                 &UPSTREAM_TIMEOUT,
                 humantime::format_duration(self.upstream_timeout),
+            ),
+            line(
+                &SHUTDOWN_GRACE,
+                humantime::format_duration(self.shutdown_grace),
             ),
             secret(&AUDIT_HMAC_KEY, &self.audit_hmac_key),
             line(&AUDIT_READER_ROLE, &self.audit_reader_role),
@@ -877,6 +888,7 @@ mod tests {
         assert_eq!(s.corti_tenant.as_str(), "base");
         assert_eq!(s.token_reuse_min_ttl, Duration::from_secs(150));
         assert_eq!(s.upstream_timeout, Duration::from_secs(5));
+        assert_eq!(s.shutdown_grace, Duration::from_secs(10));
         assert_eq!(s.rate_limit_per_user.to_string(), "30/minute");
     }
 

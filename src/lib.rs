@@ -13,6 +13,7 @@ pub mod dev;
 pub mod http;
 pub mod jwks;
 pub mod jwt;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod reuse;

@@ -15,6 +15,7 @@ use crate::browser::OriginPolicy;
 use crate::config::{ConfigError, ServeSettings, RATE_LIMIT_REDIS_URL};
 use crate::corti::{CortiClient, CortiClientConfig};
 use crate::http::{self, AppState};
+use crate::lifecycle::{stop_signal, Draining};
 use crate::limits::{LimitRates, Limits, RedisLimits};
 use crate::metrics::Metrics;
 use crate::reuse::TokenReuse;
@@ -96,6 +97,8 @@ impl Application {
         })?;
         let extra = options.extra_routes;
         let server_state = state.clone();
+        let draining = state.draining.clone();
+        let grace = settings.shutdown_grace;
         let server = HttpServer::new(move || {
             let extra = extra.clone();
             App::new()
@@ -115,7 +118,16 @@ impl Application {
             addr: settings.listen_addr.to_string(),
             source,
         })?
-        .shutdown_timeout(10)
+        // actix counts the grace in whole seconds; round up so it is never shorter.
+        .shutdown_timeout(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
+        .shutdown_signal(async move {
+            stop_signal().await;
+            draining.begin();
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "stop signal: not ready, no new connections, draining in-flight requests"
+            );
+        })
         .run();
         Ok(Self {
             port: port.port(),
@@ -133,11 +145,15 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGINT/SIGTERM, then drains in-flight requests and writes the
-    /// aggregated refusals still being counted.
+    /// Serves until SIGTERM/SIGINT, then drains in-flight requests (at most
+    /// `SHUTDOWN_GRACE`) and writes the aggregated refusals still being counted.
+    ///
+    /// Every request that was answered waited for its own event's commit, so once the
+    /// server has stopped the only events left to commit are those aggregated refusals.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.state.auditor.flush_floods(true).await;
+        tracing::info!("token-vendor stopped");
         result
     }
 }
@@ -213,5 +229,6 @@ fn app_state(
         trusted_proxies: settings.trusted_proxies.clone(),
         cookie_name: settings.session.cookie_name.clone(),
         audit_reader_role: settings.audit_reader_role.clone(),
+        draining: Draining::default(),
     })
 }

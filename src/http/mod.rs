@@ -17,6 +17,7 @@ use ipnet::IpNet;
 
 use crate::audit::Auditor;
 use crate::browser::OriginPolicy;
+use crate::lifecycle::Draining;
 use crate::vend::Vendor;
 
 /// What every handler may need.
@@ -28,6 +29,8 @@ pub struct AppState {
     pub cookie_name: String,
     /// Role a session needs to read `GET /v1/audit/events`.
     pub audit_reader_role: String,
+    /// Set on SIGTERM: readiness fails from then on.
+    pub draining: Draining,
 }
 
 /// Registers the service's routes.

@@ -17,7 +17,10 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if state.auditor.ready().await {
+    if state.draining.is_draining() {
+        Problem::new(ProblemType::NotReady, "the service is shutting down")
+            .respond(&request_id(&req))
+    } else if state.auditor.ready().await {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else {
         Problem::new(ProblemType::NotReady, "the audit store cannot be reached")

@@ -42,6 +42,25 @@ async fn readyz_reports_an_unavailable_audit_store() {
 }
 
 #[tokio::test]
+async fn readyz_answers_503_once_the_service_drains_while_healthz_stays_ok() {
+    let app = TestApp::builder().spawn().await;
+    let get = |path: &'static str| app.http.get(format!("{}{path}", app.address)).send();
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+
+    app.draining.begin();
+
+    let (body, _) = problem(get("/readyz").await.unwrap(), 503).await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("shutting down"),
+        "{body}"
+    );
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+}
+
+#[tokio::test]
 async fn request_id_is_kept_when_sane_and_replaced_otherwise() {
     let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let kept = app

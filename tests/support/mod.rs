@@ -30,6 +30,7 @@ use token_vendor::audit::{AuditError, AuditEvent, AuditStore, Fingerprinter, Out
 use token_vendor::config::{ServeSettings, Sources};
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
 use token_vendor::dev::random_hex;
+use token_vendor::lifecycle::Draining;
 use token_vendor::startup::{Application, Options};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -609,6 +610,7 @@ impl TestAppBuilder {
         .await
         .expect("app builds");
         let address = format!("http://127.0.0.1:{}", app.port());
+        let draining = app.state().draining.clone();
         tokio::spawn(app.run_until_stopped());
         TestApp {
             address,
@@ -625,6 +627,7 @@ impl TestAppBuilder {
             standin,
             mock,
             upstream_key,
+            draining,
         }
     }
 }
@@ -643,6 +646,8 @@ pub struct TestApp {
     pub mock: Option<MockServer>,
     /// Key the mock upstream signs its tokens with (published at its certs path).
     pub upstream_key: Arc<TestKey>,
+    /// What SIGTERM sets first; a test sets it to see the service as it drains.
+    pub draining: Draining,
 }
 
 impl TestApp {
