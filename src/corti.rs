@@ -148,6 +148,11 @@ impl CortiClient {
         })
     }
 
+    /// The realm's keys, which granted tokens are checked against.
+    pub fn keys(&self) -> &Keys {
+        &self.certs
+    }
+
     pub fn tenant(&self) -> &Tenant {
         &self.tenant
     }

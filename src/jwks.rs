@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Mutex, RwLock};
 
 /// How a key set is kept fresh.
@@ -56,6 +57,8 @@ pub struct JwksCache {
     policy: JwksPolicy,
     cached: RwLock<Option<Cached>>,
     last_attempt: Mutex<Option<Instant>>,
+    /// 1 while the last refresh failed and the last good keys are in use.
+    stale: Gauge,
 }
 
 impl JwksCache {
@@ -66,7 +69,13 @@ impl JwksCache {
             policy,
             cached: RwLock::new(None),
             last_attempt: Mutex::new(None),
+            stale: Gauge::default(),
         })
+    }
+
+    /// The "serving stale keys" flag, for `/metrics`.
+    pub fn stale_gauge(&self) -> Gauge {
+        self.stale.clone()
     }
 
     /// The key for `kid` (or the only key when the token names none).
@@ -146,10 +155,12 @@ impl JwksCache {
                     keys,
                     fetched_at: Instant::now(),
                 });
+                self.stale.set(0);
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(jwks_url = %self.url, error = %e, "could not refresh JWKS; keeping the last good keys");
+                self.stale.set(1);
                 Err(e)
             }
         }
@@ -257,6 +268,34 @@ mod tests {
             cache.key(Some("k1")).await,
             Err(JwksError::Unavailable(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn the_stale_gauge_is_up_while_a_refresh_fails_and_down_after_one_succeeds() {
+        let server = MockServer::start().await;
+        for status in [200, 503, 200] {
+            Mock::given(method("GET"))
+                .respond_with(
+                    ResponseTemplate::new(status).set_body_json(json!({"keys": [jwk("k1")]})),
+                )
+                .up_to_n_times(1)
+                .mount(&server)
+                .await;
+        }
+        let cache = JwksCache::new(
+            server.uri(),
+            reqwest::Client::new(),
+            policy(Duration::from_secs(300), Duration::from_secs(3600)),
+        );
+        let stale = cache.stale_gauge();
+
+        assert!(cache.key(Some("k1")).await.is_ok());
+        assert_eq!(stale.get(), 0);
+        // An unknown kid refetches; the identity provider is down.
+        assert!(cache.key(Some("k2")).await.is_err());
+        assert_eq!(stale.get(), 1, "serving the last good keys");
+        assert!(cache.key(Some("k2")).await.is_err());
+        assert_eq!(stale.get(), 0, "refreshed again");
     }
 
     #[tokio::test]

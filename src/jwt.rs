@@ -21,6 +21,16 @@ pub enum Keys {
     Jwks(Arc<JwksCache>),
 }
 
+impl Keys {
+    /// The key set, when keys are fetched.
+    pub fn jwks(&self) -> Option<&Arc<JwksCache>> {
+        match self {
+            Keys::Static(_) => None,
+            Keys::Jwks(cache) => Some(cache),
+        }
+    }
+}
+
 /// What a token must satisfy beyond a good signature and a live `exp`.
 #[derive(Debug, Default)]
 pub struct Rules<'a> {

@@ -92,6 +92,10 @@ pub struct SessionVerifier {
 }
 
 impl SessionVerifier {
+    /// Where the session keys come from.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
     /// Builds the verifier from the settings' one key source.
     pub fn from_settings(
         settings: &SessionSettings,

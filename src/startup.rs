@@ -9,6 +9,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::audit::flood::FloodGuard;
 use crate::audit::store::SqlAuditStore;
+use crate::audit::writer::WriterConfig;
 use crate::audit::{AuditStore, Auditor, Fingerprinter};
 use crate::background::spawn_while_alive;
 use crate::browser::OriginPolicy;
@@ -71,16 +72,21 @@ impl Application {
         settings: ServeSettings,
         options: Options,
     ) -> Result<Self, StartupError> {
+        let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn AuditStore> = match options.audit_store {
             Some(store) => store,
             None => Arc::new(
-                SqlAuditStore::open(&settings.database_url)
-                    .await
-                    .map_err(|e| StartupError::Audit(e.to_string()))?,
+                SqlAuditStore::open_reporting(
+                    &settings.database_url,
+                    WriterConfig::default(),
+                    metrics.audit_writer(),
+                )
+                .await
+                .map_err(|e| StartupError::Audit(e.to_string()))?,
             ),
         };
         let flood = options.audit_flood.unwrap_or_default();
-        let state = web::Data::new(app_state(&settings, store, flood)?);
+        let state = web::Data::new(app_state(&settings, store, flood, metrics)?);
         spawn_flood_flusher(&state.auditor);
         let listener = match options.listener {
             Some(listener) => listener,
@@ -172,6 +178,7 @@ fn app_state(
     settings: &ServeSettings,
     store: Arc<dyn AuditStore>,
     flood: FloodGuard,
+    metrics: Arc<Metrics>,
 ) -> Result<AppState, StartupError> {
     let corti = CortiClient::new(CortiClientConfig {
         auth_base_url: settings.corti.auth_url.clone(),
@@ -191,7 +198,11 @@ fn app_state(
     let fingerprinter = Fingerprinter::new(settings.audit_hmac_key.clone());
     let auditor = Auditor::with_flood_guard(store, flood);
     let origins = OriginPolicy::new(settings.allowed_origins.iter().cloned());
-    let metrics = Arc::new(Metrics::new());
+    for (source, keys) in [("session", sessions.keys()), ("corti", corti.keys())] {
+        if let Some(cache) = keys.jwks() {
+            metrics.watch_jwks(source, cache.stale_gauge());
+        }
+    }
     let redis = settings
         .rate_limit_redis_url
         .as_deref()

@@ -10,6 +10,7 @@ use super::db::{AuditDb, OpenMode, StoreError};
 use super::query::{AuditQuery, Page};
 use super::writer::{GroupCommitWriter, WriterConfig};
 use super::{AuditError, AuditEvent, AuditStore};
+use crate::metrics::AuditWriterMetrics;
 
 /// SQLite or PostgreSQL behind a [`GroupCommitWriter`].
 pub struct SqlAuditStore {
@@ -29,14 +30,27 @@ impl SqlAuditStore {
     }
 
     pub async fn open_with(url: &str, config: WriterConfig) -> Result<Self, StoreError> {
+        Self::open_reporting(url, config, AuditWriterMetrics::default()).await
+    }
+
+    /// Like [`Self::open_with`], the writer reporting into `metrics`.
+    pub async fn open_reporting(
+        url: &str,
+        config: WriterConfig,
+        metrics: AuditWriterMetrics,
+    ) -> Result<Self, StoreError> {
         let db = AuditDb::open(url, OpenMode::Create).await?;
         db.migrate().await?;
-        Ok(Self::with_db(db, config))
+        Ok(Self::with_db_reporting(db, config, metrics))
     }
 
     /// A store on an already migrated database.
     pub fn with_db(db: AuditDb, config: WriterConfig) -> Self {
-        let writer = GroupCommitWriter::start(db.clone(), config);
+        Self::with_db_reporting(db, config, AuditWriterMetrics::default())
+    }
+
+    fn with_db_reporting(db: AuditDb, config: WriterConfig, metrics: AuditWriterMetrics) -> Self {
+        let writer = GroupCommitWriter::start_reporting(db.clone(), config, metrics);
         Self {
             db,
             writer,

@@ -13,12 +13,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::db::{AuditDb, ChainState};
 use super::{AuditError, AuditEvent};
+use crate::metrics::AuditWriterMetrics;
 
 /// Limits of the writer.
 #[derive(Debug, Clone, Copy)]
@@ -57,18 +58,26 @@ pub struct GroupCommitWriter {
     tx: mpsc::Sender<Pending>,
     wait: Duration,
     failing: Arc<AtomicBool>,
+    metrics: AuditWriterMetrics,
 }
 
 impl GroupCommitWriter {
     /// Starts the writer task on the current tokio runtime, with a new chain.
     pub fn start(db: AuditDb, config: WriterConfig) -> Self {
+        Self::start_reporting(db, config, AuditWriterMetrics::default())
+    }
+
+    /// Like [`Self::start`], reporting batch sizes, commit times and failures, and the
+    /// queue's depth into `metrics`.
+    pub fn start_reporting(db: AuditDb, config: WriterConfig, metrics: AuditWriterMetrics) -> Self {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let failing = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run(db, rx, config, failing.clone()));
+        tokio::spawn(run(db, rx, config, failing.clone(), metrics.clone()));
         Self {
             tx,
             wait: config.wait,
             failing,
+            metrics,
         }
     }
 
@@ -85,6 +94,8 @@ impl GroupCommitWriter {
                     AuditError::Unavailable("the audit writer has stopped".into())
                 }
             })?;
+        self.metrics
+            .queue_depth(self.tx.max_capacity() - self.tx.capacity());
         match tokio::time::timeout(self.wait, committed).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(AuditError::Unavailable(
@@ -105,16 +116,19 @@ async fn run(
     mut rx: mpsc::Receiver<Pending>,
     config: WriterConfig,
     failing: Arc<AtomicBool>,
+    metrics: AuditWriterMetrics,
 ) {
     let mut chain = ChainState::new();
     let mut batch: Vec<Pending> = Vec::with_capacity(config.max_batch);
     while rx.recv_many(&mut batch, config.max_batch.max(1)).await > 0 {
+        metrics.queue_depth(rx.len());
         // A caller that timed out was told "no"; its event must not be stored late.
         batch.retain(|p| !p.done.is_closed());
         if batch.is_empty() {
             continue;
         }
         let events: Vec<&AuditEvent> = batch.iter().map(|p| &p.event).collect();
+        let started = Instant::now();
         let result =
             match tokio::time::timeout(config.commit_timeout, db.append(&mut chain, &events)).await
             {
@@ -122,6 +136,7 @@ async fn run(
                 Ok(Err(e)) => Err(AuditError::Unavailable(e.to_string())),
                 Err(_) => Err(AuditError::Timeout),
             };
+        metrics.commit(batch.len(), started.elapsed(), result.is_ok());
         if let Err(e) = &result {
             // The commit may or may not have happened: learn the head again.
             chain.known = false;

@@ -6,10 +6,11 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage, HttpRequest};
+use actix_web::{web, HttpMessage, HttpRequest};
 use ipnet::IpNet;
 use tracing::Instrument;
 
+use super::AppState;
 use crate::vend::Caller;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -60,9 +61,16 @@ pub async fn request_id_middleware(
             res.headers_mut()
                 .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
         }
+        let (status, took) = (res.status().as_u16(), started.elapsed());
+        if let Some(state) = res.request().app_data::<web::Data<AppState>>() {
+            state
+                .vendor
+                .metrics
+                .http_request(super::route_label(res.request()), status, took);
+        }
         tracing::info!(
-            status = res.status().as_u16(),
-            duration_ms = started.elapsed().as_millis() as u64,
+            status,
+            duration_ms = took.as_millis() as u64,
             "request finished"
         );
         Ok(res)

@@ -4,6 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use crate::catalog::ProblemType;
+use crate::metrics::Format;
 
 use super::context::request_id;
 use super::problem::Problem;
@@ -28,12 +29,19 @@ pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     }
 }
 
-/// Prometheus metrics (OpenMetrics text).
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// Prometheus metrics: OpenMetrics text, or the Prometheus text format 0.0.4 when the
+/// `Accept` header prefers it.
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let accept = req
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
     HttpResponse::Ok()
-        .content_type(crate::metrics::CONTENT_TYPE)
+        .content_type(format.content_type())
         .insert_header(("Cache-Control", "no-store"))
-        .body(state.vendor.metrics.render())
+        .insert_header(("Vary", "Accept"))
+        .body(state.vendor.metrics.render_as(format))
 }
 
 pub async fn openapi() -> HttpResponse {

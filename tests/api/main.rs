@@ -8,6 +8,7 @@ mod browser;
 mod cli;
 mod dev;
 mod dev_demo;
+mod observability;
 mod ops;
 mod session;
 mod tokens;
