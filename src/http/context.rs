@@ -14,6 +14,29 @@ use super::AppState;
 use crate::vend::Caller;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// The trace id of a valid W3C `traceparent` (`version-traceid-parentid-flags`, lower-case
+/// hex, ids not all zero); `None` for anything else, which is then ignored.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().splitn(5, '-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    let valid = hex(version, 2)
+        && version != "ff"
+        // Version 00 has exactly four fields; later versions may append more.
+        && (version != "00" || parts.next().is_none())
+        && hex(trace, 32)
+        && nonzero(trace)
+        && hex(parent, 16)
+        && nonzero(parent)
+        && hex(flags, 2);
+    valid.then_some(trace)
+}
 
 /// The id of this request: the caller's when it is a sane token, else a fresh UUID.
 #[derive(Debug, Clone)]
@@ -51,9 +74,19 @@ pub async fn request_id_middleware(
     let span = tracing::info_span!(
         "request",
         request_id = %id,
+        trace_id = tracing::field::Empty,
         method = %req.method(),
         path = %req.path(),
     );
+    // A caller's W3C trace context: its trace id goes on every log line of the request.
+    if let Some(trace) = req
+        .headers()
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace_id)
+    {
+        span.record("trace_id", trace);
+    }
     async move {
         let started = std::time::Instant::now();
         let mut res = next.call(req).await?;
@@ -126,4 +159,31 @@ pub fn header_text(req: &HttpRequest, name: HeaderName) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_id;
+
+    #[test]
+    fn reads_the_trace_id_of_a_valid_traceparent_only() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_id(&format!("00-{id}-00f067aa0ba902b7-01")), Some(id));
+        assert_eq!(
+            trace_id(&format!("01-{id}-00f067aa0ba902b7-00-extra")),
+            Some(id)
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e47-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad}");
+        }
+    }
 }
