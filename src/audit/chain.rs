@@ -11,54 +11,30 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use super::schema::{self, Value};
+use super::AuditEvent;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
-
-use super::AuditEvent;
 
 /// `prev_hash` of the first event of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Microseconds since the Unix epoch: the precision both backends store.
-pub fn to_micros(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000) as i64
-}
+pub use super::schema::{from_micros, to_micros};
 
-/// The inverse of [`to_micros`]; out-of-range values (only from a corrupt row) clamp.
-pub fn from_micros(us: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-/// The event's bytes as hashed: a JSON array in a fixed order, with times in
+/// The event's bytes as hashed: a JSON array of the [`schema::FIELDS`] in their
+/// order after a version tag and the event's place in its chain, with times in
 /// microseconds, so that SQLite and PostgreSQL rows hash alike.
 pub fn canonical(chain_id: &str, chain_seq: i64, e: &AuditEvent) -> String {
-    json!([
-        "token-vendor-audit-v1",
-        chain_id,
-        chain_seq,
-        e.id,
-        to_micros(e.time),
-        e.request_id,
-        e.outcome.as_str(),
-        e.status,
-        e.subject,
-        e.session_id,
-        e.client_ip,
-        e.user_agent,
-        e.origin,
-        e.scope,
-        e.tenant,
-        e.environment,
-        e.token_fingerprint,
-        e.token_expires_at.map(to_micros),
-        e.upstream_ms,
-        e.duration_ms,
-        e.detail,
-        e.count,
-    ])
-    .to_string()
+    let mut items = Vec::with_capacity(schema::FIELD_COUNT + 3);
+    items.push(json!("token-vendor-audit-v1"));
+    items.push(json!(chain_id));
+    items.push(json!(chain_seq));
+    items.extend(e.values().iter().map(|v| match v {
+        Value::Text(s) => json!(s),
+        Value::Int(i) => json!(i),
+        Value::Time(t) => json!(t.map(to_micros)),
+    }));
+    serde_json::Value::Array(items).to_string()
 }
 
 /// `hex(sha256(prev_hash "\n" canonical))`.
@@ -317,6 +293,7 @@ impl Verifier {
 mod tests {
     use super::*;
     use crate::audit::Outcome;
+    use time::OffsetDateTime;
 
     fn chain(n: usize) -> (ChainRecord, Vec<Linked>) {
         let mut prev = GENESIS.to_owned();
@@ -436,6 +413,44 @@ mod tests {
         record.anchor_seq = 2;
         record.anchor_hash = rows[1].hash.clone();
         assert_eq!(verify(&record, &rows[2..]).map(|i| i.events), Ok(4));
+    }
+
+    #[test]
+    fn the_canonical_form_is_the_one_v1_chains_were_hashed_with() {
+        let mut e = AuditEvent::begin("req-1", "base", "eu");
+        e.outcome = Outcome::Issued;
+        e.status = 200;
+        e.subject = Some("alice".into());
+        e.token_expires_at = Some(e.time);
+        e.upstream_ms = Some(7);
+        e.count = 2;
+        // The field list as first written out by hand, before the schema existed.
+        let v1 = serde_json::json!([
+            "token-vendor-audit-v1",
+            "c1",
+            4,
+            e.id,
+            to_micros(e.time),
+            e.request_id,
+            e.outcome.as_str(),
+            e.status,
+            e.subject,
+            e.session_id,
+            e.client_ip,
+            e.user_agent,
+            e.origin,
+            e.scope,
+            e.tenant,
+            e.environment,
+            e.token_fingerprint,
+            e.token_expires_at.map(to_micros),
+            e.upstream_ms,
+            e.duration_ms,
+            e.detail,
+            e.count,
+        ])
+        .to_string();
+        assert_eq!(canonical("c1", 4, &e), v1);
     }
 
     #[test]

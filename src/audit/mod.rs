@@ -1,7 +1,8 @@
 //! The audit trail: one event per `POST /v1/tokens` attempt, written before any token
 //! leaves the service, and mirrored as one JSON line on the `audit` tracing target.
 //!
-//! Layout: [`db`] (SQLite/PostgreSQL through sqlx, migrations, queries, verify, prune),
+//! Layout: [`schema`] (the event fields, once), [`db`] (SQLite/PostgreSQL through sqlx:
+//! open, append, read and verify, prune),
 //! [`writer`] (group commit), [`chain`] (hash chain), [`query`] (filters and cursors),
 //! [`flood`] (aggregated refusals), [`store`] (the durable [`AuditStore`]),
 //! [`commands`] (the `audit …` and `migrate` subcommands).
@@ -11,6 +12,7 @@ pub mod commands;
 pub mod db;
 pub mod flood;
 pub mod query;
+pub mod schema;
 pub mod store;
 pub mod writer;
 
@@ -327,6 +329,49 @@ mod tests {
         assert_ne!(a.fingerprint("tok"), b.fingerprint("tok"));
         assert!(a.fingerprint("tok").starts_with("hmac-sha256:"));
         assert_eq!(a.fingerprint("tok").len(), "hmac-sha256:".len() + 64);
+    }
+
+    /// The `audit` log line carries every field of the schema under its name.
+    #[test]
+    fn the_log_line_carries_the_schema_fields() {
+        use std::io::Write;
+        use std::sync::Mutex;
+
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let mut e = AuditEvent::begin("req-1", "base", "eu");
+        e.subject = Some("alice".into());
+        e.session_id = Some("s".into());
+        e.client_ip = Some("127.0.0.1".into());
+        e.user_agent = Some("ua".into());
+        e.origin = Some("o".into());
+        e.scope = Some("transcribe".into());
+        e.token_fingerprint = Some("hmac-sha256:00".into());
+        e.token_expires_at = Some(e.time);
+        e.upstream_ms = Some(1);
+        e.detail = Some("d".into());
+        tracing::subscriber::with_default(subscriber, || emit_log_line(&e, true));
+        let line = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        for f in schema::FIELDS {
+            assert!(json.get(f.name).is_some(), "{} missing from {line}", f.name);
+        }
     }
 
     #[test]
