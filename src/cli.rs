@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use secrecy::SecretString;
 
 use crate::audit::commands::{self as audit_commands, CommandError};
 use crate::audit::Fingerprinter;
@@ -52,8 +53,15 @@ pub enum AuditCommand {
     },
     /// Show stored events, newest first (table, json or csv).
     Query(audit_commands::QueryArgs),
-    /// Check the hash chains; names the first altered, inserted or removed event.
-    Verify,
+    /// Check the hash chains against AUDIT_HMAC_KEY and the signed checkpoints; names
+    /// the first altered, inserted or removed event, or the truncated or missing chain.
+    Verify(audit_commands::VerifyArgs),
+    /// Print a new checkpoint signing key (AUDIT_SIGNING_KEY) and its verifier key.
+    Keygen {
+        /// The key's name, shown in every signature line.
+        #[arg(long, default_value = "token-vendor-audit")]
+        name: String,
+    },
     /// Write events as JSON lines, oldest first.
     Export(audit_commands::ExportArgs),
     /// Delete events past the retention period, keeping the chains verifiable.
@@ -110,6 +118,13 @@ impl From<StartupError> for Failure {
             other => Failure::Other(other.to_string()),
         }
     }
+}
+
+fn audit_hmac_key(settings: &Settings, why: &str) -> Result<SecretString, ConfigError> {
+    settings
+        .audit_hmac_key
+        .clone()
+        .ok_or_else(|| ConfigError::new("AUDIT_HMAC_KEY", format!("is required {why}")))
 }
 
 fn load(cli: &Cli) -> Result<Settings, ConfigError> {
@@ -171,15 +186,38 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Audit(AuditCommand::Query(args)) => with_database(&cli, |url| async move {
             audit_commands::query(&url, args, &mut std::io::stdout()).await
         }),
-        Command::Audit(AuditCommand::Verify) => with_database(&cli, |url| async move {
-            audit_commands::verify(&url, &mut std::io::stdout()).await
-        }),
+        Command::Audit(AuditCommand::Verify(args)) => {
+            let settings = load(&cli)?;
+            let secrets = audit_commands::VerifySecrets {
+                hmac: audit_hmac_key(&settings, "to check the keyed chains")?,
+                signing: settings.audit_signing_key.clone(),
+            };
+            runtime()?.block_on(audit_commands::verify(
+                &settings.database_url,
+                args,
+                &secrets,
+                &mut std::io::stdout(),
+            ))?;
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Keygen { name }) => {
+            audit_commands::keygen(name, &mut std::io::stdout())?;
+            Ok(())
+        }
         Command::Audit(AuditCommand::Export(args)) => with_database(&cli, |url| async move {
             audit_commands::export(&url, args, &mut std::io::stdout().lock()).await
         }),
-        Command::Audit(AuditCommand::Prune(args)) => with_database(&cli, |url| async move {
-            audit_commands::prune(&url, args, &mut std::io::stdout()).await
-        }),
+        Command::Audit(AuditCommand::Prune(args)) => {
+            let settings = load(&cli)?;
+            let key = audit_hmac_key(&settings, "to tag the chains' new prune anchors")?;
+            runtime()?.block_on(audit_commands::prune(
+                &settings.database_url,
+                args,
+                &key,
+                &mut std::io::stdout(),
+            ))?;
+            Ok(())
+        }
         Command::CheckConfig => {
             let settings = load(&cli)?;
             for line in settings.redacted_lines() {

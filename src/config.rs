@@ -152,6 +152,8 @@ pub struct Settings {
     pub token_reuse_min_ttl: Duration,
     pub upstream_timeout: Duration,
     pub audit_hmac_key: Option<SecretString>,
+    /// Ed25519 key that signs audit chain checkpoints (`token-vendor audit keygen`).
+    pub audit_signing_key: Option<SecretString>,
     pub audit_reader_role: String,
     pub trusted_proxies: Vec<IpNet>,
 }
@@ -194,6 +196,7 @@ impl Default for Settings {
             token_reuse_min_ttl: DEFAULT_TOKEN_REUSE_MIN_TTL,
             upstream_timeout: Duration::from_secs(5),
             audit_hmac_key: None,
+            audit_signing_key: None,
             audit_reader_role: "token-vendor:audit-reader".into(),
             trusted_proxies: Vec::new(),
         }
@@ -501,6 +504,7 @@ impl Settings {
                 None => d.upstream_timeout,
             },
             audit_hmac_key: sources.secret("AUDIT_HMAC_KEY")?,
+            audit_signing_key: sources.secret("AUDIT_SIGNING_KEY")?,
             audit_reader_role: sources
                 .value("AUDIT_READER_ROLE")
                 .unwrap_or(d.audit_reader_role),
@@ -634,6 +638,7 @@ impl Settings {
                 humantime::format_duration(self.upstream_timeout)
             ),
             format!("AUDIT_HMAC_KEY={}", secret(&self.audit_hmac_key)),
+            format!("AUDIT_SIGNING_KEY={}", secret(&self.audit_signing_key)),
             format!("AUDIT_READER_ROLE={}", self.audit_reader_role),
             format!(
                 "TRUSTED_PROXIES={}",

@@ -8,7 +8,9 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::audit::flood::FloodGuard;
+use crate::audit::keys::{ChainKey, NoteSigner};
 use crate::audit::store::SqlAuditStore;
+use crate::audit::writer::WriterKeys;
 use crate::audit::{AuditStore, Auditor, Fingerprinter};
 use crate::browser::OriginPolicy;
 use crate::config::{ConfigError, Settings};
@@ -70,7 +72,7 @@ impl Application {
         let store: Arc<dyn AuditStore> = match options.audit_store {
             Some(store) => store,
             None => Arc::new(
-                SqlAuditStore::open(&settings.database_url)
+                SqlAuditStore::open(&settings.database_url, writer_keys(&settings)?)
                     .await
                     .map_err(|e| StartupError::Audit(e.to_string()))?,
             ),
@@ -130,13 +132,34 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGINT/SIGTERM, then drains in-flight requests and writes the
-    /// aggregated refusals still being counted.
+    /// Serves until SIGINT/SIGTERM, then drains in-flight requests, writes the
+    /// aggregated refusals still being counted and signs a last audit checkpoint.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        self.state.auditor.flush_floods(true).await;
+        self.state.auditor.close().await;
         result
     }
+}
+
+/// The audit chain key (from AUDIT_HMAC_KEY) and checkpoint signer (AUDIT_SIGNING_KEY).
+fn writer_keys(settings: &Settings) -> Result<WriterKeys, StartupError> {
+    let hmac = settings
+        .audit_hmac_key
+        .as_ref()
+        .ok_or_else(|| ConfigError::new("AUDIT_HMAC_KEY", "is required"))?;
+    let signer = match &settings.audit_signing_key {
+        Some(key) => Some(Arc::new(
+            NoteSigner::parse(key).map_err(|e| ConfigError::new("AUDIT_SIGNING_KEY", e.0))?,
+        )),
+        None => {
+            tracing::warn!("AUDIT_SIGNING_KEY is not set: no signed audit checkpoints, so `audit verify` cannot detect a truncated tail or a deleted chain");
+            None
+        }
+    };
+    Ok(WriterKeys {
+        chain: ChainKey::derive(hmac),
+        signer,
+    })
 }
 
 /// Writes the aggregated events of closed flood windows once a second, until the

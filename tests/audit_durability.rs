@@ -232,12 +232,13 @@ fn assert_every_token_stored(
     );
 }
 
-fn verify(db_url: &str) -> std::process::Output {
+fn verify(db_url: &str, audit_key: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_token-vendor"))
         .args(["audit", "verify"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", db_url)
+        .env("AUDIT_HMAC_KEY", audit_key)
         .output()
         .expect("run audit verify")
 }
@@ -327,7 +328,7 @@ async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
         &stored,
         &Fingerprinter::new(secrets.audit_key.clone().into()),
     );
-    let out = verify(&db_url);
+    let out = verify(&db_url, &secrets.audit_key);
     assert!(
         out.status.success(),
         "audit verify after the fault: {}",
@@ -476,7 +477,7 @@ async fn postgres_stopped_under_load_every_handed_out_token_survives_kill_9() {
         &stored,
         &Fingerprinter::new(secrets.audit_key.clone().into()),
     );
-    let out = verify(&db_url);
+    let out = verify(&db_url, &secrets.audit_key);
     assert!(
         out.status.success(),
         "audit verify after the outage: {}",

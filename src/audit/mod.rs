@@ -8,9 +8,11 @@
 //! [`commands`] (the `audit …` and `migrate` subcommands).
 
 pub mod chain;
+pub mod checkpoint;
 pub mod commands;
 pub mod db;
 pub mod flood;
+pub mod keys;
 pub mod query;
 pub mod schema;
 pub mod store;
@@ -150,10 +152,30 @@ pub enum AuditError {
     Timeout,
 }
 
+/// Where a stored event sits in its hash chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub chain_id: Arc<str>,
+    pub seq: i64,
+    pub hash: String,
+}
+
 /// A durable place for audit events.
 pub trait AuditStore: Send + Sync + 'static {
     /// Stores the event durably; returns only once it is committed.
     fn record<'a>(&'a self, event: &'a AuditEvent) -> BoxFuture<'a, Result<(), AuditError>>;
+    /// Like [`AuditStore::record`], and tells where the event sits in its chain, for
+    /// stores that keep one.
+    fn record_linked<'a>(
+        &'a self,
+        event: &'a AuditEvent,
+    ) -> BoxFuture<'a, Result<Option<Link>, AuditError>> {
+        Box::pin(async move { self.record(event).await.map(|()| None) })
+    }
+    /// Signs a checkpoint of what is stored now (at shutdown), for stores that do.
+    fn checkpoint(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
     /// Whether the store can currently be written.
     fn ready(&self) -> BoxFuture<'_, bool>;
     /// One page of stored events, newest first. Stores that keep nothing say so.
@@ -238,14 +260,23 @@ impl Auditor {
     }
 
     async fn write(&self, event: &AuditEvent) -> Result<(), AuditError> {
-        let result = self.store.record(event).await;
-        match &result {
-            Ok(()) => emit_log_line(event, true),
+        match self.store.record_linked(event).await {
+            Ok(link) => {
+                emit_log_line(event, true, link.as_ref());
+                Ok(())
+            }
             Err(e) => {
-                tracing::error!(error = %e, request_id = %event.request_id, outcome = %event.outcome, "audit event could not be stored")
+                tracing::error!(error = %e, request_id = %event.request_id, outcome = %event.outcome, "audit event could not be stored");
+                Err(e)
             }
         }
-        result
+    }
+
+    /// At shutdown: writes the aggregated refusals still being counted, then signs a
+    /// last checkpoint of the chain.
+    pub async fn close(&self) {
+        self.flush_floods(true).await;
+        self.store.checkpoint().await;
     }
 
     pub async fn ready(&self) -> bool {
@@ -255,11 +286,13 @@ impl Auditor {
     /// The `audit` log line of an event the store could not take (`stored: false`):
     /// then the log is the only trace of the attempt.
     pub fn log_unstored(&self, event: &AuditEvent) {
-        emit_log_line(event, false);
+        emit_log_line(event, false, None);
     }
 }
 
-fn emit_log_line(e: &AuditEvent, stored: bool) {
+/// The event's `audit` log line, with its place in the chain when it was stored, so
+/// the log can be checked against the database (see [`schema::FIELDS`]).
+fn emit_log_line(e: &AuditEvent, stored: bool, link: Option<&Link>) {
     let time = e
         .time
         .format(&time::format_description::well_known::Rfc3339)
@@ -290,6 +323,9 @@ fn emit_log_line(e: &AuditEvent, stored: bool) {
         detail = e.detail.as_deref(),
         count = e.count,
         stored,
+        chain_id = link.map(|l| &*l.chain_id),
+        chain_seq = link.map(|l| l.seq),
+        hash = link.map(|l| l.hash.as_str()),
         "audit event"
     );
 }
@@ -366,12 +402,20 @@ mod tests {
         e.token_expires_at = Some(e.time);
         e.upstream_ms = Some(1);
         e.detail = Some("d".into());
-        tracing::subscriber::with_default(subscriber, || emit_log_line(&e, true));
+        let link = Link {
+            chain_id: Arc::from("c1"),
+            seq: 4,
+            hash: "ab".repeat(32),
+        };
+        tracing::subscriber::with_default(subscriber, || emit_log_line(&e, true, Some(&link)));
         let line = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
         for f in schema::FIELDS {
             assert!(json.get(f.name).is_some(), "{} missing from {line}", f.name);
         }
+        assert_eq!(json["chain_id"], "c1");
+        assert_eq!(json["chain_seq"], 4);
+        assert_eq!(json["hash"], "ab".repeat(32));
     }
 
     #[test]

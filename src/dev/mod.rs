@@ -130,6 +130,11 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
         corti_client_secret: Some(SecretString::from(client_secret)),
         session_jwt_secret: Some(session_secret.clone()),
         audit_hmac_key: Some(SecretString::from(random_hex(32))),
+        audit_signing_key: Some(
+            crate::audit::keys::NoteSigner::generate("token-vendor-dev")
+                .map_err(|e| StartupError::Audit(e.to_string()))?
+                .private_text(),
+        ),
         token_reuse_min_ttl: loaded.token_reuse_min_ttl,
         ..Settings::default()
     };

@@ -185,7 +185,7 @@ impl TestApp {
     pub async fn spawn_with(db: &TestDb, config: AppConfig) -> Self {
         let client_secret = format!("fake-client-secret-{}", random_hex(12));
         let session_secret = format!("fake-session-secret-{}", random_hex(24));
-        let audit_key = format!("fake-audit-key-{}", random_hex(16));
+        let audit_key = audit_key().to_owned();
         let standin = AuthStandIn::start(StandInConfig {
             client_id: "test-client".into(),
             client_secret: client_secret.clone(),
@@ -367,13 +367,21 @@ pub fn new_request_id() -> String {
     format!("req-{}", random_hex(8))
 }
 
-/// Runs the CLI with only `DATABASE_URL` (and `extra`) set.
+/// The `AUDIT_HMAC_KEY` of every service in this test process (fake, made per run):
+/// `audit verify` needs the key the chains were written with.
+pub fn audit_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| format!("fake-audit-key-{}", random_hex(16)))
+}
+
+/// Runs the CLI with only `DATABASE_URL` and `AUDIT_HMAC_KEY` (and `extra`) set.
 pub fn cli(db_url: &str, args: &[&str], extra: &[(&str, &str)]) -> Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_token-vendor"));
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", db_url);
+        .env("DATABASE_URL", db_url)
+        .env("AUDIT_HMAC_KEY", audit_key());
     for (k, v) in extra {
         cmd.env(k, v);
     }

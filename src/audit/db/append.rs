@@ -6,6 +6,8 @@ use time::OffsetDateTime;
 
 use super::{event_columns, AuditDb, Backend, RawTransaction, StoreError, ROW_COLUMN_COUNT};
 use crate::audit::chain::{self, GENESIS};
+use crate::audit::checkpoint::Checkpoint;
+use crate::audit::keys::{ChainKey, NoteSigner};
 use crate::audit::schema::{self, Value};
 use crate::audit::AuditEvent;
 
@@ -14,12 +16,13 @@ const CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
 
 impl AuditDb {
     /// Appends `events` to the writer's chain in one transaction and moves the chain's
-    /// head; `chain` advances only if the commit succeeds.
+    /// head; `chain` advances only if the commit succeeds. Returns each event's hash;
+    /// the first event is at the chain's old `head_seq + 1`.
     pub(crate) async fn append(
         &self,
         chain: &mut ChainState,
         events: &[&AuditEvent],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         let mut tx = RawTransaction::begin(&self.pool, self.backend.begin_write()).await?;
         if !chain.known {
             let row =
@@ -43,12 +46,13 @@ impl AuditDb {
         }
         if !chain.registered {
             sqlx::query(
-                "INSERT INTO audit_chains (chain_id, created_us, head_seq, head_hash, anchor_seq, anchor_hash) \
-                 VALUES ($1, $2, 0, $3, 0, $3)",
+                "INSERT INTO audit_chains (chain_id, created_us, head_seq, head_hash, anchor_seq, anchor_hash, key_id) \
+                 VALUES ($1, $2, 0, $3, 0, $3, $4)",
             )
             .bind(chain.id.as_str())
             .bind(chain::to_micros(OffsetDateTime::now_utc()))
             .bind(GENESIS)
+            .bind(chain.key.id())
             .execute(tx.conn())
             .await?;
         }
@@ -57,7 +61,7 @@ impl AuditDb {
         let mut linked = Vec::with_capacity(events.len());
         for e in events {
             seq += 1;
-            let hash = chain::event_hash(&prev, &chain.id, seq, e);
+            let hash = chain::event_hash(Some(&chain.key), &prev, &chain.id, seq, e);
             linked.push((*e, seq, std::mem::replace(&mut prev, hash.clone()), hash));
         }
         let mut rest = linked.as_slice();
@@ -93,7 +97,35 @@ impl AuditDb {
         chain.registered = true;
         chain.head_seq = seq;
         chain.head_hash = prev;
-        Ok(())
+        Ok(linked.into_iter().map(|(_, _, _, hash)| hash).collect())
+    }
+
+    /// Signs the chain's committed head and stores the checkpoint; returns its note.
+    pub(crate) async fn write_checkpoint(
+        &self,
+        chain: &ChainState,
+        signer: &NoteSigner,
+    ) -> Result<String, StoreError> {
+        let checkpoint = Checkpoint {
+            chain_id: chain.id.clone(),
+            seq: chain.head_seq,
+            hash: chain.head_hash.clone(),
+            time: OffsetDateTime::now_utc(),
+        };
+        let note = checkpoint.sign(signer);
+        let mut tx = RawTransaction::begin(&self.pool, self.backend.begin_write()).await?;
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (chain_id, seq, hash, time_us, note) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(checkpoint.chain_id.as_str())
+        .bind(checkpoint.seq)
+        .bind(checkpoint.hash.as_str())
+        .bind(chain::to_micros(checkpoint.time))
+        .bind(note.as_str())
+        .execute(tx.conn())
+        .await?;
+        tx.commit().await?;
+        Ok(note)
     }
 }
 
@@ -107,11 +139,14 @@ pub(crate) struct ChainState {
     pub registered: bool,
     /// False after a failed commit, whose effect is unknown: reload the head first.
     pub known: bool,
+    /// The key the chain's hashes are keyed with.
+    pub key: ChainKey,
 }
 
 impl ChainState {
-    pub fn new() -> Self {
+    pub fn new(key: ChainKey) -> Self {
         Self {
+            key,
             id: uuid::Uuid::new_v4().to_string(),
             head_seq: 0,
             head_hash: GENESIS.to_owned(),

@@ -5,11 +5,14 @@ use time::OffsetDateTime;
 
 use super::{not_migrated, AuditDb, RawTransaction, StoreError};
 use crate::audit::chain;
+use crate::audit::keys::ChainKey;
 
 impl AuditDb {
     /// Deletes events older than `cutoff`, keeping each chain verifiable: per chain,
     /// only the leading run of old events goes, and its last hash becomes the anchor.
-    pub async fn prune(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+    /// The new anchor is tagged with `key`, so that `audit verify` can tell it from an
+    /// anchor moved by someone who deleted events without the key.
+    pub async fn prune(&self, cutoff: OffsetDateTime, key: &ChainKey) -> Result<u64, StoreError> {
         const PER_TRANSACTION: i64 = 5000;
         let cutoff_us = chain::to_micros(cutoff);
         let chains: Vec<(String, i64)> =
@@ -68,11 +71,14 @@ impl AuditDb {
                 .execute(tx.conn())
                 .await?;
                 sqlx::query(
-                    "UPDATE audit_chains SET anchor_seq = $1, anchor_hash = $2, pruned_us = $3 WHERE chain_id = $4",
+                    "UPDATE audit_chains SET anchor_seq = $1, anchor_hash = $2, pruned_us = $3, \
+                     anchor_key_id = $4, anchor_mac = $5 WHERE chain_id = $6",
                 )
                 .bind(step)
                 .bind(hash.as_str())
                 .bind(chain::to_micros(OffsetDateTime::now_utc()))
+                .bind(key.id())
+                .bind(key.anchor_mac(&chain_id, step, &hash))
                 .bind(chain_id.as_str())
                 .execute(tx.conn())
                 .await?;

@@ -83,6 +83,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the audit database did not answer in time")]
     Timeout,
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Whether opening may create the SQLite file.

@@ -9,7 +9,9 @@ use time::OffsetDateTime;
 use super::{
     event_columns, event_from_row, not_migrated, AuditDb, Backend, RawTransaction, StoreError,
 };
-use crate::audit::chain::{ChainRecord, Finding, Intact, Linked, Verifier};
+use crate::audit::chain::{ChainRecord, Finding, Intact, Linked, Policy, Verifier};
+use crate::audit::checkpoint::Checkpoint;
+use crate::audit::keys::NoteVerifier;
 use crate::audit::query::{self, Arg, AuditQuery, Cursor, Page};
 use crate::audit::AuditEvent;
 
@@ -63,17 +65,24 @@ impl AuditDb {
         }))
     }
 
-    /// Walks every chain and reports the first altered, inserted or removed event.
-    /// Reads one snapshot, so events committed meanwhile by a running service are
-    /// neither half-seen nor mistaken for insertions.
-    pub async fn verify(&self) -> Result<Result<Intact, Finding>, StoreError> {
+    /// Walks every chain and reports the first altered, inserted or removed event,
+    /// checking the chains against their keys, the latest signed checkpoint of each
+    /// chain kept in the database (opened with `signer`), and `policy.checkpoints`
+    /// (kept elsewhere). Reads one snapshot, so events committed meanwhile by a running
+    /// service are neither half-seen nor mistaken for insertions.
+    pub async fn verify(
+        &self,
+        policy: &Policy,
+        signer: Option<&NoteVerifier>,
+    ) -> Result<Result<Intact, Finding>, StoreError> {
         let begin = match self.backend {
             Backend::Sqlite => "BEGIN",
             Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
         };
         let mut tx = RawTransaction::begin(&self.pool, begin).await?;
         let chains = sqlx::query(
-            "SELECT chain_id, head_seq, head_hash, anchor_seq, anchor_hash FROM audit_chains",
+            "SELECT chain_id, head_seq, head_hash, anchor_seq, anchor_hash, key_id, \
+             anchor_key_id, anchor_mac FROM audit_chains",
         )
         .fetch_all(tx.conn())
         .await
@@ -86,10 +95,48 @@ impl AuditDb {
                 head_hash: r.try_get("head_hash")?,
                 anchor_seq: r.try_get("anchor_seq")?,
                 anchor_hash: r.try_get("anchor_hash")?,
+                key_id: r.try_get("key_id")?,
+                anchor_key_id: r.try_get("anchor_key_id")?,
+                anchor_mac: r.try_get("anchor_mac")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let mut verifier = Verifier::new(chains);
+        let notes: Vec<String> = sqlx::query(
+            "SELECT note FROM audit_checkpoints c WHERE seq = \
+             (SELECT MAX(seq) FROM audit_checkpoints WHERE chain_id = c.chain_id)",
+        )
+        .fetch_all(tx.conn())
+        .await?
+        .iter()
+        .map(|r| r.try_get("note"))
+        .collect::<Result<_, sqlx::Error>>()?;
+        let mut policy = policy.clone();
+        if !notes.is_empty() {
+            let Some(signer) = signer else {
+                tx.rollback().await?;
+                return Err(StoreError::Usage(
+                    "the database holds signed checkpoints: give their verifier key \
+                     (--verifier-key, or AUDIT_SIGNING_KEY to derive it)"
+                        .into(),
+                ));
+            };
+            for note in notes {
+                match Checkpoint::open(&note, signer) {
+                    Ok(cp) => policy.checkpoints.push(cp),
+                    Err(e) => {
+                        tx.rollback().await?;
+                        return Ok(Err(Finding::BadCheckpoint { why: e.to_string() }));
+                    }
+                }
+            }
+        }
+        let mut verifier = match Verifier::new(chains, &policy) {
+            Ok(v) => v,
+            Err(finding) => {
+                tx.rollback().await?;
+                return Ok(Err(finding));
+            }
+        };
         let columns = event_columns();
         let sql = format!("SELECT {columns} FROM audit_events ORDER BY chain_id, chain_seq");
         let verdict = {
