@@ -81,7 +81,7 @@ async fn bench_writer(url: &str, args: &Args) {
             },
         )
         .await
-            .expect("open the audit store"),
+        .expect("open the audit store"),
     );
     let fp = Fingerprinter::new("fake-bench-key".to_string().into());
     // Warm up: create the chain, fill caches.

@@ -271,12 +271,18 @@ impl Verifier {
         let mut keys = BTreeMap::new();
         for c in chains.values() {
             let key = match &c.key_id {
-                Some(id) => Some(policy.keys.get(id).cloned().ok_or_else(|| {
-                    Finding::UnknownKey {
-                        chain_id: c.chain_id.clone(),
-                        key_id: id.clone(),
-                    }
-                })?),
+                Some(id) => {
+                    Some(
+                        policy
+                            .keys
+                            .get(id)
+                            .cloned()
+                            .ok_or_else(|| Finding::UnknownKey {
+                                chain_id: c.chain_id.clone(),
+                                key_id: id.clone(),
+                            })?,
+                    )
+                }
                 None if policy.allow_unkeyed => None,
                 None => {
                     return Err(Finding::Unkeyed {
@@ -335,7 +341,10 @@ impl Verifier {
             }
             if cp.seq > c.anchor_seq {
                 let at = expected.entry(c.chain_id.clone()).or_default();
-                if at.insert(cp.seq, cp.hash.clone()).is_some_and(|h| h != cp.hash) {
+                if at
+                    .insert(cp.seq, cp.hash.clone())
+                    .is_some_and(|h| h != cp.hash)
+                {
                     return Err(rewritten());
                 }
             }
@@ -403,7 +412,14 @@ impl Verifier {
             });
         }
         let key = self.keys.get(&row.chain_id).and_then(Option::as_ref);
-        if event_hash(key, &row.prev_hash, &row.chain_id, row.chain_seq, &row.event) != row.hash {
+        if event_hash(
+            key,
+            &row.prev_hash,
+            &row.chain_id,
+            row.chain_seq,
+            &row.event,
+        ) != row.hash
+        {
             return Err(Finding::Altered {
                 event_id: row.event.id.clone(),
                 chain_id: row.chain_id.clone(),
@@ -661,7 +677,10 @@ mod tests {
         record.head_seq = 4;
         record.head_hash = prev.clone();
         let err = verify(&record, &rows).unwrap_err();
-        assert!(matches!(err, Finding::Altered { chain_seq: 1, .. }), "{err}");
+        assert!(
+            matches!(err, Finding::Altered { chain_seq: 1, .. }),
+            "{err}"
+        );
         // Claiming the chain is an old unkeyed one does not help either.
         record.key_id = None;
         let err = verify(&record, &rows).unwrap_err();
@@ -685,19 +704,32 @@ mod tests {
         cut.head_hash = rows[2].hash.clone();
         let err = verify_with(&cut, &rows[..3], &signed_at_5).unwrap_err();
         assert!(
-            matches!(err, Finding::Truncated { head_seq: 3, checkpoint_seq: 5, .. }),
+            matches!(
+                err,
+                Finding::Truncated {
+                    head_seq: 3,
+                    checkpoint_seq: 5,
+                    ..
+                }
+            ),
             "{err}"
         );
 
         let mut v = Verifier::new([], &signed_at_5);
-        assert!(matches!(v.as_mut().err(), Some(Finding::ChainMissing { seq: 5, .. })));
+        assert!(matches!(
+            v.as_mut().err(),
+            Some(Finding::ChainMissing { seq: 5, .. })
+        ));
 
         let signed_at_3 = Policy {
             checkpoints: vec![checkpoint(3, &"0".repeat(64))],
             ..policy()
         };
         let err = verify_with(&record, &rows, &signed_at_3).unwrap_err();
-        assert!(matches!(err, Finding::Rewritten { chain_seq: 3, .. }), "{err}");
+        assert!(
+            matches!(err, Finding::Rewritten { chain_seq: 3, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -706,7 +738,10 @@ mod tests {
         record.anchor_seq = 2;
         record.anchor_hash = rows[1].hash.clone();
         let err = verify(&record, &rows[2..]).unwrap_err();
-        assert!(matches!(err, Finding::AnchorMoved { anchor_seq: 2, .. }), "{err}");
+        assert!(
+            matches!(err, Finding::AnchorMoved { anchor_seq: 2, .. }),
+            "{err}"
+        );
         record.anchor_key_id = Some(key().id().to_owned());
         record.anchor_mac = Some(key().anchor_mac("c1", 1, &rows[0].hash));
         let err = verify(&record, &rows[2..]).unwrap_err();
@@ -724,12 +759,18 @@ mod tests {
         }
         record.head_hash = prev;
         record.key_id = None;
-        assert!(matches!(verify(&record, &rows), Err(Finding::Unkeyed { .. })));
+        assert!(matches!(
+            verify(&record, &rows),
+            Err(Finding::Unkeyed { .. })
+        ));
         let lenient = Policy {
             allow_unkeyed: true,
             ..policy()
         };
-        assert_eq!(verify_with(&record, &rows, &lenient).map(|i| i.events), Ok(3));
+        assert_eq!(
+            verify_with(&record, &rows, &lenient).map(|i| i.events),
+            Ok(3)
+        );
     }
 
     #[test]

@@ -156,7 +156,10 @@ mod tests {
         let signer = NoteSigner::generate("test-audit").unwrap();
         let note = checkpoint(7).sign(&signer);
         assert!(note.starts_with("token-vendor/audit/c1\n7\n"), "{note}");
-        assert_eq!(Checkpoint::open(&note, &signer.verifier()), Ok(checkpoint(7)));
+        assert_eq!(
+            Checkpoint::open(&note, &signer.verifier()),
+            Ok(checkpoint(7))
+        );
         let forged = note.replace("\n7\n", "\n8\n");
         assert!(Checkpoint::open(&forged, &signer.verifier()).is_err());
     }

@@ -199,7 +199,9 @@ pub async fn verify(
         let text = std::fs::read_to_string(path).map_err(|e| {
             CommandError::Usage(format!("--previous-key-file {}: {e}", path.display()))
         })?;
-        keys.push(ChainKey::derive(&SecretString::from(text.trim().to_owned())));
+        keys.push(ChainKey::derive(&SecretString::from(
+            text.trim().to_owned(),
+        )));
     }
     let verifier = verifier_of(args, secrets)?;
     let mut checkpoints = Vec::new();
@@ -255,7 +257,8 @@ pub async fn verify(
 
 /// Prints a new checkpoint signing key and its verifier key.
 pub fn keygen(name: &str, out: &mut impl Write) -> Result<(), CommandError> {
-    let signer = NoteSigner::generate(name).map_err(|e| CommandError::Usage(format!("--name: {e}")))?;
+    let signer =
+        NoteSigner::generate(name).map_err(|e| CommandError::Usage(format!("--name: {e}")))?;
     writeln!(
         out,
         "# Keep the signing key secret, beside AUDIT_HMAC_KEY; give the verifier key to\n\

@@ -114,9 +114,7 @@ fn note_key_id(name: &str, public: &VerifyingKey) -> u32 {
 
 fn check_name(name: &str) -> Result<(), NoteError> {
     if name.is_empty() || name.contains('+') || name.chars().any(char::is_whitespace) {
-        return Err(bad(
-            "a key name must be non-empty, without spaces or '+'",
-        ));
+        return Err(bad("a key name must be non-empty, without spaces or '+'"));
     }
     Ok(())
 }

@@ -276,6 +276,11 @@ impl Auditor {
     /// last checkpoint of the chain.
     pub async fn close(&self) {
         self.flush_floods(true).await;
+        self.checkpoint().await;
+    }
+
+    /// Signs a checkpoint of the store's chain now, if it grew since the last one.
+    pub async fn checkpoint(&self) {
         self.store.checkpoint().await;
     }
 

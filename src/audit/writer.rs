@@ -56,6 +56,8 @@ struct Pending {
     done: oneshot::Sender<Result<Link, AuditError>>,
 }
 
+// Events are nearly every message: boxing them would add an allocation to each.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Event(Pending),
     /// Sign the chain's head now (at shutdown), then answer.

@@ -166,6 +166,7 @@ pub struct TestApp {
     pub session_secret: String,
     pub audit_key: String,
     pub standin: AuthStandIn,
+    pub auditor: token_vendor::audit::Auditor,
 }
 
 /// Knobs for [`TestApp::spawn_with`].
@@ -229,6 +230,7 @@ impl TestApp {
         .await
         .expect("app builds with the real audit store");
         let address = format!("http://127.0.0.1:{}", app.port());
+        let auditor = app.state().auditor.clone();
         tokio::spawn(app.run_until_stopped());
         Self {
             address,
@@ -240,6 +242,7 @@ impl TestApp {
             session_secret,
             audit_key,
             standin,
+            auditor,
         }
     }
 

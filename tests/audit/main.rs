@@ -6,6 +6,7 @@ mod helpers;
 mod cli;
 mod events;
 mod flood;
+mod keyed;
 mod outage;
 mod reading;
 mod tamper;
