@@ -28,11 +28,11 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use rand::Rng;
 use secrecy::ExposeSecret;
 use sqlx::{AnyPool, Executor, Row};
-use tokio::sync::Mutex;
 use token_vendor::audit::keys::NoteSigner;
 use token_vendor::audit::Fingerprinter;
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
 use token_vendor::dev::random_hex;
+use tokio::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Db {
@@ -54,7 +54,7 @@ struct Args {
     /// Concurrent clients vending tokens.
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// Longest time a round runs before its kill (it is random, from a tenth of it).
+    /// Longest time a round runs, once tokens flow, before its kill (random below it).
     #[arg(long, default_value_t = 1500)]
     max_round_ms: u64,
 }
@@ -177,14 +177,18 @@ async fn client(
 }
 
 async fn stored_fingerprints(db_url: &str) -> HashSet<String> {
-    let pool = AnyPool::connect(db_url).await.expect("open the audit database");
-    let set = sqlx::query("SELECT token_fingerprint FROM audit_events WHERE token_fingerprint IS NOT NULL")
-        .fetch_all(&pool)
+    let pool = AnyPool::connect(db_url)
         .await
-        .expect("read fingerprints")
-        .iter()
-        .map(|r| r.get::<String, _>("token_fingerprint"))
-        .collect();
+        .expect("open the audit database");
+    let set = sqlx::query(
+        "SELECT token_fingerprint FROM audit_events WHERE token_fingerprint IS NOT NULL",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("read fingerprints")
+    .iter()
+    .map(|r| r.get::<String, _>("token_fingerprint"))
+    .collect();
     pool.close().await;
     set
 }
@@ -243,8 +247,13 @@ async fn rounds(run: &Run, args: &Args, name: &str) -> Result<Tally, String> {
                 ))
             })
             .collect();
+        // The kill comes at a random moment once tokens are flowing.
+        let flowing = Instant::now() + Duration::from_secs(10);
+        while received.lock().await.is_empty() && Instant::now() < flowing {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let max = args.max_round_ms.max(10);
-        let wait = rand::thread_rng().gen_range(max / 10..=max);
+        let wait = rand::thread_rng().gen_range(0..=max);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         child.kill().map_err(|e| format!("kill -9: {e}"))?; // SIGKILL
         let _ = child.wait();
@@ -268,7 +277,7 @@ async fn rounds(run: &Run, args: &Args, name: &str) -> Result<Tally, String> {
         tally.lost = lost.len();
         let verdict = check_verify(run, &[], &format!("after round {round}"))?;
         println!(
-            "{name}: round {round}: killed after {wait} ms, {} tokens this round, {} in all, {} lost; {verdict}",
+            "{name}: round {round}: killed {wait} ms into the load, {} tokens this round, {} in all, {} lost; {verdict}",
             got.len(),
             all_received.len(),
             lost.len()
@@ -303,7 +312,11 @@ async fn rounds(run: &Run, args: &Args, name: &str) -> Result<Tally, String> {
         return Err(format!("the graceful stop exited with {status}"));
     }
     let log = run.log.to_str().unwrap_or_default();
-    let verdict = check_verify(run, &["--checkpoints", log], "against the log's checkpoints")?;
+    let verdict = check_verify(
+        run,
+        &["--checkpoints", log],
+        "against the log's checkpoints",
+    )?;
     println!("{name}: after a graceful stop, against the service log's checkpoints: {verdict}");
     Ok(tally)
 }
@@ -322,7 +335,11 @@ fn with_database(url: &str, name: &str) -> String {
     out
 }
 
-fn base_env(db_url: &str, auth_url: &str, client_secret: &str) -> (Vec<(&'static str, String)>, String, String) {
+fn base_env(
+    db_url: &str,
+    auth_url: &str,
+    client_secret: &str,
+) -> (Vec<(&'static str, String)>, String, String) {
     let hmac_key = format!("fake-crash-audit-key-{}", random_hex(16));
     let session_secret = format!("fake-crash-session-{}", random_hex(24));
     let signer = NoteSigner::generate("crash-rounds").expect("a signing key");
@@ -334,7 +351,10 @@ fn base_env(db_url: &str, auth_url: &str, client_secret: &str) -> (Vec<(&'static
         ("CORTI_CLIENT_SECRET", client_secret.to_owned()),
         ("SESSION_JWT_SECRET", session_secret.clone()),
         ("AUDIT_HMAC_KEY", hmac_key.clone()),
-        ("AUDIT_SIGNING_KEY", signer.private_text().expose_secret().to_owned()),
+        (
+            "AUDIT_SIGNING_KEY",
+            signer.private_text().expose_secret().to_owned(),
+        ),
         ("RATE_LIMIT_PER_USER", "1000000/second".into()),
         ("RATE_LIMIT_PER_IP", "1000000/second".into()),
         ("UPSTREAM_RATE_LIMIT", "1000000/second".into()),
@@ -383,7 +403,10 @@ async fn main_async(args: Args) -> Result<(), String> {
         summary.push(("sqlite", t));
     }
     if matches!(args.db, Db::Postgres | Db::Both) {
-        match std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+        match std::env::var("TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
             Some(admin) => {
                 let name = format!("tv_crash_{}", random_hex(6));
                 let pool = AnyPool::connect(&admin).await.map_err(|e| e.to_string())?;
