@@ -451,8 +451,11 @@ async fn postgres_stopped_under_load_every_handed_out_token_survives_kill_9() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut vends = Vec::new();
+    let mut last_statuses = Vec::new();
     for c in clients {
-        vends.extend(c.await.expect("client task"));
+        let mine = c.await.expect("client task");
+        last_statuses.extend(mine.last().map(|v| v.status));
+        vends.extend(mine);
     }
     service.kill9();
 
@@ -467,9 +470,11 @@ async fn postgres_stopped_under_load_every_handed_out_token_survives_kill_9() {
             .filter(|s| ![200, 503, 504].contains(*s))
             .collect::<Vec<_>>()
     );
+    // Each client's last vend, not the last few of all: on a loaded machine a client
+    // makes only a handful of vends in the whole test.
     assert!(
-        statuses.iter().rev().take(8).all(|s| *s == 200),
-        "vending resumes once PostgreSQL is back"
+        last_statuses.iter().all(|s| *s == 200),
+        "vending resumes once PostgreSQL is back: last vend per client {last_statuses:?}"
     );
     let stored = stored_events(&db_url).await;
     assert_every_token_stored(
