@@ -227,6 +227,20 @@ fn redis_url(raw: &str) -> Result<String, String> {
     parse_url(raw, &["redis", "rediss"])
 }
 
+/// `RATE_LIMIT_REDIS_URL`, else `REDIS_URL`; both set to different URLs is a mistake.
+fn redis_url_setting(sources: &Sources) -> Result<Option<String>, ConfigError> {
+    match (
+        RATE_LIMIT_REDIS_URL.read(sources)?,
+        REDIS_URL.read(sources)?,
+    ) {
+        (Some(a), Some(b)) if a != b => Err(REDIS_URL.error(format!(
+            "names another Redis than {}; set one of them",
+            RATE_LIMIT_REDIS_URL.name
+        ))),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
 fn database_url(raw: &str) -> Result<String, String> {
     if raw.starts_with("sqlite:")
         || raw.starts_with("postgres://")
@@ -290,6 +304,10 @@ pub const RATE_LIMIT_PER_IP: Setting<Rate> =
 pub const UPSTREAM_RATE_LIMIT: Setting<Rate> =
     Setting::plain("UPSTREAM_RATE_LIMIT", from_str).or("50/second");
 pub const RATE_LIMIT_REDIS_URL: Setting<String> = Setting::plain("RATE_LIMIT_REDIS_URL", redis_url);
+/// Another name for `RATE_LIMIT_REDIS_URL`: Redis serves limits and token reuse alike.
+pub const REDIS_URL: Setting<String> = Setting::plain("REDIS_URL", redis_url);
+/// Encrypts the tokens replicas share through Redis; without it reuse is per replica.
+pub const TOKEN_CACHE_KEY: Setting<SecretString> = Setting::secret("TOKEN_CACHE_KEY", secret);
 /// Default 150 s. The Corti JS SDK counts a token as expired 120 s before its
 /// `expiresIn` runs out and then asks for another before every request; a reused token
 /// must therefore have more than 120 s left, or each SDK request would fetch the same
@@ -329,6 +347,7 @@ pub struct Settings {
     pub rate_limit_per_ip: Rate,
     pub upstream_rate_limit: Rate,
     pub rate_limit_redis_url: Option<String>,
+    pub token_cache_key: Option<SecretString>,
     pub token_reuse_min_ttl: Duration,
     pub upstream_timeout: Duration,
     pub audit_hmac_key: Option<SecretString>,
@@ -579,6 +598,8 @@ pub struct ServeSettings {
     pub rate_limit_per_ip: Rate,
     pub upstream_rate_limit: Rate,
     pub rate_limit_redis_url: Option<String>,
+    /// Set only together with a Redis URL: tokens are then reused fleet-wide.
+    pub token_cache_key: Option<SecretString>,
     pub token_reuse_min_ttl: Duration,
     pub upstream_timeout: Duration,
     pub audit_hmac_key: SecretString,
@@ -614,7 +635,8 @@ impl Settings {
             rate_limit_per_user: RATE_LIMIT_PER_USER.read_defaulted(sources)?,
             rate_limit_per_ip: RATE_LIMIT_PER_IP.read_defaulted(sources)?,
             upstream_rate_limit: UPSTREAM_RATE_LIMIT.read_defaulted(sources)?,
-            rate_limit_redis_url: RATE_LIMIT_REDIS_URL.read(sources)?,
+            rate_limit_redis_url: redis_url_setting(sources)?,
+            token_cache_key: TOKEN_CACHE_KEY.read(sources)?,
             token_reuse_min_ttl: TOKEN_REUSE_MIN_TTL.read_defaulted(sources)?,
             upstream_timeout: UPSTREAM_TIMEOUT.read_defaulted(sources)?,
             audit_hmac_key: AUDIT_HMAC_KEY.read(sources)?,
@@ -678,6 +700,18 @@ impl Settings {
         let auth_url = self
             .corti_auth_url
             .unwrap_or_else(|| corti_auth_url_for(environment));
+        let token_cache_key = match self.token_cache_key {
+            Some(k) if k.expose_secret().len() < 32 => {
+                return Err(TOKEN_CACHE_KEY.error("must be at least 32 bytes"))
+            }
+            Some(_) if self.rate_limit_redis_url.is_none() => {
+                return Err(TOKEN_CACHE_KEY.error(format!(
+                    "needs {} (or {}): the key encrypts tokens shared through Redis",
+                    RATE_LIMIT_REDIS_URL.name, REDIS_URL.name
+                )))
+            }
+            key => key,
+        };
         Ok(ServeSettings {
             listen_addr: self.listen_addr,
             corti: CortiSettings {
@@ -699,6 +733,7 @@ impl Settings {
             rate_limit_per_ip: self.rate_limit_per_ip,
             upstream_rate_limit: self.upstream_rate_limit,
             rate_limit_redis_url: self.rate_limit_redis_url,
+            token_cache_key,
             token_reuse_min_ttl: self.token_reuse_min_ttl,
             upstream_timeout: self.upstream_timeout,
             audit_hmac_key,
@@ -765,6 +800,7 @@ impl Settings {
                     .as_deref()
                     .map(redact_url_password),
             ),
+            secret(&TOKEN_CACHE_KEY, &self.token_cache_key),
             line(
                 &TOKEN_REUSE_MIN_TTL,
                 format_args!("{}s", self.token_reuse_min_ttl.as_secs()),
@@ -916,6 +952,45 @@ mod tests {
         assert!(
             matches!(s.session.keys, SessionKeys::Jwks(ref u) if u == "https://id.example.test/jwks")
         );
+    }
+
+    fn with(extra: &[(&'static str, &str)]) -> Result<ServeSettings, ConfigError> {
+        let mut pairs = complete();
+        pairs.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        ServeSettings::load(&Sources::from_pairs(pairs))
+    }
+
+    #[test]
+    fn redis_url_is_another_name_for_the_rate_limit_redis_url() {
+        let s = with(&[("REDIS_URL", "redis://cache.internal:6379")]).unwrap();
+        assert_eq!(
+            s.rate_limit_redis_url.as_deref(),
+            Some("redis://cache.internal:6379")
+        );
+        let same = [
+            ("REDIS_URL", "redis://cache.internal:6379"),
+            ("RATE_LIMIT_REDIS_URL", "redis://cache.internal:6379"),
+        ];
+        assert!(with(&same).is_ok());
+        let err = with(&[
+            ("REDIS_URL", "redis://a.internal:6379"),
+            ("RATE_LIMIT_REDIS_URL", "redis://b.internal:6379"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.setting, "REDIS_URL", "{err}");
+    }
+
+    #[test]
+    fn the_token_cache_key_is_long_and_comes_with_redis() {
+        let key = "k".repeat(32);
+        let redis = ("REDIS_URL", "redis://cache.internal:6379");
+        let s = with(&[redis, ("TOKEN_CACHE_KEY", &key)]).unwrap();
+        assert!(s.token_cache_key.is_some());
+        let short = with(&[redis, ("TOKEN_CACHE_KEY", &key[1..])]).unwrap_err();
+        assert_eq!(short.setting, "TOKEN_CACHE_KEY", "{short}");
+        let alone = with(&[("TOKEN_CACHE_KEY", &key)]).unwrap_err();
+        assert_eq!(alone.setting, "TOKEN_CACHE_KEY", "{alone}");
+        assert!(alone.to_string().contains("REDIS_URL"), "{alone}");
     }
 
     #[test]

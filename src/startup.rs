@@ -12,12 +12,12 @@ use crate::audit::store::SqlAuditStore;
 use crate::audit::{AuditStore, Auditor, Fingerprinter};
 use crate::background::spawn_while_alive;
 use crate::browser::OriginPolicy;
-use crate::config::{ConfigError, ServeSettings, RATE_LIMIT_REDIS_URL};
+use crate::config::{ConfigError, ServeSettings, RATE_LIMIT_REDIS_URL, TOKEN_CACHE_KEY};
 use crate::corti::{CortiClient, CortiClientConfig};
 use crate::http::{self, AppState};
 use crate::limits::{LimitRates, Limits, RedisLimits};
 use crate::metrics::Metrics;
-use crate::reuse::TokenReuse;
+use crate::reuse::{FleetCache, TokenReuse};
 use crate::session::SessionVerifier;
 use crate::upstream::{ResilientUpstream, UpstreamPolicy};
 use crate::vend::Vendor;
@@ -152,6 +152,27 @@ fn spawn_flood_flusher(auditor: &Auditor) {
     });
 }
 
+/// Fleet-wide reuse when Redis and `TOKEN_CACHE_KEY` are both set; start-up says once
+/// when reuse stays per replica although replicas share Redis.
+fn fleet_cache(
+    settings: &ServeSettings,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<FleetCache>>, StartupError> {
+    let Some(url) = settings.rate_limit_redis_url.as_deref() else {
+        return Ok(None);
+    };
+    let Some(key) = &settings.token_cache_key else {
+        tracing::warn!(
+            "token reuse is per replica: set {} to share live tokens through Redis",
+            TOKEN_CACHE_KEY.name
+        );
+        return Ok(None);
+    };
+    let fleet = FleetCache::connect(url, key, settings.upstream_timeout, metrics.clone())
+        .map_err(|e| ConfigError::new(RATE_LIMIT_REDIS_URL.name, e.to_string()))?;
+    Ok(Some(fleet))
+}
+
 fn app_state(
     settings: &ServeSettings,
     store: Arc<dyn AuditStore>,
@@ -182,6 +203,7 @@ fn app_state(
         .map(|url| RedisLimits::connect(url, metrics.clone()))
         .transpose()
         .map_err(|e| ConfigError::new(RATE_LIMIT_REDIS_URL.name, e.to_string()))?;
+    let fleet = fleet_cache(settings, &metrics)?;
     let corti = Arc::new(corti);
     let vendor = Vendor {
         sessions,
@@ -198,7 +220,7 @@ fn app_state(
             redis,
             metrics.clone(),
         ),
-        reuse: TokenReuse::new(settings.token_reuse_min_ttl),
+        reuse: TokenReuse::new(settings.token_reuse_min_ttl).with_fleet(fleet),
         upstream: Arc::new(ResilientUpstream::new(
             corti,
             UpstreamPolicy::with_deadline(settings.upstream_timeout),

@@ -390,6 +390,7 @@ impl Vendor {
             Ok((token, source)) => {
                 match source {
                     Source::Cached => self.metrics.reuse_hit(),
+                    Source::Fleet => self.metrics.fleet_hit(),
                     Source::Joined => self.metrics.coalesced_waiter(),
                     Source::Fetched => {}
                 }

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod own_redis;
+
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Output;
