@@ -9,6 +9,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -249,4 +250,93 @@ async fn a_redis_outage_leaves_every_replica_vending_and_the_fleet_heals_by_itse
     assert_eq!(first, second);
     assert_eq!(upstream_calls(&fleet[0]), calls + 1);
     assert_ne!(before, first);
+}
+
+/// Calls per Redis command since the last reset (`INFO commandstats`).
+async fn command_calls(redis: &OwnRedis, reset: bool) -> Vec<(String, u64)> {
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    if reset {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut conn)
+            .await
+            .expect("CONFIG RESETSTAT");
+    }
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "info" | "config" | "ping" | "hello" | "client"
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_reuse_costs_one_redis_get_on_another_replica_and_none_on_the_same_one() {
+    // Arrange
+    if required_or_skip("redis-server on PATH", redis_server_available()).is_none() {
+        return;
+    }
+    let redis = OwnRedis::start(free_port()).expect("redis-server starts");
+    redis.wait_ready().await;
+    let fleet = replicas(2, &redis.url(), &fresh_cache_key()).await;
+    let session = fleet[0].session(&unique_user());
+    let first = token_from(&fleet[0], &session).await;
+    command_calls(&redis, true).await;
+
+    // Act: the other replica reuses the token
+    let other = token_from(&fleet[1], &session).await;
+    let on_other = command_calls(&redis, true).await;
+    // Act: the same replica again
+    let same = token_from(&fleet[1], &session).await;
+    let on_same = command_calls(&redis, true).await;
+
+    // Assert: besides the limits' scripts, one GET, then nothing. Redis counts the
+    // commands a script runs too: each allowed GCRA step (`evalsha`) is one TIME, one
+    // GET and one SET, which are taken off here.
+    assert_eq!(first, other);
+    assert_eq!(other, same);
+    let token_cache = |calls: &[(String, u64)]| -> Vec<(String, u64)> {
+        let count = |n: &str| calls.iter().find(|(c, _)| c == n).map_or(0, |(_, k)| *k);
+        let scripts = count("evalsha");
+        calls
+            .iter()
+            .filter(|(name, _)| !name.starts_with("eval") && !name.starts_with("config"))
+            .map(|(name, k)| match name.as_str() {
+                "get" | "set" | "time" => (name.clone(), k - scripts.min(*k)),
+                _ => (name.clone(), *k),
+            })
+            .filter(|(_, k)| *k > 0)
+            .collect()
+    };
+    assert_eq!(
+        token_cache(&on_other),
+        [("get".to_owned(), 1)],
+        "{on_other:?}"
+    );
+    assert_eq!(token_cache(&on_same), [], "{on_same:?}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "redis commands: reuse on another replica {on_other:?}; on the same replica {on_same:?}"
+    );
 }
