@@ -197,6 +197,18 @@ impl TokenReuse {
         !self.min_ttl.is_zero() && token.expires_at - now >= self.min_ttl
     }
 
+    /// Drops every live token of `subject` at `tenant`, here and (with a fleet) in
+    /// Redis, so a denied or revoked user is never handed one again. Calls in flight
+    /// still answer their waiters.
+    pub async fn forget(&self, subject: &Subject, tenant: &Tenant) {
+        lock(&self.state)
+            .live
+            .retain(|k, _| !(k.subject == *subject && k.tenant == *tenant));
+        if let Some(fleet) = &self.fleet {
+            fleet.forget(subject, tenant).await;
+        }
+    }
+
     /// Live tokens held now.
     pub fn live_tokens(&self) -> usize {
         lock(&self.state).live.len()
@@ -356,6 +368,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(t.access_token.expose_secret(), "ok");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_subject_gets_no_held_token_and_others_keep_theirs() {
+        let reuse = TokenReuse::new(Duration::from_secs(60));
+        for user in ["alice", "bob"] {
+            reuse
+                .get_or_fetch(key(user), async { Ok(token("old", 300)) })
+                .await
+                .unwrap();
+        }
+        reuse
+            .forget(&key("alice").subject, &key("alice").tenant)
+            .await;
+        let (t, src) = reuse
+            .get_or_fetch(key("alice"), async { Ok(token("new", 300)) })
+            .await
+            .unwrap();
+        assert_eq!(
+            (t.access_token.expose_secret(), src),
+            ("new", Source::Fetched)
+        );
+        let (_, src) = reuse
+            .get_or_fetch(key("bob"), async { Ok(token("new", 300)) })
+            .await
+            .unwrap();
+        assert_eq!(src, Source::Cached);
     }
 
     #[tokio::test]

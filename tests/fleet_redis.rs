@@ -340,3 +340,69 @@ async fn a_reuse_costs_one_redis_get_on_another_replica_and_none_on_the_same_one
         "redis commands: reuse on another replica {on_other:?}; on the same replica {on_same:?}"
     );
 }
+
+#[tokio::test]
+async fn a_forgotten_subject_has_no_token_left_in_redis_for_any_scope() {
+    use secrecy::{ExposeSecret, SecretString};
+    use std::sync::Arc;
+    use token_vendor::config::Tenant;
+    use token_vendor::corti::GrantedToken;
+    use token_vendor::metrics::Metrics;
+    use token_vendor::reuse::{FleetCache, ReuseKey};
+    use token_vendor::scope::RequestedScope;
+    use token_vendor::session::Subject;
+
+    // Arrange
+    let Some(url) = redis_url() else {
+        return;
+    };
+    let fleet = FleetCache::connect(
+        &url,
+        &SecretString::from(fresh_cache_key()),
+        Duration::from_secs(2),
+        Arc::new(Metrics::new()),
+    )
+    .expect("fleet cache");
+    let ttl = Duration::from_secs(60);
+    let key = |user: &str, scope: &str| ReuseKey {
+        subject: Subject::parse(user).expect("subject"),
+        scope: RequestedScope::parse(scope).expect("scope"),
+        tenant: Tenant::parse("base").expect("tenant"),
+    };
+    let token = |name: &str| GrantedToken {
+        access_token: SecretString::from(name.to_owned()),
+        expires_at: time::OffsetDateTime::now_utc() + time::Duration::seconds(300),
+        scope: "openid transcribe".into(),
+    };
+    let (alice, bob) = (unique_user(), unique_user());
+    let stored = [
+        key(&alice, "transcribe"),
+        key(&alice, "transcribe streams"),
+        key(&bob, "transcribe"),
+    ];
+    for k in &stored {
+        fleet
+            .get_or_fetch(k, ttl, async { Ok(token("old")) })
+            .await
+            .expect("stored");
+    }
+
+    // Act
+    fleet.forget(&stored[0].subject, &stored[0].tenant).await;
+
+    // Assert: alice fetches anew for every scope, bob still reuses
+    for k in &stored[..2] {
+        let (t, fetched_here) = fleet
+            .get_or_fetch(k, ttl, async { Ok(token("new")) })
+            .await
+            .expect("token");
+        assert!(fetched_here);
+        assert_eq!(t.access_token.expose_secret(), "new");
+    }
+    let (t, fetched_here) = fleet
+        .get_or_fetch(&stored[2], ttl, async { Ok(token("new")) })
+        .await
+        .expect("token");
+    assert!(!fetched_here);
+    assert_eq!(t.access_token.expose_secret(), "old");
+}

@@ -30,8 +30,11 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 
 use super::{FetchError, ReuseKey};
+use crate::config::Tenant;
 use crate::corti::GrantedToken;
 use crate::metrics::Metrics;
+use crate::scope::RequestedScope;
+use crate::session::Subject;
 
 /// Longest one Redis call may take before this replica decides alone.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
@@ -183,6 +186,25 @@ impl FleetCache {
             self.release(&names, &lock).await;
         }
         result.map(|token| (token, true))
+    }
+
+    /// Deletes every token of `subject` at `tenant` from Redis, for each scope set.
+    /// Best effort: without Redis, a stored token still expires with its own life.
+    pub async fn forget(&self, subject: &Subject, tenant: &Tenant) {
+        let keys: Vec<String> = RequestedScope::every()
+            .map(|scope| {
+                self.names(&ReuseKey {
+                    subject: subject.clone(),
+                    scope,
+                    tenant: tenant.clone(),
+                })
+                .token
+            })
+            .collect();
+        let mut conn = self.conn.clone();
+        let _ = self
+            .call(redis::cmd("DEL").arg(keys).query_async::<i64>(&mut conn))
+            .await;
     }
 
     fn names(&self, key: &ReuseKey) -> Names {
@@ -393,9 +415,6 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Tenant;
-    use crate::scope::RequestedScope;
-    use crate::session::Subject;
 
     fn cache(secret: &str) -> Arc<FleetCache> {
         FleetCache::connect(
