@@ -59,6 +59,87 @@ fn two_session_key_sources_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("exactly one"));
 }
 
+/// `full_settings` with a public session key source instead of the HMAC secret.
+fn public_key_settings(
+    secret: &str,
+    extra: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut env = full_settings(secret);
+    env.retain(|(k, _)| *k != "SESSION_JWT_SECRET");
+    env.push(("SESSION_JWKS_URL", "https://id.example.test/jwks".into()));
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    env
+}
+
+fn check_config(env: &[(&'static str, String)]) -> Output {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    run(&["check-config"], &env)
+}
+
+#[test]
+fn a_public_session_key_without_audience_or_issuer_stops_start_up() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    // Any token the identity provider signed for any of its clients would pass.
+    for (extra, named) in [
+        (&[][..], "SESSION_JWT_AUDIENCE"),
+        (
+            &[("SESSION_JWT_ISSUER", "https://id.example.test")][..],
+            "SESSION_JWT_AUDIENCE",
+        ),
+        (
+            &[("SESSION_JWT_AUDIENCE", "token-vendor")][..],
+            "SESSION_JWT_ISSUER",
+        ),
+    ] {
+        // `check-config` runs the same one check as `serve`, without serving on success.
+        let out = check_config(&public_key_settings(&secret, extra));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("error: {named}:")),
+            "{extra:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_public_session_key_runs_with_audience_and_issuer_or_an_explicit_opt_out() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    for extra in [
+        &[
+            ("SESSION_JWT_AUDIENCE", "token-vendor"),
+            ("SESSION_JWT_ISSUER", "https://id.example.test"),
+        ][..],
+        &[("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss")][..],
+        &[
+            ("SESSION_JWT_AUDIENCE", "token-vendor"),
+            ("SESSION_JWT_UNCHECKED_CLAIMS", "iss"),
+        ][..],
+    ] {
+        let out = check_config(&public_key_settings(&secret, extra));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {stderr}");
+    }
+    // The opt-out names the claims it gives up; a claim both checked and unchecked,
+    // or one the setting does not know, is a mistake.
+    for extra in [
+        &[
+            ("SESSION_JWT_AUDIENCE", "token-vendor"),
+            ("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss"),
+        ][..],
+        &[("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss,exp")][..],
+    ] {
+        let out = check_config(&public_key_settings(&secret, extra));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("error: SESSION_JWT_UNCHECKED_CLAIMS:"),
+            "{extra:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn check_config_redacts_every_secret() {
     let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());

@@ -150,6 +150,7 @@ async fn public_key_sessions_refuse_hmac_signed_with_the_public_key() {
             "SESSION_JWT_PUBLIC_KEY_FILE",
             pem_path.display().to_string(),
         )
+        .env("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss")
         .spawn()
         .await;
     let claims = json!({"sub": "judy", "exp": now() + 600});
@@ -195,6 +196,7 @@ async fn jwks_sessions_refetch_on_unknown_kid_and_refuse_unknown_keys() {
         .allowed_origin(APP_ORIGIN)
         .env("SESSION_JWT_SECRET", String::new())
         .env("SESSION_JWKS_URL", format!("{}/jwks", idp.uri()))
+        .env("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss")
         .spawn()
         .await;
     let claims = json!({"sub": "kim", "exp": now() + 600});
