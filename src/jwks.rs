@@ -89,19 +89,35 @@ impl JwksCache {
         }
         // Unknown kid or empty cache: refetch (rate-limited), then look again.
         let refetch = self.refetch().await;
-        let (again, _) = self.lookup(kid).await;
-        match (again, refetch) {
+        match self.lookup(kid).await {
             (Some(key), _) => Ok(key),
-            (None, Err(e)) if !self.has_usable_keys().await => Err(e),
+            // "Unknown kid" is only an answer when there are keys to know it by: an
+            // identity provider that is down must not look like a signed-out user.
+            (None, _) if !self.has_usable_keys().await => Err(no_keys(refetch)),
             (None, _) => Err(JwksError::UnknownKid),
         }
     }
 
+    /// Makes sure usable keys are cached, fetching them (rate-limited) when none are;
+    /// so a caller can refuse before doing work that needs a key to finish.
+    pub async fn ensure_keys(&self) -> Result<(), JwksError> {
+        if self.has_usable_keys().await {
+            return Ok(());
+        }
+        let refetch = self.refetch().await;
+        if self.has_usable_keys().await {
+            Ok(())
+        } else {
+            Err(no_keys(refetch))
+        }
+    }
+
+    /// Whether some key, not older than the grace period, is cached.
     async fn has_usable_keys(&self) -> bool {
         let guard = self.cached.read().await;
         guard
             .as_ref()
-            .is_some_and(|c| c.fetched_at.elapsed() < self.policy.max_stale)
+            .is_some_and(|c| !c.keys.is_empty() && c.fetched_at.elapsed() < self.policy.max_stale)
     }
 
     /// Returns the key if cached and usable, and whether the cache is still fresh.
@@ -173,6 +189,16 @@ impl JwksCache {
             .await
             .map_err(|_| JwksError::Unavailable("body is not a JWKS".into()))?;
         Ok(set.keys.iter().filter_map(verifying_key).collect())
+    }
+}
+
+/// Why no usable key exists after a refetch attempt.
+fn no_keys(refetch: Result<(), JwksError>) -> JwksError {
+    match refetch {
+        Err(e) => e,
+        Ok(()) => JwksError::Unavailable(
+            "no usable key (the last fetch failed or had none; refetch paused)".into(),
+        ),
     }
 }
 
@@ -260,6 +286,78 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn without_usable_keys_every_lookup_is_unavailable_even_when_a_refetch_is_paused() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(503))
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(
+            server.uri(),
+            reqwest::Client::new(),
+            JwksPolicy {
+                min_refetch_interval: Duration::from_secs(60),
+                ..JwksPolicy::default()
+            },
+        );
+        for _ in 0..3 {
+            assert!(matches!(
+                cache.key(Some("k1")).await,
+                Err(JwksError::Unavailable(_))
+            ));
+            assert!(cache.ensure_keys().await.is_err());
+        }
+        assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn keys_past_the_grace_period_are_unavailable_not_unknown() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk("k1")]})))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(503))
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(
+            server.uri(),
+            reqwest::Client::new(),
+            JwksPolicy {
+                refresh_after: Duration::ZERO,
+                min_refetch_interval: Duration::from_millis(300),
+                max_stale: Duration::from_millis(200),
+            },
+        );
+        assert!(cache.key(Some("k1")).await.is_ok());
+        assert!(cache.ensure_keys().await.is_ok());
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        // The first lookup refetches and fails; the next ones fall in the pause.
+        for kid in [Some("k1"), Some("k2"), None] {
+            assert!(
+                matches!(cache.key(kid).await, Err(JwksError::Unavailable(_))),
+                "{kid:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_set_without_one_usable_key_is_unavailable() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": []})))
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(server.uri(), reqwest::Client::new(), JwksPolicy::default());
+        assert!(matches!(
+            cache.key(Some("k1")).await,
+            Err(JwksError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn ignores_symmetric_keys_in_a_public_key_set() {
         let server = MockServer::start().await;
         Mock::given(method("GET"))
@@ -273,9 +371,10 @@ mod tests {
             reqwest::Client::new(),
             policy(Duration::from_secs(60), Duration::from_secs(60)),
         );
+        // Not used: with no other key, the set has no usable key at all.
         assert!(matches!(
             cache.key(Some("oct")).await,
-            Err(JwksError::UnknownKid)
+            Err(JwksError::Unavailable(_))
         ));
     }
 }
