@@ -110,7 +110,7 @@ impl Metrics {
         let redis_fallback = Gauge::default();
         registry.register(
             "rate_limit_redis_fallback",
-            "1 while Redis is unreachable and limits are enforced per replica, else 0",
+            "1 while Redis cannot decide (unreachable or refusing the limit script) and limits are enforced per replica, else 0",
             redis_fallback.clone(),
         );
         let redis_fallbacks = Counter::default();
