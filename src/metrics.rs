@@ -98,7 +98,7 @@ impl Metrics {
         let refusals = Family::<KindLabels, Counter>::default();
         registry.register(
             "rate_limit_refusals",
-            "Requests refused by a rate limit, by key kind (ip, user, upstream)",
+            "Requests refused by a rate limit, by key kind (ip, user, upstream, side)",
             refusals.clone(),
         );
         let breaker_state = Gauge::default();

@@ -9,11 +9,15 @@ use crate::vend::{Credentials, SESSION_KEYS_UNAVAILABLE};
 
 use super::context::request_id;
 use super::problem::Problem;
+use super::rate_limit::admit_side;
 use super::tokens::credentials;
 use super::AppState;
 
 /// Lists events for a session holding the audit reader role.
 pub async fn list_events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(refused) = admit_side(&req, &state).await {
+        return refused;
+    }
     let request_id = request_id(&req);
     let token = match credentials(&req, &state.cookie_name) {
         Credentials::Bearer(t) | Credentials::Cookie(t) => t,
