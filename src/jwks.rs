@@ -4,9 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
+
+/// Largest JWKS body read; real ones hold a few keys in a few KiB.
+const MAX_BODY: usize = 256 * 1024;
 
 /// How a key set is kept fresh.
 #[derive(Debug, Clone, Copy)]
@@ -184,12 +188,63 @@ impl JwksCache {
                 response.status().as_u16()
             )));
         }
-        let set: JwkSet = response
-            .json()
-            .await
+        let body = read_capped(response).await?;
+        let set: RawSet = serde_json::from_slice(&body)
             .map_err(|_| JwksError::Unavailable("body is not a JWKS".into()))?;
-        Ok(set.keys.iter().filter_map(verifying_key).collect())
+        // Key by key: one key of a type this service cannot use (an Ed448 key, a kty
+        // from the future) must not take the usable ones down with it.
+        let mut keys = Vec::with_capacity(set.keys.len());
+        for raw in set.keys {
+            let kid: String = raw
+                .get("kid")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("(none)")
+                .chars()
+                .take(64)
+                .collect();
+            match serde_json::from_value::<Jwk>(raw)
+                .ok()
+                .as_ref()
+                .and_then(verifying_key)
+            {
+                Some(key) => keys.push(key),
+                None => tracing::warn!(
+                    jwks_url = %self.url,
+                    kid = %kid,
+                    "JWKS key skipped: not a public signature key this service can use"
+                ),
+            }
+        }
+        Ok(keys)
     }
+}
+
+/// A JWKS whose keys are parsed one by one.
+#[derive(Deserialize)]
+struct RawSet {
+    keys: Vec<serde_json::Value>,
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, JwksError> {
+    let too_large = || JwksError::Unavailable(format!("body is larger than {MAX_BODY} bytes"));
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_BODY as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| JwksError::Unavailable(without_url(e)))?
+    {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Why no usable key exists after a refetch attempt.
@@ -348,6 +403,44 @@ mod tests {
         let server = MockServer::start().await;
         Mock::given(method("GET"))
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": []})))
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(server.uri(), reqwest::Client::new(), JwksPolicy::default());
+        assert!(matches!(
+            cache.key(Some("k1")).await,
+            Err(JwksError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_unusable_key_is_skipped_not_the_whole_set() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [
+                {"kid": "ed448", "kty": "OKP", "crv": "Ed448", "x": "AAAA", "use": "sig"},
+                {"kid": "future", "kty": "PQC", "alg": "ML-DSA-65", "pub": "AAAA"},
+                {"kid": "odd", "kty": "RSA", "n": 7, "e": "AQAB"},
+                jwk("k1"),
+            ]})))
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(server.uri(), reqwest::Client::new(), JwksPolicy::default());
+        assert!(cache.key(Some("k1")).await.is_ok());
+        assert!(matches!(
+            cache.key(Some("ed448")).await,
+            Err(JwksError::UnknownKid)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_key_set_is_refused() {
+        let server = MockServer::start().await;
+        let padding = "x".repeat(MAX_BODY + 1);
+        Mock::given(method("GET"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"keys": [jwk("k1")], "padding": padding})),
+            )
             .mount(&server)
             .await;
         let cache = JwksCache::new(server.uri(), reqwest::Client::new(), JwksPolicy::default());
