@@ -179,9 +179,16 @@ fn parse_time(
     value: Option<&str>,
     syntax: TimeSyntax,
 ) -> Result<Option<OffsetDateTime>, FilterError> {
-    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+    let Some(v) = value.map(str::trim) else {
         return Ok(None);
     };
+    if v.is_empty() {
+        // `until=` names no time; reading it as "no bound" would widen the query.
+        return Err(FilterError::new(
+            param,
+            "must not be empty (leave it out instead)",
+        ));
+    }
     if let Ok(t) = OffsetDateTime::parse(v, &Rfc3339) {
         return Ok(Some(t));
     }
