@@ -80,6 +80,14 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The directory `temp_dir` made for this service: key file and audit store.
+        if let Some(dir) = self.db_path.parent().filter(|d| {
+            d.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("tv-bb-"))
+        }) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -88,7 +96,7 @@ pub fn bin() -> &'static str {
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tv-{tag}-{}", uuid::Uuid::new_v4()));
+    let dir = std::env::temp_dir().join(format!("tv-bb-{tag}-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
