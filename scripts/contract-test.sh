@@ -59,7 +59,7 @@ done
 case "$session" in eyJ*) ;; *) cat "$work/dev.out" "$work/dev.err" >&2; fail "dev printed no session token" ;; esac
 
 echo "schemathesis $SCHEMATHESIS_VERSION against token-vendor dev on 127.0.0.1:$port (all checks, all phases)"
-"$venv/bin/schemathesis" run openapi.yaml \
+"$venv/bin/schemathesis" --config-file scripts/schemathesis.toml run openapi.yaml \
     --url "http://127.0.0.1:$port" \
     --header "Authorization: Bearer $session" \
     --checks all \
