@@ -37,7 +37,7 @@ cargo_build() {
 
 cmd_tools() {
     local want="${CARGO_AUDITABLE_VERSION:-0.7.7}"
-    if cargo auditable --version 2>/dev/null | grep -qF "$want"; then
+    if cargo install --list 2>/dev/null | grep -qxF "cargo-auditable v$want:"; then
         log "cargo-auditable $want already installed"
         return
     fi
