@@ -28,10 +28,13 @@ RUN scripts/image-build.sh app /out
 
 FROM gcr.io/distroless/cc-debian12
 ARG RUST_VERSION
+# docker build --build-arg VCS_REF="$(git rev-parse HEAD)" .
+ARG VCS_REF=unknown
 LABEL org.opencontainers.image.title="token-vendor" \
       org.opencontainers.image.description="Vends limited-scope Corti tokens to signed-in browsers without exposing the client secret" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.revision="${VCS_REF}" \
       org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12" \
       org.opencontainers.image.documentation="docs/deploy.md" \
       io.token-vendor.rust-version="${RUST_VERSION}"

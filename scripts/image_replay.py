@@ -215,7 +215,7 @@ def main():
     log(f"runtime stage: FROM {from_line}")
     rootfs = os.path.join(scratch, "rootfs")
     user, run_env, run_workdir, health, entry, cmd = None, {}, "/", None, None, []
-    copies = []
+    copies, labels = [], {}
     for kw, rest in body:
         if kw == "COPY":
             flags, paths = split_flags(rest)
@@ -237,11 +237,17 @@ def main():
             entry = json.loads(rest)
         elif kw == "CMD":
             cmd = json.loads(rest)
+        elif kw == "LABEL":
+            labels.update(parse_kv(rest, {}))
         elif kw == "RUN":
             fail("RUN in the runtime stage: keep it minimal (and replayable)")
     if not user or not re.fullmatch(r"\d+:\d+", user) or user.startswith("0:"):
         fail(f"USER must be a fixed numeric non-root uid:gid, got {user!r}")
     uid, gid = (int(x) for x in user.split(":"))
+    oci = ["title", "description", "version", "revision", "licenses"]
+    missing = [k for k in oci if f"org.opencontainers.image.{k}" not in labels]
+    if missing:
+        fail(f"OCI labels missing: {missing}")
     if health is None or entry is None:
         fail("the runtime stage needs a HEALTHCHECK and an exec-form ENTRYPOINT")
 
