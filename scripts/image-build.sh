@@ -9,6 +9,8 @@
 #                                     crate (the Dockerfile's cached dependency layer)
 #   scripts/image-build.sh app OUT    build token-vendor; OUT/token-vendor (stripped) and
 #                                     an empty OUT/data for the runtime stage
+#   scripts/image-build.sh selftest   prove the replay catches a missing COPY (the
+#                                     Dockerfile without `COPY openapi.yaml` must fail)
 #   scripts/image-build.sh check      replay the Dockerfile: copy exactly what its build
 #                                     stage COPYs into an empty directory, run its RUN
 #                                     steps there, then run the binary as the runtime
@@ -84,11 +86,33 @@ cmd_check() {
         exec python3 "$repo/scripts/image_replay.py" "$repo" "$repo/scripts/image-build.sh"
 }
 
+cmd_selftest() {
+    local repo scratch
+    repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    scratch=$(mktemp -d)
+    grep -q '^COPY openapi.yaml' "$repo/Dockerfile" || die "selftest: the Dockerfile has no 'COPY openapi.yaml' line to drop"
+    grep -v '^COPY openapi.yaml' "$repo/Dockerfile" >"$scratch/Dockerfile"
+    log "selftest: replaying the Dockerfile without 'COPY openapi.yaml' (must fail)"
+    if DOCKERFILE="$scratch/Dockerfile" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}" \
+        python3 "$repo/scripts/image_replay.py" "$repo" >"$scratch/out" 2>&1; then
+        cat "$scratch/out" >&2
+        die "selftest: a Dockerfile missing a COPY was replayed without error"
+    fi
+    if ! grep -q 'openapi.yaml' "$scratch/out"; then
+        cat "$scratch/out" >&2
+        die "selftest: the replay failed, but not because openapi.yaml was missing"
+    fi
+    grep -m1 -B1 -A3 'openapi.yaml' "$scratch/out" >&2 || true
+    rm -rf "$scratch"
+    log "selftest: ok, the missing COPY failed the build"
+}
+
 case "${1:-}" in
     tools) cmd_tools ;;
     deps) cmd_deps ;;
     app) shift; cmd_app "$@" ;;
     check) cmd_check ;;
+    selftest) cmd_selftest ;;
     *)
         sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2
         exit 2
