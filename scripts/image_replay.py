@@ -16,6 +16,7 @@
    and need no shared library beyond what distroless `cc` ships.
 """
 
+import atexit
 import fnmatch
 import json
 import os
@@ -163,6 +164,8 @@ def main():
         args.update({k: v or "" for k, v in parse_kv(rest, args).items()})
 
     scratch = tempfile.mkdtemp(prefix="tv-image-")
+    if os.environ.get("TV_KEEP_SCRATCH") != "1":
+        atexit.register(shutil.rmtree, scratch, True)
     os.chmod(scratch, 0o755)
     ctx = os.path.join(scratch, "build")  # the build stage's filesystem, rooted here
     os.makedirs(ctx)
@@ -369,7 +372,6 @@ def main():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    shutil.rmtree(scratch, ignore_errors=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     log(f"ok; release binary (unstripped): {os.path.join(target, 'release', 'token-vendor')}")
 
