@@ -181,8 +181,15 @@ fn canned_http_server(reply: Option<&'static str>) -> u16 {
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for mut conn in listener.incoming().map_while(Result::ok) {
+            // Read the whole request head before answering, as a real server does.
+            let mut head = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = conn.read(&mut buf);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
             match reply {
                 Some(reply) => {
                     let _ = conn.write_all(reply.as_bytes());
