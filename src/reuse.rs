@@ -13,13 +13,17 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use time::OffsetDateTime;
 
+use crate::background::{lock, spawn_while_alive};
+use crate::config::Tenant;
 use crate::corti::{GrantedToken, UpstreamError};
+use crate::scope::RequestedScope;
+use crate::session::Subject;
 
 /// Most live tokens held at once (a Corti token is about 1.5 KiB).
 pub const MAX_LIVE_TOKENS: usize = 20_000;
@@ -29,9 +33,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Whose token, for what.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReuseKey {
-    pub subject: String,
-    pub scope: String,
-    pub tenant: String,
+    pub subject: Subject,
+    pub scope: RequestedScope,
+    pub tenant: Tenant,
 }
 
 /// Why a shared upstream call produced no token.
@@ -76,8 +80,16 @@ impl TokenReuse {
     /// Inside a Tokio runtime, also sweeps expired tokens out of memory periodically.
     pub fn new(min_ttl: Duration) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
-        if !min_ttl.is_zero() && tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(sweep_while_alive(Arc::downgrade(&state), min_ttl));
+        if !min_ttl.is_zero() {
+            let weak = Arc::downgrade(&state);
+            spawn_while_alive(SWEEP_EVERY, move || {
+                let state = weak.upgrade()?;
+                let now = OffsetDateTime::now_utc();
+                lock(&state)
+                    .live
+                    .retain(|_, t| t.expires_at - now >= min_ttl);
+                Some(std::future::ready(()))
+            });
         }
         Self { min_ttl, state }
     }
@@ -188,13 +200,6 @@ impl Drop for FlightGuard {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    // The map stays consistent through a panic elsewhere; keep serving.
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// At capacity, drops tokens too short-lived to hand out, then the soonest to expire.
 fn make_room(live: &mut HashMap<ReuseKey, GrantedToken>, min_ttl: Duration) {
     if live.len() < MAX_LIVE_TOKENS {
@@ -213,21 +218,6 @@ fn make_room(live: &mut HashMap<ReuseKey, GrantedToken>, min_ttl: Duration) {
     }
 }
 
-async fn sweep_while_alive(state: Weak<Mutex<State>>, min_ttl: Duration) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(state) = state.upgrade() else {
-            return;
-        };
-        let now = OffsetDateTime::now_utc();
-        lock(&state)
-            .live
-            .retain(|_, t| t.expires_at - now >= min_ttl);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,9 +226,9 @@ mod tests {
 
     fn key(subject: &str) -> ReuseKey {
         ReuseKey {
-            subject: subject.into(),
-            scope: "openid transcribe".into(),
-            tenant: "base".into(),
+            subject: Subject::parse(subject).unwrap(),
+            scope: RequestedScope::parse("transcribe").unwrap(),
+            tenant: Tenant::parse("base").unwrap(),
         }
     }
 

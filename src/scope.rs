@@ -3,6 +3,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use crate::text::clip;
+
 /// A Corti API scope that a browser may hold: each one opens only one WebSocket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LimitedScope {
@@ -59,7 +61,7 @@ impl RequestedScope {
                 Some(scope) => {
                     set.insert(scope);
                 }
-                None => return Err(ScopeError::NotAllowed(truncate(part, 64))),
+                None => return Err(ScopeError::NotAllowed(clip(part, 64))),
             }
         }
         if set.is_empty() {
@@ -98,7 +100,7 @@ impl RequestedScope {
         for scope in granted {
             let requested = LimitedScope::parse(scope).is_some_and(|s| self.contains(s));
             if !requested && !IDENTITY_SCOPES.contains(&scope) {
-                return Err(GrantError::Wider(truncate(scope, 64)));
+                return Err(GrantError::Wider(clip(scope, 64)));
             }
         }
         Ok(())
@@ -118,10 +120,6 @@ pub enum GrantError {
     Missing(String),
     #[error("granted token carries the unrequested scope {0:?}")]
     Wider(String),
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
 }
 
 #[cfg(test)]

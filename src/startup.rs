@@ -10,8 +10,9 @@ use actix_web::{web, App, HttpServer};
 use crate::audit::flood::FloodGuard;
 use crate::audit::store::SqlAuditStore;
 use crate::audit::{AuditStore, Auditor, Fingerprinter};
+use crate::background::spawn_while_alive;
 use crate::browser::OriginPolicy;
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, ServeSettings, RATE_LIMIT_REDIS_URL};
 use crate::corti::{CortiClient, CortiClientConfig};
 use crate::http::{self, AppState};
 use crate::limits::{LimitRates, Limits, RedisLimits};
@@ -60,13 +61,15 @@ pub struct Application {
 }
 
 impl Application {
-    /// Builds the service from settings that passed [`Settings::require_for_serve`].
-    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+    /// Builds the service from complete settings.
+    pub async fn build(settings: ServeSettings) -> Result<Self, StartupError> {
         Self::build_with(settings, Options::default()).await
     }
 
-    pub async fn build_with(settings: Settings, options: Options) -> Result<Self, StartupError> {
-        settings.require_for_serve()?;
+    pub async fn build_with(
+        settings: ServeSettings,
+        options: Options,
+    ) -> Result<Self, StartupError> {
         let store: Arc<dyn AuditStore> = match options.audit_store {
             Some(store) => store,
             None => Arc::new(
@@ -144,42 +147,23 @@ impl Application {
 /// service's auditor is gone.
 fn spawn_flood_flusher(auditor: &Auditor) {
     let weak = auditor.downgrade();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let Some(auditor) = Auditor::upgrade(&weak) else {
-                return;
-            };
-            auditor.flush_floods(false).await;
-        }
+    spawn_while_alive(std::time::Duration::from_secs(1), move || {
+        let auditor = Auditor::upgrade(&weak)?;
+        Some(async move { auditor.flush_floods(false).await })
     });
 }
 
 fn app_state(
-    settings: &Settings,
+    settings: &ServeSettings,
     store: Arc<dyn AuditStore>,
     flood: FloodGuard,
 ) -> Result<AppState, StartupError> {
-    let missing = |name: &str| ConfigError::new(name, "is required");
-    let environment = settings
-        .corti_environment
-        .ok_or_else(|| missing("CORTI_ENVIRONMENT"))?;
-    let auth_base_url = settings
-        .auth_base_url()
-        .ok_or_else(|| missing("CORTI_AUTH_URL"))?;
     let corti = CortiClient::new(CortiClientConfig {
-        auth_base_url,
-        tenant: settings.corti_tenant.clone(),
-        environment,
-        client_id: settings
-            .corti_client_id
-            .clone()
-            .ok_or_else(|| missing("CORTI_CLIENT_ID"))?,
-        client_secret: settings
-            .corti_client_secret
-            .clone()
-            .ok_or_else(|| missing("CORTI_CLIENT_SECRET"))?,
+        auth_base_url: settings.corti.auth_url.clone(),
+        tenant: settings.corti.tenant.clone(),
+        environment: settings.corti.environment,
+        client_id: settings.corti.client_id.clone(),
+        client_secret: settings.corti.client_secret.clone(),
         timeout: settings.upstream_timeout,
     })?;
     let jwks_http = reqwest::Client::builder()
@@ -188,13 +172,8 @@ fn app_state(
         // A redirect could lead key fetches to a host nobody configured.
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let sessions = SessionVerifier::from_settings(settings, jwks_http)?;
-    let fingerprinter = Fingerprinter::new(
-        settings
-            .audit_hmac_key
-            .clone()
-            .ok_or_else(|| missing("AUDIT_HMAC_KEY"))?,
-    );
+    let sessions = SessionVerifier::from_settings(&settings.session, jwks_http)?;
+    let fingerprinter = Fingerprinter::new(settings.audit_hmac_key.clone());
     let auditor = Auditor::with_flood_guard(store, flood);
     let origins = OriginPolicy::new(settings.allowed_origins.iter().cloned());
     let metrics = Arc::new(Metrics::new());
@@ -203,7 +182,7 @@ fn app_state(
         .as_deref()
         .map(|url| RedisLimits::connect(url, metrics.clone()))
         .transpose()
-        .map_err(|e| ConfigError::new("RATE_LIMIT_REDIS_URL", e.to_string()))?;
+        .map_err(|e| ConfigError::new(RATE_LIMIT_REDIS_URL.name, e.to_string()))?;
     let corti = Arc::new(corti);
     let vendor = Vendor {
         sessions,
@@ -211,7 +190,15 @@ fn app_state(
         corti: corti.clone(),
         auditor: auditor.clone(),
         fingerprinter,
-        limits: Limits::new(LimitRates::from_settings(settings), redis, metrics.clone()),
+        limits: Limits::new(
+            LimitRates {
+                per_ip: settings.rate_limit_per_ip,
+                per_user: settings.rate_limit_per_user,
+                upstream: settings.upstream_rate_limit,
+            },
+            redis,
+            metrics.clone(),
+        ),
         reuse: TokenReuse::new(settings.token_reuse_min_ttl),
         upstream: Arc::new(ResilientUpstream::new(
             corti,
@@ -225,7 +212,7 @@ fn app_state(
         auditor,
         origins,
         trusted_proxies: settings.trusted_proxies.clone(),
-        cookie_name: settings.session_cookie_name.clone(),
+        cookie_name: settings.session.cookie_name.clone(),
         audit_reader_role: settings.audit_reader_role.clone(),
     })
 }

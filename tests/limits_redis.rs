@@ -4,20 +4,21 @@
 //! `TEST_REDIS_URL` names a running Redis for the shared-limit test; the outage test
 //! starts and stops its own `redis-server`. Under `CI=true` both are required.
 
-mod limits_support;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use limits_support::{required_or_skip, spawn, spawn_sharing, unique_user, Secrets, Upstream};
+use support::{redis_url, required_or_skip, unique_user, Limits, Secrets, TestApp, Upstream};
 
 const LIFETIME: Duration = Duration::from_secs(300);
 
 #[tokio::test]
 async fn two_instances_sharing_redis_enforce_one_combined_limit() {
     // Arrange
-    let Some(url) = required_or_skip("TEST_REDIS_URL", std::env::var("TEST_REDIS_URL").ok()) else {
+    let Some(url) = redis_url() else {
         return;
     };
     let env = [
@@ -25,19 +26,35 @@ async fn two_instances_sharing_redis_enforce_one_combined_limit() {
         ("RATE_LIMIT_PER_USER", "3/minute"),
     ];
     let secrets = Secrets::fresh();
-    let one = spawn_sharing(Upstream::StandIn(LIFETIME), &env, secrets.clone(), None).await;
-    let upstream = one.standin.as_ref().map(|s| s.base_url().to_owned());
-    let two = spawn_sharing(Upstream::StandIn(LIFETIME), &env, secrets, upstream).await;
+    let one = TestApp::builder()
+        .upstream(Upstream::StandIn(LIFETIME))
+        .limits(Limits::Off)
+        .envs(env.iter().copied())
+        .secrets(secrets.clone())
+        .spawn()
+        .await;
+    let upstream = one
+        .standin
+        .as_ref()
+        .map(|s| s.base_url().to_owned())
+        .expect("the first instance runs the stand-in");
+    let two = TestApp::builder()
+        .upstream(Upstream::Url(upstream))
+        .limits(Limits::Off)
+        .envs(env.iter().copied())
+        .secrets(secrets)
+        .spawn()
+        .await;
     let user = unique_user();
     let session = one.session(&user);
 
     // Act
     let statuses = [
-        one.vend(&session).await.status().as_u16(),
-        two.vend(&session).await.status().as_u16(),
-        one.vend(&session).await.status().as_u16(),
-        two.vend(&session).await.status().as_u16(),
-        one.vend(&session).await.status().as_u16(),
+        one.vend_transcribe(&session).await.status().as_u16(),
+        two.vend_transcribe(&session).await.status().as_u16(),
+        one.vend_transcribe(&session).await.status().as_u16(),
+        two.vend_transcribe(&session).await.status().as_u16(),
+        one.vend_transcribe(&session).await.status().as_u16(),
     ];
 
     // Assert
@@ -144,24 +161,23 @@ async fn a_redis_outage_falls_back_to_local_limits_and_returns_to_redis() {
     let redis = OwnRedis::start(port).expect("redis-server starts");
     redis.wait_ready().await;
     let url = redis.url();
-    let app = spawn(
-        Upstream::StandIn(LIFETIME),
-        &[
-            ("RATE_LIMIT_REDIS_URL", url.as_str()),
-            ("RATE_LIMIT_PER_USER", "2/minute"),
-        ],
-    )
-    .await;
+    let app = TestApp::builder()
+        .upstream(Upstream::StandIn(LIFETIME))
+        .limits(Limits::Off)
+        .env("RATE_LIMIT_REDIS_URL", url.as_str())
+        .env("RATE_LIMIT_PER_USER", "2/minute")
+        .spawn()
+        .await;
     let session = app.session(&unique_user());
-    assert_eq!(app.vend(&session).await.status(), 200);
+    assert_eq!(app.vend_transcribe(&session).await.status(), 200);
     assert_eq!(redis.keys("token-vendor:rl:user:*").await.len(), 1);
 
     // Act: Redis goes away
     redis.stop();
     let during = [
-        app.vend(&session).await.status().as_u16(),
-        app.vend(&session).await.status().as_u16(),
-        app.vend(&session).await.status().as_u16(),
+        app.vend_transcribe(&session).await.status().as_u16(),
+        app.vend_transcribe(&session).await.status().as_u16(),
+        app.vend_transcribe(&session).await.status().as_u16(),
     ];
 
     // Assert: the service kept answering, on local limits that still refuse
@@ -185,7 +201,7 @@ async fn a_redis_outage_falls_back_to_local_limits_and_returns_to_redis() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let other = app.session(&unique_user());
-    let after = app.vend(&other).await;
+    let after = app.vend_transcribe(&other).await;
 
     // Assert: decisions are made in Redis again
     assert_eq!(after.status(), 200);

@@ -24,6 +24,7 @@ use time::OffsetDateTime;
 
 use super::{AuditEvent, Outcome};
 use crate::address::address_group;
+use crate::background::lock;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -107,10 +108,7 @@ impl FloodGuard {
             source: Some(source_of(event.client_ip.as_deref())),
             subject: event.subject.clone(),
         };
-        let Ok(mut state) = self.state.lock() else {
-            // A poisoned lock only costs aggregation: store the event itself.
-            return false;
-        };
+        let mut state = lock(&self.state);
         let State { open, closed } = &mut *state;
         if !open.contains_key(&key) && open.len() >= self.max_groups {
             key = Key {
@@ -157,9 +155,7 @@ impl FloodGuard {
     /// aggregated event for each that folded anything.
     pub fn drain(&self, now: OffsetDateTime, all: bool) -> Vec<AuditEvent> {
         let window = time::Duration::try_from(self.window).unwrap_or(time::Duration::MINUTE);
-        let Ok(mut state) = self.state.lock() else {
-            return Vec::new();
-        };
+        let mut state = lock(&self.state);
         let State { open, closed } = &mut *state;
         let ended: Vec<Key> = open
             .iter()

@@ -202,7 +202,7 @@ fn parse_time(
         return Ok(Some(t));
     }
     if let TimeSyntax::Rfc3339OrAgo = syntax {
-        if let Ok(ago) = humantime::parse_duration(v) {
+        if let Ok(ago) = crate::config::parse_duration(v) {
             let ago = time::Duration::try_from(ago)
                 .map_err(|_| FilterError::new(param, "is too long ago"))?;
             return OffsetDateTime::now_utc()

@@ -7,6 +7,7 @@ use actix_web::middleware::Next;
 
 use super::context::request_id;
 use super::problem::Problem;
+use crate::catalog::ProblemType;
 
 /// Largest total size of the request headers (names and values), in bytes.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -23,9 +24,7 @@ pub async fn head_limit_middleware(
         .sum();
     if size > MAX_HEADER_BYTES {
         let response = Problem::new(
-            431,
-            "headers-too-large",
-            "Request headers too large",
+            ProblemType::HeadersTooLarge,
             format!("request headers must not exceed {MAX_HEADER_BYTES} bytes"),
         )
         .respond(&request_id(req.request()));

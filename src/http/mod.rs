@@ -8,6 +8,7 @@ pub mod head_limit;
 pub mod ops;
 pub mod ops_page;
 pub mod problem;
+pub mod rate_limit;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -36,12 +37,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/tokens")
             .route(web::post().to(tokens::post_tokens))
             .route(web::method(actix_web::http::Method::OPTIONS).to(cors::preflight_tokens))
-            .default_service(web::to(problem::method_not_allowed)),
+            .default_service(web::to(problem::method_not_allowed("POST, OPTIONS"))),
     )
     .service(
         web::resource("/v1/audit/events")
             .route(web::get().to(audit::list_events))
-            .default_service(web::to(audit::method_not_allowed)),
+            .default_service(web::to(problem::method_not_allowed("GET"))),
     )
     .service(get_only("/healthz", ops::healthz))
     .service(get_only("/readyz", ops::readyz))
@@ -59,5 +60,5 @@ where
 {
     web::resource(path)
         .route(web::get().to(handler))
-        .default_service(web::to(audit::method_not_allowed))
+        .default_service(web::to(problem::method_not_allowed("GET")))
 }

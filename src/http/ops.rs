@@ -3,6 +3,8 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
+use crate::catalog::ProblemType;
+
 use super::context::request_id;
 use super::problem::Problem;
 use super::AppState;
@@ -18,13 +20,8 @@ pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     if state.auditor.ready().await {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else {
-        Problem::new(
-            503,
-            "not-ready",
-            "Not ready",
-            "the audit store cannot be reached",
-        )
-        .respond(&request_id(&req))
+        Problem::new(ProblemType::NotReady, "the audit store cannot be reached")
+            .respond(&request_id(&req))
     }
 }
 

@@ -7,8 +7,9 @@ use futures_util::StreamExt;
 
 use crate::vend::{Attempt, BodyError, Credentials, MAX_BODY_BYTES};
 
-use super::context::{client_ip, request_id};
+use super::context::{caller, header_text};
 use super::problem::Problem;
+use super::rate_limit::add_headers;
 use super::AppState;
 
 pub async fn post_tokens(
@@ -16,12 +17,10 @@ pub async fn post_tokens(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let request_id = request_id(&req);
+    let caller = caller(&req, &state.trusted_proxies);
+    let request_id = caller.request_id.clone();
     let attempt = Attempt {
-        request_id: request_id.clone(),
-        client_ip: client_ip(&req, &state.trusted_proxies).map(|ip| ip.to_string()),
-        user_agent: header_text(&req, header::USER_AGENT),
-        origin: origin(&req),
+        caller,
         credentials: credentials(&req, &state.cookie_name),
         content_type: content_type(&req),
         body: read_body(&req, payload).await,
@@ -34,35 +33,8 @@ pub async fn post_tokens(
             .json(body),
         Err(e) => Problem::from(&e).respond(&request_id),
     };
-    let limits = &handled.rate_limits;
-    for (name, value) in [
-        ("ratelimit-policy", limits.policy_header()),
-        ("ratelimit", limits.state_header()),
-    ] {
-        if let Some(value) = value.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
-            response
-                .headers_mut()
-                .insert(header::HeaderName::from_static(name), value);
-        }
-    }
+    add_headers(&handled.rate_limits, &mut response);
     response
-}
-
-fn header_text(req: &HttpRequest, name: header::HeaderName) -> Option<String> {
-    req.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-/// Every `Origin` header, joined: two of them never match an allowed origin.
-fn origin(req: &HttpRequest) -> Option<String> {
-    let values: Vec<&str> = req
-        .headers()
-        .get_all(header::ORIGIN)
-        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
-        .collect();
-    (!values.is_empty()).then(|| values.join(", "))
 }
 
 /// The content type, unless the body is content-encoded: the service reads bodies as

@@ -1,8 +1,8 @@
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn health_ready_and_openapi_answer() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let health = app
         .http
         .get(format!("{}/healthz", app.address))
@@ -30,7 +30,7 @@ async fn health_ready_and_openapi_answer() {
 
 #[tokio::test]
 async fn readyz_reports_an_unavailable_audit_store() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     app.audit.set_failing(true);
     let ready = app
         .http
@@ -43,7 +43,7 @@ async fn readyz_reports_an_unavailable_audit_store() {
 
 #[tokio::test]
 async fn request_id_is_kept_when_sane_and_replaced_otherwise() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let kept = app
         .http
         .get(format!("{}/healthz", app.address))
@@ -65,7 +65,7 @@ async fn request_id_is_kept_when_sane_and_replaced_otherwise() {
 
 #[tokio::test]
 async fn vend_audit_event_carries_the_callers_request_id() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let response = app
         .post_tokens()
         .bearer_auth(app.session("rita"))

@@ -1,12 +1,17 @@
 use serde_json::Value;
 
 use crate::both_backends;
-use crate::helpers::{cli, stderr, stdout, Backend, TestApp, TestDb};
+use crate::support::*;
 
 async fn log_of_two_tokens_and_a_refusal(db: &TestDb) -> (TestApp, Vec<String>) {
-    let app = TestApp::spawn(db).await;
+    let app = TestApp::builder()
+        .store(Store::db(db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
     let tokens = vec![app.vend_token("alice").await, app.vend_token("bob").await];
-    app.vend(None, "{}", "req-anonymous").await;
+    app.vend_request(None, "{}", "req-anonymous").await;
     (app, tokens)
 }
 
@@ -58,7 +63,7 @@ async fn audit_hash_finds_the_event_of_a_token(backend: Backend) {
     let hashed = cli(
         &db.url,
         &["audit", "hash", &tokens[1]],
-        &[("AUDIT_HMAC_KEY", &app.audit_key)],
+        &[("AUDIT_HMAC_KEY", &app.secrets.audit)],
     );
     let fingerprint = stdout(&hashed).trim().to_owned();
     let found = cli(

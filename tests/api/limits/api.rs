@@ -1,11 +1,9 @@
 //! Rate limits on `POST /v1/tokens`: per user, per IP, the upstream budget, the
 //! IETF `RateLimit` headers and `X-Forwarded-For` trust.
 
-mod limits_support;
-
 use std::time::Duration;
 
-use limits_support::{header, json_body, spawn, unique_user, Upstream};
+use crate::support::*;
 use token_vendor::audit::Outcome;
 
 const LIFETIME: Duration = Duration::from_secs(300);
@@ -13,21 +11,20 @@ const LIFETIME: Duration = Duration::from_secs(300);
 #[tokio::test]
 async fn user_limit_answers_429_with_retry_after_problem_headers_and_an_audit_event() {
     // Arrange
-    let app = spawn(
-        Upstream::StandIn(LIFETIME),
-        &[
-            ("RATE_LIMIT_PER_USER", "2/minute"),
-            ("RATE_LIMIT_PER_IP", "1000/second"),
-        ],
-    )
-    .await;
+    let app = TestApp::builder()
+        .upstream(Upstream::StandIn(LIFETIME))
+        .limits(Limits::Off)
+        .env("RATE_LIMIT_PER_USER", "2/minute")
+        .env("RATE_LIMIT_PER_IP", "1000/second")
+        .spawn()
+        .await;
     let user = unique_user();
     let session = app.session(&user);
 
     // Act
-    let first = app.vend(&session).await;
-    let second = app.vend(&session).await;
-    let third = app.vend(&session).await;
+    let first = app.vend_transcribe(&session).await;
+    let second = app.vend_transcribe(&session).await;
+    let third = app.vend_transcribe(&session).await;
 
     // Assert
     assert_eq!(first.status(), 200);
@@ -57,33 +54,34 @@ async fn user_limit_answers_429_with_retry_after_problem_headers_and_an_audit_ev
     let problem = json_body(third).await;
     assert_eq!(problem["status"], 429);
     assert_eq!(problem["type"], "urn:token-vendor:problem:rate-limited");
-    let events = app.events.all();
+    let events = app.audit.events();
     let refused = events.last().unwrap();
     assert_eq!(refused.outcome, Outcome::RateLimited);
     assert_eq!(refused.status, 429);
     assert_eq!(refused.subject.as_deref(), Some(user.as_str()));
 
-    let other = app.vend(&app.session(&unique_user())).await;
+    let other = app.vend_transcribe(&app.session(&unique_user())).await;
     assert_eq!(other.status(), 200, "another user has a quota of their own");
 }
 
 #[tokio::test]
 async fn waiting_retry_after_then_retrying_succeeds() {
     // Arrange
-    let app = spawn(
-        Upstream::StandIn(LIFETIME),
-        &[("RATE_LIMIT_PER_USER", "1/second")],
-    )
-    .await;
+    let app = TestApp::builder()
+        .upstream(Upstream::StandIn(LIFETIME))
+        .limits(Limits::Off)
+        .env("RATE_LIMIT_PER_USER", "1/second")
+        .spawn()
+        .await;
     let session = app.session(&unique_user());
-    assert_eq!(app.vend(&session).await.status(), 200);
-    let refused = app.vend(&session).await;
+    assert_eq!(app.vend_transcribe(&session).await.status(), 200);
+    let refused = app.vend_transcribe(&session).await;
     assert_eq!(refused.status(), 429);
     let wait: u64 = header(&refused, "retry-after").unwrap().parse().unwrap();
 
     // Act
     tokio::time::sleep(Duration::from_secs(wait)).await;
-    let retried = app.vend(&session).await;
+    let retried = app.vend_transcribe(&session).await;
 
     // Assert
     assert_eq!(wait, 1);
@@ -93,16 +91,17 @@ async fn waiting_retry_after_then_retrying_succeeds() {
 #[tokio::test]
 async fn ip_limit_refuses_before_the_session_is_checked() {
     // Arrange
-    let app = spawn(
-        Upstream::StandIn(LIFETIME),
-        &[("RATE_LIMIT_PER_IP", "2/minute")],
-    )
-    .await;
+    let app = TestApp::builder()
+        .upstream(Upstream::StandIn(LIFETIME))
+        .limits(Limits::Off)
+        .env("RATE_LIMIT_PER_IP", "2/minute")
+        .spawn()
+        .await;
 
     // Act
-    let garbage_one = app.vend("not-a-jwt").await;
-    let garbage_two = app.vend("not-a-jwt").await;
-    let valid = app.vend(&app.session(&unique_user())).await;
+    let garbage_one = app.vend_transcribe("not-a-jwt").await;
+    let garbage_two = app.vend_transcribe("not-a-jwt").await;
+    let valid = app.vend_transcribe(&app.session(&unique_user())).await;
 
     // Assert
     assert_eq!(garbage_one.status(), 401);
@@ -118,7 +117,7 @@ async fn ip_limit_refuses_before_the_session_is_checked() {
         header(&valid, "ratelimit").map(|v| v.starts_with("\"ip\";r=0;")),
         Some(true)
     );
-    let last = app.events.all().pop().unwrap();
+    let last = app.audit.events().pop().unwrap();
     assert_eq!(last.outcome, Outcome::RateLimited);
     assert_eq!(last.subject, None, "refused before the session was read");
     assert_eq!(last.client_ip.as_deref(), Some("127.0.0.1"));
@@ -127,25 +126,20 @@ async fn ip_limit_refuses_before_the_session_is_checked() {
 #[tokio::test]
 async fn failed_session_checks_do_not_spend_the_users_quota() {
     // Arrange: a session for the user, signed with a key the service does not have.
-    let app = spawn(
-        Upstream::StandIn(LIFETIME),
-        &[("RATE_LIMIT_PER_USER", "1/minute")],
-    )
-    .await;
+    let app = TestApp::builder()
+        .upstream(Upstream::StandIn(LIFETIME))
+        .limits(Limits::Off)
+        .env("RATE_LIMIT_PER_USER", "1/minute")
+        .spawn()
+        .await;
     let user = unique_user();
-    let forged = token_vendor::dev::mint_session(
-        &secrecy::SecretString::from(format!("fake-other-secret-{}", unique_user())),
-        &user,
-        &[],
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let forged = SessionSigner::new(&format!("fake-other-secret-{}", unique_user())).session(&user);
 
     // Act
     for _ in 0..3 {
-        assert_eq!(app.vend(&forged).await.status(), 401);
+        assert_eq!(app.vend_transcribe(&forged).await.status(), 401);
     }
-    let genuine = app.vend(&app.session(&user)).await;
+    let genuine = app.vend_transcribe(&app.session(&user)).await;
 
     // Assert
     assert_eq!(genuine.status(), 200);
@@ -154,56 +148,59 @@ async fn failed_session_checks_do_not_spend_the_users_quota() {
 #[tokio::test]
 async fn forwarded_for_is_ignored_from_an_untrusted_peer() {
     // Arrange
-    let app = spawn(
-        Upstream::StandIn(LIFETIME),
-        &[("RATE_LIMIT_PER_IP", "1/minute")],
-    )
-    .await;
+    let app = TestApp::builder()
+        .upstream(Upstream::StandIn(LIFETIME))
+        .limits(Limits::Off)
+        .env("RATE_LIMIT_PER_IP", "1/minute")
+        .spawn()
+        .await;
     let session = app.session(&unique_user());
 
     // Act
     let first = app
-        .vend_with(&session, &[("x-forwarded-for", "198.51.100.1")])
+        .vend_transcribe_with(&session, &[("x-forwarded-for", "198.51.100.1")])
         .await;
     let second = app
-        .vend_with(&session, &[("x-forwarded-for", "198.51.100.2")])
+        .vend_transcribe_with(&session, &[("x-forwarded-for", "198.51.100.2")])
         .await;
 
     // Assert
     assert_eq!(first.status(), 200);
     assert_eq!(second.status(), 429, "both came from 127.0.0.1");
-    assert_eq!(app.events.all()[0].client_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        app.audit.events()[0].client_ip.as_deref(),
+        Some("127.0.0.1")
+    );
 }
 
 #[tokio::test]
 async fn forwarded_for_from_a_trusted_proxy_limits_each_client_address() {
     // Arrange
-    let app = spawn(
-        Upstream::StandIn(LIFETIME),
-        &[
-            ("RATE_LIMIT_PER_IP", "1/minute"),
-            ("TRUSTED_PROXIES", "127.0.0.0/8"),
-        ],
-    )
-    .await;
+    let app = TestApp::builder()
+        .upstream(Upstream::StandIn(LIFETIME))
+        .limits(Limits::Off)
+        .env("RATE_LIMIT_PER_IP", "1/minute")
+        .env("TRUSTED_PROXIES", "127.0.0.0/8")
+        .spawn()
+        .await;
     let session = app.session(&unique_user());
 
     // Act
     let a = app
-        .vend_with(&session, &[("x-forwarded-for", "198.51.100.1")])
+        .vend_transcribe_with(&session, &[("x-forwarded-for", "198.51.100.1")])
         .await;
     let b = app
-        .vend_with(&session, &[("x-forwarded-for", "198.51.100.2")])
+        .vend_transcribe_with(&session, &[("x-forwarded-for", "198.51.100.2")])
         .await;
     let a_again = app
-        .vend_with(&session, &[("x-forwarded-for", "198.51.100.1")])
+        .vend_transcribe_with(&session, &[("x-forwarded-for", "198.51.100.1")])
         .await;
 
     // Assert
     assert_eq!(a.status(), 200);
     assert_eq!(b.status(), 200);
     assert_eq!(a_again.status(), 429);
-    let events = app.events.all();
+    let events = app.audit.events();
     assert_eq!(events[0].client_ip.as_deref(), Some("198.51.100.1"));
     assert_eq!(events[1].client_ip.as_deref(), Some("198.51.100.2"));
 }
@@ -211,18 +208,17 @@ async fn forwarded_for_from_a_trusted_proxy_limits_each_client_address() {
 #[tokio::test]
 async fn upstream_budget_refuses_when_spent() {
     // Arrange: no reuse, so each user costs an upstream call.
-    let app = spawn(
-        Upstream::StandIn(LIFETIME),
-        &[
-            ("UPSTREAM_RATE_LIMIT", "1/minute"),
-            ("TOKEN_REUSE_MIN_TTL", "0"),
-        ],
-    )
-    .await;
+    let app = TestApp::builder()
+        .upstream(Upstream::StandIn(LIFETIME))
+        .limits(Limits::Off)
+        .env("UPSTREAM_RATE_LIMIT", "1/minute")
+        .env("TOKEN_REUSE_MIN_TTL", "0")
+        .spawn()
+        .await;
 
     // Act
-    let first = app.vend(&app.session(&unique_user())).await;
-    let second = app.vend(&app.session(&unique_user())).await;
+    let first = app.vend_transcribe(&app.session(&unique_user())).await;
+    let second = app.vend_transcribe(&app.session(&unique_user())).await;
 
     // Assert
     assert_eq!(first.status(), 200);
@@ -239,12 +235,16 @@ async fn upstream_budget_refuses_when_spent() {
 #[tokio::test]
 async fn metrics_report_vends_and_upstream_calls() {
     // Arrange
-    let app = spawn(Upstream::StandIn(LIFETIME), &[]).await;
+    let app = TestApp::builder()
+        .upstream(Upstream::StandIn(LIFETIME))
+        .limits(Limits::Off)
+        .spawn()
+        .await;
     let session = app.session(&unique_user());
 
     // Act
-    app.vend(&session).await;
-    app.vend(&session).await;
+    app.vend_transcribe(&session).await;
+    app.vend_transcribe(&session).await;
     let response = app
         .http
         .get(format!("{}/metrics", app.address))

@@ -4,26 +4,25 @@ use serde_json::Value;
 use token_vendor::audit::flood::FloodGuard;
 
 use crate::both_backends;
-use crate::helpers::{eventually, AppConfig, Backend, TestApp, TestDb};
+use crate::support::*;
 
 async fn a_refusal_flood_is_stored_boundedly_while_every_token_keeps_its_event(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
     let window = Duration::from_secs(1);
-    let app = TestApp::spawn_with(
-        &db,
-        AppConfig {
-            flood: Some(FloodGuard::new(window, 1024, 5)),
-            ..AppConfig::default()
-        },
-    )
-    .await;
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .flood(FloodGuard::new(window, 1024, 5))
+        .spawn()
+        .await;
 
     let started = Instant::now();
     let mut tokens = Vec::new();
     for round in 0..10 {
-        let refusals = (0..20).map(|_| app.vend(None, "{}", "req-flood"));
+        let refusals = (0..20).map(|_| app.vend_request(None, "{}", "req-flood"));
         for r in futures_util::future::join_all(refusals).await {
             assert_eq!(r.status().as_u16(), 401);
         }
@@ -71,20 +70,19 @@ async fn a_flood_stopped_by_the_address_limit_is_stored_as_counts(backend: Backe
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    let app = TestApp::spawn_with(
-        &db,
-        AppConfig {
-            flood: Some(FloodGuard::new(Duration::from_secs(1), 1024, 5)),
-            env: vec![("RATE_LIMIT_PER_IP", "10/minute".into())],
-            ..AppConfig::default()
-        },
-    )
-    .await;
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .flood(FloodGuard::new(Duration::from_secs(1), 1024, 5))
+        .env("RATE_LIMIT_PER_IP", "10/minute")
+        .spawn()
+        .await;
 
     let started = Instant::now();
     let mut statuses = Vec::new();
     for _ in 0..10 {
-        let burst = (0..30).map(|_| app.vend(None, "{}", "req-flood"));
+        let burst = (0..30).map(|_| app.vend_request(None, "{}", "req-flood"));
         for r in futures_util::future::join_all(burst).await {
             statuses.push(r.status().as_u16());
         }

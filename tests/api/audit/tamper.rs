@@ -3,7 +3,7 @@ use std::time::Duration;
 use sqlx::Row;
 
 use crate::both_backends;
-use crate::helpers::{cli, stderr, stdout, Backend, TestApp, TestDb};
+use crate::support::*;
 
 /// Ids of the stored events in their chain's order.
 async fn chain_ids(db: &TestDb) -> Vec<String> {
@@ -32,7 +32,12 @@ fn verify(db: &TestDb) -> (bool, String) {
 }
 
 async fn log_with_events(db: &TestDb, n: usize) -> TestApp {
-    let app = TestApp::spawn(db).await;
+    let app = TestApp::builder()
+        .store(Store::db(db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
     for i in 0..n {
         app.vend_token(&format!("user-{i}")).await;
     }
@@ -46,7 +51,7 @@ async fn verify_says_ok_for_an_intact_log_of_several_writers(backend: Backend) {
     let one = log_with_events(&db, 3).await;
     let two = log_with_events(&db, 2).await;
     one.vend_token("again").await;
-    two.vend(None, "{}", "req-anon").await;
+    two.vend_request(None, "{}", "req-anon").await;
 
     let (ok, out) = verify(&db);
     assert!(ok, "{out}");
@@ -198,7 +203,7 @@ async fn verify_is_ok_while_the_service_keeps_writing(backend: Backend) {
     let app = log_with_events(&db, 3).await;
     let writing = {
         let address = app.address.clone();
-        let session = app.session("busy-user", &[]);
+        let session = app.session_with_roles("busy-user", &[]);
         tokio::spawn(async move {
             let http = reqwest::Client::new();
             for _ in 0..60 {

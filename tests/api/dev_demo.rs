@@ -138,7 +138,7 @@ async fn dev_serves_the_demo_page_the_js_client_and_the_ops_page() {
         .starts_with("text/javascript"));
     assert_eq!(
         client.text().await.unwrap(),
-        include_str!("../clients/js/index.js")
+        include_str!("../../clients/js/index.js")
     );
 
     let ops = http()

@@ -7,12 +7,17 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::Executor;
 
-use crate::helpers::{eventually, new_request_id, Backend, TestApp, TestDb};
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_store_that_cannot_be_written_gets_503_without_token_then_recovers() {
     let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
-    let app = TestApp::spawn(&db).await;
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
     app.vend_token("before").await;
     let body = r#"{"scope":"transcribe"}"#;
 
@@ -22,7 +27,11 @@ async fn sqlite_store_that_cannot_be_written_gets_503_without_token_then_recover
 
     let started = Instant::now();
     let refused = app
-        .vend(Some(&app.session("during", &[])), body, &new_request_id())
+        .vend_request(
+            Some(&app.session_with_roles("during", &[])),
+            body,
+            &new_request_id(),
+        )
         .await;
     let waited = started.elapsed();
     assert_eq!(refused.status().as_u16(), 503);
@@ -41,10 +50,14 @@ async fn sqlite_store_that_cannot_be_written_gets_503_without_token_then_recover
     locker.execute("ROLLBACK").await.unwrap();
     drop(locker);
     let recovered = eventually(Duration::from_secs(10), || async {
-        app.vend(Some(&app.session("after", &[])), body, &new_request_id())
-            .await
-            .status()
-            .as_u16()
+        app.vend_request(
+            Some(&app.session_with_roles("after", &[])),
+            body,
+            &new_request_id(),
+        )
+        .await
+        .status()
+        .as_u16()
             == 200
     })
     .await;
@@ -57,8 +70,8 @@ async fn sqlite_store_that_cannot_be_written_gets_503_without_token_then_recover
         .map(|e| e["subject"].as_str().unwrap_or("-").to_owned())
         .collect();
     assert!(!subjects.contains(&"during".to_owned()), "{subjects:?}");
-    let out = crate::helpers::cli(&db.url, &["audit", "verify"], &[]);
-    assert!(out.status.success(), "{}", crate::helpers::stderr(&out));
+    let out = crate::support::cli(&db.url, &["audit", "verify"], &[]);
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
     pool.close().await;
     db.cleanup().await;
 }

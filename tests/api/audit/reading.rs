@@ -3,7 +3,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use crate::both_backends;
-use crate::helpers::{new_request_id, Backend, TestApp, TestDb};
+use crate::support::*;
 
 async fn problem(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status().as_u16(), status);
@@ -18,16 +18,27 @@ async fn audit_api_refuses_sessions_without_the_reader_role(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    let app = TestApp::spawn(&db).await;
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
     app.vend_token("alice").await;
 
     let none = app.get_events(None, "").await;
     assert!(none.headers().contains_key("www-authenticate"));
     problem(none, 401).await;
     problem(app.get_events(Some("not-a-jwt"), "").await, 401).await;
-    let forged = TestApp::spawn(&db).await.reader(); // signed with another app's key
+    let forged = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await
+        .reader(); // signed with another app's key
     problem(app.get_events(Some(&forged), "").await, 401).await;
-    let user = app.session("alice", &["some-other-role"]);
+    let user = app.session_with_roles("alice", &["some-other-role"]);
     let body = problem(app.get_events(Some(&user), "").await, 403).await;
     assert!(body.to_string().contains("reader role"));
 
@@ -42,15 +53,20 @@ async fn audit_api_filters_by_subject_outcome_scope_and_time(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    let app = TestApp::spawn(&db).await;
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
     let before = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
     app.vend_token("alice").await;
-    let bob = app.session("bob", &[]);
+    let bob = app.session_with_roles("bob", &[]);
     let r = app
-        .vend(Some(&bob), r#"{"scope":"streams"}"#, &new_request_id())
+        .vend_request(Some(&bob), r#"{"scope":"streams"}"#, &new_request_id())
         .await;
     assert_eq!(r.status().as_u16(), 200);
-    app.vend(None, "{}", &new_request_id()).await;
+    app.vend_request(None, "{}", &new_request_id()).await;
     let fmt = |t: time::OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339)
             .unwrap()
@@ -99,7 +115,12 @@ async fn pagination_returns_every_event_exactly_once_under_concurrent_inserts(ba
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    let app = TestApp::spawn(&db).await;
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
     let existing = futures_util::future::join_all((0..50).map(|i| {
         let app = &app;
         async move { app.vend_token(&format!("user-{}", i % 7)).await }
@@ -117,7 +138,7 @@ async fn pagination_returns_every_event_exactly_once_under_concurrent_inserts(ba
     // Writers keep adding events while a reader pages through with small pages.
     let writer = {
         let address = app.address.clone();
-        let session = app.session("late-user", &[]);
+        let session = app.session_with_roles("late-user", &[]);
         tokio::spawn(async move {
             let http = reqwest::Client::new();
             for _ in 0..40 {

@@ -1,7 +1,7 @@
 use serde_json::{json, Value};
 
 use crate::both_backends;
-use crate::helpers::{new_request_id, AppConfig, Backend, TestApp, TestDb, USER_AGENT};
+use crate::support::*;
 
 fn only(events: Vec<Value>, what: &str) -> Value {
     assert_eq!(events.len(), 1, "exactly one event for {what}: {events:#?}");
@@ -12,69 +12,77 @@ async fn every_outcome_writes_exactly_one_event_with_its_fields(backend: Backend
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    let app = TestApp::spawn(&db).await;
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
     // Upstream refusing our credentials, and upstream unreachable.
-    let refusing = TestApp::spawn_with(
-        &db,
-        AppConfig {
-            env: vec![("CORTI_CLIENT_SECRET", "fake-wrong-secret".into())],
-            ..AppConfig::default()
-        },
-    )
-    .await;
-    let unreachable = TestApp::spawn_with(
-        &db,
-        AppConfig {
-            auth_url: Some("http://127.0.0.1:9".into()),
-            ..AppConfig::default()
-        },
-    )
-    .await;
+    let refusing = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .env("CORTI_CLIENT_SECRET", "fake-wrong-secret")
+        .spawn()
+        .await;
+    let unreachable = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .upstream(Upstream::Url("http://127.0.0.1:9".into()))
+        .spawn()
+        .await;
     // Reuse on, and a user limit of one vend a minute.
-    let limited = TestApp::spawn_with(
-        &db,
-        AppConfig {
-            env: vec![
-                ("TOKEN_REUSE_MIN_TTL", "60".into()),
-                ("RATE_LIMIT_PER_USER", "2/minute".into()),
-            ],
-            ..AppConfig::default()
-        },
-    )
-    .await;
-    let alice = app.session("alice", &[]);
+    let limited = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .env("TOKEN_REUSE_MIN_TTL", "60")
+        .env("RATE_LIMIT_PER_USER", "2/minute")
+        .spawn()
+        .await;
+    let alice = app.session_with_roles("alice", &[]);
     let body = r#"{"scope":"transcribe"}"#;
 
     let ids: Vec<String> = (0..9).map(|_| new_request_id()).collect();
-    let issued = app.vend(Some(&alice), body, &ids[0]).await;
+    let issued = app.vend_request(Some(&alice), body, &ids[0]).await;
     assert_eq!(issued.status().as_u16(), 200);
     let token: Value = issued.json().await.unwrap();
     let token = token["accessToken"].as_str().unwrap().to_owned();
     let bad = app
-        .vend(Some(&alice), r#"{"scope":"admin"}"#, &ids[1])
+        .vend_request(Some(&alice), r#"{"scope":"admin"}"#, &ids[1])
         .await;
     assert_eq!(bad.status().as_u16(), 400);
-    let anonymous = app.vend(None, body, &ids[2]).await;
+    let anonymous = app.vend_request(None, body, &ids[2]).await;
     assert_eq!(anonymous.status().as_u16(), 401);
-    let narrowed = app.session_with(json!({"sub": "carol", "corti_scopes": ["streams"]}));
-    let forbidden = app.vend(Some(&narrowed), body, &ids[3]).await;
+    let narrowed =
+        app.session_with(json!({"sub": "carol", "corti_scopes": ["streams"], "exp": now() + 600}));
+    let forbidden = app.vend_request(Some(&narrowed), body, &ids[3]).await;
     assert_eq!(forbidden.status().as_u16(), 403);
     let refused = refusing
-        .vend(Some(&refusing.session("dave", &[])), body, &ids[4])
+        .vend_request(
+            Some(&refusing.session_with_roles("dave", &[])),
+            body,
+            &ids[4],
+        )
         .await;
     assert_eq!(refused.status().as_u16(), 502);
     let down = unreachable
-        .vend(Some(&unreachable.session("erin", &[])), body, &ids[5])
+        .vend_request(
+            Some(&unreachable.session_with_roles("erin", &[])),
+            body,
+            &ids[5],
+        )
         .await;
     assert_eq!(down.status().as_u16(), 503);
-    let frank = limited.session("frank", &[]);
-    let first = limited.vend(Some(&frank), body, &ids[6]).await;
+    let frank = limited.session_with_roles("frank", &[]);
+    let first = limited.vend_request(Some(&frank), body, &ids[6]).await;
     assert_eq!(first.status().as_u16(), 200);
-    let again = limited.vend(Some(&frank), body, &ids[7]).await;
+    let again = limited.vend_request(Some(&frank), body, &ids[7]).await;
     assert_eq!(again.status().as_u16(), 200);
     let again: Value = again.json().await.unwrap();
     let reused_token = again["accessToken"].as_str().unwrap().to_owned();
-    let over = limited.vend(Some(&frank), body, &ids[8]).await;
+    let over = limited.vend_request(Some(&frank), body, &ids[8]).await;
     assert_eq!(over.status().as_u16(), 429);
 
     assert_eq!(app.all_events().await.len(), 9, "one event per attempt");
@@ -151,15 +159,20 @@ async fn every_token_in_a_200_has_its_event(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    let app = TestApp::spawn(&db).await;
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
     let vends = (0..40).map(|i| {
         let app = &app;
         async move {
             let user = format!("user-{}", i % 5);
             let id = new_request_id();
             let r = app
-                .vend(
-                    Some(&app.session(&user, &[])),
+                .vend_request(
+                    Some(&app.session_with_roles(&user, &[])),
                     r#"{"scope":"transcribe streams"}"#,
                     &id,
                 )
