@@ -6,11 +6,7 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
-use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
-
-/// Largest JWKS body read; real ones hold a few keys in a few KiB.
-const MAX_BODY: usize = 256 * 1024;
 
 /// How a key set is kept fresh.
 #[derive(Debug, Clone, Copy)]
@@ -188,63 +184,12 @@ impl JwksCache {
                 response.status().as_u16()
             )));
         }
-        let body = read_capped(response).await?;
-        let set: RawSet = serde_json::from_slice(&body)
-            .map_err(|_| JwksError::Unavailable("body is not a JWKS".into()))?;
-        // Key by key: one key of a type this service cannot use (an Ed448 key, a kty
-        // from the future) must not take the usable ones down with it.
-        let mut keys = Vec::with_capacity(set.keys.len());
-        for raw in set.keys {
-            let kid: String = raw
-                .get("kid")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("(none)")
-                .chars()
-                .take(64)
-                .collect();
-            match serde_json::from_value::<Jwk>(raw)
-                .ok()
-                .as_ref()
-                .and_then(verifying_key)
-            {
-                Some(key) => keys.push(key),
-                None => tracing::warn!(
-                    jwks_url = %self.url,
-                    kid = %kid,
-                    "JWKS key skipped: not a public signature key this service can use"
-                ),
-            }
-        }
-        Ok(keys)
+        let body = read_capped(response, MAX_JWKS_BYTES).await?;
+        Ok(parse_key_set(&body, &self.url)?
+            .iter()
+            .filter_map(verifying_key)
+            .collect())
     }
-}
-
-/// A JWKS whose keys are parsed one by one.
-#[derive(Deserialize)]
-struct RawSet {
-    keys: Vec<serde_json::Value>,
-}
-
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, JwksError> {
-    let too_large = || JwksError::Unavailable(format!("body is larger than {MAX_BODY} bytes"));
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_BODY as u64)
-    {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| JwksError::Unavailable(without_url(e)))?
-    {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// Why no usable key exists after a refetch attempt.
@@ -255,6 +200,65 @@ fn no_keys(refetch: Result<(), JwksError>) -> JwksError {
             "no usable key (the last fetch failed or had none; refetch paused)".into(),
         ),
     }
+}
+
+/// Largest JWKS body read; real sets are a few KiB.
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, JwksError> {
+    let too_large = || JwksError::Unavailable(format!("body is larger than {max} bytes"));
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| JwksError::Unavailable(without_url(e)))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The keys of a JWKS, one by one: a key of a type or curve this service cannot use
+/// (an Ed448 key, a future `kty`) is skipped and logged, so it never takes the other
+/// keys down with it at the next rotation.
+fn parse_key_set(body: &[u8], url: &str) -> Result<Vec<Jwk>, JwksError> {
+    #[derive(serde::Deserialize)]
+    struct RawSet {
+        keys: Vec<serde_json::Value>,
+    }
+    let set: RawSet = serde_json::from_slice(body)
+        .map_err(|_| JwksError::Unavailable("body is not a JWKS".into()))?;
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for raw in set.keys {
+        match serde_json::from_value::<Jwk>(raw.clone()) {
+            Ok(jwk) => keys.push(jwk),
+            Err(e) => {
+                let field = |name: &str| {
+                    raw.get(name)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("-")
+                        .chars()
+                        .take(64)
+                        .collect::<String>()
+                };
+                tracing::warn!(
+                    jwks_url = %url,
+                    kid = %field("kid"),
+                    kty = %field("kty"),
+                    crv = %field("crv"),
+                    error = %e,
+                    "skipping a JWKS key this service cannot use"
+                );
+            }
+        }
+    }
+    Ok(keys)
 }
 
 fn without_url(e: reqwest::Error) -> String {
@@ -413,44 +417,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unusable_key_is_skipped_not_the_whole_set() {
-        let server = MockServer::start().await;
-        Mock::given(method("GET"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [
-                {"kid": "ed448", "kty": "OKP", "crv": "Ed448", "x": "AAAA", "use": "sig"},
-                {"kid": "future", "kty": "PQC", "alg": "ML-DSA-65", "pub": "AAAA"},
-                {"kid": "odd", "kty": "RSA", "n": 7, "e": "AQAB"},
-                jwk("k1"),
-            ]})))
-            .mount(&server)
-            .await;
-        let cache = JwksCache::new(server.uri(), reqwest::Client::new(), JwksPolicy::default());
-        assert!(cache.key(Some("k1")).await.is_ok());
-        assert!(matches!(
-            cache.key(Some("ed448")).await,
-            Err(JwksError::UnknownKid)
-        ));
-    }
-
-    #[tokio::test]
-    async fn an_oversized_key_set_is_refused() {
-        let server = MockServer::start().await;
-        let padding = "x".repeat(MAX_BODY + 1);
-        Mock::given(method("GET"))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_json(json!({"keys": [jwk("k1")], "padding": padding})),
-            )
-            .mount(&server)
-            .await;
-        let cache = JwksCache::new(server.uri(), reqwest::Client::new(), JwksPolicy::default());
-        assert!(matches!(
-            cache.key(Some("k1")).await,
-            Err(JwksError::Unavailable(_))
-        ));
-    }
-
-    #[tokio::test]
     async fn ignores_symmetric_keys_in_a_public_key_set() {
         let server = MockServer::start().await;
         Mock::given(method("GET"))
@@ -467,6 +433,52 @@ mod tests {
         // Not used: with no other key, the set has no usable key at all.
         assert!(matches!(
             cache.key(Some("oct")).await,
+            Err(JwksError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_unusable_key_is_skipped_and_the_others_still_verify() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [
+                {"kid": "ed448", "kty": "OKP", "crv": "Ed448", "x": "X9dEm1m0Yf0s54fsYWrUah2hNCSFpw4fig6nXYDpZ3jt8SR2m0bHBhvWeD3x5Q9s0foavq_oJWGA", "use": "sig"},
+                {"kid": "future", "kty": "PQC", "alg": "ML-DSA-65", "pub": "AAAA"},
+                {"kid": "no-kty"},
+                "not even an object",
+                jwk("k1")
+            ]})))
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(
+            server.uri(),
+            reqwest::Client::new(),
+            policy(Duration::from_secs(60), Duration::from_secs(60)),
+        );
+        assert!(cache.key(Some("k1")).await.is_ok());
+        assert!(matches!(
+            cache.key(Some("ed448")).await,
+            Err(JwksError::UnknownKid)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_jwks_body_over_the_cap_is_refused() {
+        let server = MockServer::start().await;
+        let pad = "x".repeat(MAX_JWKS_BYTES);
+        Mock::given(method("GET"))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk("k1")], "pad": pad})),
+            )
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(
+            server.uri(),
+            reqwest::Client::new(),
+            policy(Duration::from_secs(60), Duration::from_secs(60)),
+        );
+        assert!(matches!(
+            cache.key(Some("k1")).await,
             Err(JwksError::Unavailable(_))
         ));
     }

@@ -19,11 +19,12 @@ pub async fn list_events(req: HttpRequest, state: web::Data<AppState>) -> HttpRe
         return refused;
     }
     let request_id = request_id(&req);
-    let token = match credentials(&req, &state.cookie_name) {
-        Credentials::Bearer(t) | Credentials::Cookie(t) => t,
+    let tokens = match credentials(&req, &state.cookie_name) {
+        Credentials::Bearer(t) => vec![t],
+        Credentials::Cookie(ts) => ts,
         Credentials::Malformed | Credentials::None => return unauthenticated(&request_id),
     };
-    let session = match state.vendor.sessions.verify(&token).await {
+    let session = match crate::vend::verify_first(&state.vendor.sessions, &tokens).await {
         Ok(s) => s,
         Err(crate::session::SessionError::KeysUnavailable) => {
             return Problem::new(
