@@ -260,6 +260,42 @@ fn positive_duration(raw: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Session claims an operator chose to leave unchecked with a public key
+/// (`SESSION_JWT_UNCHECKED_CLAIMS=aud,iss`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UncheckedClaims {
+    pub aud: bool,
+    pub iss: bool,
+}
+
+impl UncheckedClaims {
+    fn parse(raw: &str) -> Result<Self, String> {
+        let mut claims = Self::default();
+        for claim in list(raw) {
+            match claim {
+                "aud" => claims.aud = true,
+                "iss" => claims.iss = true,
+                other => {
+                    return Err(format!(
+                        "lists {other:?}; only aud and iss may be unchecked"
+                    ))
+                }
+            }
+        }
+        Ok(claims)
+    }
+}
+
+impl fmt::Display for UncheckedClaims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [(self.aud, "aud"), (self.iss, "iss")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
 fn list(raw: &str) -> impl Iterator<Item = &str> {
     raw.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
@@ -292,6 +328,10 @@ pub const SESSION_JWT_PUBLIC_KEY_FILE: Setting<PathBuf> =
 pub const SESSION_JWKS_URL: Setting<String> = Setting::plain("SESSION_JWKS_URL", http_url);
 pub const SESSION_JWT_ISSUER: Setting<String> = Setting::plain("SESSION_JWT_ISSUER", text);
 pub const SESSION_JWT_AUDIENCE: Setting<String> = Setting::plain("SESSION_JWT_AUDIENCE", text);
+/// The opt-out from [`Settings::for_serve`]'s rule that a public session key needs
+/// `SESSION_JWT_AUDIENCE` and `SESSION_JWT_ISSUER`: `aud`, `iss` or both.
+pub const SESSION_JWT_UNCHECKED_CLAIMS: Setting<UncheckedClaims> =
+    Setting::plain("SESSION_JWT_UNCHECKED_CLAIMS", UncheckedClaims::parse);
 pub const SESSION_COOKIE_NAME: Setting<String> =
     Setting::plain("SESSION_COOKIE_NAME", text).or("session");
 pub const DATABASE_URL: Setting<String> =
@@ -340,6 +380,7 @@ pub struct Settings {
     pub session_jwks_url: Option<String>,
     pub session_jwt_issuer: Option<String>,
     pub session_jwt_audience: Option<String>,
+    pub session_jwt_unchecked_claims: UncheckedClaims,
     pub session_cookie_name: String,
     pub database_url: String,
     pub allowed_origins: Vec<String>,
@@ -629,6 +670,7 @@ impl Settings {
             session_jwks_url: SESSION_JWKS_URL.read(sources)?,
             session_jwt_issuer: SESSION_JWT_ISSUER.read(sources)?,
             session_jwt_audience: SESSION_JWT_AUDIENCE.read(sources)?,
+            session_jwt_unchecked_claims: SESSION_JWT_UNCHECKED_CLAIMS.read_or_default(sources)?,
             session_cookie_name: SESSION_COOKIE_NAME.read_defaulted(sources)?,
             database_url: DATABASE_URL.read_defaulted(sources)?,
             allowed_origins: ALLOWED_ORIGINS.read_or_default(sources)?,
@@ -686,6 +728,12 @@ impl Settings {
                 )));
             }
         };
+        check_session_claims(
+            &keys,
+            self.session_jwt_audience.as_deref(),
+            self.session_jwt_issuer.as_deref(),
+            self.session_jwt_unchecked_claims,
+        )?;
         let audit_hmac_key = match self.audit_hmac_key {
             None => {
                 return Err(
@@ -788,6 +836,11 @@ impl Settings {
             opt(&SESSION_JWKS_URL, self.session_jwks_url.as_ref()),
             opt(&SESSION_JWT_ISSUER, self.session_jwt_issuer.as_ref()),
             opt(&SESSION_JWT_AUDIENCE, self.session_jwt_audience.as_ref()),
+            opt(
+                &SESSION_JWT_UNCHECKED_CLAIMS,
+                Some(self.session_jwt_unchecked_claims)
+                    .filter(|claims| *claims != UncheckedClaims::default()),
+            ),
             line(&SESSION_COOKIE_NAME, &self.session_cookie_name),
             line(&DATABASE_URL, redact_url_password(&self.database_url)),
             line(&ALLOWED_ORIGINS, self.allowed_origins.join(",")),
@@ -821,6 +874,38 @@ impl Settings {
             ),
         ]
     }
+}
+
+/// A public session key (JWKS or PEM) usually belongs to an identity provider that signs
+/// tokens for many clients: without `aud` and `iss` checks, a token it signed for any of
+/// them would be a session here. So both are required, unless explicitly given up.
+fn check_session_claims(
+    keys: &SessionKeys,
+    audience: Option<&str>,
+    issuer: Option<&str>,
+    unchecked: UncheckedClaims,
+) -> Result<(), ConfigError> {
+    for (setting, value, given_up, claim) in [
+        (&SESSION_JWT_AUDIENCE, audience, unchecked.aud, "aud"),
+        (&SESSION_JWT_ISSUER, issuer, unchecked.iss, "iss"),
+    ] {
+        if value.is_some() && given_up {
+            return Err(SESSION_JWT_UNCHECKED_CLAIMS.error(format!(
+                "lists {claim}, but {} is set; remove one of the two",
+                setting.name
+            )));
+        }
+        if value.is_none() && !given_up && !matches!(keys, SessionKeys::Secret(_)) {
+            return Err(setting.error(format!(
+                "is required with {} or {}: without it, a token the identity provider \
+                 signed for any other client is accepted here (set {}={claim} to accept that)",
+                SESSION_JWKS_URL.name,
+                SESSION_JWT_PUBLIC_KEY_FILE.name,
+                SESSION_JWT_UNCHECKED_CLAIMS.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Corti's own auth server for an environment.
@@ -948,6 +1033,8 @@ mod tests {
         let mut pairs = complete();
         pairs.retain(|(k, _)| *k != "SESSION_JWT_SECRET");
         pairs.push(("SESSION_JWKS_URL", "https://id.example.test/jwks".into()));
+        pairs.push(("SESSION_JWT_AUDIENCE", "token-vendor".into()));
+        pairs.push(("SESSION_JWT_ISSUER", "https://id.example.test".into()));
         let s = ServeSettings::load(&Sources::from_pairs(pairs)).unwrap();
         assert!(
             matches!(s.session.keys, SessionKeys::Jwks(ref u) if u == "https://id.example.test/jwks")
@@ -991,6 +1078,33 @@ mod tests {
         let alone = with(&[("TOKEN_CACHE_KEY", &key)]).unwrap_err();
         assert_eq!(alone.setting, "TOKEN_CACHE_KEY", "{alone}");
         assert!(alone.to_string().contains("REDIS_URL"), "{alone}");
+    }
+
+    #[test]
+    fn a_public_session_key_needs_audience_and_issuer_unless_given_up() {
+        let jwks = || {
+            let mut pairs = complete();
+            pairs.retain(|(k, _)| *k != "SESSION_JWT_SECRET");
+            pairs.push(("SESSION_JWKS_URL", "https://id.example.test/jwks".into()));
+            pairs
+        };
+        let err = ServeSettings::load(&Sources::from_pairs(jwks())).unwrap_err();
+        assert_eq!(err.setting, "SESSION_JWT_AUDIENCE", "{err}");
+        let mut pairs = jwks();
+        pairs.push(("SESSION_JWT_UNCHECKED_CLAIMS", "aud".into()));
+        let err = ServeSettings::load(&Sources::from_pairs(pairs.clone())).unwrap_err();
+        assert_eq!(err.setting, "SESSION_JWT_ISSUER", "{err}");
+        pairs.push(("SESSION_JWT_ISSUER", "https://id.example.test".into()));
+        let s = ServeSettings::load(&Sources::from_pairs(pairs)).unwrap();
+        assert_eq!(s.session.audience, None);
+        // An HMAC secret is the app's own: nobody else signs with it.
+        assert!(ServeSettings::load(&Sources::from_pairs(complete())).is_ok());
+        let s = Settings::load(&Sources::from_pairs([(
+            "SESSION_JWT_UNCHECKED_CLAIMS",
+            " iss , aud ",
+        )]))
+        .unwrap();
+        assert_eq!(s.session_jwt_unchecked_claims.to_string(), "aud,iss");
     }
 
     #[test]

@@ -21,6 +21,20 @@ pub enum Keys {
     Jwks(Arc<JwksCache>),
 }
 
+impl Keys {
+    /// Whether a token could be checked now: `Err(KeysUnavailable)` when no usable key
+    /// is at hand (fetching the key set if none is cached).
+    pub async fn ready(&self) -> Result<(), JwtError> {
+        match self {
+            Keys::Static(_) => Ok(()),
+            Keys::Jwks(cache) => cache
+                .ensure_keys()
+                .await
+                .map_err(|_| JwtError::KeysUnavailable),
+        }
+    }
+}
+
 /// What a token must satisfy beyond a good signature and a live `exp`.
 #[derive(Debug, Default)]
 pub struct Rules<'a> {

@@ -101,7 +101,7 @@ impl Metrics {
         let refusals = Family::<KindLabels, Counter>::default();
         registry.register(
             "rate_limit_refusals",
-            "Requests refused by a rate limit, by key kind (ip, user, upstream)",
+            "Requests refused by a rate limit, by key kind (ip, user, upstream, side)",
             refusals.clone(),
         );
         let breaker_state = Gauge::default();
@@ -113,7 +113,7 @@ impl Metrics {
         let redis_fallback = Gauge::default();
         registry.register(
             "rate_limit_redis_fallback",
-            "1 while Redis is unreachable and limits are enforced per replica, else 0",
+            "1 while Redis cannot decide (unreachable or refusing the limit script) and limits are enforced per replica, else 0",
             redis_fallback.clone(),
         );
         let redis_fallbacks = Counter::default();

@@ -101,6 +101,7 @@ impl Application {
             App::new()
                 .app_data(server_state.clone())
                 .wrap(from_fn(http::cors::cors_middleware))
+                .wrap(from_fn(http::head_limit::head_limit_middleware))
                 .wrap(from_fn(http::context::request_id_middleware))
                 .configure(http::routes)
                 .configure(move |cfg| {

@@ -124,3 +124,59 @@ async fn a_redis_outage_falls_back_to_local_limits_and_returns_to_redis() {
     assert_eq!(after.status(), 200);
     assert_eq!(redis.keys("token-vendor:rl:user:*").await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_redis_that_answers_ping_but_refuses_the_limit_script_stays_in_fallback() {
+    // Arrange
+    if required_or_skip("redis-server on PATH", redis_server_available()).is_none() {
+        return;
+    }
+    let redis = OwnRedis::start(free_port()).expect("redis-server starts");
+    redis.wait_ready().await;
+    let url = redis.url();
+    let app = TestApp::builder()
+        .upstream(Upstream::StandIn(LIFETIME))
+        .limits(Limits::Off)
+        .env("RATE_LIMIT_REDIS_URL", url.as_str())
+        .env("RATE_LIMIT_PER_USER", "1000/hour")
+        .spawn()
+        .await;
+    let session = app.session(&unique_user());
+    assert_eq!(app.vend_transcribe(&session).await.status(), 200);
+    assert_eq!(redis.keys("token-vendor:rl:user:*").await.len(), 1);
+
+    // Act: Redis is out of memory; PING still answers, the limit script cannot write.
+    redis.run(&["CONFIG", "SET", "maxmemory", "1"]).await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        assert_eq!(app.vend_transcribe(&session).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Assert: one fallback, held, and a gauge that says so (no flip-flop on PING).
+    assert_eq!(
+        app.metric("token_vendor_rate_limit_redis_fallbacks_total")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("token_vendor_rate_limit_redis_fallback").await,
+        1.0
+    );
+
+    // Act: memory again; the probe sees the script work and the limits return.
+    redis.run(&["CONFIG", "SET", "maxmemory", "0"]).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while app.metric("token_vendor_rate_limit_redis_fallback").await != 0.0 {
+        assert!(Instant::now() < deadline, "limits did not return to Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.run(&["FLUSHALL"]).await;
+    assert_eq!(
+        app.vend_transcribe(&app.session(&unique_user()))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(redis.keys("token-vendor:rl:user:*").await.len(), 1);
+}

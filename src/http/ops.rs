@@ -7,6 +7,7 @@ use crate::catalog::ProblemType;
 
 use super::context::request_id;
 use super::problem::Problem;
+use super::rate_limit::admit_side;
 use super::AppState;
 
 /// The OpenAPI description kept in the repository root.
@@ -17,6 +18,9 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(refused) = admit_side(&req, &state).await {
+        return refused;
+    }
     if state.auditor.ready().await {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else {
@@ -26,7 +30,10 @@ pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
 }
 
 /// Prometheus metrics (OpenMetrics text).
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(refused) = admit_side(&req, &state).await {
+        return refused;
+    }
     HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
         .insert_header(("Cache-Control", "no-store"))

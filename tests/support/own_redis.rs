@@ -77,6 +77,22 @@ impl OwnRedis {
         values
     }
 
+    /// Runs one command on this server, e.g. `["CONFIG", "SET", "maxmemory", "1"]`.
+    pub async fn run(&self, args: &[&str]) {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection");
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async::<()>(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+
     pub fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
