@@ -139,7 +139,7 @@ async fn bench_writer(url: &str, args: &Args) {
 }
 
 async fn bench_http(url: &str, args: &Args) {
-    use token_vendor::config::{Settings, Sources};
+    use token_vendor::config::{ServeSettings, Sources};
     use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
     use token_vendor::dev::{mint_session, random_hex};
     use token_vendor::startup::{Application, Options};
@@ -152,7 +152,7 @@ async fn bench_http(url: &str, args: &Args) {
     })
     .expect("stand-in");
     let session_secret = random_hex(32);
-    let settings = Settings::load(&Sources::from_pairs([
+    let settings = ServeSettings::load(&Sources::from_pairs([
         ("LISTEN_ADDR", "127.0.0.1:0".to_string()),
         ("CORTI_ENVIRONMENT", "eu".into()),
         ("CORTI_AUTH_URL", standin.base_url().to_owned()),

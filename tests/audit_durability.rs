@@ -5,6 +5,9 @@
 //! a `kill -9` of the service. Mounting needs root (CI runs as root); elsewhere the
 //! test says it skipped, and under `CI=true` it fails instead.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -116,14 +119,6 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Skips with a line the user sees (stderr bypasses libtest's capture), or fails under CI.
-fn skip_or_fail(why: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{why} (required under CI=true)");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED audit_durability: {why}");
 }
 
 struct Secrets {
@@ -246,7 +241,7 @@ fn verify(db_url: &str, audit_key: &str) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
     let Some(fs) = Tmpfs::mount("4m") else {
-        skip_or_fail("cannot mount a tmpfs (needs root)");
+        support::required_or_skip("mounting a tmpfs (needs root)", None);
         return;
     };
     let secrets = Secrets {
@@ -356,13 +351,7 @@ async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
 
 /// A fresh PostgreSQL database next to `TEST_DATABASE_URL`'s, or `None` (skipped).
 async fn postgres_database() -> Option<(String, String)> {
-    let Some(admin) = std::env::var("TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.trim().is_empty())
-    else {
-        skip_or_fail("TEST_DATABASE_URL is not set (run `eval \"$(scripts/services-up.sh)\"`)");
-        return None;
-    };
+    let admin = support::postgres_admin_url()?;
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&admin).await.expect("connect admin");
     let name = format!("tv_durable_{}", random_hex(8));

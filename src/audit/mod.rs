@@ -83,7 +83,7 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// One audit event; the fields are fixed by INTERFACE.md.
+/// One audit event; the fields are fixed by the API (`AuditEvent` in `openapi.yaml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub id: String,

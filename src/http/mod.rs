@@ -4,9 +4,11 @@ pub mod assets;
 pub mod audit;
 pub mod context;
 pub mod cors;
+pub mod head_limit;
 pub mod ops;
 pub mod ops_page;
 pub mod problem;
+pub mod rate_limit;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -35,16 +37,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/tokens")
             .route(web::post().to(tokens::post_tokens))
             .route(web::method(actix_web::http::Method::OPTIONS).to(cors::preflight_tokens))
-            .default_service(web::to(problem::method_not_allowed)),
+            .default_service(web::to(problem::method_not_allowed("POST, OPTIONS"))),
     )
     .service(
         web::resource("/v1/audit/events")
             .route(web::get().to(audit::list_events))
-            .default_service(web::to(audit::method_not_allowed)),
+            .default_service(web::to(problem::method_not_allowed("GET"))),
     )
-    .route("/healthz", web::get().to(ops::healthz))
-    .route("/readyz", web::get().to(ops::readyz))
-    .route("/metrics", web::get().to(ops::metrics))
-    .route("/openapi.yaml", web::get().to(ops::openapi))
+    .service(get_only("/healthz", ops::healthz))
+    .service(get_only("/readyz", ops::readyz))
+    .service(get_only("/metrics", ops::metrics))
+    .service(get_only("/openapi.yaml", ops::openapi))
     .configure(ops_page::routes);
+}
+
+/// A GET endpoint that answers 405 (with `Allow: GET`) to every other method.
+fn get_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler))
+        .default_service(web::to(problem::method_not_allowed("GET")))
 }

@@ -3,8 +3,11 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
+use crate::catalog::ProblemType;
+
 use super::context::request_id;
 use super::problem::Problem;
+use super::rate_limit::admit_side;
 use super::AppState;
 
 /// The OpenAPI description kept in the repository root.
@@ -15,21 +18,22 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(refused) = admit_side(&req, &state).await {
+        return refused;
+    }
     if state.auditor.ready().await {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else {
-        Problem::new(
-            503,
-            "not-ready",
-            "Not ready",
-            "the audit store cannot be reached",
-        )
-        .respond(&request_id(&req))
+        Problem::new(ProblemType::NotReady, "the audit store cannot be reached")
+            .respond(&request_id(&req))
     }
 }
 
 /// Prometheus metrics (OpenMetrics text).
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(refused) = admit_side(&req, &state).await {
+        return refused;
+    }
     HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
         .insert_header(("Cache-Control", "no-store"))
