@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use token_vendor::audit::keys::ChainKey;
 use token_vendor::audit::store::SqlAuditStore;
+use token_vendor::audit::writer::WriterKeys;
 use token_vendor::audit::{AuditEvent, AuditStore, Fingerprinter, Outcome};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -71,9 +73,15 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 async fn bench_writer(url: &str, args: &Args) {
     let store = Arc::new(
-        SqlAuditStore::open(url)
-            .await
-            .expect("open the audit store"),
+        SqlAuditStore::open(
+            url,
+            WriterKeys {
+                chain: ChainKey::derive(&"fake-bench-key".to_string().into()),
+                signer: None,
+            },
+        )
+        .await
+        .expect("open the audit store"),
     );
     let fp = Fingerprinter::new("fake-bench-key".to_string().into());
     // Warm up: create the chain, fill caches.

@@ -12,6 +12,7 @@ pub const TRY_AGAIN_SOON: Duration = Duration::from_secs(5);
 pub enum ProblemType {
     InvalidRequest,
     PayloadTooLarge,
+    HeadersTooLarge,
     UnsupportedMediaType,
     Unauthenticated,
     SessionKeysUnavailable,
@@ -38,6 +39,7 @@ impl ProblemType {
         match self {
             P::InvalidRequest => (400, "invalid-request", "Invalid request"),
             P::PayloadTooLarge => (413, "payload-too-large", "Request body too large"),
+            P::HeadersTooLarge => (431, "headers-too-large", "Request headers too large"),
             P::UnsupportedMediaType => (415, "unsupported-media-type", "Unsupported media type"),
             P::Unauthenticated => (401, "unauthenticated", "Not signed in"),
             P::SessionKeysUnavailable => (503, "session-keys-unavailable", "Service unavailable"),

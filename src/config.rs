@@ -227,6 +227,20 @@ fn redis_url(raw: &str) -> Result<String, String> {
     parse_url(raw, &["redis", "rediss"])
 }
 
+/// `RATE_LIMIT_REDIS_URL`, else `REDIS_URL`; both set to different URLs is a mistake.
+fn redis_url_setting(sources: &Sources) -> Result<Option<String>, ConfigError> {
+    match (
+        RATE_LIMIT_REDIS_URL.read(sources)?,
+        REDIS_URL.read(sources)?,
+    ) {
+        (Some(a), Some(b)) if a != b => Err(REDIS_URL.error(format!(
+            "names another Redis than {}; set one of them",
+            RATE_LIMIT_REDIS_URL.name
+        ))),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
 fn database_url(raw: &str) -> Result<String, String> {
     if raw.starts_with("sqlite:")
         || raw.starts_with("postgres://")
@@ -244,6 +258,42 @@ fn positive_duration(raw: &str) -> Result<Duration, String> {
         return Err("must be more than 0".into());
     }
     Ok(d)
+}
+
+/// Session claims an operator chose to leave unchecked with a public key
+/// (`SESSION_JWT_UNCHECKED_CLAIMS=aud,iss`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UncheckedClaims {
+    pub aud: bool,
+    pub iss: bool,
+}
+
+impl UncheckedClaims {
+    fn parse(raw: &str) -> Result<Self, String> {
+        let mut claims = Self::default();
+        for claim in list(raw) {
+            match claim {
+                "aud" => claims.aud = true,
+                "iss" => claims.iss = true,
+                other => {
+                    return Err(format!(
+                        "lists {other:?}; only aud and iss may be unchecked"
+                    ))
+                }
+            }
+        }
+        Ok(claims)
+    }
+}
+
+impl fmt::Display for UncheckedClaims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [(self.aud, "aud"), (self.iss, "iss")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        f.write_str(&names.join(","))
+    }
 }
 
 fn list(raw: &str) -> impl Iterator<Item = &str> {
@@ -278,6 +328,10 @@ pub const SESSION_JWT_PUBLIC_KEY_FILE: Setting<PathBuf> =
 pub const SESSION_JWKS_URL: Setting<String> = Setting::plain("SESSION_JWKS_URL", http_url);
 pub const SESSION_JWT_ISSUER: Setting<String> = Setting::plain("SESSION_JWT_ISSUER", text);
 pub const SESSION_JWT_AUDIENCE: Setting<String> = Setting::plain("SESSION_JWT_AUDIENCE", text);
+/// The opt-out from [`Settings::for_serve`]'s rule that a public session key needs
+/// `SESSION_JWT_AUDIENCE` and `SESSION_JWT_ISSUER`: `aud`, `iss` or both.
+pub const SESSION_JWT_UNCHECKED_CLAIMS: Setting<UncheckedClaims> =
+    Setting::plain("SESSION_JWT_UNCHECKED_CLAIMS", UncheckedClaims::parse);
 pub const SESSION_COOKIE_NAME: Setting<String> =
     Setting::plain("SESSION_COOKIE_NAME", text).or("session");
 pub const DATABASE_URL: Setting<String> =
@@ -290,6 +344,10 @@ pub const RATE_LIMIT_PER_IP: Setting<Rate> =
 pub const UPSTREAM_RATE_LIMIT: Setting<Rate> =
     Setting::plain("UPSTREAM_RATE_LIMIT", from_str).or("50/second");
 pub const RATE_LIMIT_REDIS_URL: Setting<String> = Setting::plain("RATE_LIMIT_REDIS_URL", redis_url);
+/// Another name for `RATE_LIMIT_REDIS_URL`: Redis serves limits and token reuse alike.
+pub const REDIS_URL: Setting<String> = Setting::plain("REDIS_URL", redis_url);
+/// Encrypts the tokens replicas share through Redis; without it reuse is per replica.
+pub const TOKEN_CACHE_KEY: Setting<SecretString> = Setting::secret("TOKEN_CACHE_KEY", secret);
 /// Default 150 s. The Corti JS SDK counts a token as expired 120 s before its
 /// `expiresIn` runs out and then asks for another before every request; a reused token
 /// must therefore have more than 120 s left, or each SDK request would fetch the same
@@ -303,6 +361,8 @@ pub const UPSTREAM_TIMEOUT: Setting<Duration> =
 pub const SHUTDOWN_GRACE: Setting<Duration> =
     Setting::plain("SHUTDOWN_GRACE", setting_duration).or("10s");
 pub const AUDIT_HMAC_KEY: Setting<SecretString> = Setting::secret("AUDIT_HMAC_KEY", secret);
+/// Ed25519 key that signs audit chain checkpoints (`token-vendor audit keygen`).
+pub const AUDIT_SIGNING_KEY: Setting<SecretString> = Setting::secret("AUDIT_SIGNING_KEY", secret);
 pub const AUDIT_READER_ROLE: Setting<String> =
     Setting::plain("AUDIT_READER_ROLE", text).or("token-vendor:audit-reader");
 pub const TRUSTED_PROXIES: Setting<Vec<IpNet>> = Setting::plain("TRUSTED_PROXIES", cidrs);
@@ -325,6 +385,7 @@ pub struct Settings {
     pub session_jwks_url: Option<String>,
     pub session_jwt_issuer: Option<String>,
     pub session_jwt_audience: Option<String>,
+    pub session_jwt_unchecked_claims: UncheckedClaims,
     pub session_cookie_name: String,
     pub database_url: String,
     pub allowed_origins: Vec<String>,
@@ -332,10 +393,12 @@ pub struct Settings {
     pub rate_limit_per_ip: Rate,
     pub upstream_rate_limit: Rate,
     pub rate_limit_redis_url: Option<String>,
+    pub token_cache_key: Option<SecretString>,
     pub token_reuse_min_ttl: Duration,
     pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
     pub audit_hmac_key: Option<SecretString>,
+    pub audit_signing_key: Option<SecretString>,
     pub audit_reader_role: String,
     pub trusted_proxies: Vec<IpNet>,
     pub dev_token_lifetime: Duration,
@@ -583,10 +646,14 @@ pub struct ServeSettings {
     pub rate_limit_per_ip: Rate,
     pub upstream_rate_limit: Rate,
     pub rate_limit_redis_url: Option<String>,
+    /// Set only together with a Redis URL: tokens are then reused fleet-wide.
+    pub token_cache_key: Option<SecretString>,
     pub token_reuse_min_ttl: Duration,
     pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
     pub audit_hmac_key: SecretString,
+    /// Signs chain checkpoints; without it the service warns and writes none.
+    pub audit_signing_key: Option<SecretString>,
     pub audit_reader_role: String,
     pub trusted_proxies: Vec<IpNet>,
 }
@@ -613,17 +680,20 @@ impl Settings {
             session_jwks_url: SESSION_JWKS_URL.read(sources)?,
             session_jwt_issuer: SESSION_JWT_ISSUER.read(sources)?,
             session_jwt_audience: SESSION_JWT_AUDIENCE.read(sources)?,
+            session_jwt_unchecked_claims: SESSION_JWT_UNCHECKED_CLAIMS.read_or_default(sources)?,
             session_cookie_name: SESSION_COOKIE_NAME.read_defaulted(sources)?,
             database_url: DATABASE_URL.read_defaulted(sources)?,
             allowed_origins: ALLOWED_ORIGINS.read_or_default(sources)?,
             rate_limit_per_user: RATE_LIMIT_PER_USER.read_defaulted(sources)?,
             rate_limit_per_ip: RATE_LIMIT_PER_IP.read_defaulted(sources)?,
             upstream_rate_limit: UPSTREAM_RATE_LIMIT.read_defaulted(sources)?,
-            rate_limit_redis_url: RATE_LIMIT_REDIS_URL.read(sources)?,
+            rate_limit_redis_url: redis_url_setting(sources)?,
+            token_cache_key: TOKEN_CACHE_KEY.read(sources)?,
             token_reuse_min_ttl: TOKEN_REUSE_MIN_TTL.read_defaulted(sources)?,
             upstream_timeout: UPSTREAM_TIMEOUT.read_defaulted(sources)?,
             shutdown_grace: SHUTDOWN_GRACE.read_defaulted(sources)?,
             audit_hmac_key: AUDIT_HMAC_KEY.read(sources)?,
+            audit_signing_key: AUDIT_SIGNING_KEY.read(sources)?,
             audit_reader_role: AUDIT_READER_ROLE.read_defaulted(sources)?,
             trusted_proxies: TRUSTED_PROXIES.read_or_default(sources)?,
             dev_token_lifetime: DEV_TOKEN_LIFETIME.read_defaulted(sources)?,
@@ -670,6 +740,12 @@ impl Settings {
                 )));
             }
         };
+        check_session_claims(
+            &keys,
+            self.session_jwt_audience.as_deref(),
+            self.session_jwt_issuer.as_deref(),
+            self.session_jwt_unchecked_claims,
+        )?;
         let audit_hmac_key = match self.audit_hmac_key {
             None => {
                 return Err(
@@ -684,6 +760,18 @@ impl Settings {
         let auth_url = self
             .corti_auth_url
             .unwrap_or_else(|| corti_auth_url_for(environment));
+        let token_cache_key = match self.token_cache_key {
+            Some(k) if k.expose_secret().len() < 32 => {
+                return Err(TOKEN_CACHE_KEY.error("must be at least 32 bytes"))
+            }
+            Some(_) if self.rate_limit_redis_url.is_none() => {
+                return Err(TOKEN_CACHE_KEY.error(format!(
+                    "needs {} (or {}): the key encrypts tokens shared through Redis",
+                    RATE_LIMIT_REDIS_URL.name, REDIS_URL.name
+                )))
+            }
+            key => key,
+        };
         Ok(ServeSettings {
             listen_addr: self.listen_addr,
             corti: CortiSettings {
@@ -705,10 +793,12 @@ impl Settings {
             rate_limit_per_ip: self.rate_limit_per_ip,
             upstream_rate_limit: self.upstream_rate_limit,
             rate_limit_redis_url: self.rate_limit_redis_url,
+            token_cache_key,
             token_reuse_min_ttl: self.token_reuse_min_ttl,
             upstream_timeout: self.upstream_timeout,
             shutdown_grace: self.shutdown_grace,
             audit_hmac_key,
+            audit_signing_key: self.audit_signing_key,
             audit_reader_role: self.audit_reader_role,
             trusted_proxies: self.trusted_proxies,
         })
@@ -760,6 +850,11 @@ impl Settings {
             opt(&SESSION_JWKS_URL, self.session_jwks_url.as_ref()),
             opt(&SESSION_JWT_ISSUER, self.session_jwt_issuer.as_ref()),
             opt(&SESSION_JWT_AUDIENCE, self.session_jwt_audience.as_ref()),
+            opt(
+                &SESSION_JWT_UNCHECKED_CLAIMS,
+                Some(self.session_jwt_unchecked_claims)
+                    .filter(|claims| *claims != UncheckedClaims::default()),
+            ),
             line(&SESSION_COOKIE_NAME, &self.session_cookie_name),
             line(&DATABASE_URL, redact_url_password(&self.database_url)),
             line(&ALLOWED_ORIGINS, self.allowed_origins.join(",")),
@@ -772,6 +867,7 @@ impl Settings {
                     .as_deref()
                     .map(redact_url_password),
             ),
+            secret(&TOKEN_CACHE_KEY, &self.token_cache_key),
             line(
                 &TOKEN_REUSE_MIN_TTL,
                 format_args!("{}s", self.token_reuse_min_ttl.as_secs()),
@@ -785,6 +881,7 @@ impl Settings {
                 humantime::format_duration(self.shutdown_grace),
             ),
             secret(&AUDIT_HMAC_KEY, &self.audit_hmac_key),
+            secret(&AUDIT_SIGNING_KEY, &self.audit_signing_key),
             line(&AUDIT_READER_ROLE, &self.audit_reader_role),
             line(
                 &TRUSTED_PROXIES,
@@ -796,6 +893,38 @@ impl Settings {
             ),
         ]
     }
+}
+
+/// A public session key (JWKS or PEM) usually belongs to an identity provider that signs
+/// tokens for many clients: without `aud` and `iss` checks, a token it signed for any of
+/// them would be a session here. So both are required, unless explicitly given up.
+fn check_session_claims(
+    keys: &SessionKeys,
+    audience: Option<&str>,
+    issuer: Option<&str>,
+    unchecked: UncheckedClaims,
+) -> Result<(), ConfigError> {
+    for (setting, value, given_up, claim) in [
+        (&SESSION_JWT_AUDIENCE, audience, unchecked.aud, "aud"),
+        (&SESSION_JWT_ISSUER, issuer, unchecked.iss, "iss"),
+    ] {
+        if value.is_some() && given_up {
+            return Err(SESSION_JWT_UNCHECKED_CLAIMS.error(format!(
+                "lists {claim}, but {} is set; remove one of the two",
+                setting.name
+            )));
+        }
+        if value.is_none() && !given_up && !matches!(keys, SessionKeys::Secret(_)) {
+            return Err(setting.error(format!(
+                "is required with {} or {}: without it, a token the identity provider \
+                 signed for any other client is accepted here (set {}={claim} to accept that)",
+                SESSION_JWKS_URL.name,
+                SESSION_JWT_PUBLIC_KEY_FILE.name,
+                SESSION_JWT_UNCHECKED_CLAIMS.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Corti's own auth server for an environment.
@@ -924,10 +1053,78 @@ mod tests {
         let mut pairs = complete();
         pairs.retain(|(k, _)| *k != "SESSION_JWT_SECRET");
         pairs.push(("SESSION_JWKS_URL", "https://id.example.test/jwks".into()));
+        pairs.push(("SESSION_JWT_AUDIENCE", "token-vendor".into()));
+        pairs.push(("SESSION_JWT_ISSUER", "https://id.example.test".into()));
         let s = ServeSettings::load(&Sources::from_pairs(pairs)).unwrap();
         assert!(
             matches!(s.session.keys, SessionKeys::Jwks(ref u) if u == "https://id.example.test/jwks")
         );
+    }
+
+    fn with(extra: &[(&'static str, &str)]) -> Result<ServeSettings, ConfigError> {
+        let mut pairs = complete();
+        pairs.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        ServeSettings::load(&Sources::from_pairs(pairs))
+    }
+
+    #[test]
+    fn redis_url_is_another_name_for_the_rate_limit_redis_url() {
+        let s = with(&[("REDIS_URL", "redis://cache.internal:6379")]).unwrap();
+        assert_eq!(
+            s.rate_limit_redis_url.as_deref(),
+            Some("redis://cache.internal:6379")
+        );
+        let same = [
+            ("REDIS_URL", "redis://cache.internal:6379"),
+            ("RATE_LIMIT_REDIS_URL", "redis://cache.internal:6379"),
+        ];
+        assert!(with(&same).is_ok());
+        let err = with(&[
+            ("REDIS_URL", "redis://a.internal:6379"),
+            ("RATE_LIMIT_REDIS_URL", "redis://b.internal:6379"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.setting, "REDIS_URL", "{err}");
+    }
+
+    #[test]
+    fn the_token_cache_key_is_long_and_comes_with_redis() {
+        let key = "k".repeat(32);
+        let redis = ("REDIS_URL", "redis://cache.internal:6379");
+        let s = with(&[redis, ("TOKEN_CACHE_KEY", &key)]).unwrap();
+        assert!(s.token_cache_key.is_some());
+        let short = with(&[redis, ("TOKEN_CACHE_KEY", &key[1..])]).unwrap_err();
+        assert_eq!(short.setting, "TOKEN_CACHE_KEY", "{short}");
+        let alone = with(&[("TOKEN_CACHE_KEY", &key)]).unwrap_err();
+        assert_eq!(alone.setting, "TOKEN_CACHE_KEY", "{alone}");
+        assert!(alone.to_string().contains("REDIS_URL"), "{alone}");
+    }
+
+    #[test]
+    fn a_public_session_key_needs_audience_and_issuer_unless_given_up() {
+        let jwks = || {
+            let mut pairs = complete();
+            pairs.retain(|(k, _)| *k != "SESSION_JWT_SECRET");
+            pairs.push(("SESSION_JWKS_URL", "https://id.example.test/jwks".into()));
+            pairs
+        };
+        let err = ServeSettings::load(&Sources::from_pairs(jwks())).unwrap_err();
+        assert_eq!(err.setting, "SESSION_JWT_AUDIENCE", "{err}");
+        let mut pairs = jwks();
+        pairs.push(("SESSION_JWT_UNCHECKED_CLAIMS", "aud".into()));
+        let err = ServeSettings::load(&Sources::from_pairs(pairs.clone())).unwrap_err();
+        assert_eq!(err.setting, "SESSION_JWT_ISSUER", "{err}");
+        pairs.push(("SESSION_JWT_ISSUER", "https://id.example.test".into()));
+        let s = ServeSettings::load(&Sources::from_pairs(pairs)).unwrap();
+        assert_eq!(s.session.audience, None);
+        // An HMAC secret is the app's own: nobody else signs with it.
+        assert!(ServeSettings::load(&Sources::from_pairs(complete())).is_ok());
+        let s = Settings::load(&Sources::from_pairs([(
+            "SESSION_JWT_UNCHECKED_CLAIMS",
+            " iss , aud ",
+        )]))
+        .unwrap();
+        assert_eq!(s.session_jwt_unchecked_claims.to_string(), "aud,iss");
     }
 
     #[test]

@@ -175,6 +175,12 @@ impl CortiClient {
     }
 
     async fn exchange(&self, scope: &RequestedScope) -> Result<GrantedToken, UpstreamError> {
+        // A granted token cannot be checked without the realm's keys: mint none then,
+        // rather than one that would be thrown away.
+        self.certs
+            .ready()
+            .await
+            .map_err(|_| UpstreamError::KeysUnavailable)?;
         let scope_string = scope.to_oauth_string();
         let form = [
             ("grant_type", "client_credentials"),

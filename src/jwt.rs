@@ -29,6 +29,18 @@ impl Keys {
             Keys::Jwks(cache) => Some(cache),
         }
     }
+
+    /// Whether a token could be checked now: `Err(KeysUnavailable)` when no usable key
+    /// is at hand (fetching the key set if none is cached).
+    pub async fn ready(&self) -> Result<(), JwtError> {
+        match self {
+            Keys::Static(_) => Ok(()),
+            Keys::Jwks(cache) => cache
+                .ensure_keys()
+                .await
+                .map_err(|_| JwtError::KeysUnavailable),
+        }
+    }
 }
 
 /// What a token must satisfy beyond a good signature and a live `exp`.

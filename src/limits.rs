@@ -40,6 +40,9 @@ pub enum KeyKind {
     User,
     /// One budget for the whole service: calls to Corti auth.
     Upstream,
+    /// The client's address again, in a bucket of its own, for the side endpoints
+    /// (readiness, metrics, the audit API, CORS preflights).
+    Side,
 }
 
 impl KeyKind {
@@ -48,6 +51,7 @@ impl KeyKind {
             KeyKind::Ip => "ip",
             KeyKind::User => "user",
             KeyKind::Upstream => "upstream",
+            KeyKind::Side => "side",
         }
     }
 }
@@ -116,6 +120,7 @@ pub struct Limits {
     ip: LocalLimiter,
     user: LocalLimiter,
     upstream: LocalLimiter,
+    side: LocalLimiter,
     /// Keys the in-process state by a per-process random 64-bit hash: 16 bytes a key
     /// whatever the subject's length. Two users colliding would share a quota, which at
     /// a million keys happens with a probability of about 3e-8.
@@ -136,6 +141,9 @@ impl Limits {
             ip: LocalLimiter::new(KeyKind::Ip, rates.per_ip),
             user: LocalLimiter::new(KeyKind::User, rates.per_user),
             upstream: LocalLimiter::new(KeyKind::Upstream, rates.upstream),
+            // The per-IP rate, so a probe or scrape never spends a user's vends and a
+            // flood of them is bounded as tightly as vends are.
+            side: LocalLimiter::new(KeyKind::Side, rates.per_ip),
             hasher: RandomState::new(),
             redis,
             metrics,
@@ -156,6 +164,13 @@ impl Limits {
         let bucket = address_group(ip);
         let local = self.hasher.hash_one(bucket);
         self.decide(&self.ip, local, || bucket.to_string()).await
+    }
+
+    /// Checks and spends one side-endpoint request of the client address's quota.
+    pub async fn check_side(&self, ip: IpAddr) -> Decision {
+        let bucket = address_group(ip);
+        let local = self.hasher.hash_one(bucket);
+        self.decide(&self.side, local, || bucket.to_string()).await
     }
 
     /// Checks and spends one request of the user's quota.
@@ -192,6 +207,7 @@ impl Limits {
         self.ip.prune();
         self.user.prune();
         self.upstream.prune();
+        self.side.prune();
     }
 
     /// Keys currently held in-process: (IPs, users).

@@ -226,6 +226,9 @@ pub struct Metrics {
     http_duration: Family<RouteLabels, Histogram>,
     audit_writer: AuditWriterMetrics,
     jwks: std::sync::Arc<JwksCollector>,
+    fleet_hits: Counter,
+    token_cache_fallback: Gauge,
+    token_cache_fallbacks: Counter,
 }
 
 impl Default for Metrics {
@@ -275,7 +278,7 @@ impl Metrics {
         let refusals = Family::<KindLabels, Counter>::default();
         registry.register(
             "rate_limit_refusals",
-            "Requests refused by a rate limit, by key kind (ip, user, upstream)",
+            "Requests refused by a rate limit, by key kind (ip, user, upstream, side)",
             refusals.clone(),
         );
         let breaker_state = Gauge::default();
@@ -287,7 +290,7 @@ impl Metrics {
         let redis_fallback = Gauge::default();
         registry.register(
             "rate_limit_redis_fallback",
-            "1 while Redis is unreachable and limits are enforced per replica, else 0",
+            "1 while Redis cannot decide (unreachable or refusing the limit script) and limits are enforced per replica, else 0",
             redis_fallback.clone(),
         );
         let redis_fallbacks = Counter::default();
@@ -313,6 +316,24 @@ impl Metrics {
         audit_writer.register(registry);
         let jwks = std::sync::Arc::new(JwksCollector::default());
         registry.register_collector(Box::new(jwks.clone()));
+        let fleet_hits = Counter::default();
+        registry.register(
+            "token_cache_fleet_hits",
+            "Requests answered with a live token another replica fetched, read from Redis",
+            fleet_hits.clone(),
+        );
+        let token_cache_fallback = Gauge::default();
+        registry.register(
+            "token_cache_redis_fallback",
+            "1 while Redis is unreachable and token reuse and single-flight are per replica, else 0",
+            token_cache_fallback.clone(),
+        );
+        let token_cache_fallbacks = Counter::default();
+        registry.register(
+            "token_cache_redis_fallbacks",
+            "Times token reuse fell back from Redis to per-replica state",
+            token_cache_fallbacks.clone(),
+        );
         Self {
             registry: root,
             vends,
@@ -328,6 +349,9 @@ impl Metrics {
             http_duration,
             audit_writer,
             jwks,
+            fleet_hits,
+            token_cache_fallback,
+            token_cache_fallbacks,
         }
     }
 
@@ -392,6 +416,18 @@ impl Metrics {
 
     pub fn reuse_hit(&self) {
         self.reuse_hits.inc();
+    }
+
+    pub fn fleet_hit(&self) {
+        self.fleet_hits.inc();
+    }
+
+    /// Token reuse left Redis (`true`) or came back to it (`false`).
+    pub fn token_cache_fallback(&self, active: bool) {
+        self.token_cache_fallback.set(i64::from(active));
+        if active {
+            self.token_cache_fallbacks.inc();
+        }
     }
 
     pub fn coalesced_waiter(&self) {

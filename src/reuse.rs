@@ -9,6 +9,12 @@
 //!
 //! Tokens are keyed by the exact subject, never by a hash, so one user's token can
 //! never reach another.
+//!
+//! With a [`FleetCache`] (Redis and `TOKEN_CACHE_KEY`), this replica's one call for a
+//! key first looks in Redis and takes part in the fleet's single-flight ([`fleet`]), so
+//! replicas behind a load balancer make one upstream call between them.
+
+pub mod fleet;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,6 +30,8 @@ use crate::config::Tenant;
 use crate::corti::{GrantedToken, UpstreamError};
 use crate::scope::RequestedScope;
 use crate::session::Subject;
+
+pub use self::fleet::FleetCache;
 
 /// Most live tokens held at once (a Corti token is about 1.5 KiB).
 pub const MAX_LIVE_TOKENS: usize = 20_000;
@@ -56,9 +64,13 @@ pub enum Source {
     Joined,
     /// A live token held from an earlier call.
     Cached,
+    /// A live token another replica fetched, read from Redis.
+    Fleet,
 }
 
-type Flight = Shared<BoxFuture<'static, Result<GrantedToken, FetchError>>>;
+/// The token, and whether it came from Redis (another replica's call) rather than
+/// from this replica's own upstream call.
+type Flight = Shared<BoxFuture<'static, Result<(GrantedToken, bool), FetchError>>>;
 
 #[derive(Default)]
 struct State {
@@ -74,6 +86,7 @@ pub struct TokenReuse {
     /// Zero turns caching off; single-flight stays on.
     min_ttl: Duration,
     state: Arc<Mutex<State>>,
+    fleet: Option<Arc<FleetCache>>,
 }
 
 impl TokenReuse {
@@ -91,7 +104,18 @@ impl TokenReuse {
                 Some(std::future::ready(()))
             });
         }
-        Self { min_ttl, state }
+        Self {
+            min_ttl,
+            state,
+            fleet: None,
+        }
+    }
+
+    /// Shares reuse and single-flight with every replica through Redis. Without
+    /// reuse (`TOKEN_REUSE_MIN_TTL=0`) there is nothing to share.
+    pub fn with_fleet(mut self, fleet: Option<Arc<FleetCache>>) -> Self {
+        self.fleet = fleet.filter(|_| !self.min_ttl.is_zero());
+        self
     }
 
     /// A live token for `key`, the result of an identical call in flight, or the result
@@ -122,7 +146,10 @@ impl TokenReuse {
                 }
             }
         };
-        flight.await.map(|token| (token, source))
+        flight.await.map(|(token, fetched_here)| match source {
+            Source::Fetched if !fetched_here => (token, Source::Fleet),
+            source => (token, source),
+        })
     }
 
     fn start<F>(&self, id: u64, key: ReuseKey, fetch: F) -> Flight
@@ -135,9 +162,13 @@ impl TokenReuse {
             key,
         };
         let min_ttl = self.min_ttl;
+        let fleet = self.fleet.clone();
         let task = tokio::spawn(async move {
-            let result = fetch.await;
-            if let (Ok(token), Some(state)) = (&result, guard.state.upgrade()) {
+            let result = match fleet {
+                Some(fleet) => fleet.get_or_fetch(&guard.key, min_ttl, fetch).await,
+                None => fetch.await.map(|token| (token, true)),
+            };
+            if let (Ok((token, _)), Some(state)) = (&result, guard.state.upgrade()) {
                 let mut state = lock(&state);
                 // The flight leaves the map as the token enters it, so no request sees
                 // neither and starts a second call.
@@ -164,6 +195,18 @@ impl TokenReuse {
 
     fn still_good(&self, token: &GrantedToken, now: OffsetDateTime) -> bool {
         !self.min_ttl.is_zero() && token.expires_at - now >= self.min_ttl
+    }
+
+    /// Drops every live token of `subject` at `tenant`, here and (with a fleet) in
+    /// Redis, so a denied or revoked user is never handed one again. Calls in flight
+    /// still answer their waiters.
+    pub async fn forget(&self, subject: &Subject, tenant: &Tenant) {
+        lock(&self.state)
+            .live
+            .retain(|k, _| !(k.subject == *subject && k.tenant == *tenant));
+        if let Some(fleet) = &self.fleet {
+            fleet.forget(subject, tenant).await;
+        }
     }
 
     /// Live tokens held now.
@@ -325,6 +368,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(t.access_token.expose_secret(), "ok");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_subject_gets_no_held_token_and_others_keep_theirs() {
+        let reuse = TokenReuse::new(Duration::from_secs(60));
+        for user in ["alice", "bob"] {
+            reuse
+                .get_or_fetch(key(user), async { Ok(token("old", 300)) })
+                .await
+                .unwrap();
+        }
+        reuse
+            .forget(&key("alice").subject, &key("alice").tenant)
+            .await;
+        let (t, src) = reuse
+            .get_or_fetch(key("alice"), async { Ok(token("new", 300)) })
+            .await
+            .unwrap();
+        assert_eq!(
+            (t.access_token.expose_secret(), src),
+            ("new", Source::Fetched)
+        );
+        let (_, src) = reuse
+            .get_or_fetch(key("bob"), async { Ok(token("new", 300)) })
+            .await
+            .unwrap();
+        assert_eq!(src, Source::Cached);
     }
 
     #[tokio::test]

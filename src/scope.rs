@@ -70,6 +70,19 @@ impl RequestedScope {
         Ok(Self(set))
     }
 
+    /// Every scope set a user can ask for (each non-empty subset of the limited scopes).
+    pub fn every() -> impl Iterator<Item = Self> {
+        let n = LimitedScope::ALL.len();
+        (1u32..(1 << n)).map(move |mask| {
+            Self(
+                (0..n)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| LimitedScope::ALL[i])
+                    .collect(),
+            )
+        })
+    }
+
     pub fn contains(&self, scope: LimitedScope) -> bool {
         self.0.contains(&scope)
     }
@@ -125,6 +138,18 @@ pub enum GrantError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_scope_set_a_user_can_ask_for_is_listed_once() {
+        let every: BTreeSet<String> = RequestedScope::every()
+            .map(|s| s.to_oauth_string())
+            .collect();
+        let expected: BTreeSet<String> = ["transcribe", "streams", "streams transcribe"]
+            .iter()
+            .map(|raw| RequestedScope::parse(raw).unwrap().to_oauth_string())
+            .collect();
+        assert_eq!(every, expected);
+    }
 
     #[test]
     fn parses_allowed_sets_and_adds_openid() {

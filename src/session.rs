@@ -17,7 +17,10 @@ pub struct Subject(String);
 
 impl Subject {
     pub fn parse(raw: &str) -> Result<Self, SessionError> {
-        if raw.is_empty() || raw.len() > 255 || raw.chars().any(char::is_control) {
+        // Bidirectional controls would make the subject read differently in the audit
+        // log than it is (Trojan Source); no identity provider issues them.
+        let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if raw.is_empty() || raw.len() > 255 || raw.chars().any(|c| c.is_control() || bidi(c)) {
             return Err(SessionError::Invalid(
                 "sub is empty, too long or has control characters",
             ));

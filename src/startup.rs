@@ -8,18 +8,21 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::audit::flood::FloodGuard;
+use crate::audit::keys::{ChainKey, NoteSigner};
 use crate::audit::store::SqlAuditStore;
-use crate::audit::writer::WriterConfig;
+use crate::audit::writer::{WriterConfig, WriterKeys};
 use crate::audit::{AuditStore, Auditor, Fingerprinter};
 use crate::background::spawn_while_alive;
 use crate::browser::OriginPolicy;
-use crate::config::{ConfigError, ServeSettings, RATE_LIMIT_REDIS_URL};
+use crate::config::{
+    ConfigError, ServeSettings, AUDIT_SIGNING_KEY, RATE_LIMIT_REDIS_URL, TOKEN_CACHE_KEY,
+};
 use crate::corti::{CortiClient, CortiClientConfig};
 use crate::http::{self, AppState};
 use crate::lifecycle::{stop_signal, Draining};
 use crate::limits::{LimitRates, Limits, RedisLimits};
 use crate::metrics::Metrics;
-use crate::reuse::TokenReuse;
+use crate::reuse::{FleetCache, TokenReuse};
 use crate::session::SessionVerifier;
 use crate::upstream::{ResilientUpstream, UpstreamPolicy};
 use crate::vend::Vendor;
@@ -78,6 +81,7 @@ impl Application {
             None => Arc::new(
                 SqlAuditStore::open_reporting(
                     &settings.database_url,
+                    writer_keys(&settings)?,
                     WriterConfig::default(),
                     metrics.audit_writer(),
                 )
@@ -110,6 +114,7 @@ impl Application {
             App::new()
                 .app_data(server_state.clone())
                 .wrap(from_fn(http::cors::cors_middleware))
+                .wrap(from_fn(http::head_limit::head_limit_middleware))
                 .wrap(from_fn(http::context::request_id_middleware))
                 .configure(http::routes)
                 .configure(move |cfg| {
@@ -152,16 +157,34 @@ impl Application {
     }
 
     /// Serves until SIGTERM/SIGINT, then drains in-flight requests (at most
-    /// `SHUTDOWN_GRACE`) and writes the aggregated refusals still being counted.
+    /// `SHUTDOWN_GRACE`), writes the aggregated refusals still being counted and signs
+    /// a last audit checkpoint.
     ///
     /// Every request that was answered waited for its own event's commit, so once the
     /// server has stopped the only events left to commit are those aggregated refusals.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        self.state.auditor.flush_floods(true).await;
+        self.state.auditor.close().await;
         tracing::info!("token-vendor stopped");
         result
     }
+}
+
+/// The audit chain key (from AUDIT_HMAC_KEY) and checkpoint signer (AUDIT_SIGNING_KEY).
+fn writer_keys(settings: &ServeSettings) -> Result<WriterKeys, StartupError> {
+    let signer = match &settings.audit_signing_key {
+        Some(key) => Some(Arc::new(
+            NoteSigner::parse(key).map_err(|e| AUDIT_SIGNING_KEY.error(e.0))?,
+        )),
+        None => {
+            tracing::warn!("AUDIT_SIGNING_KEY is not set: no signed audit checkpoints, so `audit verify` cannot detect a truncated tail or a deleted chain");
+            None
+        }
+    };
+    Ok(WriterKeys {
+        chain: ChainKey::derive(&settings.audit_hmac_key),
+        signer,
+    })
 }
 
 /// Writes the aggregated events of closed flood windows once a second, until the
@@ -172,6 +195,27 @@ fn spawn_flood_flusher(auditor: &Auditor) {
         let auditor = Auditor::upgrade(&weak)?;
         Some(async move { auditor.flush_floods(false).await })
     });
+}
+
+/// Fleet-wide reuse when Redis and `TOKEN_CACHE_KEY` are both set; start-up says once
+/// when reuse stays per replica although replicas share Redis.
+fn fleet_cache(
+    settings: &ServeSettings,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<FleetCache>>, StartupError> {
+    let Some(url) = settings.rate_limit_redis_url.as_deref() else {
+        return Ok(None);
+    };
+    let Some(key) = &settings.token_cache_key else {
+        tracing::warn!(
+            "token reuse is per replica: set {} to share live tokens through Redis",
+            TOKEN_CACHE_KEY.name
+        );
+        return Ok(None);
+    };
+    let fleet = FleetCache::connect(url, key, settings.upstream_timeout, metrics.clone())
+        .map_err(|e| ConfigError::new(RATE_LIMIT_REDIS_URL.name, e.to_string()))?;
+    Ok(Some(fleet))
 }
 
 fn app_state(
@@ -209,6 +253,7 @@ fn app_state(
         .map(|url| RedisLimits::connect(url, metrics.clone()))
         .transpose()
         .map_err(|e| ConfigError::new(RATE_LIMIT_REDIS_URL.name, e.to_string()))?;
+    let fleet = fleet_cache(settings, &metrics)?;
     let corti = Arc::new(corti);
     let vendor = Vendor {
         sessions,
@@ -225,7 +270,7 @@ fn app_state(
             redis,
             metrics.clone(),
         ),
-        reuse: TokenReuse::new(settings.token_reuse_min_ttl),
+        reuse: TokenReuse::new(settings.token_reuse_min_ttl).with_fleet(fleet),
         upstream: Arc::new(ResilientUpstream::new(
             corti,
             UpstreamPolicy::with_deadline(settings.upstream_timeout),

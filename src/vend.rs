@@ -26,6 +26,23 @@ use crate::upstream::ResilientUpstream;
 /// Largest accepted request body; `{"scope":"transcribe streams"}` is 31 bytes.
 pub const MAX_BODY_BYTES: usize = 1024;
 
+/// The session of the first candidate token that verifies, else the first refusal.
+pub async fn verify_first(
+    sessions: &SessionVerifier,
+    tokens: &[String],
+) -> Result<Session, SessionError> {
+    let mut first_error = None;
+    for token in tokens {
+        match sessions.verify(token).await {
+            Ok(session) => return Ok(session),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or(SessionError::Missing))
+}
+
 /// Who is asking, as the HTTP edge sees it: what every audit event records of a caller.
 pub struct Caller {
     pub request_id: String,
@@ -46,7 +63,8 @@ pub struct Attempt {
 /// Where the session JWT came from; a cookie needs an allowed `Origin` (CSRF).
 pub enum Credentials {
     Bearer(String),
-    Cookie(String),
+    /// Every session cookie sent, in order; the first that verifies is the session.
+    Cookie(Vec<String>),
     /// An `Authorization` header that is not `Bearer …`.
     Malformed,
     None,
@@ -310,15 +328,15 @@ impl Vendor {
         if let Some(ip) = caller.client_ip {
             admit(&mut trail.rate_limits, self.limits.check_ip(ip).await)?;
         }
-        let (token, via_cookie) = match credentials {
-            Credentials::Bearer(t) => (t, false),
-            Credentials::Cookie(t) => (t, true),
+        let (tokens, via_cookie) = match credentials {
+            Credentials::Bearer(t) => (vec![t], false),
+            Credentials::Cookie(ts) => (ts, true),
             Credentials::Malformed => {
                 return Err(SessionError::Invalid("Authorization is not a Bearer token").into())
             }
             Credentials::None => return Err(SessionError::Missing.into()),
         };
-        let verified = self.sessions.verify(&token).await;
+        let verified = verify_first(&self.sessions, &tokens).await;
         if let Ok(session) = &verified {
             trail.event.subject = Some(session.subject.to_string());
             trail.event.session_id = session.session_id.clone();
@@ -344,6 +362,12 @@ impl Vendor {
                 VendError::InvalidRequest("request body could not be read".into())
             }
         })?;
+        // serde reads a struct from a JSON array too; the body must be an object.
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return Err(VendError::InvalidRequest(
+                "body must be {\"scope\": \"transcribe\"}: not a JSON object".into(),
+            ));
+        }
         let parsed: VendBody = serde_json::from_slice(&body).map_err(|e| {
             VendError::InvalidRequest(format!(
                 "body must be {{\"scope\": \"transcribe\"}}: {}",
@@ -390,6 +414,7 @@ impl Vendor {
             Ok((token, source)) => {
                 match source {
                     Source::Cached => self.metrics.reuse_hit(),
+                    Source::Fleet => self.metrics.fleet_hit(),
                     Source::Joined => self.metrics.coalesced_waiter(),
                     Source::Fetched => {}
                 }

@@ -227,12 +227,13 @@ fn assert_every_token_stored(
     );
 }
 
-fn verify(db_url: &str) -> std::process::Output {
+fn verify(db_url: &str, audit_key: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_token-vendor"))
         .args(["audit", "verify"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", db_url)
+        .env("AUDIT_HMAC_KEY", audit_key)
         .output()
         .expect("run audit verify")
 }
@@ -322,7 +323,7 @@ async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
         &stored,
         &Fingerprinter::new(secrets.audit_key.clone().into()),
     );
-    let out = verify(&db_url);
+    let out = verify(&db_url, &secrets.audit_key);
     assert!(
         out.status.success(),
         "audit verify after the fault: {}",
@@ -439,8 +440,11 @@ async fn postgres_stopped_under_load_every_handed_out_token_survives_kill_9() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut vends = Vec::new();
+    let mut last_statuses = Vec::new();
     for c in clients {
-        vends.extend(c.await.expect("client task"));
+        let mine = c.await.expect("client task");
+        last_statuses.extend(mine.last().map(|v| v.status));
+        vends.extend(mine);
     }
     service.kill9();
 
@@ -455,9 +459,11 @@ async fn postgres_stopped_under_load_every_handed_out_token_survives_kill_9() {
             .filter(|s| ![200, 503, 504].contains(*s))
             .collect::<Vec<_>>()
     );
+    // Each client's last vend, not the last few of all: on a loaded machine a client
+    // makes only a handful of vends in the whole test.
     assert!(
-        statuses.iter().rev().take(8).all(|s| *s == 200),
-        "vending resumes once PostgreSQL is back"
+        last_statuses.iter().all(|s| *s == 200),
+        "vending resumes once PostgreSQL is back: last vend per client {last_statuses:?}"
     );
     let stored = stored_events(&db_url).await;
     assert_every_token_stored(
@@ -465,7 +471,7 @@ async fn postgres_stopped_under_load_every_handed_out_token_survives_kill_9() {
         &stored,
         &Fingerprinter::new(secrets.audit_key.clone().into()),
     );
-    let out = verify(&db_url);
+    let out = verify(&db_url, &secrets.audit_key);
     assert!(
         out.status.success(),
         "audit verify after the outage: {}",

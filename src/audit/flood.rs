@@ -1,8 +1,8 @@
 //! Keeps the audit store bounded under floods of refused attempts.
 //!
 //! Refusals that cost nothing upstream and that anyone can send (`unauthenticated`,
-//! `rate_limited`, `invalid_request`, and `forbidden` without a verified user, such as
-//! refused CORS preflights) are grouped by source: outcome, client address
+//! `rate_limited`, `invalid_request`, and `forbidden`, such as refused CORS preflights
+//! and CSRF refusals, which come before the per-user limit) are grouped by source: outcome, client address
 //! (IPv6 by /64) and subject. The first [`FloodGuard::individual`] refusals of a group
 //! in a window are stored as usual, so ordinary mistakes keep their full detail; the
 //! rest of that window is only counted, and stored as one event with `count` = how
@@ -93,8 +93,9 @@ impl FloodGuard {
     pub fn absorb(&self, event: &AuditEvent) -> bool {
         let foldable = match event.outcome {
             Outcome::Unauthenticated | Outcome::RateLimited | Outcome::InvalidRequest => true,
-            // A signed-in user's refusals are bounded by the per-user limit already.
-            Outcome::Forbidden => event.subject.is_none(),
+            // Refused CORS preflights and CSRF refusals come before any per-user limit,
+            // so a signed-in user's can come in floods too; grouped by subject.
+            Outcome::Forbidden => true,
             _ => false,
         };
         if !foldable {
@@ -250,12 +251,34 @@ mod tests {
         let guard = FloodGuard::new(Duration::from_secs(60), 10, 1);
         let mut e = refusal("10.0.0.1", OffsetDateTime::now_utc());
         e.subject = Some("alice".into());
-        for outcome in [Outcome::Issued, Outcome::Reused, Outcome::Forbidden] {
+        for outcome in [
+            Outcome::Issued,
+            Outcome::Reused,
+            Outcome::UpstreamError,
+            Outcome::Unavailable,
+        ] {
             e.outcome = outcome;
             for _ in 0..5 {
                 assert!(!guard.absorb(&e));
             }
         }
+    }
+
+    #[test]
+    fn a_signed_in_users_forbidden_refusals_are_folded_and_every_one_counted() {
+        // 40 cookie POSTs without Origin from one signed-in user (finding 5).
+        let guard = FloodGuard::new(Duration::from_secs(60), 10, 20);
+        let t = OffsetDateTime::now_utc();
+        let mut e = refusal("10.0.0.1", t);
+        e.subject = Some("alice".into());
+        e.outcome = Outcome::Forbidden;
+        let stored = (0..40).filter(|_| !guard.absorb(&e)).count();
+        assert_eq!(stored, 20);
+        let out = guard.drain(t, true);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].count, 20);
+        assert_eq!(out[0].subject.as_deref(), Some("alice"));
+        assert_eq!(stored as u64 + out[0].count, 40);
     }
 
     #[test]

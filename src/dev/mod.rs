@@ -78,9 +78,9 @@ pub fn token_lifetime(settings: &Settings) -> Result<Duration, ConfigError> {
 
 /// Runs the demo until stopped. Only `LISTEN_ADDR`, `DATABASE_URL`, `ALLOWED_ORIGINS`
 /// (added to the demo's own origins, for an app page on another origin) and
-/// `TOKEN_REUSE_MIN_TTL` are taken from the loaded settings, with `DEV_TOKEN_LIFETIME`;
-/// everything else is
-/// generated, and the real Corti is never used.
+/// `TOKEN_REUSE_MIN_TTL`, `RATE_LIMIT_PER_USER`/`RATE_LIMIT_PER_IP` (the contract test
+/// raises them) are taken from the loaded settings, with `DEV_TOKEN_LIFETIME`; everything
+/// else is generated, and the real Corti is never used.
 pub async fn run(loaded: Settings) -> Result<(), StartupError> {
     if !loaded.listen_addr.ip().is_loopback() {
         return Err(LISTEN_ADDR
@@ -128,7 +128,14 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
         corti_client_secret: Some(SecretString::from(client_secret)),
         session_jwt_secret: Some(session_secret.clone()),
         audit_hmac_key: Some(SecretString::from(random_hex(32))),
+        audit_signing_key: Some(
+            crate::audit::keys::NoteSigner::generate("token-vendor-dev")
+                .map_err(|e| StartupError::Audit(e.to_string()))?
+                .private_text(),
+        ),
         token_reuse_min_ttl: loaded.token_reuse_min_ttl,
+        rate_limit_per_user: loaded.rate_limit_per_user,
+        rate_limit_per_ip: loaded.rate_limit_per_ip,
         ..Settings::default()
     }
     .for_serve()?;

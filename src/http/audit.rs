@@ -9,17 +9,22 @@ use crate::vend::{Credentials, SESSION_KEYS_UNAVAILABLE};
 
 use super::context::request_id;
 use super::problem::Problem;
+use super::rate_limit::admit_side;
 use super::tokens::credentials;
 use super::AppState;
 
 /// Lists events for a session holding the audit reader role.
 pub async fn list_events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(refused) = admit_side(&req, &state).await {
+        return refused;
+    }
     let request_id = request_id(&req);
-    let token = match credentials(&req, &state.cookie_name) {
-        Credentials::Bearer(t) | Credentials::Cookie(t) => t,
+    let tokens = match credentials(&req, &state.cookie_name) {
+        Credentials::Bearer(t) => vec![t],
+        Credentials::Cookie(ts) => ts,
         Credentials::Malformed | Credentials::None => return unauthenticated(&request_id),
     };
-    let session = match state.vendor.sessions.verify(&token).await {
+    let session = match crate::vend::verify_first(&state.vendor.sessions, &tokens).await {
         Ok(s) => s,
         Err(crate::session::SessionError::KeysUnavailable) => {
             return Problem::new(

@@ -113,34 +113,17 @@ pub async fn request_id_middleware(
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the
-/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+/// client its `X-Forwarded-For` chain names (see [`crate::address::forwarded_client`]).
 pub fn client_ip(req: &HttpRequest, trusted: &[IpNet]) -> Option<IpAddr> {
     let peer = req.peer_addr()?.ip();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
-        return Some(peer);
-    }
-    let mut hops = Vec::new();
-    for value in req.headers().get_all("x-forwarded-for") {
-        let Ok(text) = value.to_str() else {
-            return Some(peer);
-        };
-        for part in text.split(',') {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) => hops.push(ip),
-                // A malformed chain cannot be trusted past the proxy that sent it.
-                Err(_) => return Some(peer),
-            }
-        }
-    }
-    let mut candidate = peer;
-    for ip in hops.into_iter().rev() {
-        candidate = ip;
-        if !is_trusted(&ip) {
-            break;
-        }
-    }
-    Some(candidate)
+    let values: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        // A value that is not text is a hop that cannot be read: the walk stops there.
+        .map(|v| v.to_str().unwrap_or("\u{0}"))
+        .collect();
+    Some(crate::address::forwarded_client(peer, values, is_trusted))
 }
 
 /// Who is asking: the request id, the client's address, its `User-Agent` and `Origin`.
@@ -149,8 +132,18 @@ pub fn caller(req: &HttpRequest, trusted: &[IpNet]) -> Caller {
         request_id: request_id(req),
         client_ip: client_ip(req, trusted),
         user_agent: header_text(req, header::USER_AGENT),
-        origin: header_text(req, header::ORIGIN),
+        origin: origin(req),
     }
+}
+
+/// Every `Origin` header, joined: two of them never match an allowed origin.
+fn origin(req: &HttpRequest) -> Option<String> {
+    let values: Vec<&str> = req
+        .headers()
+        .get_all(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
 }
 
 /// A header's value, when it is text.

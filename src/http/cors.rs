@@ -51,6 +51,9 @@ pub async fn cors_middleware(
 
 /// `OPTIONS /v1/tokens`. A refused preflight is audited by the vendor.
 pub async fn preflight_tokens(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(refused) = super::rate_limit::admit_side(&req, &state).await {
+        return refused;
+    }
     let caller = caller(&req, &state.trusted_proxies);
     match caller.origin.as_deref() {
         Some(o) if state.origins.is_allowed(o) => HttpResponse::NoContent()

@@ -4,6 +4,7 @@ pub mod assets;
 pub mod audit;
 pub mod context;
 pub mod cors;
+pub mod head_limit;
 pub mod ops;
 pub mod ops_page;
 pub mod problem;
@@ -79,9 +80,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(audit::list_events))
             .default_service(web::to(problem::method_not_allowed("GET"))),
     )
-    .service(named("/healthz").route(web::get().to(ops::healthz)))
-    .service(named("/readyz").route(web::get().to(ops::readyz)))
-    .service(named("/metrics").route(web::get().to(ops::metrics)))
-    .service(named("/openapi.yaml").route(web::get().to(ops::openapi)))
+    .service(get_only("/healthz", ops::healthz))
+    .service(get_only("/readyz", ops::readyz))
+    .service(get_only("/metrics", ops::metrics))
+    .service(get_only("/openapi.yaml", ops::openapi))
     .configure(ops_page::routes);
+}
+
+/// A GET endpoint that answers 405 (with `Allow: GET`) to every other method.
+fn get_only<F, Args>(path: &'static str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    named(path)
+        .route(web::get().to(handler))
+        .default_service(web::to(problem::method_not_allowed("GET")))
 }

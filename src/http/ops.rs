@@ -8,6 +8,7 @@ use crate::metrics::Format;
 
 use super::context::request_id;
 use super::problem::Problem;
+use super::rate_limit::admit_side;
 use super::AppState;
 
 /// The OpenAPI description kept in the repository root.
@@ -18,6 +19,9 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(refused) = admit_side(&req, &state).await {
+        return refused;
+    }
     if state.draining.is_draining() {
         Problem::new(ProblemType::NotReady, "the service is shutting down")
             .respond(&request_id(&req))
@@ -32,6 +36,9 @@ pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
 /// Prometheus metrics: OpenMetrics text, or the Prometheus text format 0.0.4 when the
 /// `Accept` header prefers it.
 pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(refused) = admit_side(&req, &state).await {
+        return refused;
+    }
     let accept = req
         .headers()
         .get(actix_web::http::header::ACCEPT)

@@ -4,9 +4,33 @@
 use std::time::Duration;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::HttpResponse;
+use actix_web::{HttpRequest, HttpResponse};
 
+use crate::catalog::ProblemType;
 use crate::limits::{Decision, RateLimitReport};
+
+use super::context::{client_ip, request_id};
+use super::problem::Problem;
+use super::AppState;
+
+/// The per-address limit of the side endpoints (readiness, metrics, the audit API,
+/// CORS preflights); `Err` is the 429 to answer with. Liveness stays unlimited: it
+/// touches nothing.
+pub async fn admit_side(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
+    let Some(ip) = client_ip(req, &state.trusted_proxies) else {
+        return Ok(());
+    };
+    let decision = state.vendor.limits.check_side(ip).await;
+    match decision.retry_after {
+        None => Ok(()),
+        Some(after) => Err(Problem::new(
+            ProblemType::RateLimited,
+            "too many requests from this address; try again later",
+        )
+        .with_retry_after(Some(after))
+        .respond(&request_id(req))),
+    }
+}
 
 /// Adds both headers to `response`, when the request was checked against any limit.
 pub fn add_headers(report: &RateLimitReport, response: &mut HttpResponse) {

@@ -20,6 +20,7 @@ mod audit {
     mod cli;
     mod events;
     mod flood;
+    mod keyed;
     mod outage;
     mod reading;
     mod tamper;

@@ -150,6 +150,7 @@ async fn public_key_sessions_refuse_hmac_signed_with_the_public_key() {
             "SESSION_JWT_PUBLIC_KEY_FILE",
             pem_path.display().to_string(),
         )
+        .env("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss")
         .spawn()
         .await;
     let claims = json!({"sub": "judy", "exp": now() + 600});
@@ -195,6 +196,7 @@ async fn jwks_sessions_refetch_on_unknown_kid_and_refuse_unknown_keys() {
         .allowed_origin(APP_ORIGIN)
         .env("SESSION_JWT_SECRET", String::new())
         .env("SESSION_JWKS_URL", format!("{}/jwks", idp.uri()))
+        .env("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss")
         .spawn()
         .await;
     let claims = json!({"sub": "kim", "exp": now() + 600});
@@ -236,4 +238,41 @@ async fn cookie_session_is_accepted_from_an_allowed_origin() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn an_identity_provider_outage_is_unavailable_never_signed_out() {
+    // Arrange: the IdP's JWKS has never answered (a cold start during an outage).
+    let idp = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&idp)
+        .await;
+    let app = TestApp::builder()
+        .env("SESSION_JWT_SECRET", String::new())
+        .env("SESSION_JWKS_URL", format!("{}/jwks", idp.uri()))
+        .env("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss")
+        .spawn()
+        .await;
+    let session = TestKey::generate().sign(&json!({"sub": "kim", "exp": now() + 600}));
+
+    // Act + Assert: every attempt, including those within the refetch pause, says
+    // "try again soon", and none is audited as a signed-out user.
+    for attempt in 0..3 {
+        let response = app.vend(&session, BODY).await;
+        assert!(
+            header(&response, "retry-after").is_some(),
+            "attempt {attempt}"
+        );
+        let (body, id) = problem(response, 503).await;
+        assert!(
+            body["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("session-keys-unavailable")),
+            "attempt {attempt}: {body}"
+        );
+        assert_outcome(&app, &id, Outcome::Unavailable, 503);
+    }
+    assert_eq!(app.upstream_token_calls().await, 0);
 }

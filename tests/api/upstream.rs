@@ -2,7 +2,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use token_vendor::audit::Outcome;
-use wiremock::ResponseTemplate;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
 
 use crate::support::*;
 
@@ -180,4 +181,26 @@ async fn maps_an_unreachable_upstream_to_503() {
     assert!(response.headers().get("retry-after").is_some());
     let (_, id) = problem(response, 503).await;
     assert_outcome(&app, &id, Outcome::Unavailable, 503);
+}
+
+#[tokio::test]
+async fn mints_nothing_while_the_realm_keys_cannot_be_fetched() {
+    // Arrange: the realm's certs fail (overriding the good ones the mock publishes);
+    // the token endpoint itself would answer.
+    let app = mock_app().await;
+    Mock::given(method("GET"))
+        .and(path(CERTS_PATH))
+        .respond_with(ResponseTemplate::new(503))
+        .with_priority(1)
+        .mount(app.mock())
+        .await;
+    app.upstream_answers(app.keycloak_ok(Some("openid transcribe"), "openid transcribe"))
+        .await;
+
+    // Act + Assert: unavailable every time, also within the certs' refetch pause...
+    for _ in 0..3 {
+        assert_refused(&app, 503, Outcome::Unavailable, &[]).await;
+    }
+    // ...and no token was minted only to be thrown away.
+    assert_eq!(app.upstream_token_calls().await, 0);
 }

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod own_redis;
+
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Output;
@@ -407,9 +409,17 @@ impl Secrets {
         Self {
             session: format!("fake-session-secret-{}", random_hex(24)),
             client: format!("fake-client-secret-{}", random_hex(12)),
-            audit: format!("fake-audit-key-{}", random_hex(16)),
+            audit: audit_key().to_owned(),
         }
     }
+}
+
+/// The `AUDIT_HMAC_KEY` of every service in this test process (fake, made per run):
+/// the audit chains are keyed with it, and `audit verify` needs the key they were
+/// written with.
+pub fn audit_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| format!("fake-audit-key-{}", random_hex(16)))
 }
 
 // ---------------------------------------------------------------------------
@@ -611,6 +621,7 @@ impl TestAppBuilder {
         .expect("app builds");
         let address = format!("http://127.0.0.1:{}", app.port());
         let draining = app.state().draining.clone();
+        let auditor = app.state().auditor.clone();
         tokio::spawn(app.run_until_stopped());
         TestApp {
             address,
@@ -628,6 +639,7 @@ impl TestAppBuilder {
             mock,
             upstream_key,
             draining,
+            auditor,
         }
     }
 }
@@ -648,6 +660,8 @@ pub struct TestApp {
     pub upstream_key: Arc<TestKey>,
     /// What SIGTERM sets first; a test sets it to see the service as it drains.
     pub draining: Draining,
+    /// The service's auditor, e.g. to write a checkpoint now.
+    pub auditor: token_vendor::audit::Auditor,
 }
 
 impl TestApp {
@@ -977,13 +991,14 @@ pub fn new_request_id() -> String {
     format!("req-{}", random_hex(8))
 }
 
-/// Runs the CLI with only `DATABASE_URL` (and `extra`) set.
+/// Runs the CLI with only `DATABASE_URL` and `AUDIT_HMAC_KEY` (and `extra`) set.
 pub fn cli(db_url: &str, args: &[&str], extra: &[(&str, &str)]) -> Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_token-vendor"));
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", db_url);
+        .env("DATABASE_URL", db_url)
+        .env("AUDIT_HMAC_KEY", audit_key());
     for (k, v) in extra {
         cmd.env(k, v);
     }

@@ -75,3 +75,86 @@ async fn sqlite_store_that_cannot_be_written_gets_503_without_token_then_recover
     pool.close().await;
     db.cleanup().await;
 }
+
+/// A flood of readiness probes takes no write lock on SQLite: vends made meanwhile
+/// all succeed, without waiting on the probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_readyz_does_not_block_vends_on_sqlite() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
+    app.vend_token("warm-up").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probes: Vec<_> = (0..16)
+        .map(|_| {
+            let (http, address, stop) = (app.http.clone(), app.address.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 5_000 {
+                    let r = http.get(format!("{address}/readyz")).send().await.unwrap();
+                    assert_eq!(r.status().as_u16(), 200);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for i in 0..40 {
+        let started = Instant::now();
+        let r = app
+            .vend_request(
+                Some(&app.session_with_roles(&format!("user-{i}"), &[])),
+                r#"{"scope":"transcribe"}"#,
+                &new_request_id(),
+            )
+            .await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(r.status().as_u16(), 200, "vend {i} during the probe flood");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut probed = 0;
+    for p in probes {
+        probed += p.await.unwrap();
+    }
+    assert!(probed > 100, "the flood ran ({probed} probes)");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a vend waited {slowest:?} behind readiness probes"
+    );
+}
+
+/// Readiness probes take no write lock while the writer is healthy: with another
+/// connection holding SQLite's write lock, `/readyz` answers at once instead of
+/// queueing for the lock (a write probe would wait out the busy timeout, as each
+/// vend's commit does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_takes_no_write_lock_on_sqlite() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
+    app.vend_token("warm-up").await;
+    let pool = db.raw().await;
+    let mut locker = pool.acquire().await.unwrap();
+    locker.execute("BEGIN IMMEDIATE").await.unwrap();
+    for _ in 0..20 {
+        let started = Instant::now();
+        assert_eq!(app.readyz().await, 200);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "a probe waited {took:?} for the write lock"
+        );
+    }
+    locker.execute("ROLLBACK").await.unwrap();
+    drop(locker);
+    pool.close().await;
+}

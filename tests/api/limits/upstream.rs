@@ -29,11 +29,13 @@ async fn vend_concurrently(app: &Arc<TestApp>, session: &str, n: usize) -> Vec<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_identical_requests_make_one_upstream_call() {
-    // Arrange: a slow upstream, so every request arrives while the first call is out.
+    // Arrange: a slow upstream, so every request arrives while the first call is out;
+    // a timeout far above its delay, so a loaded machine cannot turn it into a 504.
     let app = Arc::new(
         TestApp::builder()
             .upstream(Upstream::Mock)
             .limits(Limits::Off)
+            .env("UPSTREAM_TIMEOUT", "15s")
             .spawn()
             .await,
     );
