@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use token_vendor::audit::keys::ChainKey;
 use token_vendor::audit::store::SqlAuditStore;
+use token_vendor::audit::writer::WriterKeys;
 use token_vendor::audit::{AuditEvent, AuditStore, Fingerprinter, Outcome};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -71,9 +73,15 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 async fn bench_writer(url: &str, args: &Args) {
     let store = Arc::new(
-        SqlAuditStore::open(url)
-            .await
-            .expect("open the audit store"),
+        SqlAuditStore::open(
+            url,
+            WriterKeys {
+                chain: ChainKey::derive(&"fake-bench-key".to_string().into()),
+                signer: None,
+            },
+        )
+        .await
+        .expect("open the audit store"),
     );
     let fp = Fingerprinter::new("fake-bench-key".to_string().into());
     // Warm up: create the chain, fill caches.
@@ -131,7 +139,7 @@ async fn bench_writer(url: &str, args: &Args) {
 }
 
 async fn bench_http(url: &str, args: &Args) {
-    use token_vendor::config::{Settings, Sources};
+    use token_vendor::config::{ServeSettings, Sources};
     use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
     use token_vendor::dev::{mint_session, random_hex};
     use token_vendor::startup::{Application, Options};
@@ -144,7 +152,7 @@ async fn bench_http(url: &str, args: &Args) {
     })
     .expect("stand-in");
     let session_secret = random_hex(32);
-    let settings = Settings::load(&Sources::from_pairs([
+    let settings = ServeSettings::load(&Sources::from_pairs([
         ("LISTEN_ADDR", "127.0.0.1:0".to_string()),
         ("CORTI_ENVIRONMENT", "eu".into()),
         ("CORTI_AUTH_URL", standin.base_url().to_owned()),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use token_vendor::config::{Settings, Sources};
+use token_vendor::config::{ServeSettings, Settings, Sources};
 use token_vendor::dev::{mint_session, random_hex};
 use token_vendor::limits::{LimitRates, Limits, RedisLimits};
 use token_vendor::metrics::Metrics;
@@ -161,7 +161,7 @@ async fn burst() {
         .mount(&mock)
         .await;
     let session_secret = random_hex(32);
-    let settings = Settings::load(&Sources::from_pairs([
+    let settings = ServeSettings::load(&Sources::from_pairs([
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("CORTI_ENVIRONMENT", "eu".to_owned()),
         ("CORTI_AUTH_URL", mock.uri()),

@@ -1,13 +1,17 @@
-//! The command line: `serve`, `dev`, `migrate`, `check-config`, `audit …`.
+//! The command line: `serve`, `dev`, `migrate`, `check-config`, `healthcheck`, `audit …`.
 
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use secrecy::SecretString;
 
 use crate::audit::commands::{self as audit_commands, CommandError};
 use crate::audit::Fingerprinter;
-use crate::config::{ConfigError, Settings, Sources};
+use crate::config::{ConfigError, Settings, Sources, AUDIT_HMAC_KEY};
 use crate::startup::{Application, StartupError};
 use crate::telemetry;
 
@@ -38,6 +42,8 @@ pub enum Command {
     Migrate,
     /// Print the effective settings (secrets redacted) and check them.
     CheckConfig,
+    /// Exit 0 when the local service answers `/healthz` at LISTEN_ADDR (for a HEALTHCHECK).
+    Healthcheck,
     /// Work with the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -52,8 +58,15 @@ pub enum AuditCommand {
     },
     /// Show stored events, newest first (table, json or csv).
     Query(audit_commands::QueryArgs),
-    /// Check the hash chains; names the first altered, inserted or removed event.
-    Verify,
+    /// Check the hash chains against AUDIT_HMAC_KEY and the signed checkpoints; names
+    /// the first altered, inserted or removed event, or the truncated or missing chain.
+    Verify(audit_commands::VerifyArgs),
+    /// Print a new checkpoint signing key (AUDIT_SIGNING_KEY) and its verifier key.
+    Keygen {
+        /// The key's name, shown in every signature line.
+        #[arg(long, default_value = "token-vendor-audit")]
+        name: String,
+    },
     /// Write events as JSON lines, oldest first.
     Export(audit_commands::ExportArgs),
     /// Delete events past the retention period, keeping the chains verifiable.
@@ -112,6 +125,13 @@ impl From<StartupError> for Failure {
     }
 }
 
+fn audit_hmac_key(settings: &Settings, why: &str) -> Result<SecretString, ConfigError> {
+    settings
+        .audit_hmac_key
+        .clone()
+        .ok_or_else(|| ConfigError::new("AUDIT_HMAC_KEY", format!("is required {why}")))
+}
+
 fn load(cli: &Cli) -> Result<Settings, ConfigError> {
     Settings::load(&Sources::from_process(cli.config.as_deref())?)
 }
@@ -126,8 +146,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 fn dispatch(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Serve => {
-            let settings = load(&cli)?;
-            settings.require_for_serve()?;
+            let settings = load(&cli)?.for_serve()?;
             telemetry::init(
                 telemetry::env_filter(telemetry::DEFAULT_FILTER),
                 std::io::stdout,
@@ -171,31 +190,58 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Audit(AuditCommand::Query(args)) => with_database(&cli, |url| async move {
             audit_commands::query(&url, args, &mut std::io::stdout()).await
         }),
-        Command::Audit(AuditCommand::Verify) => with_database(&cli, |url| async move {
-            audit_commands::verify(&url, &mut std::io::stdout()).await
-        }),
+        Command::Audit(AuditCommand::Verify(args)) => {
+            let settings = load(&cli)?;
+            let secrets = audit_commands::VerifySecrets {
+                hmac: audit_hmac_key(&settings, "to check the keyed chains")?,
+                signing: settings.audit_signing_key.clone(),
+            };
+            runtime()?.block_on(audit_commands::verify(
+                &settings.database_url,
+                args,
+                &secrets,
+                &mut std::io::stdout(),
+            ))?;
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Keygen { name }) => {
+            audit_commands::keygen(name, &mut std::io::stdout())?;
+            Ok(())
+        }
         Command::Audit(AuditCommand::Export(args)) => with_database(&cli, |url| async move {
             audit_commands::export(&url, args, &mut std::io::stdout().lock()).await
         }),
-        Command::Audit(AuditCommand::Prune(args)) => with_database(&cli, |url| async move {
-            audit_commands::prune(&url, args, &mut std::io::stdout()).await
-        }),
+        Command::Audit(AuditCommand::Prune(args)) => {
+            let settings = load(&cli)?;
+            let key = audit_hmac_key(&settings, "to tag the chains' new prune anchors")?;
+            runtime()?.block_on(audit_commands::prune(
+                &settings.database_url,
+                args,
+                &key,
+                &mut std::io::stdout(),
+            ))?;
+            Ok(())
+        }
         Command::CheckConfig => {
             let settings = load(&cli)?;
             for line in settings.redacted_lines() {
                 println!("{line}");
             }
-            settings.require_for_serve()?;
+            let settings = settings.for_serve()?;
             let http = reqwest::Client::new();
-            crate::session::SessionVerifier::from_settings(&settings, http)?;
+            crate::session::SessionVerifier::from_settings(&settings.session, http)?;
             println!("ok: settings are complete for `serve`");
             Ok(())
         }
+        Command::Healthcheck => {
+            let settings = load(&cli)?;
+            healthcheck(settings.listen_addr, HEALTHCHECK_TIMEOUT).map_err(Failure::Other)
+        }
         Command::Audit(AuditCommand::Hash { token }) => {
             let settings = load(&cli)?;
-            let key = settings.audit_hmac_key.ok_or_else(|| {
-                ConfigError::new("AUDIT_HMAC_KEY", "is required to fingerprint a token")
-            })?;
+            let key = settings
+                .audit_hmac_key
+                .ok_or_else(|| AUDIT_HMAC_KEY.error("is required to fingerprint a token"))?;
             let token = if token == "-" {
                 let mut buf = String::new();
                 std::io::stdin()
@@ -208,5 +254,45 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             println!("{}", Fingerprinter::new(key).fingerprint(&token));
             Ok(())
         }
+    }
+}
+
+/// Bound for each step of `healthcheck`: well under a container runtime's own timeout.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks the service at `listen` for `/healthz` over plain HTTP/1.1 and wants a 200.
+/// A wildcard bind address (`0.0.0.0`, `::`) is reached through loopback.
+fn healthcheck(listen: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let target = SocketAddr::new(ip, listen.port());
+    let failed = |e: std::io::Error| format!("healthcheck: {target}: {e}");
+    let mut stream = TcpStream::connect_timeout(&target, timeout).map_err(failed)?;
+    stream.set_read_timeout(Some(timeout)).map_err(failed)?;
+    stream.set_write_timeout(Some(timeout)).map_err(failed)?;
+    // One write: a server may answer and close as soon as it has the request line.
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(failed)?;
+    // The status line is all we need; it fits well within the first read(s).
+    let mut head = Vec::with_capacity(64);
+    let mut buf = [0u8; 64];
+    while !head.contains(&b'\n') && head.len() < 1024 {
+        let n = stream.read(&mut buf).map_err(failed)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let status_line = head.lines().next().unwrap_or_default();
+    match status_line.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        _ => Err(format!(
+            "healthcheck: {target}/healthz answered {:?}",
+            status_line.trim()
+        )),
     }
 }

@@ -1,5 +1,10 @@
 //! Settings: embedded defaults, then a TOML file, then the environment (which wins).
 //! Every secret may also come from `NAME_FILE`, as Docker/Kubernetes mount them.
+//!
+//! Each setting is one [`Setting`] constant (name, parser, default, secret or not), so a
+//! name is spelled once. [`Settings::load`] reads them all; [`Settings::for_serve`] is
+//! the one check of what `serve` needs and yields the complete [`ServeSettings`] the
+//! service is built from.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -127,8 +132,246 @@ impl fmt::Display for Rate {
     }
 }
 
-/// All settings of the service. Fields that `serve` requires are `Option` here and
-/// checked by [`Settings::require_for_serve`].
+/// How one setting is read: its name (the environment variable; the TOML key is the
+/// same in lower case), whether it is a secret (then `NAME_FILE` works too and the
+/// value is never printed), its default, and the one parser for its value.
+pub struct Setting<T> {
+    pub name: &'static str,
+    pub secret: bool,
+    /// Parsed by the same parser as a configured value.
+    pub default: Option<&'static str>,
+    parse: fn(&str) -> Result<T, String>,
+}
+
+impl<T> Setting<T> {
+    const fn plain(name: &'static str, parse: fn(&str) -> Result<T, String>) -> Self {
+        Self {
+            name,
+            secret: false,
+            default: None,
+            parse,
+        }
+    }
+
+    const fn secret(name: &'static str, parse: fn(&str) -> Result<T, String>) -> Self {
+        Self {
+            name,
+            secret: true,
+            default: None,
+            parse,
+        }
+    }
+
+    const fn or(self, default: &'static str) -> Self {
+        Self {
+            default: Some(default),
+            ..self
+        }
+    }
+
+    /// The configured value, else the default, else `None`.
+    fn read(&self, sources: &Sources) -> Result<Option<T>, ConfigError> {
+        let raw = if self.secret {
+            sources.secret(self.name)?
+        } else {
+            sources.value(self.name)
+        };
+        match raw.as_deref().or(self.default) {
+            None => Ok(None),
+            Some(v) => (self.parse)(v)
+                .map(Some)
+                .map_err(|problem| self.error(problem)),
+        }
+    }
+
+    /// For a setting with a default in the table.
+    fn read_defaulted(&self, sources: &Sources) -> Result<T, ConfigError> {
+        self.read(sources)?
+            .ok_or_else(|| self.error("has no default"))
+    }
+
+    /// For a list, empty when unset.
+    fn read_or_default(&self, sources: &Sources) -> Result<T, ConfigError>
+    where
+        T: Default,
+    {
+        Ok(self.read(sources)?.unwrap_or_default())
+    }
+
+    /// An error naming this setting (missing, malformed or out of range).
+    pub fn error(&self, problem: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.name, problem)
+    }
+}
+
+fn from_str<T: FromStr>(raw: &str) -> Result<T, String>
+where
+    T::Err: fmt::Display,
+{
+    raw.parse::<T>().map_err(|e| e.to_string())
+}
+
+fn text(raw: &str) -> Result<String, String> {
+    Ok(raw.to_owned())
+}
+
+fn secret(raw: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(raw))
+}
+
+fn http_url(raw: &str) -> Result<String, String> {
+    parse_url(raw, &["https", "http"])
+}
+
+fn redis_url(raw: &str) -> Result<String, String> {
+    parse_url(raw, &["redis", "rediss"])
+}
+
+/// `RATE_LIMIT_REDIS_URL`, else `REDIS_URL`; both set to different URLs is a mistake.
+fn redis_url_setting(sources: &Sources) -> Result<Option<String>, ConfigError> {
+    match (
+        RATE_LIMIT_REDIS_URL.read(sources)?,
+        REDIS_URL.read(sources)?,
+    ) {
+        (Some(a), Some(b)) if a != b => Err(REDIS_URL.error(format!(
+            "names another Redis than {}; set one of them",
+            RATE_LIMIT_REDIS_URL.name
+        ))),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+fn database_url(raw: &str) -> Result<String, String> {
+    if raw.starts_with("sqlite:")
+        || raw.starts_with("postgres://")
+        || raw.starts_with("postgresql://")
+    {
+        Ok(raw.to_owned())
+    } else {
+        Err("must start with sqlite:// or postgres://".into())
+    }
+}
+
+fn positive_duration(raw: &str) -> Result<Duration, String> {
+    let d = setting_duration(raw)?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
+}
+
+/// Session claims an operator chose to leave unchecked with a public key
+/// (`SESSION_JWT_UNCHECKED_CLAIMS=aud,iss`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UncheckedClaims {
+    pub aud: bool,
+    pub iss: bool,
+}
+
+impl UncheckedClaims {
+    fn parse(raw: &str) -> Result<Self, String> {
+        let mut claims = Self::default();
+        for claim in list(raw) {
+            match claim {
+                "aud" => claims.aud = true,
+                "iss" => claims.iss = true,
+                other => {
+                    return Err(format!(
+                        "lists {other:?}; only aud and iss may be unchecked"
+                    ))
+                }
+            }
+        }
+        Ok(claims)
+    }
+}
+
+impl fmt::Display for UncheckedClaims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [(self.aud, "aud"), (self.iss, "iss")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+fn list(raw: &str) -> impl Iterator<Item = &str> {
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn origins(raw: &str) -> Result<Vec<String>, String> {
+    list(raw).map(parse_origin).collect()
+}
+
+fn cidrs(raw: &str) -> Result<Vec<IpNet>, String> {
+    list(raw)
+        .map(|c| {
+            c.parse::<IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("{c:?} is not a CIDR"))
+        })
+        .collect()
+}
+
+pub const LISTEN_ADDR: Setting<SocketAddr> =
+    Setting::plain("LISTEN_ADDR", from_str).or("127.0.0.1:8080");
+pub const CORTI_ENVIRONMENT: Setting<Environment> = Setting::plain("CORTI_ENVIRONMENT", from_str);
+pub const CORTI_TENANT: Setting<Tenant> = Setting::plain("CORTI_TENANT", Tenant::parse).or("base");
+pub const CORTI_CLIENT_ID: Setting<String> = Setting::plain("CORTI_CLIENT_ID", text);
+pub const CORTI_CLIENT_SECRET: Setting<SecretString> =
+    Setting::secret("CORTI_CLIENT_SECRET", secret);
+pub const CORTI_AUTH_URL: Setting<String> = Setting::plain("CORTI_AUTH_URL", http_url);
+pub const SESSION_JWT_SECRET: Setting<SecretString> = Setting::secret("SESSION_JWT_SECRET", secret);
+pub const SESSION_JWT_PUBLIC_KEY_FILE: Setting<PathBuf> =
+    Setting::plain("SESSION_JWT_PUBLIC_KEY_FILE", from_str);
+pub const SESSION_JWKS_URL: Setting<String> = Setting::plain("SESSION_JWKS_URL", http_url);
+pub const SESSION_JWT_ISSUER: Setting<String> = Setting::plain("SESSION_JWT_ISSUER", text);
+pub const SESSION_JWT_AUDIENCE: Setting<String> = Setting::plain("SESSION_JWT_AUDIENCE", text);
+/// The opt-out from [`Settings::for_serve`]'s rule that a public session key needs
+/// `SESSION_JWT_AUDIENCE` and `SESSION_JWT_ISSUER`: `aud`, `iss` or both.
+pub const SESSION_JWT_UNCHECKED_CLAIMS: Setting<UncheckedClaims> =
+    Setting::plain("SESSION_JWT_UNCHECKED_CLAIMS", UncheckedClaims::parse);
+pub const SESSION_COOKIE_NAME: Setting<String> =
+    Setting::plain("SESSION_COOKIE_NAME", text).or("session");
+pub const DATABASE_URL: Setting<String> =
+    Setting::plain("DATABASE_URL", database_url).or("sqlite://token-vendor.db");
+pub const ALLOWED_ORIGINS: Setting<Vec<String>> = Setting::plain("ALLOWED_ORIGINS", origins);
+pub const RATE_LIMIT_PER_USER: Setting<Rate> =
+    Setting::plain("RATE_LIMIT_PER_USER", from_str).or("30/minute");
+pub const RATE_LIMIT_PER_IP: Setting<Rate> =
+    Setting::plain("RATE_LIMIT_PER_IP", from_str).or("120/minute");
+pub const UPSTREAM_RATE_LIMIT: Setting<Rate> =
+    Setting::plain("UPSTREAM_RATE_LIMIT", from_str).or("50/second");
+pub const RATE_LIMIT_REDIS_URL: Setting<String> = Setting::plain("RATE_LIMIT_REDIS_URL", redis_url);
+/// Another name for `RATE_LIMIT_REDIS_URL`: Redis serves limits and token reuse alike.
+pub const REDIS_URL: Setting<String> = Setting::plain("REDIS_URL", redis_url);
+/// Encrypts the tokens replicas share through Redis; without it reuse is per replica.
+pub const TOKEN_CACHE_KEY: Setting<SecretString> = Setting::secret("TOKEN_CACHE_KEY", secret);
+/// Default 150 s. The Corti JS SDK counts a token as expired 120 s before its
+/// `expiresIn` runs out and then asks for another before every request; a reused token
+/// must therefore have more than 120 s left, or each SDK request would fetch the same
+/// token again. 150 s leaves 30 s for the round trip and for the page using the token,
+/// and still reuses a 300-s Corti token for half its life.
+pub const TOKEN_REUSE_MIN_TTL: Setting<Duration> =
+    Setting::plain("TOKEN_REUSE_MIN_TTL", setting_duration).or("150");
+pub const UPSTREAM_TIMEOUT: Setting<Duration> =
+    Setting::plain("UPSTREAM_TIMEOUT", positive_duration).or("5s");
+/// On SIGTERM, how long in-flight requests may take to finish before they are cut.
+pub const SHUTDOWN_GRACE: Setting<Duration> =
+    Setting::plain("SHUTDOWN_GRACE", setting_duration).or("10s");
+pub const AUDIT_HMAC_KEY: Setting<SecretString> = Setting::secret("AUDIT_HMAC_KEY", secret);
+/// Ed25519 key that signs audit chain checkpoints (`token-vendor audit keygen`).
+pub const AUDIT_SIGNING_KEY: Setting<SecretString> = Setting::secret("AUDIT_SIGNING_KEY", secret);
+pub const AUDIT_READER_ROLE: Setting<String> =
+    Setting::plain("AUDIT_READER_ROLE", text).or("token-vendor:audit-reader");
+pub const TRUSTED_PROXIES: Setting<Vec<IpNet>> = Setting::plain("TRUSTED_PROXIES", cidrs);
+/// Read by `dev` only: how long the stand-in's tokens live (Corti's own by default).
+pub const DEV_TOKEN_LIFETIME: Setting<Duration> =
+    Setting::plain("DEV_TOKEN_LIFETIME", setting_duration).or("300");
+
+/// Every setting as loaded. Values `serve` requires may be missing here; only
+/// [`Settings::for_serve`] turns them into a [`ServeSettings`] the service can run on.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen_addr: SocketAddr,
@@ -142,6 +385,7 @@ pub struct Settings {
     pub session_jwks_url: Option<String>,
     pub session_jwt_issuer: Option<String>,
     pub session_jwt_audience: Option<String>,
+    pub session_jwt_unchecked_claims: UncheckedClaims,
     pub session_cookie_name: String,
     pub database_url: String,
     pub allowed_origins: Vec<String>,
@@ -149,53 +393,24 @@ pub struct Settings {
     pub rate_limit_per_ip: Rate,
     pub upstream_rate_limit: Rate,
     pub rate_limit_redis_url: Option<String>,
+    pub token_cache_key: Option<SecretString>,
     pub token_reuse_min_ttl: Duration,
     pub upstream_timeout: Duration,
+    pub shutdown_grace: Duration,
     pub audit_hmac_key: Option<SecretString>,
+    pub audit_signing_key: Option<SecretString>,
     pub audit_reader_role: String,
     pub trusted_proxies: Vec<IpNet>,
-}
-
-/// Default `TOKEN_REUSE_MIN_TTL`. The Corti JS SDK counts a token as expired 120 s
-/// before its `expiresIn` runs out and then asks for another before every request; a
-/// reused token must therefore have more than 120 s left, or each SDK request would
-/// fetch the same token again. 150 s leaves 30 s for the round trip and for the page
-/// using the token, and still reuses a 300-s Corti token for half its life.
-pub const DEFAULT_TOKEN_REUSE_MIN_TTL: Duration = Duration::from_secs(150);
-
-const fn nz(n: u32) -> NonZeroU32 {
-    match NonZeroU32::new(n) {
-        Some(v) => v,
-        None => panic!("zero rate"),
-    }
+    pub dev_token_lifetime: Duration,
 }
 
 impl Default for Settings {
+    /// Every default of the table, nothing else set.
     fn default() -> Self {
-        Self {
-            listen_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            corti_environment: None,
-            corti_tenant: Tenant("base".into()),
-            corti_client_id: None,
-            corti_client_secret: None,
-            corti_auth_url: None,
-            session_jwt_secret: None,
-            session_jwt_public_key_file: None,
-            session_jwks_url: None,
-            session_jwt_issuer: None,
-            session_jwt_audience: None,
-            session_cookie_name: "session".into(),
-            database_url: "sqlite://token-vendor.db".into(),
-            allowed_origins: Vec::new(),
-            rate_limit_per_user: Rate::new(nz(30), Duration::from_secs(60)),
-            rate_limit_per_ip: Rate::new(nz(120), Duration::from_secs(60)),
-            upstream_rate_limit: Rate::new(nz(50), Duration::from_secs(1)),
-            rate_limit_redis_url: None,
-            token_reuse_min_ttl: DEFAULT_TOKEN_REUSE_MIN_TTL,
-            upstream_timeout: Duration::from_secs(5),
-            audit_hmac_key: None,
-            audit_reader_role: "token-vendor:audit-reader".into(),
-            trusted_proxies: Vec::new(),
+        match Settings::load(&Sources::default()) {
+            Ok(settings) => settings,
+            // The defaults are constants checked by a unit test.
+            Err(e) => unreachable!("a default setting does not parse: {e}"),
         }
     }
 }
@@ -236,55 +451,31 @@ impl Sources {
         }
     }
 
-    fn raw(&self, name: &str) -> Option<String> {
+    fn value(&self, name: &str) -> Option<String> {
         self.env
             .get(name)
             .or_else(|| self.file.get(&name.to_ascii_lowercase()))
-            .filter(|v| !v.trim().is_empty())
-            .cloned()
-    }
-
-    fn value(&self, name: &str) -> Option<String> {
-        self.raw(name).map(|v| v.trim().to_owned())
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
     }
 
     /// A secret: `NAME` or the contents of the file named by `NAME_FILE`.
-    fn secret(&self, name: &str) -> Result<Option<SecretString>, ConfigError> {
+    fn secret(&self, name: &str) -> Result<Option<String>, ConfigError> {
         let file_key = format!("{name}_FILE");
         // Environment wins over the TOML file, whichever of the two forms it uses.
-        let direct_env = self.env.get(name).filter(|v| !v.is_empty());
-        let file_env = self.env.get(&file_key).filter(|v| !v.is_empty());
-        let chosen = match (direct_env, file_env) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    name,
-                    format!("set either {name} or {file_key}, not both"),
-                ))
-            }
-            (Some(v), None) => Some((false, v.clone())),
-            (None, Some(p)) => Some((true, p.clone())),
-            (None, None) => {
-                let lower = name.to_ascii_lowercase();
-                let lower_file = file_key.to_ascii_lowercase();
-                let direct = self.file.get(&lower).filter(|v| !v.is_empty());
-                let file = self.file.get(&lower_file).filter(|v| !v.is_empty());
-                match (direct, file) {
-                    (Some(_), Some(_)) => {
-                        return Err(ConfigError::new(
-                            name,
-                            format!("set either {lower} or {lower_file}, not both"),
-                        ))
-                    }
-                    (Some(v), None) => Some((false, v.clone())),
-                    (None, Some(p)) => Some((true, p.clone())),
-                    (None, None) => None,
-                }
-            }
+        let chosen = match secret_form(&self.env, name, &file_key)? {
+            Some(form) => Some(form),
+            None => secret_form(
+                &self.file,
+                &name.to_ascii_lowercase(),
+                &file_key.to_ascii_lowercase(),
+            )?,
         };
         match chosen {
             None => Ok(None),
-            Some((false, v)) => Ok(Some(SecretString::from(v))),
-            Some((true, path)) => {
+            Some(SecretForm::Value(v)) => Ok(Some(v)),
+            Some(SecretForm::Path(path)) => {
                 let content = std::fs::read_to_string(path.trim()).map_err(|e| {
                     ConfigError::new(&file_key, format!("cannot read {}: {e}", path.trim()))
                 })?;
@@ -292,23 +483,34 @@ impl Sources {
                 if content.is_empty() {
                     return Err(ConfigError::new(&file_key, "the file is empty"));
                 }
-                Ok(Some(SecretString::from(content)))
+                Ok(Some(content))
             }
         }
     }
+}
 
-    fn parsed<T: FromStr>(&self, name: &str) -> Result<Option<T>, ConfigError>
-    where
-        T::Err: fmt::Display,
-    {
-        match self.value(name) {
-            None => Ok(None),
-            Some(v) => v
-                .parse::<T>()
-                .map(Some)
-                .map_err(|e| ConfigError::new(name, e.to_string())),
-        }
+/// Which of `key` and `file_key` one source sets; both is a mistake.
+fn secret_form(
+    source: &HashMap<String, String>,
+    key: &str,
+    file_key: &str,
+) -> Result<Option<SecretForm>, ConfigError> {
+    let direct = source.get(key).filter(|v| !v.is_empty());
+    let file = source.get(file_key).filter(|v| !v.is_empty());
+    match (direct, file) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            &key.to_ascii_uppercase(),
+            format!("set either {key} or {file_key}, not both"),
+        )),
+        (Some(v), None) => Ok(Some(SecretForm::Value(v.clone()))),
+        (None, Some(p)) => Ok(Some(SecretForm::Path(p.clone()))),
+        (None, None) => Ok(None),
     }
+}
+
+enum SecretForm {
+    Value(String),
+    Path(String),
 }
 
 fn read_toml(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
@@ -345,31 +547,30 @@ fn read_toml(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
     Ok(out)
 }
 
-fn parse_duration(name: &str, raw: &str) -> Result<Duration, ConfigError> {
-    // A bare number means seconds, as operators write `TOKEN_REUSE_MIN_TTL=60`.
-    if let Ok(secs) = raw.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(raw)
-        .map_err(|e| ConfigError::new(name, format!("must be a duration like 5s or 800ms ({e})")))
+/// The crate's one duration syntax: `800ms`, `5s`, `2m`, `7d`, `1h 30m`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw.trim())
+        .map_err(|e| format!("must be a duration like 5s or 800ms ({e})"))
 }
 
-fn parse_url(name: &str, raw: &str, schemes: &[&str]) -> Result<String, ConfigError> {
-    let url =
-        reqwest::Url::parse(raw).map_err(|e| ConfigError::new(name, format!("not a URL: {e}")))?;
+/// A duration setting: [`parse_duration`], or a bare number of seconds, as operators
+/// write `TOKEN_REUSE_MIN_TTL=60`.
+pub fn setting_duration(raw: &str) -> Result<Duration, String> {
+    match raw.trim().parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => parse_duration(raw),
+    }
+}
+
+fn parse_url(raw: &str, schemes: &[&str]) -> Result<String, String> {
+    let url = reqwest::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
     if !schemes.contains(&url.scheme()) {
-        return Err(ConfigError::new(
-            name,
-            format!("scheme must be one of {}", schemes.join(", ")),
-        ));
+        return Err(format!("scheme must be one of {}", schemes.join(", ")));
     }
     // Plain HTTP would carry the client secret in clear and let anyone on the path
     // swap signing keys; it is accepted only on this machine (tests, dev stand-ins).
     if url.scheme() == "http" && !is_loopback_host(&url) {
-        return Err(ConfigError::new(
-            name,
-            "must use https (http is accepted only for loopback hosts)",
-        ));
+        return Err("must use https (http is accepted only for loopback hosts)".into());
     }
     Ok(raw.trim_end_matches('/').to_owned())
 }
@@ -401,250 +602,334 @@ pub fn parse_origin(raw: &str) -> Result<String, String> {
     Ok(url.origin().ascii_serialization())
 }
 
+/// Where the app's session JWTs are checked: exactly one key source.
+#[derive(Debug, Clone)]
+pub enum SessionKeys {
+    /// HMAC key (HS256/384/512), at least 32 bytes.
+    Secret(SecretString),
+    /// PEM public key file (RS*/PS*/ES*/EdDSA).
+    PublicKeyFile(PathBuf),
+    /// The identity provider's JWKS.
+    Jwks(String),
+}
+
+/// How session JWTs are accepted.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub keys: SessionKeys,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub cookie_name: String,
+}
+
+/// The Corti client credentials and where to use them.
+#[derive(Debug, Clone)]
+pub struct CortiSettings {
+    pub environment: Environment,
+    pub tenant: Tenant,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// The configured `CORTI_AUTH_URL` or Corti's own for the environment.
+    pub auth_url: String,
+}
+
+/// Everything `serve` runs on, complete and checked: nothing here is optional unless
+/// the service works without it.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub listen_addr: SocketAddr,
+    pub corti: CortiSettings,
+    pub session: SessionSettings,
+    pub database_url: String,
+    pub allowed_origins: Vec<String>,
+    pub rate_limit_per_user: Rate,
+    pub rate_limit_per_ip: Rate,
+    pub upstream_rate_limit: Rate,
+    pub rate_limit_redis_url: Option<String>,
+    /// Set only together with a Redis URL: tokens are then reused fleet-wide.
+    pub token_cache_key: Option<SecretString>,
+    pub token_reuse_min_ttl: Duration,
+    pub upstream_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub audit_hmac_key: SecretString,
+    /// Signs chain checkpoints; without it the service warns and writes none.
+    pub audit_signing_key: Option<SecretString>,
+    pub audit_reader_role: String,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl ServeSettings {
+    /// Loads and checks in one step (tests, embedding).
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        Settings::load(sources)?.for_serve()
+    }
+}
+
 impl Settings {
     /// Reads every setting; fails on the first malformed one.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
-        let d = Settings::default();
-        let tenant = match sources.value("CORTI_TENANT") {
-            Some(v) => Tenant::parse(&v).map_err(|e| ConfigError::new("CORTI_TENANT", e))?,
-            None => d.corti_tenant,
-        };
-        let allowed_origins = match sources.value("ALLOWED_ORIGINS") {
-            None => Vec::new(),
-            Some(v) => v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|o| parse_origin(o).map_err(|e| ConfigError::new("ALLOWED_ORIGINS", e)))
-                .collect::<Result<Vec<_>, _>>()?,
-        };
-        let trusted_proxies = match sources.value("TRUSTED_PROXIES") {
-            None => Vec::new(),
-            Some(v) => v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|c| {
-                    c.parse::<IpNet>()
-                        .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
-                        .map_err(|_| {
-                            ConfigError::new("TRUSTED_PROXIES", format!("{c:?} is not a CIDR"))
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        };
-        let corti_auth_url = sources
-            .value("CORTI_AUTH_URL")
-            .map(|v| parse_url("CORTI_AUTH_URL", &v, &["https", "http"]))
-            .transpose()?;
-        let session_jwks_url = sources
-            .value("SESSION_JWKS_URL")
-            .map(|v| parse_url("SESSION_JWKS_URL", &v, &["https", "http"]))
-            .transpose()?;
-        let rate_limit_redis_url = sources
-            .value("RATE_LIMIT_REDIS_URL")
-            .map(|v| parse_url("RATE_LIMIT_REDIS_URL", &v, &["redis", "rediss"]))
-            .transpose()?;
-        let database_url = sources.value("DATABASE_URL").unwrap_or(d.database_url);
-        if !(database_url.starts_with("sqlite:")
-            || database_url.starts_with("postgres://")
-            || database_url.starts_with("postgresql://"))
-        {
-            return Err(ConfigError::new(
-                "DATABASE_URL",
-                "must start with sqlite:// or postgres://",
-            ));
-        }
         Ok(Settings {
-            listen_addr: sources
-                .parsed::<SocketAddr>("LISTEN_ADDR")?
-                .unwrap_or(d.listen_addr),
-            corti_environment: sources.parsed("CORTI_ENVIRONMENT")?,
-            corti_tenant: tenant,
-            corti_client_id: sources.value("CORTI_CLIENT_ID"),
-            corti_client_secret: sources.secret("CORTI_CLIENT_SECRET")?,
-            corti_auth_url,
-            session_jwt_secret: sources.secret("SESSION_JWT_SECRET")?,
-            session_jwt_public_key_file: sources
-                .value("SESSION_JWT_PUBLIC_KEY_FILE")
-                .map(PathBuf::from),
-            session_jwks_url,
-            session_jwt_issuer: sources.value("SESSION_JWT_ISSUER"),
-            session_jwt_audience: sources.value("SESSION_JWT_AUDIENCE"),
-            session_cookie_name: sources
-                .value("SESSION_COOKIE_NAME")
-                .unwrap_or(d.session_cookie_name),
-            database_url,
-            allowed_origins,
-            rate_limit_per_user: sources
-                .parsed("RATE_LIMIT_PER_USER")?
-                .unwrap_or(d.rate_limit_per_user),
-            rate_limit_per_ip: sources
-                .parsed("RATE_LIMIT_PER_IP")?
-                .unwrap_or(d.rate_limit_per_ip),
-            upstream_rate_limit: sources
-                .parsed("UPSTREAM_RATE_LIMIT")?
-                .unwrap_or(d.upstream_rate_limit),
-            rate_limit_redis_url,
-            token_reuse_min_ttl: match sources.value("TOKEN_REUSE_MIN_TTL") {
-                Some(v) => parse_duration("TOKEN_REUSE_MIN_TTL", &v)?,
-                None => d.token_reuse_min_ttl,
-            },
-            upstream_timeout: match sources.value("UPSTREAM_TIMEOUT") {
-                Some(v) => {
-                    let t = parse_duration("UPSTREAM_TIMEOUT", &v)?;
-                    if t.is_zero() {
-                        return Err(ConfigError::new("UPSTREAM_TIMEOUT", "must be more than 0"));
-                    }
-                    t
-                }
-                None => d.upstream_timeout,
-            },
-            audit_hmac_key: sources.secret("AUDIT_HMAC_KEY")?,
-            audit_reader_role: sources
-                .value("AUDIT_READER_ROLE")
-                .unwrap_or(d.audit_reader_role),
-            trusted_proxies,
+            listen_addr: LISTEN_ADDR.read_defaulted(sources)?,
+            corti_environment: CORTI_ENVIRONMENT.read(sources)?,
+            corti_tenant: CORTI_TENANT.read_defaulted(sources)?,
+            corti_client_id: CORTI_CLIENT_ID.read(sources)?,
+            corti_client_secret: CORTI_CLIENT_SECRET.read(sources)?,
+            corti_auth_url: CORTI_AUTH_URL.read(sources)?,
+            session_jwt_secret: SESSION_JWT_SECRET.read(sources)?,
+            session_jwt_public_key_file: SESSION_JWT_PUBLIC_KEY_FILE.read(sources)?,
+            session_jwks_url: SESSION_JWKS_URL.read(sources)?,
+            session_jwt_issuer: SESSION_JWT_ISSUER.read(sources)?,
+            session_jwt_audience: SESSION_JWT_AUDIENCE.read(sources)?,
+            session_jwt_unchecked_claims: SESSION_JWT_UNCHECKED_CLAIMS.read_or_default(sources)?,
+            session_cookie_name: SESSION_COOKIE_NAME.read_defaulted(sources)?,
+            database_url: DATABASE_URL.read_defaulted(sources)?,
+            allowed_origins: ALLOWED_ORIGINS.read_or_default(sources)?,
+            rate_limit_per_user: RATE_LIMIT_PER_USER.read_defaulted(sources)?,
+            rate_limit_per_ip: RATE_LIMIT_PER_IP.read_defaulted(sources)?,
+            upstream_rate_limit: UPSTREAM_RATE_LIMIT.read_defaulted(sources)?,
+            rate_limit_redis_url: redis_url_setting(sources)?,
+            token_cache_key: TOKEN_CACHE_KEY.read(sources)?,
+            token_reuse_min_ttl: TOKEN_REUSE_MIN_TTL.read_defaulted(sources)?,
+            upstream_timeout: UPSTREAM_TIMEOUT.read_defaulted(sources)?,
+            shutdown_grace: SHUTDOWN_GRACE.read_defaulted(sources)?,
+            audit_hmac_key: AUDIT_HMAC_KEY.read(sources)?,
+            audit_signing_key: AUDIT_SIGNING_KEY.read(sources)?,
+            audit_reader_role: AUDIT_READER_ROLE.read_defaulted(sources)?,
+            trusted_proxies: TRUSTED_PROXIES.read_or_default(sources)?,
+            dev_token_lifetime: DEV_TOKEN_LIFETIME.read_defaulted(sources)?,
         })
     }
 
-    /// Checks what `serve` cannot run without.
-    pub fn require_for_serve(&self) -> Result<(), ConfigError> {
-        if self.corti_environment.is_none() {
-            return Err(ConfigError::new(
-                "CORTI_ENVIRONMENT",
-                "is required (eu or us)",
-            ));
-        }
-        if self.corti_client_id.is_none() {
-            return Err(ConfigError::new("CORTI_CLIENT_ID", "is required"));
-        }
-        if self.corti_client_secret.is_none() {
-            return Err(ConfigError::new(
-                "CORTI_CLIENT_SECRET",
-                "is required (or CORTI_CLIENT_SECRET_FILE)",
-            ));
-        }
-        let key_sources = [
-            self.session_jwt_secret.is_some(),
-            self.session_jwt_public_key_file.is_some(),
-            self.session_jwks_url.is_some(),
-        ]
-        .iter()
-        .filter(|set| **set)
-        .count();
-        if key_sources != 1 {
-            return Err(ConfigError::new(
-                "SESSION_JWT_SECRET",
-                format!(
-                    "exactly one of SESSION_JWT_SECRET, SESSION_JWT_PUBLIC_KEY_FILE or SESSION_JWKS_URL is required ({key_sources} set)"
-                ),
-            ));
-        }
-        if let Some(secret) = &self.session_jwt_secret {
-            if secret.expose_secret().len() < 32 {
-                return Err(ConfigError::new(
-                    "SESSION_JWT_SECRET",
-                    "must be at least 32 bytes for HMAC",
-                ));
+    /// The one check of what `serve` cannot run without; the first gap is named.
+    pub fn for_serve(self) -> Result<ServeSettings, ConfigError> {
+        let environment = self
+            .corti_environment
+            .ok_or_else(|| CORTI_ENVIRONMENT.error("is required (eu or us)"))?;
+        let client_id = self
+            .corti_client_id
+            .ok_or_else(|| CORTI_CLIENT_ID.error("is required"))?;
+        let client_secret = self.corti_client_secret.ok_or_else(|| {
+            CORTI_CLIENT_SECRET.error(format!(
+                "is required (or {}_FILE)",
+                CORTI_CLIENT_SECRET.name
+            ))
+        })?;
+        let keys = match (
+            self.session_jwt_secret,
+            self.session_jwt_public_key_file,
+            self.session_jwks_url,
+        ) {
+            (Some(secret), None, None) => {
+                if secret.expose_secret().len() < 32 {
+                    return Err(SESSION_JWT_SECRET.error("must be at least 32 bytes for HMAC"));
+                }
+                SessionKeys::Secret(secret)
             }
-        }
-        match &self.audit_hmac_key {
+            (None, Some(path), None) => SessionKeys::PublicKeyFile(path),
+            (None, None, Some(url)) => SessionKeys::Jwks(url),
+            (a, b, c) => {
+                let set = [a.is_some(), b.is_some(), c.is_some()]
+                    .into_iter()
+                    .filter(|set| *set)
+                    .count();
+                return Err(SESSION_JWT_SECRET.error(format!(
+                    "exactly one of {}, {} or {} is required ({set} set)",
+                    SESSION_JWT_SECRET.name,
+                    SESSION_JWT_PUBLIC_KEY_FILE.name,
+                    SESSION_JWKS_URL.name
+                )));
+            }
+        };
+        check_session_claims(
+            &keys,
+            self.session_jwt_audience.as_deref(),
+            self.session_jwt_issuer.as_deref(),
+            self.session_jwt_unchecked_claims,
+        )?;
+        let audit_hmac_key = match self.audit_hmac_key {
             None => {
-                return Err(ConfigError::new(
-                    "AUDIT_HMAC_KEY",
-                    "is required (or AUDIT_HMAC_KEY_FILE)",
-                ))
+                return Err(
+                    AUDIT_HMAC_KEY.error(format!("is required (or {}_FILE)", AUDIT_HMAC_KEY.name))
+                )
             }
             Some(k) if k.expose_secret().len() < 16 => {
-                return Err(ConfigError::new(
-                    "AUDIT_HMAC_KEY",
-                    "must be at least 16 bytes",
-                ))
+                return Err(AUDIT_HMAC_KEY.error("must be at least 16 bytes"))
             }
-            Some(_) => {}
-        }
-        Ok(())
-    }
-
-    /// The auth server base: the configured one or Corti's for the environment.
-    pub fn auth_base_url(&self) -> Option<String> {
-        self.corti_auth_url.clone().or_else(|| {
-            self.corti_environment
-                .map(|env| format!("https://auth.{}.corti.app", env.as_str()))
+            Some(k) => k,
+        };
+        let auth_url = self
+            .corti_auth_url
+            .unwrap_or_else(|| corti_auth_url_for(environment));
+        let token_cache_key = match self.token_cache_key {
+            Some(k) if k.expose_secret().len() < 32 => {
+                return Err(TOKEN_CACHE_KEY.error("must be at least 32 bytes"))
+            }
+            Some(_) if self.rate_limit_redis_url.is_none() => {
+                return Err(TOKEN_CACHE_KEY.error(format!(
+                    "needs {} (or {}): the key encrypts tokens shared through Redis",
+                    RATE_LIMIT_REDIS_URL.name, REDIS_URL.name
+                )))
+            }
+            key => key,
+        };
+        Ok(ServeSettings {
+            listen_addr: self.listen_addr,
+            corti: CortiSettings {
+                environment,
+                tenant: self.corti_tenant,
+                client_id,
+                client_secret,
+                auth_url,
+            },
+            session: SessionSettings {
+                keys,
+                issuer: self.session_jwt_issuer,
+                audience: self.session_jwt_audience,
+                cookie_name: self.session_cookie_name,
+            },
+            database_url: self.database_url,
+            allowed_origins: self.allowed_origins,
+            rate_limit_per_user: self.rate_limit_per_user,
+            rate_limit_per_ip: self.rate_limit_per_ip,
+            upstream_rate_limit: self.upstream_rate_limit,
+            rate_limit_redis_url: self.rate_limit_redis_url,
+            token_cache_key,
+            token_reuse_min_ttl: self.token_reuse_min_ttl,
+            upstream_timeout: self.upstream_timeout,
+            shutdown_grace: self.shutdown_grace,
+            audit_hmac_key,
+            audit_signing_key: self.audit_signing_key,
+            audit_reader_role: self.audit_reader_role,
+            trusted_proxies: self.trusted_proxies,
         })
     }
 
     /// The effective settings as `KEY=value` lines, every secret redacted.
     pub fn redacted_lines(&self) -> Vec<String> {
-        fn opt(v: &Option<String>) -> String {
-            v.clone().unwrap_or_else(|| "(unset)".into())
+        const UNSET: &str = "(unset)";
+        fn line<T>(setting: &Setting<T>, value: impl fmt::Display) -> String {
+            format!("{}={value}", setting.name)
         }
-        fn secret(v: &Option<SecretString>) -> String {
-            match v {
-                Some(_) => "(set, redacted)".into(),
-                None => "(unset)".into(),
+        fn opt<T>(setting: &Setting<T>, value: Option<impl fmt::Display>) -> String {
+            match value {
+                Some(v) => line(setting, v),
+                None => line(setting, UNSET),
             }
         }
+        fn secret(setting: &Setting<SecretString>, value: &Option<SecretString>) -> String {
+            line(
+                setting,
+                if value.is_some() {
+                    "(set, redacted)"
+                } else {
+                    UNSET
+                },
+            )
+        }
+        let auth_url = self
+            .corti_auth_url
+            .clone()
+            .or_else(|| self.corti_environment.map(corti_auth_url_for));
         vec![
-            format!("LISTEN_ADDR={}", self.listen_addr),
-            format!(
-                "CORTI_ENVIRONMENT={}",
-                self.corti_environment
-                    .map(|e| e.as_str())
-                    .unwrap_or("(unset)")
+            line(&LISTEN_ADDR, self.listen_addr),
+            opt(
+                &CORTI_ENVIRONMENT,
+                self.corti_environment.map(Environment::as_str),
             ),
-            format!("CORTI_TENANT={}", self.corti_tenant),
-            format!("CORTI_CLIENT_ID={}", opt(&self.corti_client_id)),
-            format!("CORTI_CLIENT_SECRET={}", secret(&self.corti_client_secret)),
-            format!(
-                "CORTI_AUTH_URL={}",
-                self.auth_base_url().unwrap_or_else(|| "(unset)".into())
-            ),
-            format!("SESSION_JWT_SECRET={}", secret(&self.session_jwt_secret)),
-            format!(
-                "SESSION_JWT_PUBLIC_KEY_FILE={}",
+            line(&CORTI_TENANT, &self.corti_tenant),
+            opt(&CORTI_CLIENT_ID, self.corti_client_id.as_ref()),
+            secret(&CORTI_CLIENT_SECRET, &self.corti_client_secret),
+            opt(&CORTI_AUTH_URL, auth_url),
+            secret(&SESSION_JWT_SECRET, &self.session_jwt_secret),
+            opt(
+                &SESSION_JWT_PUBLIC_KEY_FILE,
                 self.session_jwt_public_key_file
                     .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "(unset)".into())
+                    .map(|p| p.display()),
             ),
-            format!("SESSION_JWKS_URL={}", opt(&self.session_jwks_url)),
-            format!("SESSION_JWT_ISSUER={}", opt(&self.session_jwt_issuer)),
-            format!("SESSION_JWT_AUDIENCE={}", opt(&self.session_jwt_audience)),
-            format!("SESSION_COOKIE_NAME={}", self.session_cookie_name),
-            format!("DATABASE_URL={}", redact_url_password(&self.database_url)),
-            format!("ALLOWED_ORIGINS={}", self.allowed_origins.join(",")),
-            format!("RATE_LIMIT_PER_USER={}", self.rate_limit_per_user),
-            format!("RATE_LIMIT_PER_IP={}", self.rate_limit_per_ip),
-            format!("UPSTREAM_RATE_LIMIT={}", self.upstream_rate_limit),
-            format!(
-                "RATE_LIMIT_REDIS_URL={}",
+            opt(&SESSION_JWKS_URL, self.session_jwks_url.as_ref()),
+            opt(&SESSION_JWT_ISSUER, self.session_jwt_issuer.as_ref()),
+            opt(&SESSION_JWT_AUDIENCE, self.session_jwt_audience.as_ref()),
+            opt(
+                &SESSION_JWT_UNCHECKED_CLAIMS,
+                Some(self.session_jwt_unchecked_claims)
+                    .filter(|claims| *claims != UncheckedClaims::default()),
+            ),
+            line(&SESSION_COOKIE_NAME, &self.session_cookie_name),
+            line(&DATABASE_URL, redact_url_password(&self.database_url)),
+            line(&ALLOWED_ORIGINS, self.allowed_origins.join(",")),
+            line(&RATE_LIMIT_PER_USER, self.rate_limit_per_user),
+            line(&RATE_LIMIT_PER_IP, self.rate_limit_per_ip),
+            line(&UPSTREAM_RATE_LIMIT, self.upstream_rate_limit),
+            opt(
+                &RATE_LIMIT_REDIS_URL,
                 self.rate_limit_redis_url
                     .as_deref()
-                    .map(redact_url_password)
-                    .unwrap_or_else(|| "(unset)".into())
+                    .map(redact_url_password),
             ),
-            format!(
-                "TOKEN_REUSE_MIN_TTL={}s",
-                self.token_reuse_min_ttl.as_secs()
+            secret(&TOKEN_CACHE_KEY, &self.token_cache_key),
+            line(
+                &TOKEN_REUSE_MIN_TTL,
+                format_args!("{}s", self.token_reuse_min_ttl.as_secs()),
             ),
-            format!(
-                "UPSTREAM_TIMEOUT={}",
-                humantime::format_duration(self.upstream_timeout)
+            line(
+                &UPSTREAM_TIMEOUT,
+                humantime::format_duration(self.upstream_timeout),
             ),
-            format!("AUDIT_HMAC_KEY={}", secret(&self.audit_hmac_key)),
-            format!("AUDIT_READER_ROLE={}", self.audit_reader_role),
-            format!(
-                "TRUSTED_PROXIES={}",
+            line(
+                &SHUTDOWN_GRACE,
+                humantime::format_duration(self.shutdown_grace),
+            ),
+            secret(&AUDIT_HMAC_KEY, &self.audit_hmac_key),
+            secret(&AUDIT_SIGNING_KEY, &self.audit_signing_key),
+            line(&AUDIT_READER_ROLE, &self.audit_reader_role),
+            line(
+                &TRUSTED_PROXIES,
                 self.trusted_proxies
                     .iter()
                     .map(|n| n.to_string())
                     .collect::<Vec<_>>()
-                    .join(",")
+                    .join(","),
             ),
         ]
     }
+}
+
+/// A public session key (JWKS or PEM) usually belongs to an identity provider that signs
+/// tokens for many clients: without `aud` and `iss` checks, a token it signed for any of
+/// them would be a session here. So both are required, unless explicitly given up.
+fn check_session_claims(
+    keys: &SessionKeys,
+    audience: Option<&str>,
+    issuer: Option<&str>,
+    unchecked: UncheckedClaims,
+) -> Result<(), ConfigError> {
+    for (setting, value, given_up, claim) in [
+        (&SESSION_JWT_AUDIENCE, audience, unchecked.aud, "aud"),
+        (&SESSION_JWT_ISSUER, issuer, unchecked.iss, "iss"),
+    ] {
+        if value.is_some() && given_up {
+            return Err(SESSION_JWT_UNCHECKED_CLAIMS.error(format!(
+                "lists {claim}, but {} is set; remove one of the two",
+                setting.name
+            )));
+        }
+        if value.is_none() && !given_up && !matches!(keys, SessionKeys::Secret(_)) {
+            return Err(setting.error(format!(
+                "is required with {} or {}: without it, a token the identity provider \
+                 signed for any other client is accepted here (set {}={claim} to accept that)",
+                SESSION_JWKS_URL.name,
+                SESSION_JWT_PUBLIC_KEY_FILE.name,
+                SESSION_JWT_UNCHECKED_CLAIMS.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Corti's own auth server for an environment.
+fn corti_auth_url_for(environment: Environment) -> String {
+    format!("https://auth.{}.corti.app", environment.as_str())
 }
 
 /// Hides the password of a `scheme://user:password@host/…` URL.
@@ -723,5 +1008,143 @@ mod tests {
         assert_eq!(r.count.get(), 20);
         assert_eq!(r.period, Duration::from_secs(60));
         assert!("0/second".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn every_default_parses() {
+        let s = Settings::load(&Sources::default()).expect("defaults parse");
+        assert_eq!(s.listen_addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(s.corti_tenant.as_str(), "base");
+        assert_eq!(s.token_reuse_min_ttl, Duration::from_secs(150));
+        assert_eq!(s.upstream_timeout, Duration::from_secs(5));
+        assert_eq!(s.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(s.rate_limit_per_user.to_string(), "30/minute");
+    }
+
+    fn complete() -> Vec<(&'static str, String)> {
+        vec![
+            ("CORTI_ENVIRONMENT", "us".into()),
+            ("CORTI_CLIENT_ID", "client".into()),
+            ("CORTI_CLIENT_SECRET", "fake-client-secret".into()),
+            ("SESSION_JWT_SECRET", "x".repeat(32)),
+            ("AUDIT_HMAC_KEY", "y".repeat(16)),
+        ]
+    }
+
+    #[test]
+    fn serve_settings_are_complete_or_name_the_first_gap() {
+        let s = ServeSettings::load(&Sources::from_pairs(complete())).unwrap();
+        assert_eq!(s.corti.auth_url, "https://auth.us.corti.app");
+        assert!(matches!(s.session.keys, SessionKeys::Secret(_)));
+        for (i, (name, _)) in complete().into_iter().enumerate() {
+            let mut pairs = complete();
+            pairs.remove(i);
+            let err = ServeSettings::load(&Sources::from_pairs(pairs)).unwrap_err();
+            assert_eq!(err.setting, name, "{err}");
+        }
+    }
+
+    #[test]
+    fn serve_takes_exactly_one_session_key_source() {
+        let mut pairs = complete();
+        pairs.push(("SESSION_JWKS_URL", "https://id.example.test/jwks".into()));
+        let err = ServeSettings::load(&Sources::from_pairs(pairs)).unwrap_err();
+        assert!(err.to_string().contains("exactly one"), "{err}");
+        let mut pairs = complete();
+        pairs.retain(|(k, _)| *k != "SESSION_JWT_SECRET");
+        pairs.push(("SESSION_JWKS_URL", "https://id.example.test/jwks".into()));
+        pairs.push(("SESSION_JWT_AUDIENCE", "token-vendor".into()));
+        pairs.push(("SESSION_JWT_ISSUER", "https://id.example.test".into()));
+        let s = ServeSettings::load(&Sources::from_pairs(pairs)).unwrap();
+        assert!(
+            matches!(s.session.keys, SessionKeys::Jwks(ref u) if u == "https://id.example.test/jwks")
+        );
+    }
+
+    fn with(extra: &[(&'static str, &str)]) -> Result<ServeSettings, ConfigError> {
+        let mut pairs = complete();
+        pairs.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        ServeSettings::load(&Sources::from_pairs(pairs))
+    }
+
+    #[test]
+    fn redis_url_is_another_name_for_the_rate_limit_redis_url() {
+        let s = with(&[("REDIS_URL", "redis://cache.internal:6379")]).unwrap();
+        assert_eq!(
+            s.rate_limit_redis_url.as_deref(),
+            Some("redis://cache.internal:6379")
+        );
+        let same = [
+            ("REDIS_URL", "redis://cache.internal:6379"),
+            ("RATE_LIMIT_REDIS_URL", "redis://cache.internal:6379"),
+        ];
+        assert!(with(&same).is_ok());
+        let err = with(&[
+            ("REDIS_URL", "redis://a.internal:6379"),
+            ("RATE_LIMIT_REDIS_URL", "redis://b.internal:6379"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.setting, "REDIS_URL", "{err}");
+    }
+
+    #[test]
+    fn the_token_cache_key_is_long_and_comes_with_redis() {
+        let key = "k".repeat(32);
+        let redis = ("REDIS_URL", "redis://cache.internal:6379");
+        let s = with(&[redis, ("TOKEN_CACHE_KEY", &key)]).unwrap();
+        assert!(s.token_cache_key.is_some());
+        let short = with(&[redis, ("TOKEN_CACHE_KEY", &key[1..])]).unwrap_err();
+        assert_eq!(short.setting, "TOKEN_CACHE_KEY", "{short}");
+        let alone = with(&[("TOKEN_CACHE_KEY", &key)]).unwrap_err();
+        assert_eq!(alone.setting, "TOKEN_CACHE_KEY", "{alone}");
+        assert!(alone.to_string().contains("REDIS_URL"), "{alone}");
+    }
+
+    #[test]
+    fn a_public_session_key_needs_audience_and_issuer_unless_given_up() {
+        let jwks = || {
+            let mut pairs = complete();
+            pairs.retain(|(k, _)| *k != "SESSION_JWT_SECRET");
+            pairs.push(("SESSION_JWKS_URL", "https://id.example.test/jwks".into()));
+            pairs
+        };
+        let err = ServeSettings::load(&Sources::from_pairs(jwks())).unwrap_err();
+        assert_eq!(err.setting, "SESSION_JWT_AUDIENCE", "{err}");
+        let mut pairs = jwks();
+        pairs.push(("SESSION_JWT_UNCHECKED_CLAIMS", "aud".into()));
+        let err = ServeSettings::load(&Sources::from_pairs(pairs.clone())).unwrap_err();
+        assert_eq!(err.setting, "SESSION_JWT_ISSUER", "{err}");
+        pairs.push(("SESSION_JWT_ISSUER", "https://id.example.test".into()));
+        let s = ServeSettings::load(&Sources::from_pairs(pairs)).unwrap();
+        assert_eq!(s.session.audience, None);
+        // An HMAC secret is the app's own: nobody else signs with it.
+        assert!(ServeSettings::load(&Sources::from_pairs(complete())).is_ok());
+        let s = Settings::load(&Sources::from_pairs([(
+            "SESSION_JWT_UNCHECKED_CLAIMS",
+            " iss , aud ",
+        )]))
+        .unwrap();
+        assert_eq!(s.session_jwt_unchecked_claims.to_string(), "aud,iss");
+    }
+
+    #[test]
+    fn dev_token_lifetime_is_read_like_every_other_setting() {
+        let mut sources = Sources::default();
+        sources
+            .file
+            .insert("dev_token_lifetime".into(), "2m".into());
+        let s = Settings::load(&sources).unwrap();
+        assert_eq!(s.dev_token_lifetime, Duration::from_secs(120));
+        let s = Settings::load(&Sources::from_pairs([("DEV_TOKEN_LIFETIME", "45")])).unwrap();
+        assert_eq!(s.dev_token_lifetime, Duration::from_secs(45));
+    }
+
+    #[test]
+    fn one_duration_syntax_and_settings_also_take_bare_seconds() {
+        assert_eq!(parse_duration("800ms"), Ok(Duration::from_millis(800)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("90").is_err(), "a CLI duration needs a unit");
+        assert_eq!(setting_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(setting_duration(" 5s "), Ok(Duration::from_secs(5)));
     }
 }

@@ -1,16 +1,15 @@
 //! The Corti auth (Keycloak) client: client-credentials exchange and the check that a
 //! granted token is no wider than what was asked.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::{decode, decode_header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
 use crate::config::{Environment, Tenant};
-use crate::jwks::{JwksCache, JwksError, JwksPolicy};
+use crate::jwks::{JwksCache, JwksPolicy};
+use crate::jwt::{self, JwtError, Keys, Rules};
 use crate::scope::{GrantError, RequestedScope};
 
 /// Largest upstream body read; a Keycloak token response is a few KiB.
@@ -114,7 +113,8 @@ pub struct CortiClient {
     tenant: Tenant,
     environment: Environment,
     timeout: Duration,
-    certs: Arc<JwksCache>,
+    /// The realm's keys, for checking granted tokens.
+    certs: Keys,
 }
 
 impl CortiClient {
@@ -131,11 +131,11 @@ impl CortiClient {
             config.auth_base_url.trim_end_matches('/'),
             config.tenant
         );
-        let certs = JwksCache::new(
+        let certs = Keys::Jwks(JwksCache::new(
             format!("{realm}/certs"),
             http.clone(),
             JwksPolicy::default(),
-        );
+        ));
         Ok(Self {
             http,
             token_url: format!("{realm}/token"),
@@ -146,6 +146,11 @@ impl CortiClient {
             timeout: config.timeout,
             certs,
         })
+    }
+
+    /// The realm's keys, which granted tokens are checked against.
+    pub fn keys(&self) -> &Keys {
+        &self.certs
     }
 
     pub fn tenant(&self) -> &Tenant {
@@ -170,6 +175,12 @@ impl CortiClient {
     }
 
     async fn exchange(&self, scope: &RequestedScope) -> Result<GrantedToken, UpstreamError> {
+        // A granted token cannot be checked without the realm's keys: mint none then,
+        // rather than one that would be thrown away.
+        self.certs
+            .ready()
+            .await
+            .map_err(|_| UpstreamError::KeysUnavailable)?;
         let scope_string = scope.to_oauth_string();
         let form = [
             ("grant_type", "client_credentials"),
@@ -285,30 +296,23 @@ impl CortiClient {
     }
 
     async fn verify_jwt(&self, token: &str) -> Result<AccessClaims, UpstreamError> {
-        let header = decode_header(token)
-            .map_err(|_| UpstreamError::BadResponse("access_token is not a valid JWT"))?;
-        let key = self
-            .certs
-            .key(header.kid.as_deref())
+        jwt::verify(token, &self.certs, &Rules::default())
             .await
             .map_err(|e| match e {
-                JwksError::UnknownKid => {
+                JwtError::Malformed => {
+                    UpstreamError::BadResponse("access_token is not a valid JWT")
+                }
+                JwtError::UnknownKey => {
                     UpstreamError::BadResponse("access_token signed with an unknown key")
                 }
-                JwksError::Unavailable(_) => UpstreamError::KeysUnavailable,
-            })?;
-        if !key.algorithms.contains(&header.alg) {
-            return Err(UpstreamError::BadResponse(
-                "access_token algorithm does not match its key",
-            ));
-        }
-        let mut validation = Validation::new(header.alg);
-        validation.algorithms = key.algorithms.clone();
-        validation.validate_aud = false;
-        validation.leeway = 30;
-        let data = decode::<AccessClaims>(token, &key.key, &validation)
-            .map_err(|_| UpstreamError::BadResponse("access_token signature or claims invalid"))?;
-        Ok(data.claims)
+                JwtError::KeysUnavailable => UpstreamError::KeysUnavailable,
+                JwtError::AlgorithmNotAllowed => {
+                    UpstreamError::BadResponse("access_token algorithm does not match its key")
+                }
+                JwtError::Rejected(_) => {
+                    UpstreamError::BadResponse("access_token signature or claims invalid")
+                }
+            })
     }
 }
 

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Mutex, RwLock};
 
 /// How a key set is kept fresh.
@@ -56,6 +57,8 @@ pub struct JwksCache {
     policy: JwksPolicy,
     cached: RwLock<Option<Cached>>,
     last_attempt: Mutex<Option<Instant>>,
+    /// 1 while the last refresh failed and the last good keys are in use.
+    stale: Gauge,
 }
 
 impl JwksCache {
@@ -66,7 +69,13 @@ impl JwksCache {
             policy,
             cached: RwLock::new(None),
             last_attempt: Mutex::new(None),
+            stale: Gauge::default(),
         })
+    }
+
+    /// The "serving stale keys" flag, for `/metrics`.
+    pub fn stale_gauge(&self) -> Gauge {
+        self.stale.clone()
     }
 
     /// The key for `kid` (or the only key when the token names none).
@@ -89,19 +98,35 @@ impl JwksCache {
         }
         // Unknown kid or empty cache: refetch (rate-limited), then look again.
         let refetch = self.refetch().await;
-        let (again, _) = self.lookup(kid).await;
-        match (again, refetch) {
+        match self.lookup(kid).await {
             (Some(key), _) => Ok(key),
-            (None, Err(e)) if !self.has_usable_keys().await => Err(e),
+            // "Unknown kid" is only an answer when there are keys to know it by: an
+            // identity provider that is down must not look like a signed-out user.
+            (None, _) if !self.has_usable_keys().await => Err(no_keys(refetch)),
             (None, _) => Err(JwksError::UnknownKid),
         }
     }
 
+    /// Makes sure usable keys are cached, fetching them (rate-limited) when none are;
+    /// so a caller can refuse before doing work that needs a key to finish.
+    pub async fn ensure_keys(&self) -> Result<(), JwksError> {
+        if self.has_usable_keys().await {
+            return Ok(());
+        }
+        let refetch = self.refetch().await;
+        if self.has_usable_keys().await {
+            Ok(())
+        } else {
+            Err(no_keys(refetch))
+        }
+    }
+
+    /// Whether some key, not older than the grace period, is cached.
     async fn has_usable_keys(&self) -> bool {
         let guard = self.cached.read().await;
         guard
             .as_ref()
-            .is_some_and(|c| c.fetched_at.elapsed() < self.policy.max_stale)
+            .is_some_and(|c| !c.keys.is_empty() && c.fetched_at.elapsed() < self.policy.max_stale)
     }
 
     /// Returns the key if cached and usable, and whether the cache is still fresh.
@@ -146,10 +171,12 @@ impl JwksCache {
                     keys,
                     fetched_at: Instant::now(),
                 });
+                self.stale.set(0);
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(jwks_url = %self.url, error = %e, "could not refresh JWKS; keeping the last good keys");
+                self.stale.set(1);
                 Err(e)
             }
         }
@@ -168,12 +195,81 @@ impl JwksCache {
                 response.status().as_u16()
             )));
         }
-        let set: JwkSet = response
-            .json()
-            .await
-            .map_err(|_| JwksError::Unavailable("body is not a JWKS".into()))?;
-        Ok(set.keys.iter().filter_map(verifying_key).collect())
+        let body = read_capped(response, MAX_JWKS_BYTES).await?;
+        Ok(parse_key_set(&body, &self.url)?
+            .iter()
+            .filter_map(verifying_key)
+            .collect())
     }
+}
+
+/// Why no usable key exists after a refetch attempt.
+fn no_keys(refetch: Result<(), JwksError>) -> JwksError {
+    match refetch {
+        Err(e) => e,
+        Ok(()) => JwksError::Unavailable(
+            "no usable key (the last fetch failed or had none; refetch paused)".into(),
+        ),
+    }
+}
+
+/// Largest JWKS body read; real sets are a few KiB.
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, JwksError> {
+    let too_large = || JwksError::Unavailable(format!("body is larger than {max} bytes"));
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| JwksError::Unavailable(without_url(e)))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The keys of a JWKS, one by one: a key of a type or curve this service cannot use
+/// (an Ed448 key, a future `kty`) is skipped and logged, so it never takes the other
+/// keys down with it at the next rotation.
+fn parse_key_set(body: &[u8], url: &str) -> Result<Vec<Jwk>, JwksError> {
+    #[derive(serde::Deserialize)]
+    struct RawSet {
+        keys: Vec<serde_json::Value>,
+    }
+    let set: RawSet = serde_json::from_slice(body)
+        .map_err(|_| JwksError::Unavailable("body is not a JWKS".into()))?;
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for raw in set.keys {
+        match serde_json::from_value::<Jwk>(raw.clone()) {
+            Ok(jwk) => keys.push(jwk),
+            Err(e) => {
+                let field = |name: &str| {
+                    raw.get(name)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("-")
+                        .chars()
+                        .take(64)
+                        .collect::<String>()
+                };
+                tracing::warn!(
+                    jwks_url = %url,
+                    kid = %field("kid"),
+                    kty = %field("kty"),
+                    crv = %field("crv"),
+                    error = %e,
+                    "skipping a JWKS key this service cannot use"
+                );
+            }
+        }
+    }
+    Ok(keys)
 }
 
 fn without_url(e: reqwest::Error) -> String {
@@ -260,6 +356,106 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_stale_gauge_is_up_while_a_refresh_fails_and_down_after_one_succeeds() {
+        let server = MockServer::start().await;
+        for status in [200, 503, 200] {
+            Mock::given(method("GET"))
+                .respond_with(
+                    ResponseTemplate::new(status).set_body_json(json!({"keys": [jwk("k1")]})),
+                )
+                .up_to_n_times(1)
+                .mount(&server)
+                .await;
+        }
+        let cache = JwksCache::new(
+            server.uri(),
+            reqwest::Client::new(),
+            policy(Duration::from_secs(300), Duration::from_secs(3600)),
+        );
+        let stale = cache.stale_gauge();
+
+        assert!(cache.key(Some("k1")).await.is_ok());
+        assert_eq!(stale.get(), 0);
+        // An unknown kid refetches; the identity provider is down.
+        assert!(cache.key(Some("k2")).await.is_err());
+        assert_eq!(stale.get(), 1, "serving the last good keys");
+        assert!(cache.key(Some("k2")).await.is_err());
+        assert_eq!(stale.get(), 0, "refreshed again");
+    }
+
+    #[tokio::test]
+    async fn without_usable_keys_every_lookup_is_unavailable_even_when_a_refetch_is_paused() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(503))
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(
+            server.uri(),
+            reqwest::Client::new(),
+            JwksPolicy {
+                min_refetch_interval: Duration::from_secs(60),
+                ..JwksPolicy::default()
+            },
+        );
+        for _ in 0..3 {
+            assert!(matches!(
+                cache.key(Some("k1")).await,
+                Err(JwksError::Unavailable(_))
+            ));
+            assert!(cache.ensure_keys().await.is_err());
+        }
+        assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn keys_past_the_grace_period_are_unavailable_not_unknown() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk("k1")]})))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(503))
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(
+            server.uri(),
+            reqwest::Client::new(),
+            JwksPolicy {
+                refresh_after: Duration::ZERO,
+                min_refetch_interval: Duration::from_millis(300),
+                max_stale: Duration::from_millis(200),
+            },
+        );
+        assert!(cache.key(Some("k1")).await.is_ok());
+        assert!(cache.ensure_keys().await.is_ok());
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        // The first lookup refetches and fails; the next ones fall in the pause.
+        for kid in [Some("k1"), Some("k2"), None] {
+            assert!(
+                matches!(cache.key(kid).await, Err(JwksError::Unavailable(_))),
+                "{kid:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_set_without_one_usable_key_is_unavailable() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": []})))
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(server.uri(), reqwest::Client::new(), JwksPolicy::default());
+        assert!(matches!(
+            cache.key(Some("k1")).await,
+            Err(JwksError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn ignores_symmetric_keys_in_a_public_key_set() {
         let server = MockServer::start().await;
         Mock::given(method("GET"))
@@ -273,9 +469,56 @@ mod tests {
             reqwest::Client::new(),
             policy(Duration::from_secs(60), Duration::from_secs(60)),
         );
+        // Not used: with no other key, the set has no usable key at all.
         assert!(matches!(
             cache.key(Some("oct")).await,
+            Err(JwksError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_unusable_key_is_skipped_and_the_others_still_verify() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [
+                {"kid": "ed448", "kty": "OKP", "crv": "Ed448", "x": "X9dEm1m0Yf0s54fsYWrUah2hNCSFpw4fig6nXYDpZ3jt8SR2m0bHBhvWeD3x5Q9s0foavq_oJWGA", "use": "sig"},
+                {"kid": "future", "kty": "PQC", "alg": "ML-DSA-65", "pub": "AAAA"},
+                {"kid": "no-kty"},
+                "not even an object",
+                jwk("k1")
+            ]})))
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(
+            server.uri(),
+            reqwest::Client::new(),
+            policy(Duration::from_secs(60), Duration::from_secs(60)),
+        );
+        assert!(cache.key(Some("k1")).await.is_ok());
+        assert!(matches!(
+            cache.key(Some("ed448")).await,
             Err(JwksError::UnknownKid)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_jwks_body_over_the_cap_is_refused() {
+        let server = MockServer::start().await;
+        let pad = "x".repeat(MAX_JWKS_BYTES);
+        Mock::given(method("GET"))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk("k1")], "pad": pad})),
+            )
+            .mount(&server)
+            .await;
+        let cache = JwksCache::new(
+            server.uri(),
+            reqwest::Client::new(),
+            policy(Duration::from_secs(60), Duration::from_secs(60)),
+        );
+        assert!(matches!(
+            cache.key(Some("k1")).await,
+            Err(JwksError::Unavailable(_))
         ));
     }
 }

@@ -3,13 +3,17 @@
 
 pub mod address;
 pub mod audit;
+pub mod background;
 pub mod browser;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod corti;
 pub mod dev;
 pub mod http;
 pub mod jwks;
+pub mod jwt;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod reuse;
@@ -17,5 +21,6 @@ pub mod scope;
 pub mod session;
 pub mod startup;
 pub mod telemetry;
+pub mod text;
 pub mod upstream;
 pub mod vend;

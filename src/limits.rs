@@ -3,31 +3,29 @@
 //! quota), and a global budget of calls to Corti auth that protects the app's
 //! credentials.
 //!
-//! Each limit is a GCRA with a burst of `N` and one unit back every `period / N`. The
-//! state lives in-process (governor, keyed by a 64-bit hash, pruned on a timer so it
-//! stays bounded) or, with `RATE_LIMIT_REDIS_URL`, in Redis so every replica enforces
-//! the same limit; see [`redis`]. The in-process state is also the fallback while
-//! Redis cannot be reached.
+//! Each limit is a GCRA with a burst of `N` and one unit back every `period / N`.
+//! [`Limits`] asks Redis first when `RATE_LIMIT_REDIS_URL` is set, so every replica
+//! enforces the same limit ([`redis`]), and decides in-process otherwise or while Redis
+//! cannot be reached (`local`). The `RateLimit` headers are written in
+//! `http::rate_limit`.
 
+mod local;
 pub mod redis;
 
-use std::fmt::Write as _;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock, QuantaClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DashMapStateStore;
-use governor::{Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 
 use crate::address::address_group;
+use crate::background::spawn_while_alive;
 use crate::config::{Rate, Settings};
 use crate::metrics::Metrics;
 
+use self::local::LocalLimiter;
 pub use self::redis::RedisLimits;
 
 /// How often idle keys are dropped from the in-process state.
@@ -42,6 +40,9 @@ pub enum KeyKind {
     User,
     /// One budget for the whole service: calls to Corti auth.
     Upstream,
+    /// The client's address again, in a bucket of its own, for the side endpoints
+    /// (readiness, metrics, the audit API, CORS preflights).
+    Side,
 }
 
 impl KeyKind {
@@ -50,6 +51,7 @@ impl KeyKind {
             KeyKind::Ip => "ip",
             KeyKind::User => "user",
             KeyKind::Upstream => "upstream",
+            KeyKind::Side => "side",
         }
     }
 }
@@ -73,15 +75,15 @@ impl Decision {
     }
 }
 
-/// The limits one request was checked against, for the IETF `RateLimit-Policy` and
-/// `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers).
+/// The limits one request was checked against, the client-facing ones only (the
+/// upstream budget is the service's own), for the `RateLimit` headers.
 #[derive(Debug, Clone, Default)]
 pub struct RateLimitReport {
     decisions: Vec<Decision>,
 }
 
 impl RateLimitReport {
-    /// Adds a client-facing decision (the upstream budget is the service's own).
+    /// Adds a decision, replacing an earlier one of the same kind.
     pub fn add(&mut self, decision: Decision) {
         if decision.kind != KeyKind::Upstream {
             self.decisions.retain(|d| d.kind != decision.kind);
@@ -89,54 +91,10 @@ impl RateLimitReport {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.decisions.is_empty()
+    /// The decisions, in the order the limits were checked.
+    pub fn decisions(&self) -> &[Decision] {
+        &self.decisions
     }
-
-    /// `RateLimit-Policy`, e.g. `"ip";q=120;w=60, "user";q=30;w=60`.
-    pub fn policy_header(&self) -> Option<String> {
-        self.render(|out, d| {
-            let _ = write!(
-                out,
-                "\"{}\";q={};w={}",
-                d.kind.as_str(),
-                d.rate.count,
-                ceil_secs(d.rate.period)
-            );
-        })
-    }
-
-    /// `RateLimit`, e.g. `"ip";r=119;t=1, "user";r=29;t=2`: `r` requests left now,
-    /// `t` seconds until the whole quota is back.
-    pub fn state_header(&self) -> Option<String> {
-        self.render(|out, d| {
-            let _ = write!(
-                out,
-                "\"{}\";r={};t={}",
-                d.kind.as_str(),
-                d.remaining,
-                ceil_secs(d.reset)
-            );
-        })
-    }
-
-    fn render(&self, item: impl Fn(&mut String, &Decision)) -> Option<String> {
-        if self.decisions.is_empty() {
-            return None;
-        }
-        let mut out = String::new();
-        for (i, d) in self.decisions.iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            item(&mut out, d);
-        }
-        Some(out)
-    }
-}
-
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// The three rates.
@@ -157,71 +115,12 @@ impl LimitRates {
     }
 }
 
-type KeyedGcra = RateLimiter<u64, DashMapStateStore<u64>, QuantaClock, StateInformationMiddleware>;
-
-/// One in-process keyed GCRA.
-struct LocalLimiter {
-    kind: KeyKind,
-    rate: Rate,
-    /// Time for one unit to come back.
-    unit: Duration,
-    gcra: KeyedGcra,
-}
-
-impl LocalLimiter {
-    fn new(kind: KeyKind, rate: Rate) -> Self {
-        let unit = rate.period / rate.count.get();
-        let quota = Quota::with_period(unit)
-            // A rate finer than a nanosecond: governor clamps the period itself.
-            .unwrap_or_else(|| Quota::per_second(rate.count))
-            .allow_burst(rate.count);
-        let gcra = RateLimiter::dashmap_with_clock(quota, QuantaClock::default())
-            .with_middleware::<StateInformationMiddleware>();
-        Self {
-            kind,
-            rate,
-            unit,
-            gcra,
-        }
-    }
-
-    fn check(&self, key: u64) -> Decision {
-        let burst = self.rate.count.get();
-        match self.gcra.check_key(&key) {
-            Ok(state) => {
-                let remaining = state.remaining_burst_capacity().min(burst - 1);
-                Decision {
-                    kind: self.kind,
-                    rate: self.rate,
-                    remaining,
-                    reset: self.unit * (burst - remaining),
-                    retry_after: None,
-                }
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(self.gcra.clock().now());
-                Decision {
-                    kind: self.kind,
-                    rate: self.rate,
-                    remaining: 0,
-                    reset: wait + self.unit * (burst - 1),
-                    retry_after: Some(wait),
-                }
-            }
-        }
-    }
-
-    fn prune(&self) {
-        self.gcra.retain_recent();
-        self.gcra.shrink_to_fit();
-    }
-}
-
 /// Every limit of the service.
 pub struct Limits {
     ip: LocalLimiter,
     user: LocalLimiter,
     upstream: LocalLimiter,
+    side: LocalLimiter,
     /// Keys the in-process state by a per-process random 64-bit hash: 16 bytes a key
     /// whatever the subject's length. Two users colliding would share a quota, which at
     /// a million keys happens with a probability of about 3e-8.
@@ -242,13 +141,21 @@ impl Limits {
             ip: LocalLimiter::new(KeyKind::Ip, rates.per_ip),
             user: LocalLimiter::new(KeyKind::User, rates.per_user),
             upstream: LocalLimiter::new(KeyKind::Upstream, rates.upstream),
+            // The per-IP rate, so a probe or scrape never spends a user's vends and a
+            // flood of them is bounded as tightly as vends are.
+            side: LocalLimiter::new(KeyKind::Side, rates.per_ip),
             hasher: RandomState::new(),
             redis,
             metrics,
         });
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(prune_while_alive(Arc::downgrade(&limits)));
-        }
+        let weak = Arc::downgrade(&limits);
+        spawn_while_alive(PRUNE_EVERY, move || {
+            let limits = weak.upgrade()?;
+            // Pruning walks every shard; keep it off the async worker threads.
+            Some(async move {
+                let _ = tokio::task::spawn_blocking(move || limits.prune()).await;
+            })
+        });
         limits
     }
 
@@ -257,6 +164,13 @@ impl Limits {
         let bucket = address_group(ip);
         let local = self.hasher.hash_one(bucket);
         self.decide(&self.ip, local, || bucket.to_string()).await
+    }
+
+    /// Checks and spends one side-endpoint request of the client address's quota.
+    pub async fn check_side(&self, ip: IpAddr) -> Decision {
+        let bucket = address_group(ip);
+        let local = self.hasher.hash_one(bucket);
+        self.decide(&self.side, local, || bucket.to_string()).await
     }
 
     /// Checks and spends one request of the user's quota.
@@ -293,11 +207,12 @@ impl Limits {
         self.ip.prune();
         self.user.prune();
         self.upstream.prune();
+        self.side.prune();
     }
 
     /// Keys currently held in-process: (IPs, users).
     pub fn tracked_keys(&self) -> (usize, usize) {
-        (self.ip.gcra.len(), self.user.gcra.len())
+        (self.ip.tracked(), self.user.tracked())
     }
 
     /// Whether limits are currently shared through Redis.
@@ -306,20 +221,6 @@ impl Limits {
     }
 }
 
-async fn prune_while_alive(limits: Weak<Limits>) {
-    let mut tick = tokio::time::interval(PRUNE_EVERY);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(limits) = limits.upgrade() else {
-            return;
-        };
-        // Pruning walks every shard; keep it off the async worker threads' hot path.
-        let _ = tokio::task::spawn_blocking(move || limits.prune()).await;
-    }
-}
-
-/// The unit an address is limited by: IPv4 as is, IPv6 by its /64.
 /// A fixed-size, replica-independent name for a subject in Redis keys.
 fn subject_digest(subject: &str) -> String {
     hex::encode(&Sha256::digest(subject.as_bytes())[..16])
@@ -357,7 +258,7 @@ mod tests {
         );
         let first = l.check_user("alice").await;
         assert_eq!(first.remaining, 2);
-        assert_eq!(ceil_secs(first.reset), 20);
+        assert_eq!(first.reset, Duration::from_secs(20));
         l.check_user("alice").await;
         let third = l.check_user("alice").await;
         assert!(third.allowed());
@@ -394,33 +295,6 @@ mod tests {
             .check_ip("::ffff:192.0.2.1".parse().unwrap())
             .await
             .allowed());
-    }
-
-    #[test]
-    fn headers_follow_the_ietf_draft() {
-        let mut report = RateLimitReport::default();
-        report.add(Decision {
-            kind: KeyKind::Ip,
-            rate: rate(120, Duration::from_secs(60)),
-            remaining: 119,
-            reset: Duration::from_millis(500),
-            retry_after: None,
-        });
-        report.add(Decision {
-            kind: KeyKind::User,
-            rate: rate(20, Duration::from_secs(60)),
-            remaining: 19,
-            reset: Duration::from_secs(3),
-            retry_after: None,
-        });
-        assert_eq!(
-            report.policy_header().unwrap(),
-            "\"ip\";q=120;w=60, \"user\";q=20;w=60"
-        );
-        assert_eq!(
-            report.state_header().unwrap(),
-            "\"ip\";r=119;t=1, \"user\";r=19;t=3"
-        );
     }
 
     #[tokio::test]

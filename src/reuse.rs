@@ -9,17 +9,29 @@
 //!
 //! Tokens are keyed by the exact subject, never by a hash, so one user's token can
 //! never reach another.
+//!
+//! With a [`FleetCache`] (Redis and `TOKEN_CACHE_KEY`), this replica's one call for a
+//! key first looks in Redis and takes part in the fleet's single-flight ([`fleet`]), so
+//! replicas behind a load balancer make one upstream call between them.
+
+pub mod fleet;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use time::OffsetDateTime;
 
+use crate::background::{lock, spawn_while_alive};
+use crate::config::Tenant;
 use crate::corti::{GrantedToken, UpstreamError};
+use crate::scope::RequestedScope;
+use crate::session::Subject;
+
+pub use self::fleet::FleetCache;
 
 /// Most live tokens held at once (a Corti token is about 1.5 KiB).
 pub const MAX_LIVE_TOKENS: usize = 20_000;
@@ -29,9 +41,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Whose token, for what.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReuseKey {
-    pub subject: String,
-    pub scope: String,
-    pub tenant: String,
+    pub subject: Subject,
+    pub scope: RequestedScope,
+    pub tenant: Tenant,
 }
 
 /// Why a shared upstream call produced no token.
@@ -52,9 +64,13 @@ pub enum Source {
     Joined,
     /// A live token held from an earlier call.
     Cached,
+    /// A live token another replica fetched, read from Redis.
+    Fleet,
 }
 
-type Flight = Shared<BoxFuture<'static, Result<GrantedToken, FetchError>>>;
+/// The token, and whether it came from Redis (another replica's call) rather than
+/// from this replica's own upstream call.
+type Flight = Shared<BoxFuture<'static, Result<(GrantedToken, bool), FetchError>>>;
 
 #[derive(Default)]
 struct State {
@@ -70,16 +86,36 @@ pub struct TokenReuse {
     /// Zero turns caching off; single-flight stays on.
     min_ttl: Duration,
     state: Arc<Mutex<State>>,
+    fleet: Option<Arc<FleetCache>>,
 }
 
 impl TokenReuse {
     /// Inside a Tokio runtime, also sweeps expired tokens out of memory periodically.
     pub fn new(min_ttl: Duration) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
-        if !min_ttl.is_zero() && tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(sweep_while_alive(Arc::downgrade(&state), min_ttl));
+        if !min_ttl.is_zero() {
+            let weak = Arc::downgrade(&state);
+            spawn_while_alive(SWEEP_EVERY, move || {
+                let state = weak.upgrade()?;
+                let now = OffsetDateTime::now_utc();
+                lock(&state)
+                    .live
+                    .retain(|_, t| t.expires_at - now >= min_ttl);
+                Some(std::future::ready(()))
+            });
         }
-        Self { min_ttl, state }
+        Self {
+            min_ttl,
+            state,
+            fleet: None,
+        }
+    }
+
+    /// Shares reuse and single-flight with every replica through Redis. Without
+    /// reuse (`TOKEN_REUSE_MIN_TTL=0`) there is nothing to share.
+    pub fn with_fleet(mut self, fleet: Option<Arc<FleetCache>>) -> Self {
+        self.fleet = fleet.filter(|_| !self.min_ttl.is_zero());
+        self
     }
 
     /// A live token for `key`, the result of an identical call in flight, or the result
@@ -110,7 +146,10 @@ impl TokenReuse {
                 }
             }
         };
-        flight.await.map(|token| (token, source))
+        flight.await.map(|(token, fetched_here)| match source {
+            Source::Fetched if !fetched_here => (token, Source::Fleet),
+            source => (token, source),
+        })
     }
 
     fn start<F>(&self, id: u64, key: ReuseKey, fetch: F) -> Flight
@@ -123,9 +162,13 @@ impl TokenReuse {
             key,
         };
         let min_ttl = self.min_ttl;
+        let fleet = self.fleet.clone();
         let task = tokio::spawn(async move {
-            let result = fetch.await;
-            if let (Ok(token), Some(state)) = (&result, guard.state.upgrade()) {
+            let result = match fleet {
+                Some(fleet) => fleet.get_or_fetch(&guard.key, min_ttl, fetch).await,
+                None => fetch.await.map(|token| (token, true)),
+            };
+            if let (Ok((token, _)), Some(state)) = (&result, guard.state.upgrade()) {
                 let mut state = lock(&state);
                 // The flight leaves the map as the token enters it, so no request sees
                 // neither and starts a second call.
@@ -152,6 +195,18 @@ impl TokenReuse {
 
     fn still_good(&self, token: &GrantedToken, now: OffsetDateTime) -> bool {
         !self.min_ttl.is_zero() && token.expires_at - now >= self.min_ttl
+    }
+
+    /// Drops every live token of `subject` at `tenant`, here and (with a fleet) in
+    /// Redis, so a denied or revoked user is never handed one again. Calls in flight
+    /// still answer their waiters.
+    pub async fn forget(&self, subject: &Subject, tenant: &Tenant) {
+        lock(&self.state)
+            .live
+            .retain(|k, _| !(k.subject == *subject && k.tenant == *tenant));
+        if let Some(fleet) = &self.fleet {
+            fleet.forget(subject, tenant).await;
+        }
     }
 
     /// Live tokens held now.
@@ -188,13 +243,6 @@ impl Drop for FlightGuard {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    // The map stays consistent through a panic elsewhere; keep serving.
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// At capacity, drops tokens too short-lived to hand out, then the soonest to expire.
 fn make_room(live: &mut HashMap<ReuseKey, GrantedToken>, min_ttl: Duration) {
     if live.len() < MAX_LIVE_TOKENS {
@@ -213,21 +261,6 @@ fn make_room(live: &mut HashMap<ReuseKey, GrantedToken>, min_ttl: Duration) {
     }
 }
 
-async fn sweep_while_alive(state: Weak<Mutex<State>>, min_ttl: Duration) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(state) = state.upgrade() else {
-            return;
-        };
-        let now = OffsetDateTime::now_utc();
-        lock(&state)
-            .live
-            .retain(|_, t| t.expires_at - now >= min_ttl);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,9 +269,9 @@ mod tests {
 
     fn key(subject: &str) -> ReuseKey {
         ReuseKey {
-            subject: subject.into(),
-            scope: "openid transcribe".into(),
-            tenant: "base".into(),
+            subject: Subject::parse(subject).unwrap(),
+            scope: RequestedScope::parse("transcribe").unwrap(),
+            tenant: Tenant::parse("base").unwrap(),
         }
     }
 
@@ -335,6 +368,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(t.access_token.expose_secret(), "ok");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_subject_gets_no_held_token_and_others_keep_theirs() {
+        let reuse = TokenReuse::new(Duration::from_secs(60));
+        for user in ["alice", "bob"] {
+            reuse
+                .get_or_fetch(key(user), async { Ok(token("old", 300)) })
+                .await
+                .unwrap();
+        }
+        reuse
+            .forget(&key("alice").subject, &key("alice").tenant)
+            .await;
+        let (t, src) = reuse
+            .get_or_fetch(key("alice"), async { Ok(token("new", 300)) })
+            .await
+            .unwrap();
+        assert_eq!(
+            (t.access_token.expose_secret(), src),
+            ("new", Source::Fetched)
+        );
+        let (_, src) = reuse
+            .get_or_fetch(key("bob"), async { Ok(token("new", 300)) })
+            .await
+            .unwrap();
+        assert_eq!(src, Source::Cached);
     }
 
     #[tokio::test]

@@ -3,6 +3,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use crate::text::clip;
+
 /// A Corti API scope that a browser may hold: each one opens only one WebSocket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LimitedScope {
@@ -59,13 +61,26 @@ impl RequestedScope {
                 Some(scope) => {
                     set.insert(scope);
                 }
-                None => return Err(ScopeError::NotAllowed(truncate(part, 64))),
+                None => return Err(ScopeError::NotAllowed(clip(part, 64))),
             }
         }
         if set.is_empty() {
             return Err(ScopeError::Empty);
         }
         Ok(Self(set))
+    }
+
+    /// Every scope set a user can ask for (each non-empty subset of the limited scopes).
+    pub fn every() -> impl Iterator<Item = Self> {
+        let n = LimitedScope::ALL.len();
+        (1u32..(1 << n)).map(move |mask| {
+            Self(
+                (0..n)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| LimitedScope::ALL[i])
+                    .collect(),
+            )
+        })
     }
 
     pub fn contains(&self, scope: LimitedScope) -> bool {
@@ -98,7 +113,7 @@ impl RequestedScope {
         for scope in granted {
             let requested = LimitedScope::parse(scope).is_some_and(|s| self.contains(s));
             if !requested && !IDENTITY_SCOPES.contains(&scope) {
-                return Err(GrantError::Wider(truncate(scope, 64)));
+                return Err(GrantError::Wider(clip(scope, 64)));
             }
         }
         Ok(())
@@ -120,13 +135,21 @@ pub enum GrantError {
     Wider(String),
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_scope_set_a_user_can_ask_for_is_listed_once() {
+        let every: BTreeSet<String> = RequestedScope::every()
+            .map(|s| s.to_oauth_string())
+            .collect();
+        let expected: BTreeSet<String> = ["transcribe", "streams", "streams transcribe"]
+            .iter()
+            .map(|raw| RequestedScope::parse(raw).unwrap().to_oauth_string())
+            .collect();
+        assert_eq!(every, expected);
+    }
 
     #[test]
     fn parses_allowed_sets_and_adds_openid() {

@@ -1,17 +1,15 @@
 //! The app's session JWT: which key checks it, and the signed-in user it names.
 
 use std::fmt;
-use std::sync::Arc;
 
-use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Settings};
-use crate::jwks::{JwksCache, JwksError, JwksPolicy, VerifyingKey};
-
-/// Seconds of clock skew tolerated on `exp` and `nbf`.
-pub const LEEWAY_SECS: u64 = 30;
+use crate::config::{ConfigError, SessionKeys, SessionSettings, SESSION_JWT_PUBLIC_KEY_FILE};
+use crate::jwks::{JwksCache, JwksPolicy, VerifyingKey};
+use crate::jwt::{self, JwtError, Keys, Rules};
 
 /// The signed-in user: the session JWT's `sub`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,7 +17,10 @@ pub struct Subject(String);
 
 impl Subject {
     pub fn parse(raw: &str) -> Result<Self, SessionError> {
-        if raw.is_empty() || raw.len() > 255 || raw.chars().any(char::is_control) {
+        // Bidirectional controls would make the subject read differently in the audit
+        // log than it is (Trojan Source); no identity provider issues them.
+        let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if raw.is_empty() || raw.len() > 255 || raw.chars().any(|c| c.is_control() || bidi(c)) {
             return Err(SessionError::Invalid(
                 "sub is empty, too long or has control characters",
             ));
@@ -86,48 +87,45 @@ impl StringOrList {
     }
 }
 
-enum KeySource {
-    Static(VerifyingKey),
-    Jwks(Arc<JwksCache>),
-}
-
 /// Verifies session JWTs against the one configured key source.
 pub struct SessionVerifier {
-    keys: KeySource,
+    keys: Keys,
     issuer: Option<String>,
     audience: Option<String>,
 }
 
 impl SessionVerifier {
-    /// Builds the verifier from the settings' single key source.
-    pub fn from_settings(settings: &Settings, http: reqwest::Client) -> Result<Self, ConfigError> {
-        let keys = if let Some(secret) = &settings.session_jwt_secret {
-            KeySource::Static(hmac_key(secret))
-        } else if let Some(path) = &settings.session_jwt_public_key_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                ConfigError::new(
-                    "SESSION_JWT_PUBLIC_KEY_FILE",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            KeySource::Static(public_key_from_pem(&pem).ok_or_else(|| {
-                ConfigError::new(
-                    "SESSION_JWT_PUBLIC_KEY_FILE",
-                    "is not a PEM RSA, EC (P-256/P-384) or Ed25519 public key",
-                )
-            })?)
-        } else if let Some(url) = &settings.session_jwks_url {
-            KeySource::Jwks(JwksCache::new(url.clone(), http, JwksPolicy::default()))
-        } else {
-            return Err(ConfigError::new(
-                "SESSION_JWT_SECRET",
-                "one of SESSION_JWT_SECRET, SESSION_JWT_PUBLIC_KEY_FILE or SESSION_JWKS_URL is required",
-            ));
+    /// Where the session keys come from.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+    /// Builds the verifier from the settings' one key source.
+    pub fn from_settings(
+        settings: &SessionSettings,
+        http: reqwest::Client,
+    ) -> Result<Self, ConfigError> {
+        let keys = match &settings.keys {
+            SessionKeys::Secret(secret) => Keys::Static(hmac_key(secret)),
+            SessionKeys::PublicKeyFile(path) => {
+                let setting = SESSION_JWT_PUBLIC_KEY_FILE.name;
+                let pem = std::fs::read(path).map_err(|e| {
+                    ConfigError::new(setting, format!("cannot read {}: {e}", path.display()))
+                })?;
+                Keys::Static(public_key_from_pem(&pem).ok_or_else(|| {
+                    ConfigError::new(
+                        setting,
+                        "is not a PEM RSA, EC (P-256/P-384) or Ed25519 public key",
+                    )
+                })?)
+            }
+            SessionKeys::Jwks(url) => {
+                Keys::Jwks(JwksCache::new(url.clone(), http, JwksPolicy::default()))
+            }
         };
         Ok(Self {
             keys,
-            issuer: settings.session_jwt_issuer.clone(),
-            audience: settings.session_jwt_audience.clone(),
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
         })
     }
 
@@ -136,57 +134,30 @@ impl SessionVerifier {
         if token.len() > 8192 {
             return Err(SessionError::Invalid("token too long"));
         }
-        let header = decode_header(token).map_err(|_| SessionError::Invalid("malformed"))?;
-        let key = match &self.keys {
-            KeySource::Static(key) => key.clone(),
-            KeySource::Jwks(cache) => {
-                cache
-                    .key(header.kid.as_deref())
-                    .await
-                    .map_err(|e| match e {
-                        JwksError::UnknownKid => SessionError::Invalid("unknown kid"),
-                        JwksError::Unavailable(_) => SessionError::KeysUnavailable,
-                    })?
-            }
+        let rules = Rules {
+            issuer: self.issuer.as_deref(),
+            audience: self.audience.as_deref(),
+            required: &["sub"],
+            check_nbf: true,
         };
-        if !key.algorithms.contains(&header.alg) {
-            return Err(SessionError::Invalid(
-                "algorithm not allowed for the configured key",
-            ));
-        }
-        let mut validation = Validation::new(header.alg);
-        validation.algorithms = key.algorithms.clone();
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        match &self.issuer {
-            Some(iss) => {
-                validation.set_issuer(&[iss]);
-                validation.required_spec_claims.insert("iss".into());
-            }
-            None => validation.iss = None,
-        }
-        match &self.audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                validation.required_spec_claims.insert("aud".into());
-            }
-            None => validation.validate_aud = false,
-        }
-        let data = decode::<Claims>(token, &key.key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            SessionError::Invalid(match e.kind() {
-                ErrorKind::ExpiredSignature => "expired",
-                ErrorKind::ImmatureSignature => "not yet valid (nbf)",
-                ErrorKind::InvalidIssuer => "wrong issuer",
-                ErrorKind::InvalidAudience => "wrong audience",
-                ErrorKind::InvalidSignature => "bad signature",
-                ErrorKind::InvalidAlgorithm => "algorithm not allowed",
-                ErrorKind::MissingRequiredClaim(_) => "missing required claim",
-                _ => "malformed",
+        let claims: Claims = jwt::verify(token, &self.keys, &rules).await.map_err(|e| {
+            SessionError::Invalid(match e {
+                JwtError::Malformed => "malformed",
+                JwtError::UnknownKey => "unknown kid",
+                JwtError::KeysUnavailable => return SessionError::KeysUnavailable,
+                JwtError::AlgorithmNotAllowed => "algorithm not allowed for the configured key",
+                JwtError::Rejected(kind) => match kind {
+                    ErrorKind::ExpiredSignature => "expired",
+                    ErrorKind::ImmatureSignature => "not yet valid (nbf)",
+                    ErrorKind::InvalidIssuer => "wrong issuer",
+                    ErrorKind::InvalidAudience => "wrong audience",
+                    ErrorKind::InvalidSignature => "bad signature",
+                    ErrorKind::InvalidAlgorithm => "algorithm not allowed",
+                    ErrorKind::MissingRequiredClaim(_) => "missing required claim",
+                    _ => "malformed",
+                },
             })
         })?;
-        let claims = data.claims;
         Ok(Session {
             subject: Subject::parse(&claims.sub)?,
             session_id: claims.sid.filter(|s| !s.is_empty() && s.len() <= 255),

@@ -8,15 +8,21 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::audit::flood::FloodGuard;
+use crate::audit::keys::{ChainKey, NoteSigner};
 use crate::audit::store::SqlAuditStore;
+use crate::audit::writer::{WriterConfig, WriterKeys};
 use crate::audit::{AuditStore, Auditor, Fingerprinter};
+use crate::background::spawn_while_alive;
 use crate::browser::OriginPolicy;
-use crate::config::{ConfigError, Settings};
+use crate::config::{
+    ConfigError, ServeSettings, AUDIT_SIGNING_KEY, RATE_LIMIT_REDIS_URL, TOKEN_CACHE_KEY,
+};
 use crate::corti::{CortiClient, CortiClientConfig};
 use crate::http::{self, AppState};
+use crate::lifecycle::{stop_signal, Draining};
 use crate::limits::{LimitRates, Limits, RedisLimits};
 use crate::metrics::Metrics;
-use crate::reuse::TokenReuse;
+use crate::reuse::{FleetCache, TokenReuse};
 use crate::session::SessionVerifier;
 use crate::upstream::{ResilientUpstream, UpstreamPolicy};
 use crate::vend::Vendor;
@@ -60,23 +66,31 @@ pub struct Application {
 }
 
 impl Application {
-    /// Builds the service from settings that passed [`Settings::require_for_serve`].
-    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+    /// Builds the service from complete settings.
+    pub async fn build(settings: ServeSettings) -> Result<Self, StartupError> {
         Self::build_with(settings, Options::default()).await
     }
 
-    pub async fn build_with(settings: Settings, options: Options) -> Result<Self, StartupError> {
-        settings.require_for_serve()?;
+    pub async fn build_with(
+        settings: ServeSettings,
+        options: Options,
+    ) -> Result<Self, StartupError> {
+        let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn AuditStore> = match options.audit_store {
             Some(store) => store,
             None => Arc::new(
-                SqlAuditStore::open(&settings.database_url)
-                    .await
-                    .map_err(|e| StartupError::Audit(e.to_string()))?,
+                SqlAuditStore::open_reporting(
+                    &settings.database_url,
+                    writer_keys(&settings)?,
+                    WriterConfig::default(),
+                    metrics.audit_writer(),
+                )
+                .await
+                .map_err(|e| StartupError::Audit(e.to_string()))?,
             ),
         };
         let flood = options.audit_flood.unwrap_or_default();
-        let state = web::Data::new(app_state(&settings, store, flood)?);
+        let state = web::Data::new(app_state(&settings, store, flood, metrics)?);
         spawn_flood_flusher(&state.auditor);
         let listener = match options.listener {
             Some(listener) => listener,
@@ -93,11 +107,14 @@ impl Application {
         })?;
         let extra = options.extra_routes;
         let server_state = state.clone();
+        let draining = state.draining.clone();
+        let grace = settings.shutdown_grace;
         let server = HttpServer::new(move || {
             let extra = extra.clone();
             App::new()
                 .app_data(server_state.clone())
                 .wrap(from_fn(http::cors::cors_middleware))
+                .wrap(from_fn(http::head_limit::head_limit_middleware))
                 .wrap(from_fn(http::context::request_id_middleware))
                 .configure(http::routes)
                 .configure(move |cfg| {
@@ -112,7 +129,16 @@ impl Application {
             addr: settings.listen_addr.to_string(),
             source,
         })?
-        .shutdown_timeout(10)
+        // actix counts the grace in whole seconds; round up so it is never shorter.
+        .shutdown_timeout(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
+        .shutdown_signal(async move {
+            stop_signal().await;
+            draining.begin();
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "stop signal: not ready, no new connections, draining in-flight requests"
+            );
+        })
         .run();
         Ok(Self {
             port: port.port(),
@@ -130,55 +156,80 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGINT/SIGTERM, then drains in-flight requests and writes the
-    /// aggregated refusals still being counted.
+    /// Serves until SIGTERM/SIGINT, then drains in-flight requests (at most
+    /// `SHUTDOWN_GRACE`), writes the aggregated refusals still being counted and signs
+    /// a last audit checkpoint.
+    ///
+    /// Every request that was answered waited for its own event's commit, so once the
+    /// server has stopped the only events left to commit are those aggregated refusals.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        self.state.auditor.flush_floods(true).await;
+        self.state.auditor.close().await;
+        tracing::info!("token-vendor stopped");
         result
     }
+}
+
+/// The audit chain key (from AUDIT_HMAC_KEY) and checkpoint signer (AUDIT_SIGNING_KEY).
+fn writer_keys(settings: &ServeSettings) -> Result<WriterKeys, StartupError> {
+    let signer = match &settings.audit_signing_key {
+        Some(key) => Some(Arc::new(
+            NoteSigner::parse(key).map_err(|e| AUDIT_SIGNING_KEY.error(e.0))?,
+        )),
+        None => {
+            tracing::warn!("AUDIT_SIGNING_KEY is not set: no signed audit checkpoints, so `audit verify` cannot detect a truncated tail or a deleted chain");
+            None
+        }
+    };
+    Ok(WriterKeys {
+        chain: ChainKey::derive(&settings.audit_hmac_key),
+        signer,
+    })
 }
 
 /// Writes the aggregated events of closed flood windows once a second, until the
 /// service's auditor is gone.
 fn spawn_flood_flusher(auditor: &Auditor) {
     let weak = auditor.downgrade();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let Some(auditor) = Auditor::upgrade(&weak) else {
-                return;
-            };
-            auditor.flush_floods(false).await;
-        }
+    spawn_while_alive(std::time::Duration::from_secs(1), move || {
+        let auditor = Auditor::upgrade(&weak)?;
+        Some(async move { auditor.flush_floods(false).await })
     });
 }
 
+/// Fleet-wide reuse when Redis and `TOKEN_CACHE_KEY` are both set; start-up says once
+/// when reuse stays per replica although replicas share Redis.
+fn fleet_cache(
+    settings: &ServeSettings,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<FleetCache>>, StartupError> {
+    let Some(url) = settings.rate_limit_redis_url.as_deref() else {
+        return Ok(None);
+    };
+    let Some(key) = &settings.token_cache_key else {
+        tracing::warn!(
+            "token reuse is per replica: set {} to share live tokens through Redis",
+            TOKEN_CACHE_KEY.name
+        );
+        return Ok(None);
+    };
+    let fleet = FleetCache::connect(url, key, settings.upstream_timeout, metrics.clone())
+        .map_err(|e| ConfigError::new(RATE_LIMIT_REDIS_URL.name, e.to_string()))?;
+    Ok(Some(fleet))
+}
+
 fn app_state(
-    settings: &Settings,
+    settings: &ServeSettings,
     store: Arc<dyn AuditStore>,
     flood: FloodGuard,
+    metrics: Arc<Metrics>,
 ) -> Result<AppState, StartupError> {
-    let missing = |name: &str| ConfigError::new(name, "is required");
-    let environment = settings
-        .corti_environment
-        .ok_or_else(|| missing("CORTI_ENVIRONMENT"))?;
-    let auth_base_url = settings
-        .auth_base_url()
-        .ok_or_else(|| missing("CORTI_AUTH_URL"))?;
     let corti = CortiClient::new(CortiClientConfig {
-        auth_base_url,
-        tenant: settings.corti_tenant.clone(),
-        environment,
-        client_id: settings
-            .corti_client_id
-            .clone()
-            .ok_or_else(|| missing("CORTI_CLIENT_ID"))?,
-        client_secret: settings
-            .corti_client_secret
-            .clone()
-            .ok_or_else(|| missing("CORTI_CLIENT_SECRET"))?,
+        auth_base_url: settings.corti.auth_url.clone(),
+        tenant: settings.corti.tenant.clone(),
+        environment: settings.corti.environment,
+        client_id: settings.corti.client_id.clone(),
+        client_secret: settings.corti.client_secret.clone(),
         timeout: settings.upstream_timeout,
     })?;
     let jwks_http = reqwest::Client::builder()
@@ -187,22 +238,22 @@ fn app_state(
         // A redirect could lead key fetches to a host nobody configured.
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let sessions = SessionVerifier::from_settings(settings, jwks_http)?;
-    let fingerprinter = Fingerprinter::new(
-        settings
-            .audit_hmac_key
-            .clone()
-            .ok_or_else(|| missing("AUDIT_HMAC_KEY"))?,
-    );
+    let sessions = SessionVerifier::from_settings(&settings.session, jwks_http)?;
+    let fingerprinter = Fingerprinter::new(settings.audit_hmac_key.clone());
     let auditor = Auditor::with_flood_guard(store, flood);
     let origins = OriginPolicy::new(settings.allowed_origins.iter().cloned());
-    let metrics = Arc::new(Metrics::new());
+    for (source, keys) in [("session", sessions.keys()), ("corti", corti.keys())] {
+        if let Some(cache) = keys.jwks() {
+            metrics.watch_jwks(source, cache.stale_gauge());
+        }
+    }
     let redis = settings
         .rate_limit_redis_url
         .as_deref()
         .map(|url| RedisLimits::connect(url, metrics.clone()))
         .transpose()
-        .map_err(|e| ConfigError::new("RATE_LIMIT_REDIS_URL", e.to_string()))?;
+        .map_err(|e| ConfigError::new(RATE_LIMIT_REDIS_URL.name, e.to_string()))?;
+    let fleet = fleet_cache(settings, &metrics)?;
     let corti = Arc::new(corti);
     let vendor = Vendor {
         sessions,
@@ -210,8 +261,16 @@ fn app_state(
         corti: corti.clone(),
         auditor: auditor.clone(),
         fingerprinter,
-        limits: Limits::new(LimitRates::from_settings(settings), redis, metrics.clone()),
-        reuse: TokenReuse::new(settings.token_reuse_min_ttl),
+        limits: Limits::new(
+            LimitRates {
+                per_ip: settings.rate_limit_per_ip,
+                per_user: settings.rate_limit_per_user,
+                upstream: settings.upstream_rate_limit,
+            },
+            redis,
+            metrics.clone(),
+        ),
+        reuse: TokenReuse::new(settings.token_reuse_min_ttl).with_fleet(fleet),
         upstream: Arc::new(ResilientUpstream::new(
             corti,
             UpstreamPolicy::with_deadline(settings.upstream_timeout),
@@ -224,7 +283,8 @@ fn app_state(
         auditor,
         origins,
         trusted_proxies: settings.trusted_proxies.clone(),
-        cookie_name: settings.session_cookie_name.clone(),
+        cookie_name: settings.session.cookie_name.clone(),
         audit_reader_role: settings.audit_reader_role.clone(),
+        draining: Draining::default(),
     })
 }

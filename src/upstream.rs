@@ -270,7 +270,7 @@ impl ResilientUpstream {
     }
 
     fn lock(&self) -> MutexGuard<'_, Gate> {
-        self.gate.lock().unwrap_or_else(|p| p.into_inner())
+        crate::background::lock(&self.gate)
     }
 }
 

@@ -1,7 +1,9 @@
-//! One vend, from a raw attempt to an audited result: IP limit → session → user
-//! limit → origin → body → scope → user policy → reuse/single-flight (→ upstream
-//! budget → Corti) → audit.
+//! One vend, from a raw attempt to an audited result: IP limit → session signature →
+//! origin (CSRF) → session validity → user limit → content type → body → scope → user
+//! policy → reuse/single-flight (→ upstream budget → Corti) → audit.
 
+use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,23 +13,47 @@ use time::OffsetDateTime;
 
 use crate::audit::{AuditEvent, Auditor, Fingerprinter, Outcome};
 use crate::browser::{OriginError, OriginPolicy};
+use crate::catalog::{ProblemType, TRY_AGAIN_SOON};
 use crate::corti::{CortiClient, GrantedToken, UpstreamError};
-use crate::limits::{Decision, Limits, RateLimitReport};
+use crate::limits::{Decision, KeyKind, Limits, RateLimitReport};
 use crate::metrics::Metrics;
 use crate::reuse::{FetchError, ReuseKey, Source, TokenReuse};
 use crate::scope::{RequestedScope, ScopeError};
 use crate::session::{Session, SessionError, SessionVerifier};
+use crate::text::clip;
 use crate::upstream::ResilientUpstream;
 
 /// Largest accepted request body; `{"scope":"transcribe streams"}` is 31 bytes.
 pub const MAX_BODY_BYTES: usize = 1024;
 
-/// Everything the HTTP edge knows about one `POST /v1/tokens`.
-pub struct Attempt {
+/// The session of the first candidate token that verifies, else the first refusal.
+pub async fn verify_first(
+    sessions: &SessionVerifier,
+    tokens: &[String],
+) -> Result<Session, SessionError> {
+    let mut first_error = None;
+    for token in tokens {
+        match sessions.verify(token).await {
+            Ok(session) => return Ok(session),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or(SessionError::Missing))
+}
+
+/// Who is asking, as the HTTP edge sees it: what every audit event records of a caller.
+pub struct Caller {
     pub request_id: String,
-    pub client_ip: Option<String>,
+    pub client_ip: Option<IpAddr>,
     pub user_agent: Option<String>,
     pub origin: Option<String>,
+}
+
+/// Everything the HTTP edge knows about one `POST /v1/tokens`.
+pub struct Attempt {
+    pub caller: Caller,
     pub credentials: Credentials,
     pub content_type: Option<String>,
     /// The body, or why it could not be read.
@@ -37,7 +63,8 @@ pub struct Attempt {
 /// Where the session JWT came from; a cookie needs an allowed `Origin` (CSRF).
 pub enum Credentials {
     Bearer(String),
-    Cookie(String),
+    /// Every session cookie sent, in order; the first that verifies is the session.
+    Cookie(Vec<String>),
     /// An `Authorization` header that is not `Bearer …`.
     Malformed,
     None,
@@ -49,7 +76,7 @@ pub enum BodyError {
     Unreadable,
 }
 
-/// Why an attempt got no token. Mapped once to HTTP in `http::problem`.
+/// Why an attempt got no token. Classified once, in [`VendError::class`].
 #[derive(Debug, thiserror::Error)]
 pub enum VendError {
     #[error("invalid request: {0}")]
@@ -64,9 +91,9 @@ pub enum VendError {
     Origin(#[from] OriginError),
     #[error("scope {0:?} is not allowed for this user")]
     ScopeNotAllowed(String),
-    #[error("too many requests ({kind} limit)")]
+    #[error("too many requests ({} limit)", kind.as_str())]
     RateLimited {
-        kind: &'static str,
+        kind: KeyKind,
         retry_after: Duration,
     },
     #[error("{0}")]
@@ -75,65 +102,101 @@ pub enum VendError {
     AuditUnavailable,
 }
 
+/// How a failed vend is answered and audited, decided in one place.
+#[derive(Debug, Clone)]
+pub struct Class {
+    /// The catalog entry: status, problem type and title.
+    pub problem: ProblemType,
+    pub outcome: Outcome,
+    /// What the caller is told: the error itself, or a fixed text where the cause is
+    /// for the log and the audit event only.
+    pub detail: Cow<'static, str>,
+    /// How long a client should wait before trying again, when known.
+    pub retry_after: Option<Duration>,
+}
+
 impl VendError {
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            VendError::InvalidRequest(_)
-            | VendError::PayloadTooLarge
-            | VendError::UnsupportedMediaType => Outcome::InvalidRequest,
-            VendError::Unauthenticated(SessionError::KeysUnavailable) => Outcome::Unavailable,
-            VendError::Unauthenticated(_) => Outcome::Unauthenticated,
-            VendError::Origin(_) | VendError::ScopeNotAllowed(_) => Outcome::Forbidden,
-            VendError::RateLimited { .. } => Outcome::RateLimited,
+    /// The one classification of every failure.
+    pub fn class(&self) -> Class {
+        use ProblemType as P;
+        let own = || Cow::Owned(self.to_string());
+        let (problem, outcome, detail, retry_after) = match self {
+            VendError::InvalidRequest(detail) => (
+                P::InvalidRequest,
+                Outcome::InvalidRequest,
+                Cow::Owned(detail.clone()),
+                None,
+            ),
+            VendError::PayloadTooLarge => (P::PayloadTooLarge, Outcome::InvalidRequest, own(), None),
+            VendError::UnsupportedMediaType => {
+                (P::UnsupportedMediaType, Outcome::InvalidRequest, own(), None)
+            }
+            VendError::Unauthenticated(SessionError::KeysUnavailable) => (
+                P::SessionKeysUnavailable,
+                Outcome::Unavailable,
+                SESSION_KEYS_UNAVAILABLE.into(),
+                Some(TRY_AGAIN_SOON),
+            ),
+            VendError::Unauthenticated(_) => (
+                P::Unauthenticated,
+                Outcome::Unauthenticated,
+                "a valid session is required (Authorization: Bearer or the session cookie)".into(),
+                None,
+            ),
+            VendError::Origin(_) => (P::OriginNotAllowed, Outcome::Forbidden, own(), None),
+            VendError::ScopeNotAllowed(_) => (P::ScopeNotAllowed, Outcome::Forbidden, own(), None),
+            VendError::RateLimited { retry_after, .. } => {
+                (P::RateLimited, Outcome::RateLimited, own(), Some(*retry_after))
+            }
+            VendError::Upstream(UpstreamError::Timeout) => (
+                P::UpstreamTimeout,
+                Outcome::UpstreamError,
+                "the Corti auth server did not answer in time".into(),
+                None,
+            ),
             VendError::Upstream(
-                UpstreamError::Unreachable(_)
+                e @ (UpstreamError::Unreachable(_)
                 | UpstreamError::KeysUnavailable
                 | UpstreamError::RateLimited { .. }
-                | UpstreamError::CircuitOpen { .. },
-            ) => Outcome::Unavailable,
-            VendError::Upstream(_) => Outcome::UpstreamError,
-            VendError::AuditUnavailable => Outcome::Unavailable,
-        }
-    }
-
-    pub fn status(&self) -> u16 {
-        match self {
-            VendError::InvalidRequest(_) => 400,
-            VendError::PayloadTooLarge => 413,
-            VendError::UnsupportedMediaType => 415,
-            VendError::Unauthenticated(SessionError::KeysUnavailable) => 503,
-            VendError::Unauthenticated(_) => 401,
-            VendError::Origin(_) | VendError::ScopeNotAllowed(_) => 403,
-            VendError::RateLimited { .. } => 429,
-            VendError::Upstream(UpstreamError::Timeout) => 504,
-            VendError::Upstream(
-                UpstreamError::Unreachable(_)
-                | UpstreamError::KeysUnavailable
-                | UpstreamError::RateLimited { .. }
-                | UpstreamError::CircuitOpen { .. },
-            ) => 503,
-            VendError::Upstream(_) => 502,
-            VendError::AuditUnavailable => 503,
-        }
-    }
-
-    /// Seconds a client should wait before trying again, when known.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            VendError::RateLimited { retry_after, .. } => Some(*retry_after),
-            VendError::Upstream(UpstreamError::RateLimited { retry_after }) => {
-                Some(retry_after.unwrap_or(Duration::from_secs(5)))
-            }
-            VendError::Upstream(UpstreamError::CircuitOpen { retry_after }) => Some(*retry_after),
-            VendError::Upstream(UpstreamError::Unreachable(_) | UpstreamError::KeysUnavailable)
-            | VendError::AuditUnavailable
-            | VendError::Unauthenticated(SessionError::KeysUnavailable) => {
-                Some(Duration::from_secs(5))
-            }
-            _ => None,
+                | UpstreamError::CircuitOpen { .. }),
+            ) => (
+                P::UpstreamUnavailable,
+                Outcome::Unavailable,
+                "the Corti auth server cannot be reached right now".into(),
+                Some(match e {
+                    UpstreamError::RateLimited { retry_after } => {
+                        retry_after.unwrap_or(TRY_AGAIN_SOON)
+                    }
+                    UpstreamError::CircuitOpen { retry_after } => *retry_after,
+                    _ => TRY_AGAIN_SOON,
+                }),
+            ),
+            VendError::Upstream(_) => (
+                P::UpstreamError,
+                Outcome::UpstreamError,
+                "the Corti auth server refused the request or answered in a way that cannot be used"
+                    .into(),
+                None,
+            ),
+            VendError::AuditUnavailable => (
+                P::AuditUnavailable,
+                Outcome::Unavailable,
+                "no token is issued while the audit store cannot record it".into(),
+                Some(TRY_AGAIN_SOON),
+            ),
+        };
+        Class {
+            problem,
+            outcome,
+            detail,
+            retry_after,
         }
     }
 }
+
+/// The caller's detail when the session keys cannot be loaded (vend and audit read).
+pub const SESSION_KEYS_UNAVAILABLE: &str =
+    "session keys cannot be loaded right now; try again shortly";
 
 /// A token about to be handed out.
 #[derive(Debug, Clone)]
@@ -175,6 +238,14 @@ pub struct Vendor {
     pub metrics: Arc<Metrics>,
 }
 
+/// What an attempt leaves behind however it ends: its audit event, the limits it was
+/// checked against and, once parsed, its scope.
+struct Trail {
+    event: AuditEvent,
+    rate_limits: RateLimitReport,
+    scope: Option<RequestedScope>,
+}
+
 /// The end of one attempt: its result, its audit event and the limits it was
 /// checked against (for the `RateLimit` headers).
 pub struct Handled {
@@ -189,17 +260,17 @@ impl Vendor {
     #[tracing::instrument(name = "vend", skip_all)]
     pub async fn handle(&self, attempt: Attempt) -> Handled {
         let started = Instant::now();
-        let mut event = AuditEvent::begin(
-            &attempt.request_id,
-            self.corti.tenant().as_str(),
-            self.corti.environment().as_str(),
-        );
-        event.client_ip = attempt.client_ip.clone();
-        event.user_agent = attempt.user_agent.as_deref().map(|ua| clip(ua, 256));
-        event.origin = attempt.origin.as_deref().map(|o| clip(o, 256));
-
-        let mut rate_limits = RateLimitReport::default();
-        let result = self.run(attempt, &mut event, &mut rate_limits).await;
+        let mut trail = Trail {
+            event: self.begin_event(&attempt.caller),
+            rate_limits: RateLimitReport::default(),
+            scope: None,
+        };
+        let result = self.run(attempt, &mut trail).await;
+        let Trail {
+            mut event,
+            rate_limits,
+            scope,
+        } = trail;
         let mut result = result.map(|vended| self.body(vended, &mut event));
 
         event.duration_ms = started.elapsed().as_millis() as u64;
@@ -212,8 +283,9 @@ impl Vendor {
             }
             self.auditor.log_unstored(&event);
         }
-        self.metrics
-            .vend(event.outcome.as_str(), &scope_label(event.scope.as_deref()));
+        // Only parsed scopes label the metric, so the label set stays small.
+        let scope_label = scope.map_or_else(|| "none".to_owned(), |s| s.to_oauth_string());
+        self.metrics.vend(event.outcome.as_str(), &scope_label);
         Handled {
             result,
             event,
@@ -221,64 +293,96 @@ impl Vendor {
         }
     }
 
-    async fn run(
-        &self,
-        attempt: Attempt,
-        event: &mut AuditEvent,
-        limits: &mut RateLimitReport,
-    ) -> Result<Vended, VendError> {
+    /// Audits a refused CORS preflight: the only trace of a page on a disallowed
+    /// origin, since the browser then never sends the `POST`.
+    pub async fn refuse_preflight(&self, caller: &Caller) {
+        let mut event = self.begin_event(caller);
+        event.outcome = Outcome::Forbidden;
+        event.status = ProblemType::OriginNotAllowed.status();
+        event.detail = Some("CORS preflight from an origin that is not allowed".into());
+        // A refusal needs no fail-closed handling: nothing leaves the service.
+        let _ = self.auditor.record(&event).await;
+    }
+
+    /// A new event for this caller, its outcome not known yet.
+    fn begin_event(&self, caller: &Caller) -> AuditEvent {
+        let mut event = AuditEvent::begin(
+            &caller.request_id,
+            self.corti.tenant().as_str(),
+            self.corti.environment().as_str(),
+        );
+        event.client_ip = caller.client_ip.map(|ip| ip.to_string());
+        event.user_agent = caller.user_agent.as_deref().map(|ua| clip(ua, 256));
+        event.origin = caller.origin.as_deref().map(|o| clip(o, 256));
+        event
+    }
+
+    async fn run(&self, attempt: Attempt, trail: &mut Trail) -> Result<Vended, VendError> {
+        let Attempt {
+            caller,
+            credentials,
+            content_type,
+            body,
+        } = attempt;
         // Before any signature is checked, so a flood of garbage costs little.
-        if let Some(ip) = attempt.client_ip.as_deref().and_then(|ip| ip.parse().ok()) {
-            admit(limits, self.limits.check_ip(ip).await)?;
+        if let Some(ip) = caller.client_ip {
+            admit(&mut trail.rate_limits, self.limits.check_ip(ip).await)?;
         }
-        let (token, via_cookie) = match attempt.credentials {
-            Credentials::Bearer(t) => (t, false),
-            Credentials::Cookie(t) => (t, true),
+        let (tokens, via_cookie) = match credentials {
+            Credentials::Bearer(t) => (vec![t], false),
+            Credentials::Cookie(ts) => (ts, true),
             Credentials::Malformed => {
                 return Err(SessionError::Invalid("Authorization is not a Bearer token").into())
             }
             Credentials::None => return Err(SessionError::Missing.into()),
         };
-        let verified = self.sessions.verify(&token).await;
+        let verified = verify_first(&self.sessions, &tokens).await;
         if let Ok(session) = &verified {
-            event.subject = Some(session.subject.to_string());
-            event.session_id = session.session_id.clone();
+            trail.event.subject = Some(session.subject.to_string());
+            trail.event.session_id = session.session_id.clone();
         }
         // The origin is judged before the session's validity and before the user's
         // quota: a cross-site request riding on a cookie is a CSRF attempt (403) and
         // must not spend its victim's quota.
         self.origins
-            .check_request(attempt.origin.as_deref(), via_cookie)?;
+            .check_request(caller.origin.as_deref(), via_cookie)?;
         let session = verified?;
         // Only a verified session spends its user's quota.
         admit(
-            limits,
+            &mut trail.rate_limits,
             self.limits.check_user(session.subject.as_str()).await,
         )?;
 
-        if !is_json(attempt.content_type.as_deref()) {
+        if !is_json(content_type.as_deref()) {
             return Err(VendError::UnsupportedMediaType);
         }
-        let body = attempt.body.map_err(|e| match e {
+        let body = body.map_err(|e| match e {
             BodyError::TooLarge => VendError::PayloadTooLarge,
             BodyError::Unreadable => {
                 VendError::InvalidRequest("request body could not be read".into())
             }
         })?;
+        // serde reads a struct from a JSON array too; the body must be an object.
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return Err(VendError::InvalidRequest(
+                "body must be {\"scope\": \"transcribe\"}: not a JSON object".into(),
+            ));
+        }
         let parsed: VendBody = serde_json::from_slice(&body).map_err(|e| {
             VendError::InvalidRequest(format!(
                 "body must be {{\"scope\": \"transcribe\"}}: {}",
                 clip(&e.to_string(), 120)
             ))
         })?;
-        event.scope = Some(clip(&parsed.scope, 128));
+        trail.event.scope = Some(clip(&parsed.scope, 128));
         let scope = RequestedScope::parse(&parsed.scope)
             .map_err(|e: ScopeError| VendError::InvalidRequest(e.to_string()))?;
-        event.scope = Some(scope.to_oauth_string());
+        trail.event.scope = Some(scope.to_oauth_string());
+        trail.scope = Some(scope.clone());
 
         check_user_may_have(&session, &scope)?;
 
-        self.token_for(&session, scope, event).await
+        self.token_for(&session, scope, &mut trail.event).await
     }
 
     /// A live token of this user's, an identical call's result, or a new token, from
@@ -290,9 +394,9 @@ impl Vendor {
         event: &mut AuditEvent,
     ) -> Result<Vended, VendError> {
         let key = ReuseKey {
-            subject: session.subject.to_string(),
-            scope: scope.to_oauth_string(),
-            tenant: self.corti.tenant().to_string(),
+            subject: session.subject.clone(),
+            scope: scope.clone(),
+            tenant: self.corti.tenant().clone(),
         };
         let limits = self.limits.clone();
         let upstream = self.upstream.clone();
@@ -310,6 +414,7 @@ impl Vendor {
             Ok((token, source)) => {
                 match source {
                     Source::Cached => self.metrics.reuse_hit(),
+                    Source::Fleet => self.metrics.fleet_hit(),
                     Source::Joined => self.metrics.coalesced_waiter(),
                     Source::Fetched => {}
                 }
@@ -323,7 +428,7 @@ impl Vendor {
                 })
             }
             Err(FetchError::Budget { retry_after }) => Err(VendError::RateLimited {
-                kind: "upstream",
+                kind: KeyKind::Upstream,
                 retry_after,
             }),
             Err(FetchError::Upstream(e)) => {
@@ -366,19 +471,11 @@ fn admit(report: &mut RateLimitReport, decision: Decision) -> Result<(), VendErr
     report.add(decision);
     match decision.retry_after {
         Some(retry_after) => Err(VendError::RateLimited {
-            kind: decision.kind.as_str(),
+            kind: decision.kind,
             retry_after,
         }),
         None => Ok(()),
     }
-}
-
-/// The metric label for a scope: only parsed scopes, so the label set stays small.
-fn scope_label(scope: Option<&str>) -> String {
-    scope
-        .and_then(|s| RequestedScope::parse(s).ok())
-        .map(|s| s.to_oauth_string())
-        .unwrap_or_else(|| "none".to_owned())
 }
 
 fn set_outcome(event: &mut AuditEvent, result: &Result<TokenBody, VendError>) {
@@ -386,8 +483,9 @@ fn set_outcome(event: &mut AuditEvent, result: &Result<TokenBody, VendError>) {
         // `body` already chose between issued and reused.
         Ok(_) => event.status = 200,
         Err(e) => {
-            event.outcome = e.outcome();
-            event.status = e.status();
+            let class = e.class();
+            event.outcome = class.outcome;
+            event.status = class.problem.status();
             event.detail = Some(clip(&e.to_string(), 300));
         }
     }
@@ -411,8 +509,4 @@ pub fn is_json(content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return false };
     let essence = ct.split(';').next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case("application/json")
-}
-
-fn clip(s: &str, max: usize) -> String {
-    s.chars().filter(|c| !c.is_control()).take(max).collect()
 }

@@ -5,6 +5,9 @@
 //! a `kill -9` of the service. Mounting needs root (CI runs as root); elsewhere the
 //! test says it skipped, and under `CI=true` it fails instead.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -118,14 +121,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Skips with a line the user sees (stderr bypasses libtest's capture), or fails under CI.
-fn skip_or_fail(why: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{why} (required under CI=true)");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED audit_durability: {why}");
-}
-
 struct Secrets {
     client_secret: String,
     session_secret: String,
@@ -232,12 +227,13 @@ fn assert_every_token_stored(
     );
 }
 
-fn verify(db_url: &str) -> std::process::Output {
+fn verify(db_url: &str, audit_key: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_token-vendor"))
         .args(["audit", "verify"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", db_url)
+        .env("AUDIT_HMAC_KEY", audit_key)
         .output()
         .expect("run audit verify")
 }
@@ -245,7 +241,7 @@ fn verify(db_url: &str) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
     let Some(fs) = Tmpfs::mount("4m") else {
-        skip_or_fail("cannot mount a tmpfs (needs root)");
+        support::required_or_skip("mounting a tmpfs (needs root)", None);
         return;
     };
     let secrets = Secrets {
@@ -327,7 +323,7 @@ async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
         &stored,
         &Fingerprinter::new(secrets.audit_key.clone().into()),
     );
-    let out = verify(&db_url);
+    let out = verify(&db_url, &secrets.audit_key);
     assert!(
         out.status.success(),
         "audit verify after the fault: {}",
@@ -355,13 +351,7 @@ async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
 
 /// A fresh PostgreSQL database next to `TEST_DATABASE_URL`'s, or `None` (skipped).
 async fn postgres_database() -> Option<(String, String)> {
-    let Some(admin) = std::env::var("TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.trim().is_empty())
-    else {
-        skip_or_fail("TEST_DATABASE_URL is not set (run `eval \"$(scripts/services-up.sh)\"`)");
-        return None;
-    };
+    let admin = support::postgres_admin_url()?;
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&admin).await.expect("connect admin");
     let name = format!("tv_durable_{}", random_hex(8));
@@ -450,8 +440,11 @@ async fn postgres_stopped_under_load_every_handed_out_token_survives_kill_9() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut vends = Vec::new();
+    let mut last_statuses = Vec::new();
     for c in clients {
-        vends.extend(c.await.expect("client task"));
+        let mine = c.await.expect("client task");
+        last_statuses.extend(mine.last().map(|v| v.status));
+        vends.extend(mine);
     }
     service.kill9();
 
@@ -466,9 +459,11 @@ async fn postgres_stopped_under_load_every_handed_out_token_survives_kill_9() {
             .filter(|s| ![200, 503, 504].contains(*s))
             .collect::<Vec<_>>()
     );
+    // Each client's last vend, not the last few of all: on a loaded machine a client
+    // makes only a handful of vends in the whole test.
     assert!(
-        statuses.iter().rev().take(8).all(|s| *s == 200),
-        "vending resumes once PostgreSQL is back"
+        last_statuses.iter().all(|s| *s == 200),
+        "vending resumes once PostgreSQL is back: last vend per client {last_statuses:?}"
     );
     let stored = stored_events(&db_url).await;
     assert_every_token_stored(
@@ -476,7 +471,7 @@ async fn postgres_stopped_under_load_every_handed_out_token_survives_kill_9() {
         &stored,
         &Fingerprinter::new(secrets.audit_key.clone().into()),
     );
-    let out = verify(&db_url);
+    let out = verify(&db_url, &secrets.audit_key);
     assert!(
         out.status.success(),
         "audit verify after the outage: {}",

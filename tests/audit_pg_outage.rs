@@ -2,15 +2,15 @@
 //! (`TEST_PG_CTL stop|start`, from `scripts/services-up.sh`). Alone in its test binary
 //! so that no other test loses its database meanwhile.
 
-#[path = "audit/helpers.rs"]
-mod helpers;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use helpers::{cli, eventually, new_request_id, stderr, Backend, TestApp, TestDb};
+use support::*;
 
 fn pg_ctl() -> String {
     std::env::var("TEST_PG_CTL")
@@ -39,7 +39,12 @@ async fn postgres_store_stopped_gets_503_without_token_then_recovers_when_starte
     let Some(db) = TestDb::new(Backend::Postgres).await else {
         return;
     };
-    let app = TestApp::spawn(&db).await;
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
     app.vend_token("before").await;
     let body = r#"{"scope":"transcribe"}"#;
 
@@ -47,7 +52,11 @@ async fn postgres_store_stopped_gets_503_without_token_then_recovers_when_starte
     run_pg_ctl("stop");
     let started = Instant::now();
     let refused = app
-        .vend(Some(&app.session("during", &[])), body, &new_request_id())
+        .vend_request(
+            Some(&app.session_with_roles("during", &[])),
+            body,
+            &new_request_id(),
+        )
         .await;
     let waited = started.elapsed();
     assert_eq!(refused.status().as_u16(), 503);
@@ -66,10 +75,14 @@ async fn postgres_store_stopped_gets_503_without_token_then_recovers_when_starte
     run_pg_ctl("start");
     drop(restart);
     let recovered = eventually(Duration::from_secs(20), || async {
-        app.vend(Some(&app.session("after", &[])), body, &new_request_id())
-            .await
-            .status()
-            .as_u16()
+        app.vend_request(
+            Some(&app.session_with_roles("after", &[])),
+            body,
+            &new_request_id(),
+        )
+        .await
+        .status()
+        .as_u16()
             == 200
     })
     .await;

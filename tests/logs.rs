@@ -2,15 +2,14 @@
 //! session, nor any token may appear in them. One test per binary, since the
 //! subscriber is global.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use helpers::*;
 use serde_json::Value;
+use support::*;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -36,7 +35,7 @@ async fn no_secret_or_token_reaches_any_log_line() {
         move || writer.clone()
     ));
 
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let session = app.session("logged-user");
     let mut tokens = Vec::new();
     for body in [
@@ -49,14 +48,14 @@ async fn no_secret_or_token_reaches_any_log_line() {
         tokens.push(json["accessToken"].as_str().unwrap().to_owned());
     }
     // A vend the upstream refuses because the credentials are wrong.
-    let wrong = spawn_app_with(TestConfig {
-        env: vec![(
-            "CORTI_AUTH_URL".into(),
+    let wrong = TestApp::builder()
+        .allowed_origin(APP_ORIGIN)
+        .env(
+            "CORTI_AUTH_URL",
             app.standin.as_ref().unwrap().base_url().to_owned(),
-        )],
-        ..TestConfig::default()
-    })
-    .await;
+        )
+        .spawn()
+        .await;
     let refused = wrong
         .vend(&wrong.session("logged-user"), r#"{"scope":"transcribe"}"#)
         .await;
@@ -72,9 +71,9 @@ async fn no_secret_or_token_reaches_any_log_line() {
         "ops are told the credentials are wrong"
     );
     let mut secrets = vec![
-        app.client_secret.clone(),
-        wrong.client_secret.clone(),
-        app.session_secret.clone(),
+        app.secrets.client.clone(),
+        wrong.secrets.client.clone(),
+        app.secrets.session.clone(),
         session.clone(),
     ];
     secrets.extend(tokens.iter().cloned());

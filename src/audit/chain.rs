@@ -2,7 +2,9 @@
 //!
 //! Every writer (one per running service) owns a chain with a random id. Each event
 //! in it carries its position (`chain_seq`, 1, 2, …), the hash of the event before it
-//! (`prev_hash`) and its own `hash = sha256(prev_hash ‖ canonical bytes)`. The chain's
+//! (`prev_hash`) and its own `hash = hmac(chain key, prev_hash ‖ canonical bytes)`, the
+//! chain key derived from `AUDIT_HMAC_KEY` (see [`super::keys`]; chains written before
+//! keyed hashes use plain SHA-256 and are only accepted when asked). The chain's
 //! head (last position and hash) is updated in the same transaction as its events, and
 //! pruning moves an anchor (last pruned position and hash) forward, so [`Verifier`]
 //! can tell an altered, an inserted and a removed event apart, at any point of a
@@ -11,63 +13,62 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use super::checkpoint::Checkpoint;
+use super::keys::{ChainKey, Keyring};
+use super::schema::{self, Value};
+use super::AuditEvent;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
-
-use super::AuditEvent;
 
 /// `prev_hash` of the first event of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Microseconds since the Unix epoch: the precision both backends store.
-pub fn to_micros(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000) as i64
-}
+pub use super::schema::{from_micros, to_micros};
 
-/// The inverse of [`to_micros`]; out-of-range values (only from a corrupt row) clamp.
-pub fn from_micros(us: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-/// The event's bytes as hashed: a JSON array in a fixed order, with times in
+/// The event's bytes as hashed: a JSON array of the [`schema::FIELDS`] in their
+/// order after a version tag and the event's place in its chain, with times in
 /// microseconds, so that SQLite and PostgreSQL rows hash alike.
 pub fn canonical(chain_id: &str, chain_seq: i64, e: &AuditEvent) -> String {
-    json!([
-        "token-vendor-audit-v1",
-        chain_id,
-        chain_seq,
-        e.id,
-        to_micros(e.time),
-        e.request_id,
-        e.outcome.as_str(),
-        e.status,
-        e.subject,
-        e.session_id,
-        e.client_ip,
-        e.user_agent,
-        e.origin,
-        e.scope,
-        e.tenant,
-        e.environment,
-        e.token_fingerprint,
-        e.token_expires_at.map(to_micros),
-        e.upstream_ms,
-        e.duration_ms,
-        e.detail,
-        e.count,
-    ])
-    .to_string()
+    canonical_tagged(V1_TAG, chain_id, chain_seq, e)
 }
 
-/// `hex(sha256(prev_hash "\n" canonical))`.
-pub fn event_hash(prev_hash: &str, chain_id: &str, chain_seq: i64, e: &AuditEvent) -> String {
-    let mut h = Sha256::new();
-    h.update(prev_hash.as_bytes());
-    h.update(b"\n");
-    h.update(canonical(chain_id, chain_seq, e).as_bytes());
-    hex::encode(h.finalize())
+/// The canonical form's version tag of unkeyed chains.
+const V1_TAG: &str = "token-vendor-audit-v1";
+/// The canonical form's version tag of keyed chains.
+const V2_TAG: &str = "token-vendor-audit-v2";
+
+fn canonical_tagged(tag: &str, chain_id: &str, chain_seq: i64, e: &AuditEvent) -> String {
+    let mut items = Vec::with_capacity(schema::FIELD_COUNT + 3);
+    items.push(json!(tag));
+    items.push(json!(chain_id));
+    items.push(json!(chain_seq));
+    items.extend(e.values().iter().map(|v| match v {
+        Value::Text(s) => json!(s),
+        Value::Int(i) => json!(i),
+        Value::Time(t) => json!(t.map(to_micros)),
+    }));
+    serde_json::Value::Array(items).to_string()
+}
+
+/// The event's hash: keyed (`hmac(key, prev_hash "\n" canonical-v2)`) for chains
+/// with a key, `hex(sha256(prev_hash "\n" canonical-v1))` for chains from before.
+pub fn event_hash(
+    key: Option<&ChainKey>,
+    prev_hash: &str,
+    chain_id: &str,
+    chain_seq: i64,
+    e: &AuditEvent,
+) -> String {
+    match key {
+        Some(key) => key.hash(prev_hash, &canonical_tagged(V2_TAG, chain_id, chain_seq, e)),
+        None => {
+            let mut h = Sha256::new();
+            h.update(prev_hash.as_bytes());
+            h.update(b"\n");
+            h.update(canonical(chain_id, chain_seq, e).as_bytes());
+            hex::encode(h.finalize())
+        }
+    }
 }
 
 /// One stored event with its place in its chain.
@@ -88,6 +89,11 @@ pub struct ChainRecord {
     pub head_hash: String,
     pub anchor_seq: i64,
     pub anchor_hash: String,
+    /// The id of the key the chain is keyed with; `None` for an unkeyed chain.
+    pub key_id: Option<String>,
+    /// Who moved the anchor (key id) and their tag over it.
+    pub anchor_key_id: Option<String>,
+    pub anchor_mac: Option<String>,
 }
 
 /// The first sign of tampering that [`Verifier`] found.
@@ -114,6 +120,24 @@ pub enum Finding {
         chain_seq: i64,
         why: &'static str,
     },
+    /// A signed checkpoint names a chain that is gone.
+    ChainMissing { chain_id: String, seq: i64 },
+    /// A signed checkpoint saw the chain longer than it is now.
+    Truncated {
+        chain_id: String,
+        head_seq: i64,
+        checkpoint_seq: i64,
+    },
+    /// A signed checkpoint saw another hash at this position.
+    Rewritten { chain_id: String, chain_seq: i64 },
+    /// The prune anchor was moved by someone without the key.
+    AnchorMoved { chain_id: String, anchor_seq: i64 },
+    /// A chain without keyed hashes (allowed only with `--allow-unkeyed`).
+    Unkeyed { chain_id: String },
+    /// A chain keyed with a key that was not given.
+    UnknownKey { chain_id: String, key_id: String },
+    /// A checkpoint in the database whose signature does not verify.
+    BadCheckpoint { why: String },
 }
 
 impl fmt::Display for Finding {
@@ -152,6 +176,43 @@ impl fmt::Display for Finding {
                 f,
                 "inserted: event {event_id} (chain {chain_id}, #{chain_seq}) {why}"
             ),
+            Finding::ChainMissing { chain_id, seq } => write!(
+                f,
+                "removed: chain {chain_id} is gone, though a signed checkpoint saw {seq} event(s) in it"
+            ),
+            Finding::Truncated {
+                chain_id,
+                head_seq,
+                checkpoint_seq,
+            } => write!(
+                f,
+                "truncated: chain {chain_id} ends at #{head_seq}, though a signed checkpoint saw it at #{checkpoint_seq}"
+            ),
+            Finding::Rewritten {
+                chain_id,
+                chain_seq,
+            } => write!(
+                f,
+                "rewritten: event #{chain_seq} of chain {chain_id} does not have the hash a signed checkpoint saw"
+            ),
+            Finding::AnchorMoved {
+                chain_id,
+                anchor_seq,
+            } => write!(
+                f,
+                "removed: the prune anchor of chain {chain_id} (#{anchor_seq}) was not set by `audit prune` with the key"
+            ),
+            Finding::Unkeyed { chain_id } => write!(
+                f,
+                "unkeyed: chain {chain_id} has no keyed hashes (written before keyed chains, or forged; --allow-unkeyed accepts such chains)"
+            ),
+            Finding::UnknownKey { chain_id, key_id } => write!(
+                f,
+                "unknown key: chain {chain_id} is keyed with key id {key_id}, which no given key has (pass the old AUDIT_HMAC_KEY with --previous-key-file, or the chain was tampered with)"
+            ),
+            Finding::BadCheckpoint { why } => {
+                write!(f, "bad checkpoint in the database: {why}")
+            }
         }
     }
 }
@@ -161,6 +222,19 @@ impl fmt::Display for Finding {
 pub struct Intact {
     pub events: u64,
     pub chains: u64,
+    /// Signed checkpoints the chains were checked against.
+    pub checkpoints: u64,
+}
+
+/// What `audit verify` checks the chains against.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// The chain keys (the current `AUDIT_HMAC_KEY`'s and any previous ones).
+    pub keys: Keyring,
+    /// Checkpoints whose signatures were verified.
+    pub checkpoints: Vec<Checkpoint>,
+    /// Accept chains written before keyed hashes.
+    pub allow_unkeyed: bool,
 }
 
 struct Walk {
@@ -171,25 +245,119 @@ struct Walk {
 }
 
 /// Checks a stream of events ordered by `(chain_id, chain_seq)` against the chains'
-/// bookkeeping, in constant memory per chain.
+/// bookkeeping, their keys and signed checkpoints, in constant memory per chain.
 pub struct Verifier {
     chains: BTreeMap<String, ChainRecord>,
+    keys: BTreeMap<String, Option<ChainKey>>,
+    /// Per chain, the hashes signed checkpoints saw at positions still stored.
+    expected: BTreeMap<String, BTreeMap<i64, String>>,
+    checkpoints: u64,
     seen: BTreeSet<String>,
     walk: Option<Walk>,
     events: u64,
 }
 
 impl Verifier {
-    pub fn new(chains: impl IntoIterator<Item = ChainRecord>) -> Self {
-        Self {
-            chains: chains
-                .into_iter()
-                .map(|c| (c.chain_id.clone(), c))
-                .collect(),
+    /// Checks what needs no event rows: every chain's key and prune anchor, and every
+    /// checkpoint against the chain it names.
+    pub fn new(
+        chains: impl IntoIterator<Item = ChainRecord>,
+        policy: &Policy,
+    ) -> Result<Self, Finding> {
+        let chains: BTreeMap<String, ChainRecord> = chains
+            .into_iter()
+            .map(|c| (c.chain_id.clone(), c))
+            .collect();
+        let mut keys = BTreeMap::new();
+        for c in chains.values() {
+            let key = match &c.key_id {
+                Some(id) => {
+                    Some(
+                        policy
+                            .keys
+                            .get(id)
+                            .cloned()
+                            .ok_or_else(|| Finding::UnknownKey {
+                                chain_id: c.chain_id.clone(),
+                                key_id: id.clone(),
+                            })?,
+                    )
+                }
+                None if policy.allow_unkeyed => None,
+                None => {
+                    return Err(Finding::Unkeyed {
+                        chain_id: c.chain_id.clone(),
+                    })
+                }
+            };
+            if c.anchor_seq > 0 {
+                let moved = || Finding::AnchorMoved {
+                    chain_id: c.chain_id.clone(),
+                    anchor_seq: c.anchor_seq,
+                };
+                match (&c.anchor_key_id, &c.anchor_mac) {
+                    (Some(id), Some(mac)) => {
+                        let key = policy.keys.get(id).ok_or_else(|| Finding::UnknownKey {
+                            chain_id: c.chain_id.clone(),
+                            key_id: id.clone(),
+                        })?;
+                        if key.anchor_mac(&c.chain_id, c.anchor_seq, &c.anchor_hash) != *mac {
+                            return Err(moved());
+                        }
+                    }
+                    _ if key.is_none() => {} // an unkeyed chain pruned before anchor tags
+                    _ => return Err(moved()),
+                }
+            }
+            keys.insert(c.chain_id.clone(), key);
+        }
+        let mut expected: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
+        for cp in &policy.checkpoints {
+            let Some(c) = chains.get(&cp.chain_id) else {
+                if cp.seq == 0 {
+                    continue;
+                }
+                return Err(Finding::ChainMissing {
+                    chain_id: cp.chain_id.clone(),
+                    seq: cp.seq,
+                });
+            };
+            if cp.seq > c.head_seq {
+                return Err(Finding::Truncated {
+                    chain_id: c.chain_id.clone(),
+                    head_seq: c.head_seq,
+                    checkpoint_seq: cp.seq,
+                });
+            }
+            let rewritten = || Finding::Rewritten {
+                chain_id: c.chain_id.clone(),
+                chain_seq: cp.seq,
+            };
+            if cp.seq == c.head_seq && cp.hash != c.head_hash {
+                return Err(rewritten());
+            }
+            if cp.seq == c.anchor_seq && cp.hash != c.anchor_hash {
+                return Err(rewritten());
+            }
+            if cp.seq > c.anchor_seq {
+                let at = expected.entry(c.chain_id.clone()).or_default();
+                if at
+                    .insert(cp.seq, cp.hash.clone())
+                    .is_some_and(|h| h != cp.hash)
+                {
+                    return Err(rewritten());
+                }
+            }
+        }
+        Ok(Self {
+            chains,
+            keys,
+            expected,
+            checkpoints: policy.checkpoints.len() as u64,
             seen: BTreeSet::new(),
             walk: None,
             events: 0,
-        }
+        })
     }
 
     /// Checks the next event of the stream.
@@ -243,7 +411,15 @@ impl Verifier {
                 before: Some(row.event.id.clone()),
             });
         }
-        if event_hash(&row.prev_hash, &row.chain_id, row.chain_seq, &row.event) != row.hash {
+        let key = self.keys.get(&row.chain_id).and_then(Option::as_ref);
+        if event_hash(
+            key,
+            &row.prev_hash,
+            &row.chain_id,
+            row.chain_seq,
+            &row.event,
+        ) != row.hash
+        {
             return Err(Finding::Altered {
                 event_id: row.event.id.clone(),
                 chain_id: row.chain_id.clone(),
@@ -260,6 +436,16 @@ impl Verifier {
                     chain_seq: row.chain_seq - 1,
                 },
                 None => inserted("does not link to the chain's start or prune anchor"),
+            });
+        }
+        let seen_signed = self
+            .expected
+            .get(&row.chain_id)
+            .and_then(|at| at.get(&row.chain_seq));
+        if seen_signed.is_some_and(|h| *h != row.hash) {
+            return Err(Finding::Rewritten {
+                chain_id: row.chain_id.clone(),
+                chain_seq: row.chain_seq,
             });
         }
         walk.next_seq += 1;
@@ -309,6 +495,7 @@ impl Verifier {
         Ok(Intact {
             events: self.events,
             chains: self.chains.len() as u64,
+            checkpoints: self.checkpoints,
         })
     }
 }
@@ -317,6 +504,28 @@ impl Verifier {
 mod tests {
     use super::*;
     use crate::audit::Outcome;
+    use secrecy::SecretString;
+    use time::OffsetDateTime;
+
+    fn key() -> ChainKey {
+        ChainKey::derive(&SecretString::from("fake-chain-key-for-tests"))
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            keys: Keyring::new([key()]),
+            ..Policy::default()
+        }
+    }
+
+    fn checkpoint(seq: i64, hash: &str) -> Checkpoint {
+        Checkpoint {
+            chain_id: "c1".into(),
+            seq,
+            hash: hash.into(),
+            time: OffsetDateTime::now_utc(),
+        }
+    }
 
     fn chain(n: usize) -> (ChainRecord, Vec<Linked>) {
         let mut prev = GENESIS.to_owned();
@@ -325,7 +534,7 @@ mod tests {
             let mut e = AuditEvent::begin(&format!("req-{i}"), "base", "eu");
             e.outcome = Outcome::Issued;
             e.status = 200;
-            let hash = event_hash(&prev, "c1", i, &e);
+            let hash = event_hash(Some(&key()), &prev, "c1", i, &e);
             rows.push(Linked {
                 event: e,
                 chain_id: "c1".into(),
@@ -341,12 +550,23 @@ mod tests {
             head_hash: prev,
             anchor_seq: 0,
             anchor_hash: GENESIS.into(),
+            key_id: Some(key().id().to_owned()),
+            anchor_key_id: None,
+            anchor_mac: None,
         };
         (record, rows)
     }
 
     fn verify(record: &ChainRecord, rows: &[Linked]) -> Result<Intact, Finding> {
-        let mut v = Verifier::new([record.clone()]);
+        verify_with(record, rows, &policy())
+    }
+
+    fn verify_with(
+        record: &ChainRecord,
+        rows: &[Linked],
+        policy: &Policy,
+    ) -> Result<Intact, Finding> {
+        let mut v = Verifier::new([record.clone()], policy)?;
         for r in rows {
             v.check(r)?;
         }
@@ -360,7 +580,8 @@ mod tests {
             verify(&record, &rows),
             Ok(Intact {
                 events: 5,
-                chains: 1
+                chains: 1,
+                checkpoints: 0
             })
         );
     }
@@ -380,7 +601,7 @@ mod tests {
     fn an_altered_event_with_recomputed_hash_is_caught_by_the_next_link() {
         let (record, mut rows) = chain(5);
         rows[1].event.subject = Some("mallory".into());
-        rows[1].hash = event_hash(&rows[1].prev_hash, "c1", 2, &rows[1].event);
+        rows[1].hash = event_hash(Some(&key()), &rows[1].prev_hash, "c1", 2, &rows[1].event);
         let err = verify(&record, &rows).unwrap_err();
         assert!(
             matches!(err, Finding::Altered { chain_seq: 2, .. }),
@@ -421,7 +642,7 @@ mod tests {
         forged.event.id = "forged".into();
         forged.chain_seq = 4;
         forged.prev_hash = rows[2].hash.clone();
-        forged.hash = event_hash(&forged.prev_hash, "c1", 4, &forged.event);
+        forged.hash = event_hash(Some(&key()), &forged.prev_hash, "c1", 4, &forged.event);
         rows.push(forged);
         let err = verify(&record, &rows).unwrap_err();
         assert!(
@@ -435,7 +656,159 @@ mod tests {
         let (mut record, rows) = chain(6);
         record.anchor_seq = 2;
         record.anchor_hash = rows[1].hash.clone();
+        record.anchor_key_id = Some(key().id().to_owned());
+        record.anchor_mac = Some(key().anchor_mac("c1", 2, &rows[1].hash));
         assert_eq!(verify(&record, &rows[2..]).map(|i| i.events), Ok(4));
+    }
+
+    /// Without the key, a removed event cannot be hidden by recomputing the rest.
+    #[test]
+    fn a_chain_recomputed_without_the_key_is_caught() {
+        let (mut record, mut rows) = chain(5);
+        rows.remove(2);
+        let mut prev = GENESIS.to_owned();
+        let other = ChainKey::derive(&SecretString::from("a-guess"));
+        for (i, r) in rows.iter_mut().enumerate() {
+            r.chain_seq = i as i64 + 1;
+            r.prev_hash = prev.clone();
+            r.hash = event_hash(Some(&other), &prev, "c1", r.chain_seq, &r.event);
+            prev = r.hash.clone();
+        }
+        record.head_seq = 4;
+        record.head_hash = prev.clone();
+        let err = verify(&record, &rows).unwrap_err();
+        assert!(
+            matches!(err, Finding::Altered { chain_seq: 1, .. }),
+            "{err}"
+        );
+        // Claiming the chain is an old unkeyed one does not help either.
+        record.key_id = None;
+        let err = verify(&record, &rows).unwrap_err();
+        assert!(matches!(err, Finding::Unkeyed { .. }), "{err}");
+    }
+
+    #[test]
+    fn checkpoints_catch_a_truncated_tail_a_missing_chain_and_a_rewrite() {
+        let (record, rows) = chain(5);
+        let signed_at_5 = Policy {
+            checkpoints: vec![checkpoint(5, &rows[4].hash)],
+            ..policy()
+        };
+        assert_eq!(
+            verify_with(&record, &rows, &signed_at_5).map(|i| i.checkpoints),
+            Ok(1)
+        );
+
+        let mut cut = record.clone();
+        cut.head_seq = 3;
+        cut.head_hash = rows[2].hash.clone();
+        let err = verify_with(&cut, &rows[..3], &signed_at_5).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Finding::Truncated {
+                    head_seq: 3,
+                    checkpoint_seq: 5,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let mut v = Verifier::new([], &signed_at_5);
+        assert!(matches!(
+            v.as_mut().err(),
+            Some(Finding::ChainMissing { seq: 5, .. })
+        ));
+
+        let signed_at_3 = Policy {
+            checkpoints: vec![checkpoint(3, &"0".repeat(64))],
+            ..policy()
+        };
+        let err = verify_with(&record, &rows, &signed_at_3).unwrap_err();
+        assert!(
+            matches!(err, Finding::Rewritten { chain_seq: 3, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_anchor_moved_without_the_key_is_caught() {
+        let (mut record, rows) = chain(6);
+        record.anchor_seq = 2;
+        record.anchor_hash = rows[1].hash.clone();
+        let err = verify(&record, &rows[2..]).unwrap_err();
+        assert!(
+            matches!(err, Finding::AnchorMoved { anchor_seq: 2, .. }),
+            "{err}"
+        );
+        record.anchor_key_id = Some(key().id().to_owned());
+        record.anchor_mac = Some(key().anchor_mac("c1", 1, &rows[0].hash));
+        let err = verify(&record, &rows[2..]).unwrap_err();
+        assert!(matches!(err, Finding::AnchorMoved { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_unkeyed_chain_verifies_only_when_allowed() {
+        let (mut record, mut rows) = chain(3);
+        let mut prev = GENESIS.to_owned();
+        for r in rows.iter_mut() {
+            r.prev_hash = prev.clone();
+            r.hash = event_hash(None, &prev, "c1", r.chain_seq, &r.event);
+            prev = r.hash.clone();
+        }
+        record.head_hash = prev;
+        record.key_id = None;
+        assert!(matches!(
+            verify(&record, &rows),
+            Err(Finding::Unkeyed { .. })
+        ));
+        let lenient = Policy {
+            allow_unkeyed: true,
+            ..policy()
+        };
+        assert_eq!(
+            verify_with(&record, &rows, &lenient).map(|i| i.events),
+            Ok(3)
+        );
+    }
+
+    #[test]
+    fn the_canonical_form_is_the_one_v1_chains_were_hashed_with() {
+        let mut e = AuditEvent::begin("req-1", "base", "eu");
+        e.outcome = Outcome::Issued;
+        e.status = 200;
+        e.subject = Some("alice".into());
+        e.token_expires_at = Some(e.time);
+        e.upstream_ms = Some(7);
+        e.count = 2;
+        // The field list as first written out by hand, before the schema existed.
+        let v1 = serde_json::json!([
+            "token-vendor-audit-v1",
+            "c1",
+            4,
+            e.id,
+            to_micros(e.time),
+            e.request_id,
+            e.outcome.as_str(),
+            e.status,
+            e.subject,
+            e.session_id,
+            e.client_ip,
+            e.user_agent,
+            e.origin,
+            e.scope,
+            e.tenant,
+            e.environment,
+            e.token_fingerprint,
+            e.token_expires_at.map(to_micros),
+            e.upstream_ms,
+            e.duration_ms,
+            e.detail,
+            e.count,
+        ])
+        .to_string();
+        assert_eq!(canonical("c1", 4, &e), v1);
     }
 
     #[test]

@@ -1,14 +1,21 @@
-//! `token-vendor migrate` and `token-vendor audit query|verify|export|prune`: what ops
-//! run against the audit database. They need only `DATABASE_URL`.
+//! `token-vendor migrate` and `token-vendor audit query|verify|export|prune|keygen`:
+//! what ops run against the audit database. They need `DATABASE_URL`; `verify` and
+//! `prune` also need `AUDIT_HMAC_KEY` (the chains are keyed with it).
 
 use std::io::{self, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use secrecy::{ExposeSecret, SecretString};
+
+use super::chain::Policy;
+use super::checkpoint::{self, Checkpoint};
 use super::db::{AuditDb, OpenMode, StoreError};
+use super::keys::{ChainKey, Keyring, NoteSigner, NoteVerifier};
 use super::query::{AuditQuery, FilterError, FilterParams, TimeSyntax};
 use super::AuditEvent;
 
@@ -89,7 +96,7 @@ pub struct ExportArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct PruneArgs {
     /// Delete events older than this, e.g. 90d.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub older_than: Duration,
 }
 
@@ -133,22 +140,137 @@ pub async fn query(url: &str, args: &QueryArgs, out: &mut impl Write) -> Result<
     Ok(())
 }
 
-/// Checks every chain; `Tampered` names the first altered, inserted or removed event.
-pub async fn verify(url: &str, out: &mut impl Write) -> Result<(), CommandError> {
+/// What `audit verify` checks against, besides the database.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// Also check against the signed checkpoints in this file, kept off the database's
+    /// host: raw signed notes, or `audit` log lines whose `checkpoint` field holds one.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoints: Option<PathBuf>,
+    /// The checkpoints' verifier key (`<name>+<id>+<key>`, printed by `audit keygen`);
+    /// derived from AUDIT_SIGNING_KEY when that is set instead.
+    #[arg(long, value_name = "KEY")]
+    pub verifier_key: Option<String>,
+    /// A file holding a previous AUDIT_HMAC_KEY, for chains written before a key
+    /// rotation (repeat for several).
+    #[arg(long, value_name = "FILE")]
+    pub previous_key_file: Vec<PathBuf>,
+    /// Accept chains written before chains were keyed (plain SHA-256).
+    #[arg(long)]
+    pub allow_unkeyed: bool,
+}
+
+/// The secrets `audit verify` needs from the settings.
+pub struct VerifySecrets {
+    /// AUDIT_HMAC_KEY.
+    pub hmac: SecretString,
+    /// AUDIT_SIGNING_KEY, if set: the verifier key is derived from it.
+    pub signing: Option<SecretString>,
+}
+
+fn verifier_of(
+    args: &VerifyArgs,
+    secrets: &VerifySecrets,
+) -> Result<Option<NoteVerifier>, CommandError> {
+    if let Some(text) = &args.verifier_key {
+        return NoteVerifier::parse(text)
+            .map(Some)
+            .map_err(|e| CommandError::Usage(format!("--verifier-key: {e}")));
+    }
+    match &secrets.signing {
+        Some(key) => NoteSigner::parse(key)
+            .map(|s| Some(s.verifier()))
+            .map_err(|e| CommandError::Usage(format!("AUDIT_SIGNING_KEY: {e}"))),
+        None => Ok(None),
+    }
+}
+
+/// Checks every chain against its key and the signed checkpoints (those in the
+/// database, and those in `--checkpoints FILE`); `Tampered` names the first altered,
+/// inserted or removed event, or the truncated, rewritten or missing chain.
+pub async fn verify(
+    url: &str,
+    args: &VerifyArgs,
+    secrets: &VerifySecrets,
+    out: &mut impl Write,
+) -> Result<(), CommandError> {
+    let mut keys = vec![ChainKey::derive(&secrets.hmac)];
+    for path in &args.previous_key_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CommandError::Usage(format!("--previous-key-file {}: {e}", path.display()))
+        })?;
+        keys.push(ChainKey::derive(&SecretString::from(
+            text.trim().to_owned(),
+        )));
+    }
+    let verifier = verifier_of(args, secrets)?;
+    let mut checkpoints = Vec::new();
+    if let Some(path) = &args.checkpoints {
+        let Some(verifier) = &verifier else {
+            return Err(CommandError::Usage(
+                "--checkpoints needs the verifier key (--verifier-key, or AUDIT_SIGNING_KEY)"
+                    .into(),
+            ));
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CommandError::Usage(format!("--checkpoints {}: {e}", path.display())))?;
+        let notes = checkpoint::notes_in(&text);
+        if notes.is_empty() {
+            return Err(CommandError::Usage(format!(
+                "--checkpoints {}: no signed checkpoints in it",
+                path.display()
+            )));
+        }
+        for (i, note) in notes.iter().enumerate() {
+            let cp = Checkpoint::open(note, verifier).map_err(|e| {
+                CommandError::Usage(format!(
+                    "--checkpoints {}: checkpoint {} does not verify: {e}",
+                    path.display(),
+                    i + 1
+                ))
+            })?;
+            checkpoints.push(cp);
+        }
+    }
+    let policy = Policy {
+        keys: Keyring::new(keys),
+        checkpoints,
+        allow_unkeyed: args.allow_unkeyed,
+    };
     let db = AuditDb::open(url, OpenMode::Existing).await?;
-    match db.verify().await? {
+    match db.verify(&policy, verifier.as_ref()).await? {
         Ok(intact) => {
             writeln!(
                 out,
-                "ok, {} events ({} chain{})",
+                "ok, {} events ({} chain{}), checked against {} signed checkpoint{}",
                 intact.events,
                 intact.chains,
-                if intact.chains == 1 { "" } else { "s" }
+                if intact.chains == 1 { "" } else { "s" },
+                intact.checkpoints,
+                if intact.checkpoints == 1 { "" } else { "s" },
             )?;
             Ok(())
         }
         Err(finding) => Err(CommandError::Tampered(finding)),
     }
+}
+
+/// Prints a new checkpoint signing key and its verifier key.
+pub fn keygen(name: &str, out: &mut impl Write) -> Result<(), CommandError> {
+    let signer =
+        NoteSigner::generate(name).map_err(|e| CommandError::Usage(format!("--name: {e}")))?;
+    writeln!(
+        out,
+        "# Keep the signing key secret, beside AUDIT_HMAC_KEY; give the verifier key to\n\
+         # whoever runs `audit verify` and keep a copy off the database's host."
+    )?;
+    writeln!(
+        out,
+        "AUDIT_SIGNING_KEY={}",
+        signer.private_text().expose_secret()
+    )?;
+    writeln!(out, "AUDIT_VERIFIER_KEY={}", signer.verifier().text())?;
+    Ok(())
 }
 
 /// Writes every event in the range as JSON lines, oldest first, streaming.
@@ -186,15 +308,21 @@ pub async fn export(
     }
 }
 
-/// Deletes events older than the retention, keeping the chains verifiable.
-pub async fn prune(url: &str, args: &PruneArgs, out: &mut impl Write) -> Result<(), CommandError> {
+/// Deletes events older than the retention, keeping the chains verifiable: each new
+/// prune anchor is tagged with the chain key of `hmac` (AUDIT_HMAC_KEY).
+pub async fn prune(
+    url: &str,
+    args: &PruneArgs,
+    hmac: &SecretString,
+    out: &mut impl Write,
+) -> Result<(), CommandError> {
     let older_than = time::Duration::try_from(args.older_than)
         .map_err(|_| CommandError::Usage("--older-than is too long".into()))?;
     let cutoff = OffsetDateTime::now_utc()
         .checked_sub(older_than)
         .ok_or_else(|| CommandError::Usage("--older-than is too long".into()))?;
     let db = AuditDb::open(url, OpenMode::Existing).await?;
-    let deleted = db.prune(cutoff).await?;
+    let deleted = db.prune(cutoff, &ChainKey::derive(hmac)).await?;
     writeln!(
         out,
         "ok, pruned {deleted} events older than {}",

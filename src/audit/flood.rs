@@ -1,8 +1,8 @@
 //! Keeps the audit store bounded under floods of refused attempts.
 //!
 //! Refusals that cost nothing upstream and that anyone can send (`unauthenticated`,
-//! `rate_limited`, `invalid_request`, and `forbidden` without a verified user, such as
-//! refused CORS preflights) are grouped by source: outcome, client address
+//! `rate_limited`, `invalid_request`, and `forbidden`, such as refused CORS preflights
+//! and CSRF refusals, which come before the per-user limit) are grouped by source: outcome, client address
 //! (IPv6 by /64) and subject. The first [`FloodGuard::individual`] refusals of a group
 //! in a window are stored as usual, so ordinary mistakes keep their full detail; the
 //! rest of that window is only counted, and stored as one event with `count` = how
@@ -24,6 +24,7 @@ use time::OffsetDateTime;
 
 use super::{AuditEvent, Outcome};
 use crate::address::address_group;
+use crate::background::lock;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -92,8 +93,9 @@ impl FloodGuard {
     pub fn absorb(&self, event: &AuditEvent) -> bool {
         let foldable = match event.outcome {
             Outcome::Unauthenticated | Outcome::RateLimited | Outcome::InvalidRequest => true,
-            // A signed-in user's refusals are bounded by the per-user limit already.
-            Outcome::Forbidden => event.subject.is_none(),
+            // Refused CORS preflights and CSRF refusals come before any per-user limit,
+            // so a signed-in user's can come in floods too; grouped by subject.
+            Outcome::Forbidden => true,
             _ => false,
         };
         if !foldable {
@@ -106,10 +108,7 @@ impl FloodGuard {
             source: Some(source_of(event.client_ip.as_deref())),
             subject: event.subject.clone(),
         };
-        let Ok(mut state) = self.state.lock() else {
-            // A poisoned lock only costs aggregation: store the event itself.
-            return false;
-        };
+        let mut state = lock(&self.state);
         let State { open, closed } = &mut *state;
         if !open.contains_key(&key) && open.len() >= self.max_groups {
             key = Key {
@@ -156,9 +155,7 @@ impl FloodGuard {
     /// aggregated event for each that folded anything.
     pub fn drain(&self, now: OffsetDateTime, all: bool) -> Vec<AuditEvent> {
         let window = time::Duration::try_from(self.window).unwrap_or(time::Duration::MINUTE);
-        let Ok(mut state) = self.state.lock() else {
-            return Vec::new();
-        };
+        let mut state = lock(&self.state);
         let State { open, closed } = &mut *state;
         let ended: Vec<Key> = open
             .iter()
@@ -254,12 +251,34 @@ mod tests {
         let guard = FloodGuard::new(Duration::from_secs(60), 10, 1);
         let mut e = refusal("10.0.0.1", OffsetDateTime::now_utc());
         e.subject = Some("alice".into());
-        for outcome in [Outcome::Issued, Outcome::Reused, Outcome::Forbidden] {
+        for outcome in [
+            Outcome::Issued,
+            Outcome::Reused,
+            Outcome::UpstreamError,
+            Outcome::Unavailable,
+        ] {
             e.outcome = outcome;
             for _ in 0..5 {
                 assert!(!guard.absorb(&e));
             }
         }
+    }
+
+    #[test]
+    fn a_signed_in_users_forbidden_refusals_are_folded_and_every_one_counted() {
+        // 40 cookie POSTs without Origin from one signed-in user (finding 5).
+        let guard = FloodGuard::new(Duration::from_secs(60), 10, 20);
+        let t = OffsetDateTime::now_utc();
+        let mut e = refusal("10.0.0.1", t);
+        e.subject = Some("alice".into());
+        e.outcome = Outcome::Forbidden;
+        let stored = (0..40).filter(|_| !guard.absorb(&e)).count();
+        assert_eq!(stored, 20);
+        let out = guard.drain(t, true);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].count, 20);
+        assert_eq!(out[0].subject.as_deref(), Some("alice"));
+        assert_eq!(stored as u64 + out[0].count, 40);
     }
 
     #[test]

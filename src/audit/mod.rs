@@ -1,16 +1,20 @@
 //! The audit trail: one event per `POST /v1/tokens` attempt, written before any token
 //! leaves the service, and mirrored as one JSON line on the `audit` tracing target.
 //!
-//! Layout: [`db`] (SQLite/PostgreSQL through sqlx, migrations, queries, verify, prune),
+//! Layout: [`schema`] (the event fields, once), [`db`] (SQLite/PostgreSQL through sqlx:
+//! open, append, read and verify, prune),
 //! [`writer`] (group commit), [`chain`] (hash chain), [`query`] (filters and cursors),
 //! [`flood`] (aggregated refusals), [`store`] (the durable [`AuditStore`]),
 //! [`commands`] (the `audit …` and `migrate` subcommands).
 
 pub mod chain;
+pub mod checkpoint;
 pub mod commands;
 pub mod db;
 pub mod flood;
+pub mod keys;
 pub mod query;
+pub mod schema;
 pub mod store;
 pub mod writer;
 
@@ -79,7 +83,7 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// One audit event; the fields are fixed by INTERFACE.md.
+/// One audit event; the fields are fixed by the API (`AuditEvent` in `openapi.yaml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub id: String,
@@ -148,10 +152,30 @@ pub enum AuditError {
     Timeout,
 }
 
+/// Where a stored event sits in its hash chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub chain_id: Arc<str>,
+    pub seq: i64,
+    pub hash: String,
+}
+
 /// A durable place for audit events.
 pub trait AuditStore: Send + Sync + 'static {
     /// Stores the event durably; returns only once it is committed.
     fn record<'a>(&'a self, event: &'a AuditEvent) -> BoxFuture<'a, Result<(), AuditError>>;
+    /// Like [`AuditStore::record`], and tells where the event sits in its chain, for
+    /// stores that keep one.
+    fn record_linked<'a>(
+        &'a self,
+        event: &'a AuditEvent,
+    ) -> BoxFuture<'a, Result<Option<Link>, AuditError>> {
+        Box::pin(async move { self.record(event).await.map(|()| None) })
+    }
+    /// Signs a checkpoint of what is stored now (at shutdown), for stores that do.
+    fn checkpoint(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
     /// Whether the store can currently be written.
     fn ready(&self) -> BoxFuture<'_, bool>;
     /// One page of stored events, newest first. Stores that keep nothing say so.
@@ -236,14 +260,28 @@ impl Auditor {
     }
 
     async fn write(&self, event: &AuditEvent) -> Result<(), AuditError> {
-        let result = self.store.record(event).await;
-        match &result {
-            Ok(()) => emit_log_line(event, true),
+        match self.store.record_linked(event).await {
+            Ok(link) => {
+                emit_log_line(event, true, link.as_ref());
+                Ok(())
+            }
             Err(e) => {
-                tracing::error!(error = %e, request_id = %event.request_id, outcome = %event.outcome, "audit event could not be stored")
+                tracing::error!(error = %e, request_id = %event.request_id, outcome = %event.outcome, "audit event could not be stored");
+                Err(e)
             }
         }
-        result
+    }
+
+    /// At shutdown: writes the aggregated refusals still being counted, then signs a
+    /// last checkpoint of the chain.
+    pub async fn close(&self) {
+        self.flush_floods(true).await;
+        self.checkpoint().await;
+    }
+
+    /// Signs a checkpoint of the store's chain now, if it grew since the last one.
+    pub async fn checkpoint(&self) {
+        self.store.checkpoint().await;
     }
 
     pub async fn ready(&self) -> bool {
@@ -253,11 +291,13 @@ impl Auditor {
     /// The `audit` log line of an event the store could not take (`stored: false`):
     /// then the log is the only trace of the attempt.
     pub fn log_unstored(&self, event: &AuditEvent) {
-        emit_log_line(event, false);
+        emit_log_line(event, false, None);
     }
 }
 
-fn emit_log_line(e: &AuditEvent, stored: bool) {
+/// The event's `audit` log line, with its place in the chain when it was stored, so
+/// the log can be checked against the database (see [`schema::FIELDS`]).
+fn emit_log_line(e: &AuditEvent, stored: bool, link: Option<&Link>) {
     let time = e
         .time
         .format(&time::format_description::well_known::Rfc3339)
@@ -288,6 +328,9 @@ fn emit_log_line(e: &AuditEvent, stored: bool) {
         detail = e.detail.as_deref(),
         count = e.count,
         stored,
+        chain_id = link.map(|l| &*l.chain_id),
+        chain_seq = link.map(|l| l.seq),
+        hash = link.map(|l| l.hash.as_str()),
         "audit event"
     );
 }
@@ -327,6 +370,57 @@ mod tests {
         assert_ne!(a.fingerprint("tok"), b.fingerprint("tok"));
         assert!(a.fingerprint("tok").starts_with("hmac-sha256:"));
         assert_eq!(a.fingerprint("tok").len(), "hmac-sha256:".len() + 64);
+    }
+
+    /// The `audit` log line carries every field of the schema under its name.
+    #[test]
+    fn the_log_line_carries_the_schema_fields() {
+        use std::io::Write;
+        use std::sync::Mutex;
+
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let mut e = AuditEvent::begin("req-1", "base", "eu");
+        e.subject = Some("alice".into());
+        e.session_id = Some("s".into());
+        e.client_ip = Some("127.0.0.1".into());
+        e.user_agent = Some("ua".into());
+        e.origin = Some("o".into());
+        e.scope = Some("transcribe".into());
+        e.token_fingerprint = Some("hmac-sha256:00".into());
+        e.token_expires_at = Some(e.time);
+        e.upstream_ms = Some(1);
+        e.detail = Some("d".into());
+        let link = Link {
+            chain_id: Arc::from("c1"),
+            seq: 4,
+            hash: "ab".repeat(32),
+        };
+        tracing::subscriber::with_default(subscriber, || emit_log_line(&e, true, Some(&link)));
+        let line = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        for f in schema::FIELDS {
+            assert!(json.get(f.name).is_some(), "{} missing from {line}", f.name);
+        }
+        assert_eq!(json["chain_id"], "c1");
+        assert_eq!(json["chain_seq"], 4);
+        assert_eq!(json["hash"], "ab".repeat(32));
     }
 
     #[test]

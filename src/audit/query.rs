@@ -54,7 +54,8 @@ impl Cursor {
         let n = text
             .strip_prefix(Self::PREFIX)
             .and_then(|n| n.parse::<i64>().ok())
-            .filter(|n| *n > 0)
+            // 0 (or a leading zero) is a page before the first event: empty, not wrong.
+            .filter(|n| *n >= 0)
             .ok_or_else(bad)?;
         Ok(Cursor(n))
     }
@@ -108,11 +109,22 @@ impl AuditQuery {
             |param: &'static str, v: &Option<String>, max: usize| match v.as_deref().map(str::trim)
             {
                 None | Some("") => Ok(None),
-                Some(s) if s.len() > max || s.chars().any(char::is_control) => Err(
+                // Characters, as the spec's `maxLength` counts them.
+                Some(s) if s.chars().count() > max || s.chars().any(char::is_control) => Err(
                     FilterError::new(param, format!("must be at most {max} printable characters")),
                 ),
                 Some(s) => Ok(Some(s.to_owned())),
             };
+        // A typed filter given empty (`outcome=`, `limit=`) is not "unset": refuse it as
+        // the spec's enum and integer do, rather than widen the query.
+        for (param, value) in [("outcome", &p.outcome), ("limit", &p.limit)] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(FilterError::new(
+                    param,
+                    "must not be empty (leave it out instead)",
+                ));
+            }
+        }
         let outcome = match text("outcome", &p.outcome, 32)? {
             None => None,
             Some(o) => Some(Outcome::parse(&o).ok_or_else(|| {
@@ -141,11 +153,8 @@ impl AuditQuery {
         };
         let since = parse_time("since", p.since.as_deref(), times)?;
         let until = parse_time("until", p.until.as_deref(), times)?;
-        if let (Some(s), Some(u)) = (since, until) {
-            if s >= u {
-                return Err(FilterError::new("until", "must be later than since"));
-            }
-        }
+        // An `until` at or before `since` is an empty range: it matches nothing, as the
+        // spec (which cannot relate two parameters) lets a client ask.
         let limit = match p.limit.as_deref().map(str::trim) {
             None | Some("") => DEFAULT_LIMIT,
             Some(l) => l
@@ -179,14 +188,21 @@ fn parse_time(
     value: Option<&str>,
     syntax: TimeSyntax,
 ) -> Result<Option<OffsetDateTime>, FilterError> {
-    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+    let Some(v) = value.map(str::trim) else {
         return Ok(None);
     };
+    if v.is_empty() {
+        // `until=` names no time; reading it as "no bound" would widen the query.
+        return Err(FilterError::new(
+            param,
+            "must not be empty (leave it out instead)",
+        ));
+    }
     if let Ok(t) = OffsetDateTime::parse(v, &Rfc3339) {
         return Ok(Some(t));
     }
     if let TimeSyntax::Rfc3339OrAgo = syntax {
-        if let Ok(ago) = humantime::parse_duration(v) {
+        if let Ok(ago) = crate::config::parse_duration(v) {
             let ago = time::Duration::try_from(ago)
                 .map_err(|_| FilterError::new(param, "is too long ago"))?;
             return OffsetDateTime::now_utc()

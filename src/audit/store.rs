@@ -8,8 +8,9 @@ use tokio::sync::Mutex;
 
 use super::db::{AuditDb, OpenMode, StoreError};
 use super::query::{AuditQuery, Page};
-use super::writer::{GroupCommitWriter, WriterConfig};
-use super::{AuditError, AuditEvent, AuditStore};
+use super::writer::{GroupCommitWriter, WriterConfig, WriterKeys};
+use super::{AuditError, AuditEvent, AuditStore, Link};
+use crate::metrics::AuditWriterMetrics;
 
 /// SQLite or PostgreSQL behind a [`GroupCommitWriter`].
 pub struct SqlAuditStore {
@@ -24,19 +25,42 @@ const WRITE_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 impl SqlAuditStore {
     /// Opens (creating a missing SQLite file), migrates, and starts the writer.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        Self::open_with(url, WriterConfig::default()).await
+    pub async fn open(url: &str, keys: WriterKeys) -> Result<Self, StoreError> {
+        Self::open_with(url, keys, WriterConfig::default()).await
     }
 
-    pub async fn open_with(url: &str, config: WriterConfig) -> Result<Self, StoreError> {
+    pub async fn open_with(
+        url: &str,
+        keys: WriterKeys,
+        config: WriterConfig,
+    ) -> Result<Self, StoreError> {
+        Self::open_reporting(url, keys, config, AuditWriterMetrics::default()).await
+    }
+
+    /// Like [`Self::open_with`], the writer reporting into `metrics`.
+    pub async fn open_reporting(
+        url: &str,
+        keys: WriterKeys,
+        config: WriterConfig,
+        metrics: AuditWriterMetrics,
+    ) -> Result<Self, StoreError> {
         let db = AuditDb::open(url, OpenMode::Create).await?;
         db.migrate().await?;
-        Ok(Self::with_db(db, config))
+        Ok(Self::with_db_reporting(db, keys, config, metrics))
     }
 
     /// A store on an already migrated database.
-    pub fn with_db(db: AuditDb, config: WriterConfig) -> Self {
-        let writer = GroupCommitWriter::start(db.clone(), config);
+    pub fn with_db(db: AuditDb, keys: WriterKeys, config: WriterConfig) -> Self {
+        Self::with_db_reporting(db, keys, config, AuditWriterMetrics::default())
+    }
+
+    fn with_db_reporting(
+        db: AuditDb,
+        keys: WriterKeys,
+        config: WriterConfig,
+        metrics: AuditWriterMetrics,
+    ) -> Self {
+        let writer = GroupCommitWriter::start_reporting(db.clone(), config, keys, metrics);
         Self {
             db,
             writer,
@@ -51,7 +75,18 @@ impl SqlAuditStore {
 
 impl AuditStore for SqlAuditStore {
     fn record<'a>(&'a self, event: &'a AuditEvent) -> BoxFuture<'a, Result<(), AuditError>> {
-        Box::pin(self.writer.record(event.clone()))
+        Box::pin(async move { self.writer.record(event.clone()).await.map(|_| ()) })
+    }
+
+    fn record_linked<'a>(
+        &'a self,
+        event: &'a AuditEvent,
+    ) -> BoxFuture<'a, Result<Option<Link>, AuditError>> {
+        Box::pin(async move { self.writer.record(event.clone()).await.map(Some) })
+    }
+
+    fn checkpoint(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.writer.checkpoint())
     }
 
     /// Ready while the writer's last commit succeeded and the database answers a read:

@@ -16,9 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::db::{AuditDb, ChainState};
-use super::{AuditError, AuditEvent};
+use super::keys::{ChainKey, NoteSigner};
+use super::{AuditError, AuditEvent, Link};
+use crate::metrics::AuditWriterMetrics;
 
 /// Limits of the writer.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +36,8 @@ pub struct WriterConfig {
     pub wait: Duration,
     /// Longest one transaction may take before the writer abandons it.
     pub commit_timeout: Duration,
+    /// Least time between two signed checkpoints of the chain (with a signing key).
+    pub checkpoint_every: Duration,
 }
 
 impl Default for WriterConfig {
@@ -42,41 +47,70 @@ impl Default for WriterConfig {
             max_batch: 2_048,
             wait: Duration::from_secs(5),
             commit_timeout: Duration::from_secs(2),
+            checkpoint_every: Duration::from_secs(10),
         }
     }
 }
 
 struct Pending {
     event: AuditEvent,
-    done: oneshot::Sender<Result<(), AuditError>>,
+    done: oneshot::Sender<Result<Link, AuditError>>,
+}
+
+// Events are nearly every message: boxing them would add an allocation to each.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Event(Pending),
+    /// Sign the chain's head now (at shutdown), then answer.
+    Checkpoint(oneshot::Sender<()>),
+}
+
+/// What the writer keys and signs with.
+#[derive(Clone)]
+pub struct WriterKeys {
+    pub chain: ChainKey,
+    pub signer: Option<Arc<NoteSigner>>,
 }
 
 /// Handle to the writer task; cheap to clone. The task ends when every handle is gone.
 #[derive(Clone)]
 pub struct GroupCommitWriter {
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<Msg>,
     wait: Duration,
     failing: Arc<AtomicBool>,
+    metrics: AuditWriterMetrics,
 }
 
 impl GroupCommitWriter {
     /// Starts the writer task on the current tokio runtime, with a new chain.
-    pub fn start(db: AuditDb, config: WriterConfig) -> Self {
+    pub fn start(db: AuditDb, config: WriterConfig, keys: WriterKeys) -> Self {
+        Self::start_reporting(db, config, keys, AuditWriterMetrics::default())
+    }
+
+    /// Like [`Self::start`], reporting batch sizes, commit times and failures, and the
+    /// queue's depth into `metrics`.
+    pub fn start_reporting(
+        db: AuditDb,
+        config: WriterConfig,
+        keys: WriterKeys,
+        metrics: AuditWriterMetrics,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let failing = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run(db, rx, config, failing.clone()));
+        tokio::spawn(run(db, rx, config, failing.clone(), keys, metrics.clone()));
         Self {
             tx,
             wait: config.wait,
             failing,
+            metrics,
         }
     }
 
-    /// Queues the event and waits until it is committed.
-    pub async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+    /// Queues the event and waits until it is committed; returns its place in the chain.
+    pub async fn record(&self, event: AuditEvent) -> Result<Link, AuditError> {
         let (done, committed) = oneshot::channel();
         self.tx
-            .try_send(Pending { event, done })
+            .try_send(Msg::Event(Pending { event, done }))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
                     AuditError::Unavailable("the audit queue is full".into())
@@ -85,6 +119,8 @@ impl GroupCommitWriter {
                     AuditError::Unavailable("the audit writer has stopped".into())
                 }
             })?;
+        self.metrics
+            .queue_depth(self.tx.max_capacity() - self.tx.capacity());
         match tokio::time::timeout(self.wait, committed).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(AuditError::Unavailable(
@@ -94,45 +130,168 @@ impl GroupCommitWriter {
         }
     }
 
+    /// Signs a checkpoint of the chain's head now, if it moved since the last one
+    /// (at shutdown). Waits at most the writer's wait.
+    pub async fn checkpoint(&self) {
+        let (done, signed) = oneshot::channel();
+        if self.tx.send(Msg::Checkpoint(done)).await.is_ok() {
+            let _ = tokio::time::timeout(self.wait, signed).await;
+        }
+    }
+
     /// Whether the last transaction failed (cleared by the next one that commits).
     pub fn failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed)
     }
 }
 
+struct Checkpointer {
+    signer: Option<Arc<NoteSigner>>,
+    every: Duration,
+    timeout: Duration,
+    /// The head the last stored checkpoint signed.
+    signed_seq: i64,
+    next_due: Instant,
+}
+
+impl Checkpointer {
+    /// Whether the chain has committed events no checkpoint signed yet.
+    fn dirty(&self, chain: &ChainState) -> bool {
+        self.signer.is_some() && chain.known && chain.head_seq > self.signed_seq
+    }
+
+    /// Signs and stores the head (also on the `audit` log target); a failure only
+    /// delays it to the next try.
+    async fn sign(&mut self, db: &AuditDb, chain: &ChainState) {
+        let Some(signer) = &self.signer else { return };
+        if !self.dirty(chain) {
+            return;
+        }
+        self.next_due = Instant::now() + self.every;
+        match tokio::time::timeout(self.timeout, db.write_checkpoint(chain, signer)).await {
+            Ok(Ok(note)) => {
+                self.signed_seq = chain.head_seq;
+                tracing::info!(
+                    target: "audit",
+                    chain_id = %chain.id,
+                    chain_seq = chain.head_seq,
+                    hash = %chain.head_hash,
+                    checkpoint = %note,
+                    "audit checkpoint"
+                );
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "audit checkpoint could not be stored"),
+            Err(_) => tracing::warn!("audit checkpoint timed out"),
+        }
+    }
+}
+
 async fn run(
     db: AuditDb,
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::Receiver<Msg>,
     config: WriterConfig,
     failing: Arc<AtomicBool>,
+    keys: WriterKeys,
+    metrics: AuditWriterMetrics,
 ) {
-    let mut chain = ChainState::new();
-    let mut batch: Vec<Pending> = Vec::with_capacity(config.max_batch);
-    while rx.recv_many(&mut batch, config.max_batch.max(1)).await > 0 {
-        // A caller that timed out was told "no"; its event must not be stored late.
-        batch.retain(|p| !p.done.is_closed());
-        if batch.is_empty() {
-            continue;
+    let mut chain = ChainState::new(keys.chain);
+    let mut checkpoints = Checkpointer {
+        signer: keys.signer,
+        every: config.checkpoint_every,
+        timeout: config.commit_timeout,
+        signed_seq: 0,
+        next_due: Instant::now() + config.checkpoint_every,
+    };
+    let mut msgs: Vec<Msg> = Vec::with_capacity(config.max_batch);
+    loop {
+        let received = if checkpoints.dirty(&chain) {
+            tokio::select! {
+                n = rx.recv_many(&mut msgs, config.max_batch.max(1)) => n,
+                () = tokio::time::sleep_until(checkpoints.next_due) => {
+                    checkpoints.sign(&db, &chain).await;
+                    continue;
+                }
+            }
+        } else {
+            rx.recv_many(&mut msgs, config.max_batch.max(1)).await
+        };
+        metrics.queue_depth(rx.len());
+        if received == 0 {
+            checkpoints.sign(&db, &chain).await;
+            return;
         }
-        let events: Vec<&AuditEvent> = batch.iter().map(|p| &p.event).collect();
-        let result =
-            match tokio::time::timeout(config.commit_timeout, db.append(&mut chain, &events)).await
-            {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(AuditError::Unavailable(e.to_string())),
-                Err(_) => Err(AuditError::Timeout),
-            };
-        if let Err(e) = &result {
+        let mut asked = Vec::new();
+        let mut batch = Vec::with_capacity(msgs.len());
+        for m in msgs.drain(..) {
+            match m {
+                // A caller that timed out was told "no"; its event must not be stored late.
+                Msg::Event(p) if p.done.is_closed() => {}
+                Msg::Event(p) => batch.push(p),
+                Msg::Checkpoint(done) => asked.push(done),
+            }
+        }
+        if !batch.is_empty() {
+            commit(&db, &mut chain, batch, &config, &failing, &metrics).await;
+            if Instant::now() >= checkpoints.next_due {
+                checkpoints.sign(&db, &chain).await;
+            }
+        }
+        if !asked.is_empty() {
+            checkpoints.sign(&db, &chain).await;
+            for done in asked {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+async fn commit(
+    db: &AuditDb,
+    chain: &mut ChainState,
+    batch: Vec<Pending>,
+    config: &WriterConfig,
+    failing: &AtomicBool,
+    metrics: &AuditWriterMetrics,
+) {
+    let events: Vec<&AuditEvent> = batch.iter().map(|p| &p.event).collect();
+    let first_seq = chain.head_seq + 1;
+    let started = Instant::now();
+    let result = match tokio::time::timeout(config.commit_timeout, db.append(chain, &events)).await
+    {
+        Ok(Ok(hashes)) => Ok(hashes),
+        Ok(Err(e)) => Err(AuditError::Unavailable(e.to_string())),
+        Err(_) => Err(AuditError::Timeout),
+    };
+    metrics.commit(batch.len(), started.elapsed(), result.is_ok());
+    match &result {
+        Err(e) => {
             // The commit may or may not have happened: learn the head again.
             chain.known = false;
             if !failing.swap(true, Ordering::Relaxed) {
                 tracing::error!(error = %e, events = batch.len(), "audit commit failed; refusing tokens until the store is back");
             }
-        } else if failing.swap(false, Ordering::Relaxed) {
-            tracing::info!("audit store is writable again");
         }
-        for p in batch.drain(..) {
-            let _ = p.done.send(result.clone());
+        Ok(_) => {
+            if failing.swap(false, Ordering::Relaxed) {
+                tracing::info!("audit store is writable again");
+            }
+        }
+    }
+    let chain_id: Arc<str> = Arc::from(chain.id.as_str());
+    match result {
+        Ok(hashes) => {
+            for ((p, hash), seq) in batch.into_iter().zip(hashes).zip(first_seq..) {
+                let _ = p.done.send(Ok(Link {
+                    chain_id: chain_id.clone(),
+                    seq,
+                    hash,
+                }));
+            }
+        }
+        Err(e) => {
+            for p in batch {
+                let _ = p.done.send(Err(e.clone()));
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::catalog::ProblemType;
 use crate::http::assets::{asset, html_page};
 use crate::http::context::request_id;
 use crate::http::problem::Problem;
@@ -163,13 +164,8 @@ fn refuse_cross_origin(req: &HttpRequest, state: &AppState) -> Option<HttpRespon
         return None;
     }
     Some(
-        Problem::new(
-            403,
-            "origin-not-allowed",
-            "Origin not allowed",
-            "demo sign-in takes JSON from the demo's own origin only",
-        )
-        .respond(&request_id(req)),
+        Problem::origin_not_allowed("demo sign-in takes JSON from the demo's own origin only")
+            .respond(&request_id(req)),
     )
 }
 
@@ -184,13 +180,8 @@ async fn sign_in(
     }
     let asked = serde_json::from_slice::<SignIn>(&body).ok();
     let Some(user) = asked.and_then(|a| USERS.iter().find(|u| u.subject == a.subject)) else {
-        return Problem::new(
-            400,
-            "unknown-demo-user",
-            "Unknown demo user",
-            "no such demo user",
-        )
-        .respond(&request_id(&req));
+        return Problem::new(ProblemType::UnknownDemoUser, "no such demo user")
+            .respond(&request_id(&req));
     };
     let roles: Vec<&str> = if user.audit_reader {
         vec![demo.reader_role.as_str()]
@@ -207,9 +198,7 @@ async fn sign_in(
         Ok(token) => token,
         Err(_) => {
             return Problem::new(
-                503,
-                "sign-in-failed",
-                "Sign-in failed",
+                ProblemType::SignInFailed,
                 "the demo session could not be signed",
             )
             .respond(&request_id(&req))

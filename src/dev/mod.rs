@@ -12,7 +12,7 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use crate::config::{ConfigError, Environment, Settings};
+use crate::config::{ConfigError, Environment, Settings, DEV_TOKEN_LIFETIME, LISTEN_ADDR};
 use crate::startup::{Application, Options, StartupError};
 
 use api_standin::ApiStandIn;
@@ -61,45 +61,33 @@ pub fn mint_session_with_scopes(
     )
 }
 
-/// Lifetime of the stand-in's tokens when `DEV_TOKEN_LIFETIME` is not set (Corti's own).
-pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
-
 /// How long before expiry the demo page's JS client fetches a fresh token.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 
-/// Reads `DEV_TOKEN_LIFETIME` (only `dev` reads it): whole seconds or a duration such as
-/// `40s` or `2m`. It must exceed the demo's refresh margin, or every call would refetch.
-pub fn token_lifetime(value: Option<&str>) -> Result<Duration, ConfigError> {
-    let Some(raw) = value.map(str::trim).filter(|v| !v.is_empty()) else {
-        return Ok(DEFAULT_TOKEN_LIFETIME);
-    };
-    let parsed = match raw.parse::<u64>() {
-        Ok(secs) => Ok(Duration::from_secs(secs)),
-        Err(_) => humantime::parse_duration(raw),
-    };
+/// The stand-in's token lifetime (`DEV_TOKEN_LIFETIME`, Corti's own 300 s by default).
+/// It must exceed the demo's refresh margin, or every call would refetch.
+pub fn token_lifetime(settings: &Settings) -> Result<Duration, ConfigError> {
+    let lifetime = settings.dev_token_lifetime;
     let min = REFRESH_MARGIN + Duration::from_secs(5);
-    match parsed {
-        Ok(d) if d >= min && d <= Duration::from_secs(3600) => Ok(Duration::from_secs(d.as_secs())),
-        Ok(_) => Err(ConfigError::new(
-            "DEV_TOKEN_LIFETIME",
-            format!("must be between {}s and 3600s", min.as_secs()),
-        )),
-        Err(_) => Err(ConfigError::new(
-            "DEV_TOKEN_LIFETIME",
-            "is not a duration (seconds, or e.g. 40s, 2m)",
-        )),
+    if lifetime >= min && lifetime <= Duration::from_secs(3600) {
+        Ok(Duration::from_secs(lifetime.as_secs()))
+    } else {
+        Err(DEV_TOKEN_LIFETIME.error(format!("must be between {}s and 3600s", min.as_secs())))
     }
 }
 
 /// Runs the demo until stopped. Only `LISTEN_ADDR`, `DATABASE_URL`, `ALLOWED_ORIGINS`
 /// (added to the demo's own origins, for an app page on another origin) and
-/// `TOKEN_REUSE_MIN_TTL` are taken from the loaded settings, and `DEV_TOKEN_LIFETIME` from the environment; everything else is
-/// generated, and the real Corti is never used.
+/// `TOKEN_REUSE_MIN_TTL`, `RATE_LIMIT_PER_USER`/`RATE_LIMIT_PER_IP` (the contract test
+/// raises them) are taken from the loaded settings, with `DEV_TOKEN_LIFETIME`; everything
+/// else is generated, and the real Corti is never used.
 pub async fn run(loaded: Settings) -> Result<(), StartupError> {
     if !loaded.listen_addr.ip().is_loopback() {
-        return Err(ConfigError::new("LISTEN_ADDR", "dev binds only loopback addresses").into());
+        return Err(LISTEN_ADDR
+            .error("dev binds only loopback addresses")
+            .into());
     }
-    let token_lifetime = token_lifetime(std::env::var("DEV_TOKEN_LIFETIME").ok().as_deref())?;
+    let token_lifetime = token_lifetime(&loaded)?;
     let bind_error = |addr: &str| {
         let addr = addr.to_owned();
         move |source| StartupError::Bind { addr, source }
@@ -121,35 +109,44 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
         .map_err(bind_error("127.0.0.1:0 (auth stand-in)"))?,
     );
     let session_secret = SecretString::from(random_hex(32));
-    let mut settings = Settings {
+    let mut allowed_origins = vec![
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+    ];
+    for origin in &loaded.allowed_origins {
+        if !allowed_origins.contains(origin) {
+            allowed_origins.push(origin.clone());
+        }
+    }
+    let settings = Settings {
         listen_addr: loaded.listen_addr,
         database_url: loaded.database_url.clone(),
+        allowed_origins,
         corti_environment: Some(Environment::Eu),
         corti_auth_url: Some(standin.base_url().to_owned()),
         corti_client_id: Some("token-vendor-dev".into()),
         corti_client_secret: Some(SecretString::from(client_secret)),
         session_jwt_secret: Some(session_secret.clone()),
         audit_hmac_key: Some(SecretString::from(random_hex(32))),
+        audit_signing_key: Some(
+            crate::audit::keys::NoteSigner::generate("token-vendor-dev")
+                .map_err(|e| StartupError::Audit(e.to_string()))?
+                .private_text(),
+        ),
         token_reuse_min_ttl: loaded.token_reuse_min_ttl,
+        rate_limit_per_user: loaded.rate_limit_per_user,
+        rate_limit_per_ip: loaded.rate_limit_per_ip,
         ..Settings::default()
-    };
-    let api = ApiStandIn::start(standin.clone(), settings.corti_tenant.as_str().to_owned())
-        .map_err(bind_error("127.0.0.1:0 (speech API stand-in)"))?;
-    settings.allowed_origins = vec![
-        format!("http://127.0.0.1:{port}"),
-        format!("http://localhost:{port}"),
-    ];
-    for origin in &loaded.allowed_origins {
-        if !settings.allowed_origins.contains(origin) {
-            settings.allowed_origins.push(origin.clone());
-        }
     }
+    .for_serve()?;
+    let api = ApiStandIn::start(standin.clone(), settings.corti.tenant.as_str().to_owned())
+        .map_err(bind_error("127.0.0.1:0 (speech API stand-in)"))?;
     let demo = demo::Demo {
         session_secret: session_secret.clone(),
         reader_role: settings.audit_reader_role.clone(),
-        cookie_name: settings.session_cookie_name.clone(),
+        cookie_name: settings.session.cookie_name.clone(),
         api_base_url: api.base_url(),
-        tenant: settings.corti_tenant.as_str().to_owned(),
+        tenant: settings.corti.tenant.as_str().to_owned(),
         environment: Environment::Eu.as_str().to_owned(),
         token_lifetime,
         refresh_margin_secs: REFRESH_MARGIN.as_secs(),
@@ -175,6 +172,7 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
     let api_url = api.base_url();
     let lifetime = token_lifetime.as_secs();
     let reuse = settings.token_reuse_min_ttl.as_secs();
+    let lifetime_setting = DEV_TOKEN_LIFETIME.name;
     let origins = settings.allowed_origins.join(", ");
     let database = &settings.database_url;
     let banner = format!(
@@ -184,7 +182,7 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
   ops audit page:   {base}/ops/audit
   Corti auth:       {auth} (DEVELOPMENT STAND-IN, loopback only)
   Corti speech API: {api_url} (DEVELOPMENT STAND-IN, loopback only)
-  token lifetime:   {lifetime}s (DEV_TOKEN_LIFETIME)
+  token lifetime:   {lifetime}s ({lifetime_setting})
   token reuse:      while at least {reuse}s are left (TOKEN_REUSE_MIN_TTL)
   allowed origins:  {origins}
   audit store:      {database}
@@ -214,26 +212,29 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Sources;
+
+    fn lifetime(raw: &str) -> Result<Duration, ConfigError> {
+        let settings = Settings::load(&Sources::from_pairs([("DEV_TOKEN_LIFETIME", raw)]))?;
+        token_lifetime(&settings)
+    }
 
     #[test]
     fn token_lifetime_defaults_to_cortis_and_takes_seconds_or_durations() {
-        assert_eq!(token_lifetime(None).unwrap(), DEFAULT_TOKEN_LIFETIME);
-        assert_eq!(token_lifetime(Some("")).unwrap(), DEFAULT_TOKEN_LIFETIME);
-        assert_eq!(token_lifetime(Some("40")).unwrap(), Duration::from_secs(40));
         assert_eq!(
-            token_lifetime(Some("2m")).unwrap(),
-            Duration::from_secs(120)
+            token_lifetime(&Settings::default()).unwrap(),
+            Duration::from_secs(300)
         );
+        assert_eq!(lifetime("").unwrap(), Duration::from_secs(300));
+        assert_eq!(lifetime("40").unwrap(), Duration::from_secs(40));
+        assert_eq!(lifetime("2m").unwrap(), Duration::from_secs(120));
     }
 
     #[test]
     fn token_lifetime_must_exceed_the_refresh_margin_and_be_a_duration() {
         for bad in ["10", "30s", "2h", "soon", "-5"] {
-            let err = token_lifetime(Some(bad)).unwrap_err();
-            assert!(
-                err.to_string().contains("DEV_TOKEN_LIFETIME"),
-                "{bad}: {err}"
-            );
+            let err = lifetime(bad).unwrap_err();
+            assert_eq!(err.setting, "DEV_TOKEN_LIFETIME", "{bad}: {err}");
         }
     }
 }

@@ -4,28 +4,32 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::audit::query::{AuditQuery, FilterParams, TimeSyntax};
-use crate::vend::Credentials;
+use crate::catalog::{ProblemType, TRY_AGAIN_SOON};
+use crate::vend::{Credentials, SESSION_KEYS_UNAVAILABLE};
 
 use super::context::request_id;
 use super::problem::Problem;
+use super::rate_limit::admit_side;
 use super::tokens::credentials;
 use super::AppState;
 
 /// Lists events for a session holding the audit reader role.
 pub async fn list_events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(refused) = admit_side(&req, &state).await {
+        return refused;
+    }
     let request_id = request_id(&req);
-    let token = match credentials(&req, &state.cookie_name) {
-        Credentials::Bearer(t) | Credentials::Cookie(t) => t,
+    let tokens = match credentials(&req, &state.cookie_name) {
+        Credentials::Bearer(t) => vec![t],
+        Credentials::Cookie(ts) => ts,
         Credentials::Malformed | Credentials::None => return unauthenticated(&request_id),
     };
-    let session = match state.vendor.sessions.verify(&token).await {
+    let session = match crate::vend::verify_first(&state.vendor.sessions, &tokens).await {
         Ok(s) => s,
         Err(crate::session::SessionError::KeysUnavailable) => {
             return Problem::new(
-                503,
-                "session-keys-unavailable",
-                "Service unavailable",
-                "session keys cannot be loaded right now; try again shortly",
+                ProblemType::SessionKeysUnavailable,
+                SESSION_KEYS_UNAVAILABLE,
             )
             .respond(&request_id)
         }
@@ -34,9 +38,7 @@ pub async fn list_events(req: HttpRequest, state: web::Data<AppState>) -> HttpRe
     if !session.roles.iter().any(|r| r == &state.audit_reader_role) {
         tracing::warn!(subject = %session.subject, "audit read refused: reader role missing");
         return Problem::new(
-            403,
-            "audit-reader-role-required",
-            "Not allowed to read the audit log",
+            ProblemType::AuditReaderRoleRequired,
             "this session does not have the audit reader role",
         )
         .respond(&request_id);
@@ -45,9 +47,7 @@ pub async fn list_events(req: HttpRequest, state: web::Data<AppState>) -> HttpRe
         Ok(p) => p,
         Err(e) => {
             return Problem::new(
-                400,
-                "invalid-filter",
-                "Invalid filter",
+                ProblemType::InvalidFilter,
                 format!(
                     "query parameters are subject, outcome, scope, token_fingerprint, client_ip, since, until, limit and cursor ({e})"
                 ),
@@ -58,8 +58,7 @@ pub async fn list_events(req: HttpRequest, state: web::Data<AppState>) -> HttpRe
     let query = match AuditQuery::parse(&params, TimeSyntax::Rfc3339) {
         Ok(q) => q,
         Err(e) => {
-            return Problem::new(400, "invalid-filter", "Invalid filter", e.to_string())
-                .respond(&request_id)
+            return Problem::new(ProblemType::InvalidFilter, e.to_string()).respond(&request_id)
         }
     };
     tracing::info!(subject = %session.subject, "audit events read");
@@ -70,37 +69,18 @@ pub async fn list_events(req: HttpRequest, state: web::Data<AppState>) -> HttpRe
         Err(e) => {
             tracing::error!(error = %e, "audit query failed");
             Problem::new(
-                503,
-                "audit-unavailable",
-                "Audit store unavailable",
+                ProblemType::AuditUnavailable,
                 "the audit store cannot be read right now",
             )
-            .with_retry_after(Some(std::time::Duration::from_secs(5)))
+            .with_retry_after(Some(TRY_AGAIN_SOON))
             .respond(&request_id)
         }
     }
 }
 
 fn unauthenticated(request_id: &str) -> HttpResponse {
-    Problem::new(
-        401,
-        "unauthenticated",
-        "Not signed in",
+    Problem::unauthenticated(
         "a valid session with the audit reader role is required (Authorization: Bearer)",
     )
     .respond(request_id)
-}
-
-/// 405 for anything but GET.
-pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    let mut res = Problem::new(
-        405,
-        "method-not-allowed",
-        "Method not allowed",
-        "this endpoint accepts only GET",
-    )
-    .respond(&request_id(&req));
-    res.headers_mut()
-        .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
-    res
 }

@@ -4,13 +4,39 @@ use std::net::IpAddr;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage, HttpRequest};
+use actix_web::{web, HttpMessage, HttpRequest};
 use ipnet::IpNet;
 use tracing::Instrument;
 
+use super::AppState;
+use crate::vend::Caller;
+
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// The trace id of a valid W3C `traceparent` (`version-traceid-parentid-flags`, lower-case
+/// hex, ids not all zero); `None` for anything else, which is then ignored.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().splitn(5, '-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    let valid = hex(version, 2)
+        && version != "ff"
+        // Version 00 has exactly four fields; later versions may append more.
+        && (version != "00" || parts.next().is_none())
+        && hex(trace, 32)
+        && nonzero(trace)
+        && hex(parent, 16)
+        && nonzero(parent)
+        && hex(flags, 2);
+    valid.then_some(trace)
+}
 
 /// The id of this request: the caller's when it is a sane token, else a fresh UUID.
 #[derive(Debug, Clone)]
@@ -48,9 +74,19 @@ pub async fn request_id_middleware(
     let span = tracing::info_span!(
         "request",
         request_id = %id,
+        trace_id = tracing::field::Empty,
         method = %req.method(),
         path = %req.path(),
     );
+    // A caller's W3C trace context: its trace id goes on every log line of the request.
+    if let Some(trace) = req
+        .headers()
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace_id)
+    {
+        span.record("trace_id", trace);
+    }
     async move {
         let started = std::time::Instant::now();
         let mut res = next.call(req).await?;
@@ -58,9 +94,16 @@ pub async fn request_id_middleware(
             res.headers_mut()
                 .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
         }
+        let (status, took) = (res.status().as_u16(), started.elapsed());
+        if let Some(state) = res.request().app_data::<web::Data<AppState>>() {
+            state
+                .vendor
+                .metrics
+                .http_request(super::route_label(res.request()), status, took);
+        }
         tracing::info!(
-            status = res.status().as_u16(),
-            duration_ms = started.elapsed().as_millis() as u64,
+            status,
+            duration_ms = took.as_millis() as u64,
             "request finished"
         );
         Ok(res)
@@ -70,32 +113,70 @@ pub async fn request_id_middleware(
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the
-/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+/// client its `X-Forwarded-For` chain names (see [`crate::address::forwarded_client`]).
 pub fn client_ip(req: &HttpRequest, trusted: &[IpNet]) -> Option<IpAddr> {
     let peer = req.peer_addr()?.ip();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
-        return Some(peer);
+    let values: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        // A value that is not text is a hop that cannot be read: the walk stops there.
+        .map(|v| v.to_str().unwrap_or("\u{0}"))
+        .collect();
+    Some(crate::address::forwarded_client(peer, values, is_trusted))
+}
+
+/// Who is asking: the request id, the client's address, its `User-Agent` and `Origin`.
+pub fn caller(req: &HttpRequest, trusted: &[IpNet]) -> Caller {
+    Caller {
+        request_id: request_id(req),
+        client_ip: client_ip(req, trusted),
+        user_agent: header_text(req, header::USER_AGENT),
+        origin: origin(req),
     }
-    let mut hops = Vec::new();
-    for value in req.headers().get_all("x-forwarded-for") {
-        let Ok(text) = value.to_str() else {
-            return Some(peer);
-        };
-        for part in text.split(',') {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) => hops.push(ip),
-                // A malformed chain cannot be trusted past the proxy that sent it.
-                Err(_) => return Some(peer),
-            }
+}
+
+/// Every `Origin` header, joined: two of them never match an allowed origin.
+fn origin(req: &HttpRequest) -> Option<String> {
+    let values: Vec<&str> = req
+        .headers()
+        .get_all(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// A header's value, when it is text.
+pub fn header_text(req: &HttpRequest, name: HeaderName) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_id;
+
+    #[test]
+    fn reads_the_trace_id_of_a_valid_traceparent_only() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_id(&format!("00-{id}-00f067aa0ba902b7-01")), Some(id));
+        assert_eq!(
+            trace_id(&format!("01-{id}-00f067aa0ba902b7-00-extra")),
+            Some(id)
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e47-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad}");
         }
     }
-    let mut candidate = peer;
-    for ip in hops.into_iter().rev() {
-        candidate = ip;
-        if !is_trusted(&ip) {
-            break;
-        }
-    }
-    Some(candidate)
 }

@@ -6,9 +6,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::audit::{AuditEvent, Outcome};
-
-use super::context::{client_ip, request_id};
+use super::context::caller;
 use super::problem::Problem;
 use super::AppState;
 
@@ -51,54 +49,21 @@ pub async fn cors_middleware(
     Ok(res)
 }
 
-/// `OPTIONS /v1/tokens`. A refused preflight is audited: it is the only trace of a
-/// page on a disallowed origin, since the browser then never sends the `POST`.
+/// `OPTIONS /v1/tokens`. A refused preflight is audited by the vendor.
 pub async fn preflight_tokens(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    preflight(&req, &state, "POST, OPTIONS", true).await
-}
-
-pub async fn preflight(
-    req: &HttpRequest,
-    state: &AppState,
-    methods: &'static str,
-    audit: bool,
-) -> HttpResponse {
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok());
-    match origin {
+    if let Err(refused) = super::rate_limit::admit_side(&req, &state).await {
+        return refused;
+    }
+    let caller = caller(&req, &state.trusted_proxies);
+    match caller.origin.as_deref() {
         Some(o) if state.origins.is_allowed(o) => HttpResponse::NoContent()
-            .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, methods))
+            .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "POST, OPTIONS"))
             .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOWED_HEADERS))
             .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"))
             .finish(),
         _ => {
-            let id = request_id(req);
-            if audit {
-                let corti = &state.vendor.corti;
-                let mut event =
-                    AuditEvent::begin(&id, corti.tenant().as_str(), corti.environment().as_str());
-                event.outcome = Outcome::Forbidden;
-                event.status = 403;
-                event.client_ip = client_ip(req, &state.trusted_proxies).map(|ip| ip.to_string());
-                event.origin = origin.map(|o| o.chars().take(256).collect());
-                event.user_agent = req
-                    .headers()
-                    .get(header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| v.chars().take(256).collect());
-                event.detail = Some("CORS preflight from an origin that is not allowed".into());
-                // A refusal needs no fail-closed handling: nothing leaves the service.
-                let _ = state.auditor.record(&event).await;
-            }
-            Problem::new(
-                403,
-                "origin-not-allowed",
-                "Origin not allowed",
-                "origin is not allowed",
-            )
-            .respond(&id)
+            state.vendor.refuse_preflight(&caller).await;
+            Problem::origin_not_allowed("origin is not allowed").respond(&caller.request_id)
         }
     }
 }

@@ -4,9 +4,11 @@ pub mod assets;
 pub mod audit;
 pub mod context;
 pub mod cors;
+pub mod head_limit;
 pub mod ops;
 pub mod ops_page;
 pub mod problem;
+pub mod rate_limit;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use ipnet::IpNet;
 
 use crate::audit::Auditor;
 use crate::browser::OriginPolicy;
+use crate::lifecycle::Draining;
 use crate::vend::Vendor;
 
 /// What every handler may need.
@@ -27,24 +30,71 @@ pub struct AppState {
     pub cookie_name: String,
     /// Role a session needs to read `GET /v1/audit/events`.
     pub audit_reader_role: String,
+    /// Set on SIGTERM: readiness fails from then on.
+    pub draining: Draining,
+}
+
+/// Every resource is named by its path; the names are the `route` label of the
+/// request metrics (anything else is `other`, or `unmatched` when no route matched).
+pub const ROUTES: &[&str] = &[
+    "/v1/tokens",
+    "/v1/audit/events",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.yaml",
+    ops_page::PAGE,
+    ops_page::SCRIPT,
+    ops_page::STYLE,
+];
+
+/// The `route` label of an answered request, without allocating.
+pub fn route_label(req: &actix_web::HttpRequest) -> &'static str {
+    match req.match_name() {
+        Some(name) => ROUTES
+            .iter()
+            .find(|r| **r == name)
+            .copied()
+            .unwrap_or("other"),
+        // Unnamed routes (the `dev` demo's) are rare; only they pay for the lookup.
+        None if req.match_pattern().is_some() => "other",
+        None => "unmatched",
+    }
+}
+
+/// A resource named by its path, so the request metrics can label it.
+fn named(path: &'static str) -> actix_web::Resource {
+    web::resource(path).name(path)
 }
 
 /// Registers the service's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/v1/tokens")
+        named("/v1/tokens")
             .route(web::post().to(tokens::post_tokens))
             .route(web::method(actix_web::http::Method::OPTIONS).to(cors::preflight_tokens))
-            .default_service(web::to(problem::method_not_allowed)),
+            .default_service(web::to(problem::method_not_allowed("POST, OPTIONS"))),
     )
     .service(
-        web::resource("/v1/audit/events")
+        named("/v1/audit/events")
             .route(web::get().to(audit::list_events))
-            .default_service(web::to(audit::method_not_allowed)),
+            .default_service(web::to(problem::method_not_allowed("GET"))),
     )
-    .route("/healthz", web::get().to(ops::healthz))
-    .route("/readyz", web::get().to(ops::readyz))
-    .route("/metrics", web::get().to(ops::metrics))
-    .route("/openapi.yaml", web::get().to(ops::openapi))
+    .service(get_only("/healthz", ops::healthz))
+    .service(get_only("/readyz", ops::readyz))
+    .service(get_only("/metrics", ops::metrics))
+    .service(get_only("/openapi.yaml", ops::openapi))
     .configure(ops_page::routes);
+}
+
+/// A GET endpoint that answers 405 (with `Allow: GET`) to every other method.
+fn get_only<F, Args>(path: &'static str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    named(path)
+        .route(web::get().to(handler))
+        .default_service(web::to(problem::method_not_allowed("GET")))
 }

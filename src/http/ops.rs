@@ -3,8 +3,12 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
+use crate::catalog::ProblemType;
+use crate::metrics::Format;
+
 use super::context::request_id;
 use super::problem::Problem;
+use super::rate_limit::admit_side;
 use super::AppState;
 
 /// The OpenAPI description kept in the repository root.
@@ -15,25 +19,36 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if state.auditor.ready().await {
+    if let Err(refused) = admit_side(&req, &state).await {
+        return refused;
+    }
+    if state.draining.is_draining() {
+        Problem::new(ProblemType::NotReady, "the service is shutting down")
+            .respond(&request_id(&req))
+    } else if state.auditor.ready().await {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else {
-        Problem::new(
-            503,
-            "not-ready",
-            "Not ready",
-            "the audit store cannot be reached",
-        )
-        .respond(&request_id(&req))
+        Problem::new(ProblemType::NotReady, "the audit store cannot be reached")
+            .respond(&request_id(&req))
     }
 }
 
-/// Prometheus metrics (OpenMetrics text).
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// Prometheus metrics: OpenMetrics text, or the Prometheus text format 0.0.4 when the
+/// `Accept` header prefers it.
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(refused) = admit_side(&req, &state).await {
+        return refused;
+    }
+    let accept = req
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
     HttpResponse::Ok()
-        .content_type(crate::metrics::CONTENT_TYPE)
+        .content_type(format.content_type())
         .insert_header(("Cache-Control", "no-store"))
-        .body(state.vendor.metrics.render())
+        .insert_header(("Vary", "Accept"))
+        .body(state.vendor.metrics.render_as(format))
 }
 
 pub async fn openapi() -> HttpResponse {

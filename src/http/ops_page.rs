@@ -16,10 +16,18 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Registers the page and its two assets.
+pub const PAGE: &str = "/ops/audit";
+pub const SCRIPT: &str = "/ops/audit.js";
+pub const STYLE: &str = "/ops/audit.css";
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ops/audit", web::get().to(page))
-        .route("/ops/audit.js", web::get().to(script))
-        .route("/ops/audit.css", web::get().to(style));
+    cfg.service(web::resource(PAGE).name(PAGE).route(web::get().to(page)))
+        .service(
+            web::resource(SCRIPT)
+                .name(SCRIPT)
+                .route(web::get().to(script)),
+        )
+        .service(web::resource(STYLE).name(STYLE).route(web::get().to(style)));
 }
 
 async fn page() -> HttpResponse {

@@ -3,24 +3,24 @@
 
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use crate::corti::UpstreamError;
-use crate::session::SessionError;
+use crate::catalog::ProblemType;
 use crate::vend::VendError;
 
 use super::context::request_id;
+use super::rate_limit::ceil_secs;
 
-/// One problem response.
+/// One problem response: a catalog entry and what this occurrence adds to it.
 #[derive(Debug, Clone)]
 pub struct Problem {
-    pub status: StatusCode,
-    pub slug: &'static str,
-    pub title: &'static str,
+    pub kind: ProblemType,
     pub detail: String,
     pub retry_after: Option<Duration>,
+    /// `Allow`, for a 405.
+    allow: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -34,19 +34,39 @@ struct Body<'a> {
 }
 
 impl Problem {
-    pub fn new(
-        status: u16,
-        slug: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
+    pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
         Self {
-            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            slug,
-            title,
+            kind,
             detail: detail.into(),
             retry_after: None,
+            allow: None,
         }
+    }
+
+    /// 404 for any path the service does not have.
+    pub fn not_found() -> Self {
+        Self::new(ProblemType::NotFound, "no such endpoint")
+    }
+
+    /// 405 for a known path with the wrong method; `allow` lists the right ones.
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(
+                ProblemType::MethodNotAllowed,
+                format!("this endpoint accepts only {allow}"),
+            )
+        }
+    }
+
+    /// A session that is missing or invalid; `detail` says what is needed.
+    pub fn unauthenticated(detail: &'static str) -> Self {
+        Self::new(ProblemType::Unauthenticated, detail)
+    }
+
+    /// A cross-origin request from an origin that is not allowed.
+    pub fn origin_not_allowed(detail: impl Into<String>) -> Self {
+        Self::new(ProblemType::OriginNotAllowed, detail)
     }
 
     pub fn with_retry_after(mut self, after: Option<Duration>) -> Self {
@@ -56,14 +76,16 @@ impl Problem {
 
     /// The response, with `Retry-After` and `WWW-Authenticate` where they belong.
     pub fn respond(&self, request_id: &str) -> HttpResponse {
+        let status =
+            StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = Body {
-            kind: format!("urn:token-vendor:problem:{}", self.slug),
-            title: self.title,
-            status: self.status.as_u16(),
+            kind: format!("urn:token-vendor:problem:{}", self.kind.slug()),
+            title: self.kind.title(),
+            status: status.as_u16(),
             detail: &self.detail,
             request_id,
         };
-        let mut builder = HttpResponse::build(self.status);
+        let mut builder = HttpResponse::build(status);
         builder
             .content_type("application/problem+json")
             .insert_header(("Cache-Control", "no-store"))
@@ -71,7 +93,10 @@ impl Problem {
         if let Some(after) = self.retry_after {
             builder.insert_header(("Retry-After", retry_after_secs(after).to_string()));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if let Some(allow) = self.allow {
+            builder.insert_header((header::ALLOW, allow));
+        }
+        if status == StatusCode::UNAUTHORIZED {
             builder.insert_header((
                 "WWW-Authenticate",
                 "Bearer realm=\"token-vendor\", error=\"invalid_token\"",
@@ -83,71 +108,26 @@ impl Problem {
 
 /// Whole seconds, rounded up, so a client that waits exactly this long is not early.
 pub fn retry_after_secs(d: Duration) -> u64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    secs.max(1)
+    ceil_secs(d).max(1)
 }
 
 impl From<&VendError> for Problem {
     fn from(e: &VendError) -> Self {
-        // The status comes from the one mapping in `VendError::status`.
-        let problem = |slug, title, detail: &str| Problem::new(e.status(), slug, title, detail);
-        let p = match e {
-            VendError::InvalidRequest(detail) => problem("invalid-request", "Invalid request", detail),
-            VendError::PayloadTooLarge => problem("payload-too-large", "Request body too large", &e.to_string()),
-            VendError::UnsupportedMediaType => problem("unsupported-media-type", "Unsupported media type", &e.to_string()),
-            VendError::Unauthenticated(SessionError::KeysUnavailable) => problem(
-                "session-keys-unavailable",
-                "Service unavailable",
-                "session keys cannot be loaded right now; try again shortly",
-            ),
-            VendError::Unauthenticated(_) => problem(
-                "unauthenticated",
-                "Not signed in",
-                "a valid session is required (Authorization: Bearer or the session cookie)",
-            ),
-            VendError::Origin(o) => problem("origin-not-allowed", "Origin not allowed", &o.to_string()),
-            VendError::ScopeNotAllowed(_) => problem("scope-not-allowed", "Scope not allowed", &e.to_string()),
-            VendError::RateLimited { .. } => problem("rate-limited", "Too many requests", &e.to_string()),
-            VendError::Upstream(UpstreamError::Timeout) => problem(
-                "upstream-timeout",
-                "Corti auth timed out",
-                "the Corti auth server did not answer in time",
-            ),
-            VendError::Upstream(UpstreamError::Unreachable(_) | UpstreamError::KeysUnavailable | UpstreamError::RateLimited { .. } | UpstreamError::CircuitOpen { .. }) => {
-                problem("upstream-unavailable", "Corti auth unavailable", "the Corti auth server cannot be reached right now")
-            }
-            VendError::Upstream(_) => problem(
-                "upstream-error",
-                "Corti auth error",
-                "the Corti auth server refused the request or answered in a way that cannot be used",
-            ),
-            VendError::AuditUnavailable => problem(
-                "audit-unavailable",
-                "Audit store unavailable",
-                "no token is issued while the audit store cannot record it",
-            ),
-        };
-        p.with_retry_after(e.retry_after())
+        let class = e.class();
+        Problem::new(class.problem, class.detail).with_retry_after(class.retry_after)
     }
 }
 
 /// 404 for any path the service does not have.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    Problem::new(404, "not-found", "Not found", "no such endpoint").respond(&request_id(&req))
+    Problem::not_found().respond(&request_id(&req))
 }
 
-/// 405 for a known path with the wrong method.
-pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    let mut res = Problem::new(
-        405,
-        "method-not-allowed",
-        "Method not allowed",
-        "this endpoint does not accept that method",
-    )
-    .respond(&request_id(&req));
-    res.headers_mut().insert(
-        actix_web::http::header::ALLOW,
-        actix_web::http::header::HeaderValue::from_static("POST, OPTIONS"),
-    );
-    res
+/// The 405 handler for a resource whose methods are `allow`.
+pub fn method_not_allowed(
+    allow: &'static str,
+) -> impl Fn(HttpRequest) -> std::future::Ready<HttpResponse> + Clone + 'static {
+    move |req: HttpRequest| {
+        std::future::ready(Problem::method_not_allowed(allow).respond(&request_id(&req)))
+    }
 }

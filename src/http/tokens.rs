@@ -7,8 +7,9 @@ use futures_util::StreamExt;
 
 use crate::vend::{Attempt, BodyError, Credentials, MAX_BODY_BYTES};
 
-use super::context::{client_ip, request_id};
+use super::context::{caller, header_text};
 use super::problem::Problem;
+use super::rate_limit::add_headers;
 use super::AppState;
 
 pub async fn post_tokens(
@@ -16,14 +17,12 @@ pub async fn post_tokens(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let request_id = request_id(&req);
+    let caller = caller(&req, &state.trusted_proxies);
+    let request_id = caller.request_id.clone();
     let attempt = Attempt {
-        request_id: request_id.clone(),
-        client_ip: client_ip(&req, &state.trusted_proxies).map(|ip| ip.to_string()),
-        user_agent: header_text(&req, header::USER_AGENT),
-        origin: header_text(&req, header::ORIGIN),
+        caller,
         credentials: credentials(&req, &state.cookie_name),
-        content_type: header_text(&req, header::CONTENT_TYPE),
+        content_type: content_type(&req),
         body: read_body(&req, payload).await,
     };
     let handled = state.vendor.handle(attempt).await;
@@ -34,31 +33,34 @@ pub async fn post_tokens(
             .json(body),
         Err(e) => Problem::from(&e).respond(&request_id),
     };
-    let limits = &handled.rate_limits;
-    for (name, value) in [
-        ("ratelimit-policy", limits.policy_header()),
-        ("ratelimit", limits.state_header()),
-    ] {
-        if let Some(value) = value.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
-            response
-                .headers_mut()
-                .insert(header::HeaderName::from_static(name), value);
-        }
-    }
+    add_headers(&handled.rate_limits, &mut response);
     response
 }
 
-fn header_text(req: &HttpRequest, name: header::HeaderName) -> Option<String> {
-    req.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+/// The content type, unless the body is content-encoded: the service reads bodies as
+/// they come, so a compressed one is an unsupported media type, not JSON.
+fn content_type(req: &HttpRequest) -> Option<String> {
+    let encoded = req.headers().get_all(header::CONTENT_ENCODING).any(|v| {
+        v.to_str()
+            .map(|e| !e.trim().eq_ignore_ascii_case("identity"))
+            .unwrap_or(true)
+    });
+    if encoded {
+        return None;
+    }
+    header_text(req, header::CONTENT_TYPE)
 }
 
-/// `Authorization: Bearer` wins over the cookie; a non-Bearer header is an error,
-/// not a reason to fall back to the cookie.
+/// `Authorization: Bearer` wins over the cookie; a non-Bearer header, or more than
+/// one `Authorization` header, is an error, not a reason to fall back to the cookie.
+/// Every session cookie of the configured name is a candidate: a cookie set by a
+/// sibling subdomain or for a narrower path is sent first and must not lock the user out.
 pub(super) fn credentials(req: &HttpRequest, cookie_name: &str) -> Credentials {
-    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+    let mut authorization = req.headers().get_all(header::AUTHORIZATION);
+    if let Some(value) = authorization.next() {
+        if authorization.next().is_some() {
+            return Credentials::Malformed;
+        }
         let Ok(text) = value.to_str() else {
             return Credentials::Malformed;
         };
@@ -71,10 +73,33 @@ pub(super) fn credentials(req: &HttpRequest, cookie_name: &str) -> Credentials {
             _ => Credentials::Malformed,
         };
     }
-    match req.cookie(cookie_name) {
-        Some(c) if !c.value().is_empty() => Credentials::Cookie(c.value().to_owned()),
-        _ => Credentials::None,
+    let headers = req
+        .headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok());
+    let candidates = cookie_values(headers, cookie_name);
+    if candidates.is_empty() {
+        Credentials::None
+    } else {
+        Credentials::Cookie(candidates)
     }
+}
+
+/// Most session cookies of one name that are tried.
+pub const MAX_SESSION_COOKIES: usize = 4;
+
+/// The non-empty values of every cookie called `name` in these `Cookie` headers, in
+/// the order sent, at most [`MAX_SESSION_COOKIES`].
+pub fn cookie_values<'a>(headers: impl IntoIterator<Item = &'a str>, name: &str) -> Vec<String> {
+    headers
+        .into_iter()
+        .flat_map(|h| h.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(n, _)| n.trim() == name)
+        .map(|(_, v)| v.trim().trim_matches('"').to_owned())
+        .filter(|v| !v.is_empty())
+        .take(MAX_SESSION_COOKIES)
+        .collect()
 }
 
 async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<Vec<u8>, BodyError> {

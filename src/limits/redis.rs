@@ -4,8 +4,10 @@
 //!
 //! Redis is a dependency the service can live without: when a call fails or is slow,
 //! the limits fall back to in-process state (logged once, and the
-//! `token_vendor_rate_limit_redis_fallback` gauge goes to 1), a background probe pings
-//! Redis until it answers, and the limits return to Redis by themselves.
+//! `token_vendor_rate_limit_redis_fallback` gauge goes to 1), a background probe runs
+//! the limit script itself (a PING would pass while, say, an out-of-memory Redis refuses
+//! the script's write) with growing pauses, and the limits return to Redis by themselves
+//! once the script works again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -20,8 +22,10 @@ use crate::metrics::Metrics;
 
 /// Longest a request waits on Redis before deciding locally.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
-/// How often an unreachable Redis is probed.
-const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// First pause before probing a Redis that failed; it doubles after each failed probe...
+const PROBE_FIRST: Duration = Duration::from_millis(500);
+/// ...up to this.
+const PROBE_MAX: Duration = Duration::from_secs(5);
 /// Prefix of every key this service writes.
 const KEY_PREFIX: &str = "token-vendor:rl";
 
@@ -103,14 +107,7 @@ impl RedisLimits {
             burst,
             rate.period.as_secs()
         );
-        let mut conn = self.conn.clone();
-        let mut call = self.script.key(redis_key);
-        call.arg(interval_us.to_string()).arg(burst);
-        let result = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<Vec<i64>>(&mut conn))
-            .await
-            .map_err(|_| "timed out".to_owned())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        match result {
+        match self.run_script(redis_key, interval_us, burst).await {
             Ok(v) if v.len() == 4 => {
                 let micros = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
                 Some(Decision {
@@ -132,11 +129,34 @@ impl RedisLimits {
         }
     }
 
+    /// One GCRA step on `key`, within [`CALL_TIMEOUT`].
+    async fn run_script(
+        &self,
+        key: String,
+        interval_us: u128,
+        burst: u32,
+    ) -> Result<Vec<i64>, String> {
+        let mut conn = self.conn.clone();
+        let mut call = self.script.key(key);
+        call.arg(interval_us.to_string()).arg(burst);
+        tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<Vec<i64>>(&mut conn))
+            .await
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+    }
+
+    /// Whether a limit decision in Redis works: the script on a key of its own, whose
+    /// write expires within a millisecond.
+    async fn script_works(&self) -> bool {
+        let probe = format!("{KEY_PREFIX}:probe");
+        matches!(self.run_script(probe, 1, 1).await, Ok(v) if v.len() == 4)
+    }
+
     fn fall_back(&self, reason: &str) {
         if self.healthy.swap(false, Ordering::AcqRel) {
             tracing::warn!(
                 error = %reason,
-                "rate limits: Redis is unreachable; enforcing in-process limits on this replica until it is back"
+                "rate limits: Redis cannot decide (unreachable or refusing the limit script); enforcing in-process limits on this replica until it can"
             );
             self.metrics.redis_fallback(true);
         }
@@ -147,18 +167,14 @@ impl RedisLimits {
 }
 
 async fn probe_until_back(limits: Weak<RedisLimits>) {
+    let mut pause = PROBE_FIRST;
     loop {
-        tokio::time::sleep(PROBE_EVERY).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(PROBE_MAX);
         let Some(limits) = limits.upgrade() else {
             return;
         };
-        let mut conn = limits.conn.clone();
-        let ping = redis::cmd("PING");
-        let answered = matches!(
-            tokio::time::timeout(CALL_TIMEOUT, ping.query_async::<String>(&mut conn)).await,
-            Ok(Ok(_))
-        );
-        if answered {
+        if limits.script_works().await {
             limits.probing.store(false, Ordering::Release);
             limits.healthy.store(true, Ordering::Release);
             limits.metrics.redis_fallback(false);

@@ -1,6 +1,6 @@
 use token_vendor::audit::Outcome;
 
-use crate::helpers::*;
+use crate::support::*;
 
 const BODY: &str = r#"{"scope":"transcribe"}"#;
 
@@ -18,7 +18,7 @@ fn cookie_request(app: &TestApp, origin: Option<&str>) -> reqwest::RequestBuilde
 
 #[tokio::test]
 async fn preflight_from_an_allowed_origin_allows_credentials() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let response = app
         .http
         .request(
@@ -47,7 +47,7 @@ async fn preflight_from_an_allowed_origin_allows_credentials() {
 
 #[tokio::test]
 async fn preflight_from_other_origins_is_refused_and_audited() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     for origin in [
         "https://evil.example.test",
         "null",
@@ -78,7 +78,7 @@ async fn preflight_from_other_origins_is_refused_and_audited() {
 
 #[tokio::test]
 async fn cookie_request_from_allowed_origin_gets_token_and_cors_headers() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let response = cookie_request(&app, Some(APP_ORIGIN)).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(
@@ -96,7 +96,7 @@ async fn cookie_request_from_allowed_origin_gets_token_and_cors_headers() {
 
 #[tokio::test]
 async fn cookie_request_without_an_allowed_origin_is_refused_as_csrf() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     for origin in [None, Some("https://evil.example.test"), Some("null")] {
         let response = cookie_request(&app, origin).send().await.unwrap();
         assert!(response
@@ -112,7 +112,7 @@ async fn cookie_request_without_an_allowed_origin_is_refused_as_csrf() {
 
 #[tokio::test]
 async fn bearer_request_from_a_disallowed_origin_is_refused() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let response = app
         .post_tokens()
         .bearer_auth(app.session("quinn"))
@@ -128,18 +128,18 @@ async fn bearer_request_from_a_disallowed_origin_is_refused() {
 
 #[tokio::test]
 async fn no_origin_is_allowed_by_default() {
-    let app = spawn_app_with(TestConfig {
-        env: vec![("ALLOWED_ORIGINS".into(), String::new())],
-        ..TestConfig::default()
-    })
-    .await;
+    let app = TestApp::builder()
+        .allowed_origin(APP_ORIGIN)
+        .env("ALLOWED_ORIGINS", String::new())
+        .spawn()
+        .await;
     let response = cookie_request(&app, Some(APP_ORIGIN)).send().await.unwrap();
     problem(response, 403).await;
 }
 
 #[tokio::test]
 async fn cookie_from_a_foreign_origin_is_refused_as_csrf_even_with_a_bad_session() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let expired = app.session_with(serde_json::json!({"sub": "pat", "exp": now() - 600}));
     let response = app
         .post_tokens()
@@ -156,7 +156,7 @@ async fn cookie_from_a_foreign_origin_is_refused_as_csrf_even_with_a_bad_session
 
 #[tokio::test]
 async fn only_the_token_endpoint_answers_other_origins() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let response = app
         .http
         .get(format!("{}/v1/audit/events", app.address))

@@ -1,8 +1,33 @@
-//! HTTP behaviour of the service, through its public interface.
+//! The service through its public interface, in one test binary (one link on 2 cores).
+//! Suites that stop a shared server, or install a global subscriber, have their own.
+
+#[path = "../support/mod.rs"]
+mod support;
 
 mod browser;
-mod helpers;
+mod cli;
+mod dev;
+mod dev_demo;
+mod observability;
 mod ops;
 mod session;
 mod tokens;
 mod upstream;
+
+/// The audit log against real stores: every case runs on SQLite and on PostgreSQL
+/// (`TEST_DATABASE_URL`), each in a database of its own.
+mod audit {
+    mod cli;
+    mod events;
+    mod flood;
+    mod keyed;
+    mod outage;
+    mod reading;
+    mod tamper;
+}
+
+/// Rate limits, token reuse, single-flight and the resilient upstream.
+mod limits {
+    mod api;
+    mod upstream;
+}

@@ -4,7 +4,7 @@ use token_vendor::audit::Outcome;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const BODY: &str = r#"{"scope":"transcribe"}"#;
 
@@ -28,7 +28,7 @@ fn b64(v: &Value) -> String {
 
 #[tokio::test]
 async fn vend_returns_401_without_a_session() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let response = app
         .post_tokens()
         .header("Content-Type", "application/json")
@@ -53,7 +53,7 @@ async fn vend_returns_401_without_a_session() {
 
 #[tokio::test]
 async fn vend_refuses_forged_expired_and_malformed_sessions() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let claims = json!({"sub": "eve", "exp": now() + 600});
     let valid = app.session_with(claims.clone());
     let parts: Vec<&str> = valid.split('.').collect();
@@ -68,12 +68,7 @@ async fn vend_refuses_forged_expired_and_malformed_sessions() {
     let none_upper = format!("{}.{}.", b64(&json!({"alg": "NONE"})), b64(&claims));
     assert_unauthenticated(&app, &none_upper).await;
     // Signed with another key.
-    let other = encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(b"fake-other-secret-that-is-long-enough"),
-    )
-    .unwrap();
+    let other = SessionSigner::new("fake-other-secret-that-is-long-enough").sign(&claims);
     assert_unauthenticated(&app, &other).await;
     // Payload swapped under a valid signature.
     let tampered = format!(
@@ -110,24 +105,19 @@ async fn vend_refuses_forged_expired_and_malformed_sessions() {
 
 #[tokio::test]
 async fn vend_tolerates_small_clock_skew() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let session = app.session_with(json!({"sub": "eve", "exp": now() - 5, "nbf": now() + 5}));
     assert_eq!(app.vend(&session, BODY).await.status().as_u16(), 200);
 }
 
 #[tokio::test]
 async fn vend_checks_issuer_and_audience_when_configured() {
-    let app = spawn_app_with(TestConfig {
-        env: vec![
-            (
-                "SESSION_JWT_ISSUER".into(),
-                "https://id.example.test".into(),
-            ),
-            ("SESSION_JWT_AUDIENCE".into(), "token-vendor".into()),
-        ],
-        ..TestConfig::default()
-    })
-    .await;
+    let app = TestApp::builder()
+        .allowed_origin(APP_ORIGIN)
+        .env("SESSION_JWT_ISSUER", "https://id.example.test")
+        .env("SESSION_JWT_AUDIENCE", "token-vendor")
+        .spawn()
+        .await;
     let good = json!({"sub": "ivan", "exp": now() + 600, "iss": "https://id.example.test", "aud": "token-vendor"});
     assert_eq!(
         app.vend(&app.session_with(good), BODY)
@@ -153,17 +143,16 @@ async fn public_key_sessions_refuse_hmac_signed_with_the_public_key() {
     std::fs::create_dir_all(&dir).unwrap();
     let pem_path = dir.join("session.pub.pem");
     std::fs::write(&pem_path, &key.public_pem).unwrap();
-    let app = spawn_app_with(TestConfig {
-        env: vec![
-            ("SESSION_JWT_SECRET".into(), String::new()),
-            (
-                "SESSION_JWT_PUBLIC_KEY_FILE".into(),
-                pem_path.display().to_string(),
-            ),
-        ],
-        ..TestConfig::default()
-    })
-    .await;
+    let app = TestApp::builder()
+        .allowed_origin(APP_ORIGIN)
+        .env("SESSION_JWT_SECRET", String::new())
+        .env(
+            "SESSION_JWT_PUBLIC_KEY_FILE",
+            pem_path.display().to_string(),
+        )
+        .env("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss")
+        .spawn()
+        .await;
     let claims = json!({"sub": "judy", "exp": now() + 600});
 
     assert_eq!(
@@ -203,14 +192,13 @@ async fn jwks_sessions_refetch_on_unknown_kid_and_refuse_unknown_keys() {
         )
         .mount(&idp)
         .await;
-    let app = spawn_app_with(TestConfig {
-        env: vec![
-            ("SESSION_JWT_SECRET".into(), String::new()),
-            ("SESSION_JWKS_URL".into(), format!("{}/jwks", idp.uri())),
-        ],
-        ..TestConfig::default()
-    })
-    .await;
+    let app = TestApp::builder()
+        .allowed_origin(APP_ORIGIN)
+        .env("SESSION_JWT_SECRET", String::new())
+        .env("SESSION_JWKS_URL", format!("{}/jwks", idp.uri()))
+        .env("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss")
+        .spawn()
+        .await;
     let claims = json!({"sub": "kim", "exp": now() + 600});
 
     assert_eq!(
@@ -239,7 +227,7 @@ async fn jwks_sessions_refetch_on_unknown_kid_and_refuse_unknown_keys() {
 
 #[tokio::test]
 async fn cookie_session_is_accepted_from_an_allowed_origin() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let response = app
         .post_tokens()
         .header("Cookie", format!("session={}", app.session("leo")))
@@ -250,4 +238,41 @@ async fn cookie_session_is_accepted_from_an_allowed_origin() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn an_identity_provider_outage_is_unavailable_never_signed_out() {
+    // Arrange: the IdP's JWKS has never answered (a cold start during an outage).
+    let idp = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&idp)
+        .await;
+    let app = TestApp::builder()
+        .env("SESSION_JWT_SECRET", String::new())
+        .env("SESSION_JWKS_URL", format!("{}/jwks", idp.uri()))
+        .env("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss")
+        .spawn()
+        .await;
+    let session = TestKey::generate().sign(&json!({"sub": "kim", "exp": now() + 600}));
+
+    // Act + Assert: every attempt, including those within the refetch pause, says
+    // "try again soon", and none is audited as a signed-out user.
+    for attempt in 0..3 {
+        let response = app.vend(&session, BODY).await;
+        assert!(
+            header(&response, "retry-after").is_some(),
+            "attempt {attempt}"
+        );
+        let (body, id) = problem(response, 503).await;
+        assert!(
+            body["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("session-keys-unavailable")),
+            "attempt {attempt}: {body}"
+        );
+        assert_outcome(&app, &id, Outcome::Unavailable, 503);
+    }
+    assert_eq!(app.upstream_token_calls().await, 0);
 }

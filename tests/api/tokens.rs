@@ -3,11 +3,11 @@ use token_vendor::audit::Outcome;
 use wiremock::matchers::{body_string_contains, header, method, path};
 use wiremock::Mock;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn vend_returns_sdk_shaped_transcribe_token_with_no_store_headers() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let response = app
         .vend(&app.session("alice"), r#"{"scope":"transcribe"}"#)
         .await;
@@ -54,7 +54,7 @@ async fn vend_returns_sdk_shaped_transcribe_token_with_no_store_headers() {
 
 #[tokio::test]
 async fn vend_grants_streams_and_both_scopes() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     for (asked, expected) in [
         ("streams", "openid streams"),
         ("streams transcribe", "openid transcribe streams"),
@@ -71,18 +71,18 @@ async fn vend_grants_streams_and_both_scopes() {
 
 #[tokio::test]
 async fn vend_asks_upstream_for_exactly_openid_plus_the_requested_scope() {
-    let app = spawn_app_with(TestConfig {
-        upstream: UpstreamKind::Mock,
-        ..TestConfig::default()
-    })
-    .await;
+    let app = TestApp::builder()
+        .allowed_origin(APP_ORIGIN)
+        .upstream(Upstream::Mock)
+        .spawn()
+        .await;
     Mock::given(method("POST"))
         .and(path(TOKEN_PATH))
         .and(header("Tenant-Name", "base"))
         .and(body_string_contains("grant_type=client_credentials"))
         .and(body_string_contains("client_id=test-client"))
         .and(body_string_contains(
-            format!("client_secret={}", app.client_secret).as_str(),
+            format!("client_secret={}", app.secrets.client).as_str(),
         ))
         .and(body_string_contains("scope=openid+streams"))
         .respond_with(app.keycloak_ok(
@@ -102,7 +102,7 @@ async fn vend_asks_upstream_for_exactly_openid_plus_the_requested_scope() {
 
 #[tokio::test]
 async fn vend_refuses_scope_injection_without_calling_upstream() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     for body in [
         r#"{"scope":"transcribe offline_access"}"#,
         r#"{"scope":"transcribe%20streams"}"#,
@@ -125,7 +125,7 @@ async fn vend_refuses_scope_injection_without_calling_upstream() {
 
 #[tokio::test]
 async fn vend_returns_413_for_a_large_body_and_415_for_non_json() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let session = app.session("dave");
     let large = format!(r#"{{"scope":"transcribe","pad":"{}"}}"#, "x".repeat(10_000));
     let response = app.vend(&session, &large).await;
@@ -147,7 +147,7 @@ async fn vend_returns_413_for_a_large_body_and_415_for_non_json() {
 
 #[tokio::test]
 async fn vend_accepts_json_content_type_with_charset() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let response = app
         .post_tokens()
         .bearer_auth(app.session("erin"))
@@ -161,7 +161,7 @@ async fn vend_accepts_json_content_type_with_charset() {
 
 #[tokio::test]
 async fn vend_returns_403_when_the_session_does_not_allow_the_scope() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let session = app.session_with(serde_json::json!({
         "sub": "frank", "exp": now() + 600, "corti_scopes": ["transcribe"]
     }));
@@ -177,7 +177,7 @@ async fn vend_returns_403_when_the_session_does_not_allow_the_scope() {
 
 #[tokio::test]
 async fn vend_sends_no_token_when_the_audit_store_cannot_record_it() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     app.audit.set_failing(true);
 
     let response = app
@@ -204,7 +204,7 @@ async fn vend_sends_no_token_when_the_audit_store_cannot_record_it() {
 
 #[tokio::test]
 async fn wrong_method_and_unknown_path_get_problem_json() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let response = app
         .http
         .get(format!("{}/v1/tokens", app.address))
@@ -223,7 +223,7 @@ async fn wrong_method_and_unknown_path_get_problem_json() {
 
 #[tokio::test]
 async fn concurrent_vends_each_have_their_own_audit_event() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let session = app.session("heidi");
     let responses = futures_util::future::join_all(
         (0..20).map(|_| app.vend(&session, r#"{"scope":"transcribe"}"#)),

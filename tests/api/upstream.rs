@@ -2,18 +2,19 @@ use std::time::Duration;
 
 use serde_json::json;
 use token_vendor::audit::Outcome;
-use wiremock::ResponseTemplate;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const BODY: &str = r#"{"scope":"transcribe"}"#;
 
 async fn mock_app() -> TestApp {
-    spawn_app_with(TestConfig {
-        upstream: UpstreamKind::Mock,
-        ..TestConfig::default()
-    })
-    .await
+    TestApp::builder()
+        .allowed_origin(APP_ORIGIN)
+        .upstream(Upstream::Mock)
+        .spawn()
+        .await
 }
 
 /// Vends once and checks the refusal: status, outcome, and that nothing from the
@@ -24,7 +25,7 @@ async fn assert_refused(app: &TestApp, status: u16, outcome: Outcome, leak_marke
     let text = body.to_string();
     for marker in leak_markers
         .iter()
-        .chain(["eyJ", app.client_secret.as_str()].iter())
+        .chain(["eyJ", app.secrets.client.as_str()].iter())
     {
         assert!(!text.contains(marker), "{marker} leaked into {text}");
     }
@@ -144,11 +145,12 @@ async fn maps_a_200_that_is_not_a_token_response_to_502() {
 
 #[tokio::test]
 async fn maps_a_slow_upstream_to_504() {
-    let app = spawn_app_with(TestConfig {
-        upstream: UpstreamKind::Mock,
-        env: vec![("UPSTREAM_TIMEOUT".into(), "300ms".into())],
-    })
-    .await;
+    let app = TestApp::builder()
+        .allowed_origin(APP_ORIGIN)
+        .upstream(Upstream::Mock)
+        .env("UPSTREAM_TIMEOUT", "300ms")
+        .spawn()
+        .await;
     app.upstream_answers(
         app.keycloak_ok(Some("openid transcribe"), "openid transcribe")
             .set_delay(Duration::from_secs(3)),
@@ -170,13 +172,35 @@ async fn maps_an_unreachable_upstream_to_503() {
         .local_addr()
         .unwrap()
         .port();
-    let app = spawn_app_with(TestConfig {
-        env: vec![("CORTI_AUTH_URL".into(), format!("http://127.0.0.1:{port}"))],
-        ..TestConfig::default()
-    })
-    .await;
+    let app = TestApp::builder()
+        .allowed_origin(APP_ORIGIN)
+        .env("CORTI_AUTH_URL", format!("http://127.0.0.1:{port}"))
+        .spawn()
+        .await;
     let response = app.vend(&app.session("olga"), BODY).await;
     assert!(response.headers().get("retry-after").is_some());
     let (_, id) = problem(response, 503).await;
     assert_outcome(&app, &id, Outcome::Unavailable, 503);
+}
+
+#[tokio::test]
+async fn mints_nothing_while_the_realm_keys_cannot_be_fetched() {
+    // Arrange: the realm's certs fail (overriding the good ones the mock publishes);
+    // the token endpoint itself would answer.
+    let app = mock_app().await;
+    Mock::given(method("GET"))
+        .and(path(CERTS_PATH))
+        .respond_with(ResponseTemplate::new(503))
+        .with_priority(1)
+        .mount(app.mock())
+        .await;
+    app.upstream_answers(app.keycloak_ok(Some("openid transcribe"), "openid transcribe"))
+        .await;
+
+    // Act + Assert: unavailable every time, also within the certs' refetch pause...
+    for _ in 0..3 {
+        assert_refused(&app, 503, Outcome::Unavailable, &[]).await;
+    }
+    // ...and no token was minted only to be thrown away.
+    assert_eq!(app.upstream_token_calls().await, 0);
 }

@@ -1,0 +1,333 @@
+//! The audit database: SQLite (embedded default, WAL) or PostgreSQL (several
+//! replicas), through sqlx. Schema changes are the append-only files in
+//! `migrations/<backend>/`, embedded in the binary.
+//!
+//! Here: opening, migrating and probing the database, and the one transaction type
+//! every write uses. [`append`] writes the chains, [`read`] pages, exports and verifies,
+//! [`maintain`] prunes.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Row};
+
+use super::schema::{Kind, Owned, FIELDS, FIELD_COUNT};
+use super::AuditEvent;
+
+mod append;
+mod maintain;
+mod read;
+
+pub(crate) use append::ChainState;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long SQLite waits for another writer's lock before giving up; short, because
+/// a request is waiting on the outcome.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 1000;
+
+/// Which database the URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend of a `DATABASE_URL`, or `None` for any other scheme.
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// Starts a write transaction: SQLite takes the write lock at once (waiting up to
+    /// its busy timeout) rather than failing half-way when a read turns into a write.
+    fn begin_write(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        }
+    }
+
+    fn migrator(self) -> &'static Migrator {
+        match self {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        }
+    }
+}
+
+/// Why the audit database could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DATABASE_URL must start with sqlite:// or postgres://")]
+    UnsupportedUrl,
+    #[error("{0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the audit tables do not exist yet (run `token-vendor migrate`)")]
+    NotMigrated,
+    #[error("{0}")]
+    Open(String),
+    #[error("a stored event cannot be read: {0}")]
+    Corrupt(String),
+    #[error("the audit database did not answer in time")]
+    Timeout,
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Whether opening may create the SQLite file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the file if missing (serve, dev, migrate).
+    Create,
+    /// The database must exist already (the read and maintenance commands).
+    Existing,
+}
+
+/// A pool on the audit database.
+#[derive(Clone)]
+pub struct AuditDb {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Columns of a stored event after its [`FIELDS`]: its place in its chain.
+const CHAIN_COLUMNS: [&str; 4] = ["chain_id", "chain_seq", "prev_hash", "hash"];
+/// Values bound per inserted row.
+const ROW_COLUMN_COUNT: usize = FIELD_COUNT + CHAIN_COLUMNS.len();
+
+/// `id, time_us, …, hash`: the columns of a stored event, in [`FIELDS`] order.
+fn event_columns() -> String {
+    FIELDS
+        .iter()
+        .map(|f| f.column)
+        .chain(CHAIN_COLUMNS)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl AuditDb {
+    /// Connects to `url` (without migrating; see [`AuditDb::migrate`]).
+    pub async fn open(url: &str, mode: OpenMode) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of(url).ok_or(StoreError::UnsupportedUrl)?;
+        let url = match backend {
+            Backend::Sqlite => sqlite_url(url, mode),
+            Backend::Postgres => url.to_owned(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = match backend {
+            Backend::Sqlite => AnyPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(3))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        // FULL: a commit is on disk before the token leaves.
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        // Index pages of random ids and fingerprints stay in memory
+                        // instead of being re-read from the file on every batch.
+                        conn.execute("PRAGMA cache_size = -32768").await?;
+                        conn.execute("PRAGMA mmap_size = 268435456").await?;
+                        // Fewer, larger checkpoints: each one is an fsync of the file.
+                        conn.execute("PRAGMA wal_autocheckpoint = 8192").await?;
+                        conn.execute(
+                            format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str(),
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(options)
+                .await
+                .map_err(|e| with_sqlite_hint(e, &url, mode))?,
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(10)
+                    .acquire_timeout(Duration::from_secs(3))
+                    .connect_with(options)
+                    .await?
+            }
+        };
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.backend.migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Proves the database answers a read, without taking any lock a writer needs.
+    pub async fn probe_read(&self) -> Result<(), StoreError> {
+        let probe =
+            sqlx::query("SELECT head_seq FROM audit_chains LIMIT 1").fetch_optional(&self.pool);
+        match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(r) => r.map(|_| ()).map_err(not_migrated),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    /// Proves the database can take a write right now, without changing anything.
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        let probe = async {
+            let mut tx = RawTransaction::begin(&self.pool, self.backend.begin_write()).await?;
+            sqlx::query("UPDATE audit_chains SET head_seq = head_seq WHERE chain_id = $1")
+                .bind("readiness-probe")
+                .execute(tx.conn())
+                .await?;
+            tx.rollback().await?;
+            Ok::<(), sqlx::Error>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(r) => r.map_err(not_migrated),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+}
+
+/// A transaction driven by plain `BEGIN` / `COMMIT` on a pooled connection, used for
+/// every transaction on the audit database instead of sqlx's `Transaction`.
+///
+/// When a COMMIT fails (disk full, I/O error, lock timeout), sqlx 0.8 keeps counting its
+/// connection as inside a transaction; the next `begin()` on that pooled connection
+/// then issues a SAVEPOINT, and its "commit" is a RELEASE that makes nothing durable
+/// while reporting success. Here a transaction that did not end in a successful
+/// COMMIT or ROLLBACK — an error, or a timeout that dropped the future half-way —
+/// closes its connection instead of returning it to the pool, so no later commit can
+/// run on a connection in an unknown state.
+struct RawTransaction {
+    conn: PoolConnection<Any>,
+    ended: bool,
+}
+
+impl RawTransaction {
+    async fn begin(pool: &AnyPool, begin: &str) -> Result<Self, sqlx::Error> {
+        let mut tx = Self {
+            conn: pool.acquire().await?,
+            ended: false,
+        };
+        tx.conn.execute(begin).await?;
+        Ok(tx)
+    }
+
+    fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+
+    async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.conn.execute("COMMIT").await?;
+        self.ended = true;
+        Ok(())
+    }
+
+    async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        self.conn.execute("ROLLBACK").await?;
+        self.ended = true;
+        Ok(())
+    }
+}
+
+impl Drop for RawTransaction {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+fn sqlite_url(url: &str, mode: OpenMode) -> String {
+    let has_mode = url
+        .split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("mode=")));
+    if has_mode {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    match mode {
+        OpenMode::Create => format!("{url}{sep}mode=rwc"),
+        OpenMode::Existing => format!("{url}{sep}mode=rw"),
+    }
+}
+
+fn with_sqlite_hint(e: sqlx::Error, url: &str, mode: OpenMode) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.message().contains("unable to open") => {
+            let hint = match mode {
+                OpenMode::Create => "is its directory there and writable?",
+                OpenMode::Existing => "does it exist? `token-vendor migrate` creates it",
+            };
+            StoreError::Open(format!(
+                "cannot open the SQLite file of {}: {} ({hint})",
+                url.split('?').next().unwrap_or(url),
+                d.message()
+            ))
+        }
+        _ => StoreError::Sql(e),
+    }
+}
+
+fn not_migrated(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d)
+            if d.message().contains("no such table")
+                || (d.message().contains("relation") && d.message().contains("does not exist")) =>
+        {
+            StoreError::NotMigrated
+        }
+        _ => StoreError::Sql(e),
+    }
+}
+
+/// An event from a row holding the [`FIELDS`]' columns.
+fn event_from_row(row: &AnyRow) -> Result<AuditEvent, StoreError> {
+    let mut values = Vec::with_capacity(FIELD_COUNT);
+    for f in &FIELDS {
+        values.push(match f.kind {
+            Kind::Text => Owned::Text(row.try_get(f.column)?),
+            Kind::Int => Owned::Int(row.try_get(f.column)?),
+            Kind::Time => Owned::Time(row.try_get(f.column)?),
+        });
+    }
+    let values: [Owned; FIELD_COUNT] = values
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one value per field"));
+    AuditEvent::from_values(values).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_get_an_open_mode_unless_they_have_one() {
+        assert_eq!(
+            sqlite_url("sqlite://a.db", OpenMode::Create),
+            "sqlite://a.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url("sqlite://a.db?cache=private", OpenMode::Existing),
+            "sqlite://a.db?cache=private&mode=rw"
+        );
+        assert_eq!(
+            sqlite_url("sqlite://a.db?mode=ro", OpenMode::Create),
+            "sqlite://a.db?mode=ro"
+        );
+    }
+}

@@ -1,0 +1,489 @@
+//! Reuse and single-flight shared by every replica through Redis.
+//!
+//! A live token is stored in Redis encrypted with XChaCha20-Poly1305 under a key derived
+//! from `TOKEN_CACHE_KEY`, bound (as associated data) to the Redis key it is stored
+//! under, with a TTL of its remaining life. Redis keys are keyed hashes of (tenant,
+//! subject, scope), so nothing readable (no token, no subject) is ever in Redis.
+//!
+//! Single-flight across replicas: the replica that wins a short `SET NX PX` lock calls
+//! upstream and stores the token; the others poll for it for a bounded time. A lock
+//! whose owner died expires and a waiter takes over.
+//!
+//! Redis is a dependency the service can live without: when a call fails or is slow,
+//! reuse falls back to this replica's own cache and single-flight (logged once, and
+//! the `token_vendor_token_cache_redis_fallback` gauge goes to 1), a background probe
+//! pings Redis until it answers, and reuse returns to the fleet by itself.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use time::OffsetDateTime;
+
+use super::{FetchError, ReuseKey};
+use crate::config::Tenant;
+use crate::corti::GrantedToken;
+use crate::metrics::Metrics;
+use crate::scope::RequestedScope;
+use crate::session::Subject;
+
+/// Longest one Redis call may take before this replica decides alone.
+const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often an unreachable Redis is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// How often a replica waiting on another's upstream call looks for its token.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+/// The lock outlives the longest upstream call by this much.
+const LOCK_SLACK: Duration = Duration::from_secs(1);
+/// Prefix of every key this module writes; `v1` names the value format.
+const KEY_PREFIX: &str = "token-vendor:tok:v1";
+const NONCE_LEN: usize = 24;
+
+/// Deletes the lock only if this replica still holds it.
+const UNLOCK_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// Why the fleet cache could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FleetSetupError(String);
+
+/// A Redis failure; the caller falls back to this replica alone.
+struct Unavailable;
+
+/// The Redis side of token reuse.
+pub struct FleetCache {
+    conn: ConnectionManager,
+    cipher: XChaCha20Poly1305,
+    /// Keys the HMAC that names a (tenant, subject, scope) in Redis.
+    names: [u8; 32],
+    lock_ttl: Duration,
+    unlock: Script,
+    healthy: AtomicBool,
+    probing: AtomicBool,
+    metrics: Arc<Metrics>,
+    weak: Weak<FleetCache>,
+}
+
+/// The Redis keys of one (tenant, subject, scope).
+struct Names {
+    token: String,
+    lock: String,
+}
+
+/// What is encrypted; never stored in the clear.
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    #[serde(rename = "t")]
+    access_token: String,
+    #[serde(rename = "e")]
+    expires_at: i64,
+    #[serde(rename = "s")]
+    scope: String,
+}
+
+impl FleetCache {
+    /// Prepares a connection that is opened on first use and re-opened after failures,
+    /// so the service starts even while Redis is down. `longest_fetch` bounds one
+    /// upstream call; the lock lives a little longer.
+    pub fn connect(
+        url: &str,
+        key: &SecretString,
+        longest_fetch: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, FleetSetupError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| FleetSetupError(format!("not a usable Redis URL ({:?})", e.kind())))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| FleetSetupError(e.to_string()))?;
+        let cipher =
+            XChaCha20Poly1305::new(&derive(key, b"token-vendor fleet cache: encryption").into());
+        let names = derive(key, b"token-vendor fleet cache: key names");
+        Ok(Arc::new_cyclic(|weak| Self {
+            conn,
+            cipher,
+            names,
+            lock_ttl: longest_fetch + LOCK_SLACK,
+            unlock: Script::new(UNLOCK_LUA),
+            healthy: AtomicBool::new(true),
+            probing: AtomicBool::new(false),
+            metrics,
+            weak: weak.clone(),
+        }))
+    }
+
+    /// Whether the last call to Redis worked.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// A live token any replica stored for `key`, else the result of `fetch` run by
+    /// exactly one replica at a time. The flag says whether `fetch` ran here.
+    /// Without Redis, `fetch` runs here at once.
+    pub async fn get_or_fetch<F>(
+        &self,
+        key: &ReuseKey,
+        min_ttl: Duration,
+        fetch: F,
+    ) -> Result<(GrantedToken, bool), FetchError>
+    where
+        F: Future<Output = Result<GrantedToken, FetchError>>,
+    {
+        let names = self.names(key);
+        let give_up_at = Instant::now() + self.lock_ttl + CALL_TIMEOUT;
+        let held = loop {
+            if !self.healthy() {
+                break None;
+            }
+            match self.lookup(&names, min_ttl).await {
+                Ok(Some(token)) => return Ok((token, false)),
+                Ok(None) => {}
+                Err(Unavailable) => break None,
+            }
+            match self.try_lock(&names).await {
+                Ok(Some(lock)) => {
+                    // The winner before us may have stored its token and let go between
+                    // our look and our lock.
+                    if let Ok(Some(token)) = self.lookup(&names, min_ttl).await {
+                        self.release(&names, &lock).await;
+                        return Ok((token, false));
+                    }
+                    break Some(lock);
+                }
+                Ok(None) => {}
+                Err(Unavailable) => break None,
+            }
+            if Instant::now() >= give_up_at {
+                tracing::warn!("token cache: another replica's token request did not finish in time; requesting one here");
+                break None;
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        };
+        let result = fetch.await;
+        if let Some(lock) = held {
+            if let Ok(token) = &result {
+                self.store(&names, token).await;
+            }
+            self.release(&names, &lock).await;
+        }
+        result.map(|token| (token, true))
+    }
+
+    /// Deletes every token of `subject` at `tenant` from Redis, for each scope set.
+    /// Best effort: without Redis, a stored token still expires with its own life.
+    pub async fn forget(&self, subject: &Subject, tenant: &Tenant) {
+        let keys: Vec<String> = RequestedScope::every()
+            .map(|scope| {
+                self.names(&ReuseKey {
+                    subject: subject.clone(),
+                    scope,
+                    tenant: tenant.clone(),
+                })
+                .token
+            })
+            .collect();
+        let mut conn = self.conn.clone();
+        let _ = self
+            .call(redis::cmd("DEL").arg(keys).query_async::<i64>(&mut conn))
+            .await;
+    }
+
+    fn names(&self, key: &ReuseKey) -> Names {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.names)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        for part in [
+            key.tenant.as_str(),
+            key.subject.as_str(),
+            &key.scope.to_oauth_string(),
+        ] {
+            // Length-prefixed, so no two different triples give the same input.
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        let id = hex::encode(mac.finalize().into_bytes());
+        Names {
+            token: format!("{KEY_PREFIX}:token:{id}"),
+            lock: format!("{KEY_PREFIX}:lock:{id}"),
+        }
+    }
+
+    async fn lookup(
+        &self,
+        names: &Names,
+        min_ttl: Duration,
+    ) -> Result<Option<GrantedToken>, Unavailable> {
+        let mut conn = self.conn.clone();
+        let sealed: Option<Vec<u8>> = self
+            .call(redis::cmd("GET").arg(&names.token).query_async(&mut conn))
+            .await?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let Some(token) = self.open(&names.token, &sealed) else {
+            // Written with another key, or altered: never trusted, and replaced.
+            tracing::warn!(
+                "token cache: a cached token did not decrypt with TOKEN_CACHE_KEY; ignoring it"
+            );
+            return Ok(None);
+        };
+        Ok((token.expires_at - OffsetDateTime::now_utc() >= min_ttl).then_some(token))
+    }
+
+    async fn try_lock(&self, names: &Names) -> Result<Option<String>, Unavailable> {
+        let owner = hex::encode(rand::random::<[u8; 16]>());
+        let mut conn = self.conn.clone();
+        let set: Option<String> = self
+            .call(
+                redis::cmd("SET")
+                    .arg(&names.lock)
+                    .arg(&owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(self.lock_ttl))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(set.map(|_| owner))
+    }
+
+    async fn release(&self, names: &Names, owner: &str) {
+        let mut conn = self.conn.clone();
+        let mut call = self.unlock.key(&names.lock);
+        call.arg(owner);
+        // A lock left behind expires by itself.
+        let _ = self.call(call.invoke_async::<i64>(&mut conn)).await;
+    }
+
+    async fn store(&self, names: &Names, token: &GrantedToken) {
+        let left = token.expires_at - OffsetDateTime::now_utc();
+        let Ok(left) = Duration::try_from(left) else {
+            return;
+        };
+        if left.is_zero() {
+            return;
+        }
+        let Some(sealed) = self.seal(&names.token, token) else {
+            return;
+        };
+        let mut conn = self.conn.clone();
+        let _ = self
+            .call(
+                redis::cmd("SET")
+                    .arg(&names.token)
+                    .arg(sealed)
+                    .arg("PX")
+                    .arg(millis(left))
+                    .query_async::<()>(&mut conn),
+            )
+            .await;
+    }
+
+    fn seal(&self, redis_key: &str, token: &GrantedToken) -> Option<Vec<u8>> {
+        let plain = zeroize::Zeroizing::new(
+            serde_json::to_vec(&Sealed {
+                access_token: token.access_token.expose_secret().to_owned(),
+                expires_at: token.expires_at.unix_timestamp(),
+                scope: token.scope.clone(),
+            })
+            .ok()?,
+        );
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &plain,
+                    aad: redis_key.as_bytes(),
+                },
+            )
+            .ok()?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ciphertext);
+        Some(out)
+    }
+
+    fn open(&self, redis_key: &str, sealed: &[u8]) -> Option<GrantedToken> {
+        if sealed.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+        let plain = zeroize::Zeroizing::new(
+            self.cipher
+                .decrypt(
+                    &XNonce::from(nonce),
+                    Payload {
+                        msg: ciphertext,
+                        aad: redis_key.as_bytes(),
+                    },
+                )
+                .ok()?,
+        );
+        let sealed: Sealed = serde_json::from_slice(&plain).ok()?;
+        Some(GrantedToken {
+            access_token: SecretString::from(sealed.access_token),
+            expires_at: OffsetDateTime::from_unix_timestamp(sealed.expires_at).ok()?,
+            scope: sealed.scope,
+        })
+    }
+
+    /// One Redis call within [`CALL_TIMEOUT`]; a failure switches to per-replica reuse.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Unavailable> {
+        let result = tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        result.map_err(|reason| {
+            self.fall_back(&reason);
+            Unavailable
+        })
+    }
+
+    fn fall_back(&self, reason: &str) {
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                error = %reason,
+                "token cache: Redis is unreachable; reusing tokens per replica until it is back"
+            );
+            self.metrics.token_cache_fallback(true);
+        }
+        if !self.probing.swap(true, Ordering::AcqRel) {
+            tokio::spawn(probe_until_back(self.weak.clone()));
+        }
+    }
+}
+
+async fn probe_until_back(cache: Weak<FleetCache>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        let mut conn = cache.conn.clone();
+        let ping = redis::cmd("PING");
+        let answered = matches!(
+            tokio::time::timeout(CALL_TIMEOUT, ping.query_async::<String>(&mut conn)).await,
+            Ok(Ok(_))
+        );
+        if answered {
+            cache.probing.store(false, Ordering::Release);
+            cache.healthy.store(true, Ordering::Release);
+            cache.metrics.token_cache_fallback(false);
+            tracing::info!(
+                "token cache: Redis is reachable again; tokens are shared by the fleet again"
+            );
+            return;
+        }
+    }
+}
+
+/// A 32-byte key for one purpose, from `TOKEN_CACHE_KEY` (any length ≥ 32).
+fn derive(key: &SecretString, purpose: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.expose_secret().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(purpose);
+    mac.finalize().into_bytes().into()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(secret: &str) -> Arc<FleetCache> {
+        FleetCache::connect(
+            "redis://127.0.0.1:1",
+            &SecretString::from(secret.to_owned()),
+            Duration::from_secs(1),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
+    }
+
+    fn key(subject: &str) -> ReuseKey {
+        ReuseKey {
+            subject: Subject::parse(subject).unwrap(),
+            scope: RequestedScope::parse("transcribe").unwrap(),
+            tenant: Tenant::parse("base").unwrap(),
+        }
+    }
+
+    fn token() -> GrantedToken {
+        GrantedToken {
+            access_token: SecretString::from("eyJfake.token.value".to_owned()),
+            expires_at: OffsetDateTime::from_unix_timestamp(2_000_000_000).unwrap(),
+            scope: "openid transcribe".into(),
+        }
+    }
+
+    const KEY: &str = "fake-token-cache-key-0123456789abcdef";
+
+    #[tokio::test]
+    async fn a_sealed_token_is_unreadable_and_opens_only_under_its_own_name_and_key() {
+        let c = cache(KEY);
+        let alice = c.names(&key("alice"));
+        let bob = c.names(&key("bob"));
+        let sealed = c.seal(&alice.token, &token()).unwrap();
+
+        let haystack = String::from_utf8_lossy(&sealed);
+        assert!(!haystack.contains("eyJfake"));
+        assert!(!alice.token.contains("alice"));
+        let opened = c.open(&alice.token, &sealed).unwrap();
+        assert_eq!(opened.access_token.expose_secret(), "eyJfake.token.value");
+        assert_eq!(opened.expires_at, token().expires_at);
+        assert!(c.open(&bob.token, &sealed).is_none(), "bound to its key");
+        let other = cache("fake-another-token-cache-key-0123456789");
+        assert!(
+            other.open(&alice.token, &sealed).is_none(),
+            "needs the same key"
+        );
+        let mut altered = sealed.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        assert!(c.open(&alice.token, &altered).is_none(), "altered");
+    }
+
+    #[tokio::test]
+    async fn without_redis_the_fetch_runs_here_and_the_fallback_is_reported() {
+        let c = cache(KEY);
+        let (t, fetched_here) = c
+            .get_or_fetch(&key("alice"), Duration::from_secs(60), async {
+                Ok(token())
+            })
+            .await
+            .unwrap();
+        assert!(fetched_here);
+        assert_eq!(t.access_token.expose_secret(), "eyJfake.token.value");
+        assert!(!c.healthy());
+        assert!(c
+            .metrics
+            .render()
+            .contains("token_vendor_token_cache_redis_fallback 1"));
+    }
+}

@@ -1,0 +1,385 @@
+//! The command line: configuration errors, redaction, fingerprints.
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_token-vendor"));
+    cmd.args(args).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("binary runs")
+}
+
+fn full_settings(secret: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("CORTI_ENVIRONMENT", "eu".into()),
+        ("CORTI_CLIENT_ID", "client".into()),
+        ("CORTI_CLIENT_SECRET", secret.into()),
+        (
+            "SESSION_JWT_SECRET",
+            format!("{secret}-session-0123456789abcdef"),
+        ),
+        ("AUDIT_HMAC_KEY", format!("{secret}-audit")),
+    ]
+}
+
+#[test]
+fn serve_without_settings_stops_with_one_line_naming_the_setting() {
+    let out = run(&["serve"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("CORTI_ENVIRONMENT"), "{stderr}");
+}
+
+#[test]
+fn malformed_settings_are_named() {
+    for (name, value) in [
+        ("RATE_LIMIT_PER_USER", "many"),
+        ("UPSTREAM_TIMEOUT", "later"),
+        ("CORTI_ENVIRONMENT", "moon"),
+        ("ALLOWED_ORIGINS", "*"),
+    ] {
+        let out = run(&["check-config"], &[(name, value)]);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(name), "{stderr}");
+    }
+}
+
+#[test]
+fn two_session_key_sources_are_refused() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let mut env = full_settings(&secret);
+    env.push(("SESSION_JWKS_URL", "https://id.example.test/jwks".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run(&["check-config"], &env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exactly one"));
+}
+
+/// `full_settings` with a public session key source instead of the HMAC secret.
+fn public_key_settings(
+    secret: &str,
+    extra: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut env = full_settings(secret);
+    env.retain(|(k, _)| *k != "SESSION_JWT_SECRET");
+    env.push(("SESSION_JWKS_URL", "https://id.example.test/jwks".into()));
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    env
+}
+
+fn check_config(env: &[(&'static str, String)]) -> Output {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    run(&["check-config"], &env)
+}
+
+#[test]
+fn a_public_session_key_without_audience_or_issuer_stops_start_up() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    // Any token the identity provider signed for any of its clients would pass.
+    for (extra, named) in [
+        (&[][..], "SESSION_JWT_AUDIENCE"),
+        (
+            &[("SESSION_JWT_ISSUER", "https://id.example.test")][..],
+            "SESSION_JWT_AUDIENCE",
+        ),
+        (
+            &[("SESSION_JWT_AUDIENCE", "token-vendor")][..],
+            "SESSION_JWT_ISSUER",
+        ),
+    ] {
+        // `check-config` runs the same one check as `serve`, without serving on success.
+        let out = check_config(&public_key_settings(&secret, extra));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("error: {named}:")),
+            "{extra:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_public_session_key_runs_with_audience_and_issuer_or_an_explicit_opt_out() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    for extra in [
+        &[
+            ("SESSION_JWT_AUDIENCE", "token-vendor"),
+            ("SESSION_JWT_ISSUER", "https://id.example.test"),
+        ][..],
+        &[("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss")][..],
+        &[
+            ("SESSION_JWT_AUDIENCE", "token-vendor"),
+            ("SESSION_JWT_UNCHECKED_CLAIMS", "iss"),
+        ][..],
+    ] {
+        let out = check_config(&public_key_settings(&secret, extra));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {stderr}");
+    }
+    // The opt-out names the claims it gives up; a claim both checked and unchecked,
+    // or one the setting does not know, is a mistake.
+    for extra in [
+        &[
+            ("SESSION_JWT_AUDIENCE", "token-vendor"),
+            ("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss"),
+        ][..],
+        &[("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss,exp")][..],
+    ] {
+        let out = check_config(&public_key_settings(&secret, extra));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("error: SESSION_JWT_UNCHECKED_CLAIMS:"),
+            "{extra:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_config_redacts_every_secret() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let mut env = full_settings(&secret);
+    env.push((
+        "DATABASE_URL",
+        format!("postgres://tv:{secret}-db@127.0.0.1/tv"),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run(&["check-config"], &env);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("CORTI_CLIENT_SECRET=(set, redacted)"));
+    assert!(stdout.contains("CORTI_AUTH_URL=https://auth.eu.corti.app"));
+    assert!(!stdout.contains(&secret), "{stdout}");
+}
+
+#[test]
+fn secrets_can_come_from_files_and_a_toml_config() {
+    let dir = std::env::temp_dir().join(format!("tv-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("client-secret");
+    std::fs::write(&secret_file, "fake-secret-in-a-file\n").unwrap();
+    let config = dir.join("token-vendor.toml");
+    std::fs::write(
+        &config,
+        "corti_environment = \"us\"\ncorti_tenant = \"fromfile\"\ncorti_client_id = \"client\"\n\
+         session_jwt_secret = \"fake-session-secret-0123456789abcdef\"\naudit_hmac_key = \"fake-audit-key-0123\"\n",
+    )
+    .unwrap();
+    let out = run(
+        &["--config", config.to_str().unwrap(), "check-config"],
+        &[
+            ("CORTI_CLIENT_SECRET_FILE", secret_file.to_str().unwrap()),
+            ("CORTI_TENANT", "fromenv"),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("CORTI_ENVIRONMENT=us"));
+    assert!(
+        stdout.contains("CORTI_TENANT=fromenv"),
+        "environment wins: {stdout}"
+    );
+    assert!(!stdout.contains("fake-secret-in-a-file"));
+}
+
+#[test]
+fn audit_hash_prints_the_keyed_fingerprint() {
+    let out = run(
+        &["audit", "hash", "some.token.value"],
+        &[("AUDIT_HMAC_KEY", "fake-audit-key-for-cli")],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let expected =
+        token_vendor::audit::Fingerprinter::new("fake-audit-key-for-cli".to_string().into())
+            .fingerprint("some.token.value");
+    assert_eq!(printed, expected);
+}
+
+#[test]
+fn serve_stops_gracefully_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let db = std::env::temp_dir().join(format!("tv-serve-{}.db", uuid::Uuid::new_v4()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_token-vendor"));
+    cmd.arg("serve").env_clear();
+    for (k, v) in full_settings(&secret) {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("token-vendor listening"));
+    assert!(listening.is_some(), "serve logged that it listens");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "serve did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+/// A one-shot HTTP server on loopback that answers every connection with `reply`
+/// (or never answers when `reply` is `None`); returns its port.
+fn canned_http_server(reply: Option<&'static str>) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            // Read the whole request head before answering, as a real server does.
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            match reply {
+                Some(reply) => {
+                    let _ = conn.write_all(reply.as_bytes());
+                }
+                None => std::thread::sleep(std::time::Duration::from_secs(30)),
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn healthcheck_succeeds_when_healthz_answers_200_through_loopback_for_a_wildcard_bind() {
+    let port = canned_http_server(Some(
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+    ));
+    let out = run(
+        &["healthcheck"],
+        &[("LISTEN_ADDR", &format!("0.0.0.0:{port}"))],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn healthcheck_fails_when_healthz_answers_anything_but_200() {
+    let port = canned_http_server(Some(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+    ));
+    let out = run(
+        &["healthcheck"],
+        &[("LISTEN_ADDR", &format!("127.0.0.1:{port}"))],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("503"));
+}
+
+#[test]
+fn healthcheck_fails_when_nothing_listens() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let out = run(
+        &["healthcheck"],
+        &[("LISTEN_ADDR", &format!("127.0.0.1:{port}"))],
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn healthcheck_gives_up_quickly_on_a_service_that_never_answers() {
+    let port = canned_http_server(None);
+    let started = std::time::Instant::now();
+    let out = run(
+        &["healthcheck"],
+        &[("LISTEN_ADDR", &format!("127.0.0.1:{port}"))],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn healthcheck_passes_against_the_real_service() {
+    use std::io::{BufRead, BufReader};
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let db = std::env::temp_dir().join(format!("tv-health-{}.db", uuid::Uuid::new_v4()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_token-vendor"));
+    cmd.arg("serve").env_clear();
+    for (k, v) in full_settings(&secret) {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stdout = child.stdout.take().unwrap();
+    let listening = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("token-vendor listening"))
+        .expect("serve logged that it listens");
+    let line: serde_json::Value = serde_json::from_str(&listening).expect("JSON log line");
+    let port = line["fields"]["port"]
+        .as_u64()
+        .or_else(|| line["port"].as_u64())
+        .unwrap_or_else(|| panic!("no port in {listening}"));
+
+    let out = run(
+        &["healthcheck"],
+        &[("LISTEN_ADDR", &format!("127.0.0.1:{port}"))],
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&db);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
