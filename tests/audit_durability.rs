@@ -9,74 +9,18 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::Row;
+use support::serve_process::ServeProcess;
+use support::{Secrets, SessionSigner};
 use token_vendor::audit::Fingerprinter;
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
 use token_vendor::dev::random_hex;
-
-/// The service binary as a child process, killed with SIGKILL when dropped.
-struct Service {
-    child: Child,
-    address: String,
-}
-
-impl Service {
-    fn start(env: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_token-vendor"));
-        cmd.arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut service = Self {
-            child: cmd.spawn().expect("start token-vendor serve"),
-            address: String::new(),
-        };
-        let stdout = service.child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        if let Some(port) = v["port"].as_u64() {
-                            let _ = tx.send(port);
-                            sent = true;
-                        }
-                    }
-                }
-            }
-        });
-        let port = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the service logs its port");
-        service.address = format!("http://127.0.0.1:{port}");
-        service
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A tmpfs of `size` mounted on a fresh directory; unmounted when dropped.
 struct Tmpfs {
@@ -121,10 +65,14 @@ impl Drop for Tmpfs {
     }
 }
 
-struct Secrets {
-    client_secret: String,
-    session_secret: String,
-    audit_key: String,
+/// The Keycloak stand-in the service exchanges its credentials with.
+fn stand_in(secrets: &Secrets) -> AuthStandIn {
+    AuthStandIn::start(StandInConfig {
+        client_id: "test-client".into(),
+        client_secret: secrets.client.clone(),
+        token_lifetime: Duration::from_secs(300),
+    })
+    .expect("stand-in starts")
 }
 
 fn service_env(standin: &AuthStandIn, s: &Secrets, db_url: &str) -> Vec<(&'static str, String)> {
@@ -133,25 +81,15 @@ fn service_env(standin: &AuthStandIn, s: &Secrets, db_url: &str) -> Vec<(&'stati
         ("CORTI_ENVIRONMENT", "eu".into()),
         ("CORTI_AUTH_URL", standin.base_url().to_owned()),
         ("CORTI_CLIENT_ID", "test-client".into()),
-        ("CORTI_CLIENT_SECRET", s.client_secret.clone()),
-        ("SESSION_JWT_SECRET", s.session_secret.clone()),
-        ("AUDIT_HMAC_KEY", s.audit_key.clone()),
+        ("CORTI_CLIENT_SECRET", s.client.clone()),
+        ("SESSION_JWT_SECRET", s.session.clone()),
+        ("AUDIT_HMAC_KEY", s.audit.clone()),
         ("DATABASE_URL", db_url.to_owned()),
         ("RATE_LIMIT_PER_USER", "100000/second".into()),
         ("RATE_LIMIT_PER_IP", "100000/second".into()),
         ("UPSTREAM_RATE_LIMIT", "100000/second".into()),
         ("TOKEN_REUSE_MIN_TTL", "0".into()),
     ]
-}
-
-fn session(secret: &str, sub: &str) -> String {
-    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 600;
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": sub, "exp": exp}),
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("sign session")
 }
 
 /// What one vend got: the status and, on 200, the token.
@@ -167,7 +105,7 @@ async fn vend(http: &reqwest::Client, address: &str, session_secret: &str, user:
         .post(format!("{address}/v1/tokens"))
         .header("Content-Type", "application/json")
         .header("X-Request-Id", &request_id)
-        .bearer_auth(session(session_secret, user))
+        .bearer_auth(SessionSigner::new(session_secret).session(user))
         .body(r#"{"scope":"transcribe"}"#)
         .send()
         .await
@@ -244,21 +182,12 @@ async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
         support::required_or_skip("mounting a tmpfs (needs root)", None);
         return;
     };
-    let secrets = Secrets {
-        client_secret: format!("fake-client-secret-{}", random_hex(12)),
-        session_secret: format!("fake-session-secret-{}", random_hex(24)),
-        audit_key: format!("fake-audit-key-{}", random_hex(16)),
-    };
-    let standin = AuthStandIn::start(StandInConfig {
-        client_id: "test-client".into(),
-        client_secret: secrets.client_secret.clone(),
-        token_lifetime: Duration::from_secs(300),
-    })
-    .expect("stand-in starts");
+    let secrets = Secrets::fresh();
+    let standin = stand_in(&secrets);
     let db_path: &Path = &fs.dir.join("audit.db");
     let db_url = format!("sqlite://{}", db_path.display());
     let env = service_env(&standin, &secrets, &db_url);
-    let service = Service::start(&env);
+    let service = ServeProcess::start(&env);
     let http = reqwest::Client::new();
     let mut vends = Vec::new();
 
@@ -267,7 +196,7 @@ async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
         let v = vend(
             &http,
             &service.address,
-            &secrets.session_secret,
+            &secrets.session,
             &format!("before-{i}"),
         )
         .await;
@@ -282,7 +211,7 @@ async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
         let v = vend(
             &http,
             &service.address,
-            &secrets.session_secret,
+            &secrets.session,
             &format!("during-{i}"),
         )
         .await;
@@ -295,7 +224,7 @@ async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
         let v = vend(
             &http,
             &service.address,
-            &secrets.session_secret,
+            &secrets.session,
             &format!("after-{i}"),
         )
         .await;
@@ -321,9 +250,9 @@ async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
     assert_every_token_stored(
         &vends,
         &stored,
-        &Fingerprinter::new(secrets.audit_key.clone().into()),
+        &Fingerprinter::new(secrets.audit.clone().into()),
     );
-    let out = verify(&db_url, &secrets.audit_key);
+    let out = verify(&db_url, &secrets.audit);
     assert!(
         out.status.success(),
         "audit verify after the fault: {}",
@@ -331,21 +260,15 @@ async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
     );
 
     // And the restarted service goes on from the same file.
-    let restarted = Service::start(&env);
-    let v = vend(
-        &http,
-        &restarted.address,
-        &secrets.session_secret,
-        "restarted",
-    )
-    .await;
+    let restarted = ServeProcess::start(&env);
+    let v = vend(&http, &restarted.address, &secrets.session, "restarted").await;
     assert_eq!(v.status, 200);
     restarted.kill9();
     let stored = stored_events(&db_url).await;
     assert_every_token_stored(
         std::slice::from_ref(&v),
         &stored,
-        &Fingerprinter::new(secrets.audit_key.clone().into()),
+        &Fingerprinter::new(secrets.audit.clone().into()),
     );
 }
 
@@ -395,19 +318,10 @@ async fn postgres_stopped_under_load_every_handed_out_token_survives_kill_9() {
     let Some((_admin, db_url)) = postgres_database().await else {
         return;
     };
-    let secrets = Secrets {
-        client_secret: format!("fake-client-secret-{}", random_hex(12)),
-        session_secret: format!("fake-session-secret-{}", random_hex(24)),
-        audit_key: format!("fake-audit-key-{}", random_hex(16)),
-    };
-    let standin = AuthStandIn::start(StandInConfig {
-        client_id: "test-client".into(),
-        client_secret: secrets.client_secret.clone(),
-        token_lifetime: Duration::from_secs(300),
-    })
-    .expect("stand-in starts");
+    let secrets = Secrets::fresh();
+    let standin = stand_in(&secrets);
     let env = service_env(&standin, &secrets, &db_url);
-    let service = Service::start(&env);
+    let service = ServeProcess::start(&env);
     let http = reqwest::Client::new();
 
     // Arrange: eight clients vending without pause until told to stop.
@@ -417,7 +331,7 @@ async fn postgres_stopped_under_load_every_handed_out_token_survives_kill_9() {
         let (http, address, secret, stop) = (
             http.clone(),
             service.address.clone(),
-            secrets.session_secret.clone(),
+            secrets.session.clone(),
             stop.clone(),
         );
         clients.push(tokio::spawn(async move {
@@ -469,9 +383,9 @@ async fn postgres_stopped_under_load_every_handed_out_token_survives_kill_9() {
     assert_every_token_stored(
         &vends,
         &stored,
-        &Fingerprinter::new(secrets.audit_key.clone().into()),
+        &Fingerprinter::new(secrets.audit.clone().into()),
     );
-    let out = verify(&db_url, &secrets.audit_key);
+    let out = verify(&db_url, &secrets.audit);
     assert!(
         out.status.success(),
         "audit verify after the outage: {}",

@@ -10,68 +10,29 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::Value;
 use support::own_redis::{free_port, redis_server_available, OwnRedis};
+use support::serve_process::ServeProcess;
 use support::{
     cli, required_or_skip, unique_user, Backend, Secrets, SessionSigner, TestDb, TENANT,
 };
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
 use token_vendor::dev::random_hex;
 
-/// `token-vendor serve` as a child process, killed when dropped.
-struct Replica {
-    child: Child,
-    address: String,
-}
+/// One replica: `token-vendor serve` as a child process, killed when dropped.
+struct Replica(ServeProcess);
 
 impl Replica {
     fn start(env: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_token-vendor"));
-        cmd.arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start token-vendor serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            // Keeps reading so the child never blocks on a full pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sent {
-                    continue;
-                }
-                if let Some(port) = serde_json::from_str::<Value>(&line)
-                    .ok()
-                    .and_then(|v| v["port"].as_u64())
-                {
-                    let _ = tx.send(port);
-                    sent = true;
-                }
-            }
-        });
-        let port = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the replica logs its port");
-        Self {
-            child,
-            address: format!("http://127.0.0.1:{port}"),
-        }
+        Self(ServeProcess::start(env))
     }
 
     async fn token(&self, http: &reqwest::Client, session: &str) -> String {
         let response = http
-            .post(format!("{}/v1/tokens", self.address))
+            .post(format!("{}/v1/tokens", self.0.address))
             .bearer_auth(session)
             .json(&serde_json::json!({"scope": "transcribe"}))
             .send()
@@ -87,7 +48,7 @@ impl Replica {
 
     async fn metric(&self, http: &reqwest::Client, name: &str) -> f64 {
         let text = http
-            .get(format!("{}/metrics", self.address))
+            .get(format!("{}/metrics", self.0.address))
             .send()
             .await
             .expect("metrics")
@@ -97,13 +58,6 @@ impl Replica {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or(0.0)
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -6,13 +6,12 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sqlx::Row;
+use support::serve_process::ServeProcess;
 use support::{keycloak_claims, SessionSigner, TestKey, CERTS_PATH, TOKEN_PATH};
 use token_vendor::audit::Fingerprinter;
 use token_vendor::dev::random_hex;
@@ -52,86 +51,6 @@ async fn slow_upstream(delay: Duration) -> MockServer {
         .mount(&mock)
         .await;
     mock
-}
-
-/// `token-vendor serve` as a child process; its log lines are kept.
-struct Service {
-    child: Child,
-    address: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Service {
-    fn start(env: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_token-vendor"));
-        cmd.arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start token-vendor serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(port) = v["port"].as_u64() {
-                        let _ = tx.send(port);
-                    }
-                }
-                lines.lock().expect("log lock").push(line);
-            }
-        });
-        let port = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the service logs its port");
-        Self {
-            child,
-            address: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-    }
-
-    /// Waits for the process to end; `None` if it is still running after `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<(ExitStatus, Duration)> {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().expect("wait for the service") {
-                return Some((status, started.elapsed()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn log_has(&self, needle: &str) -> bool {
-        self.log
-            .lock()
-            .expect("log lock")
-            .iter()
-            .any(|l| l.contains(needle))
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Setup {
@@ -290,7 +209,7 @@ async fn stored_events(
 async fn sigterm_under_load_drains_in_flight_vends_loses_no_audited_token_and_exits_0() {
     // Arrange: Corti auth takes 1.5 s, so a SIGTERM finds every client mid-vend.
     let setup = setup(Duration::from_millis(1500), "10s").await;
-    let mut service = Service::start(&setup.env);
+    let mut service = ServeProcess::start(&setup.env);
     let clock = Instant::now();
     let clients = load(&setup, &service.address, 12, clock);
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -380,7 +299,7 @@ async fn sigterm_under_load_drains_in_flight_vends_loses_no_audited_token_and_ex
 async fn sigterm_cuts_a_vend_that_outlasts_shutdown_grace_and_still_exits_0() {
     // Arrange: Corti auth takes 6 s; the grace is 1 s.
     let setup = setup(Duration::from_secs(6), "1s").await;
-    let mut service = Service::start(&setup.env);
+    let mut service = ServeProcess::start(&setup.env);
     let clients = load(&setup, &service.address, 1, Instant::now());
     tokio::time::sleep(Duration::from_millis(500)).await;
 

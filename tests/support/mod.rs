@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod own_redis;
+pub mod serve_process;
 
 use std::io::Write as _;
 use std::path::PathBuf;

@@ -1,0 +1,105 @@
+//! `token-vendor serve` as a child process: the one harness for tests that need the
+//! real binary (kill -9, SIGTERM, several replicas). Its JSON log lines are kept; it is
+//! killed with SIGKILL when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct ServeProcess {
+    child: Child,
+    pub address: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServeProcess {
+    /// Starts `serve` with only `PATH`, `RUST_LOG=info` and `env`, and waits until it
+    /// logs the port it listens on.
+    pub fn start(env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_token-vendor"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // Built before the wait, so a service that never logs its port is still killed.
+        let mut service = Self {
+            child: cmd.spawn().expect("start token-vendor serve"),
+            address: String::new(),
+            log: Arc::new(Mutex::new(Vec::new())),
+        };
+        let stdout = service.child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = service.log.clone();
+        // Keeps reading to the end, so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v["port"].as_u64())
+                {
+                    let _ = tx.send(port);
+                }
+                if let Ok(mut log) = lines.lock() {
+                    log.push(line);
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the service logs its port");
+        service.address = format!("http://127.0.0.1:{port}");
+        service
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(mut self) {
+        self.kill();
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to end; `None` if it is still running after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<(ExitStatus, Duration)> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("wait for the service") {
+                return Some((status, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Whether any log line so far contains `needle`.
+    pub fn log_has(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .map(|log| log.iter().any(|l| l.contains(needle)))
+            .unwrap_or(false)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
