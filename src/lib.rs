@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+pub mod redis_link;
 pub mod reuse;
 pub mod scope;
 pub mod session;

@@ -9,19 +9,18 @@
 //! the script's write) with growing pauses, and the limits return to Redis by themselves
 //! once the script works again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::{Decision, KeyKind};
 use crate::config::Rate;
 use crate::metrics::Metrics;
+use crate::redis_link::{self, RedisHealth, RedisUser, CALL_TIMEOUT};
 
-/// Longest a request waits on Redis before deciding locally.
-const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 /// First pause before probing a Redis that failed; it doubles after each failed probe...
 const PROBE_FIRST: Duration = Duration::from_millis(500);
 /// ...up to this.
@@ -57,8 +56,7 @@ pub struct RedisSetupError(String);
 pub struct RedisLimits {
     conn: ConnectionManager,
     script: Script,
-    healthy: AtomicBool,
-    probing: AtomicBool,
+    health: RedisHealth,
     metrics: Arc<Metrics>,
     weak: Weak<RedisLimits>,
 }
@@ -67,21 +65,11 @@ impl RedisLimits {
     /// Prepares a connection that is opened on first use and re-opened after failures,
     /// so the service starts even while Redis is down.
     pub fn connect(url: &str, metrics: Arc<Metrics>) -> Result<Arc<Self>, RedisSetupError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| RedisSetupError(format!("not a usable Redis URL ({:?})", e.kind())))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| RedisSetupError(e.to_string()))?;
+        let conn = redis_link::lazy_connection(url).map_err(RedisSetupError)?;
         Ok(Arc::new_cyclic(|weak| Self {
             conn,
             script: Script::new(GCRA_LUA),
-            healthy: AtomicBool::new(true),
-            probing: AtomicBool::new(false),
+            health: RedisHealth::new(PROBE_FIRST, PROBE_MAX),
             metrics,
             weak: weak.clone(),
         }))
@@ -89,7 +77,7 @@ impl RedisLimits {
 
     /// Whether the last call to Redis worked.
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+        self.health.healthy()
     }
 
     /// One GCRA step in Redis, or `None` when Redis cannot decide right now and the
@@ -153,33 +141,28 @@ impl RedisLimits {
     }
 
     fn fall_back(&self, reason: &str) {
-        if self.healthy.swap(false, Ordering::AcqRel) {
+        redis_link::fall_back(self, &self.weak, reason);
+    }
+}
+
+impl RedisUser for RedisLimits {
+    fn health(&self) -> &RedisHealth {
+        &self.health
+    }
+
+    fn probe(&self) -> impl Future<Output = bool> + Send {
+        self.script_works()
+    }
+
+    fn report(&self, healthy: bool, reason: &str) {
+        if healthy {
+            tracing::info!("rate limits: Redis is reachable again; limits are shared again");
+        } else {
             tracing::warn!(
                 error = %reason,
                 "rate limits: Redis cannot decide (unreachable or refusing the limit script); enforcing in-process limits on this replica until it can"
             );
-            self.metrics.redis_fallback(true);
         }
-        if !self.probing.swap(true, Ordering::AcqRel) {
-            tokio::spawn(probe_until_back(self.weak.clone()));
-        }
-    }
-}
-
-async fn probe_until_back(limits: Weak<RedisLimits>) {
-    let mut pause = PROBE_FIRST;
-    loop {
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(PROBE_MAX);
-        let Some(limits) = limits.upgrade() else {
-            return;
-        };
-        if limits.script_works().await {
-            limits.probing.store(false, Ordering::Release);
-            limits.healthy.store(true, Ordering::Release);
-            limits.metrics.redis_fallback(false);
-            tracing::info!("rate limits: Redis is reachable again; limits are shared again");
-            return;
-        }
+        self.metrics.redis_fallback(!healthy);
     }
 }

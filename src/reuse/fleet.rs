@@ -15,14 +15,13 @@
 //! pings Redis until it answers, and reuse returns to the fleet by itself.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -33,11 +32,10 @@ use super::{FetchError, ReuseKey};
 use crate::config::Tenant;
 use crate::corti::GrantedToken;
 use crate::metrics::Metrics;
+use crate::redis_link::{self, RedisHealth, RedisUser, CALL_TIMEOUT};
 use crate::scope::RequestedScope;
 use crate::session::Subject;
 
-/// Longest one Redis call may take before this replica decides alone.
-const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 /// How often an unreachable Redis is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// How often a replica waiting on another's upstream call looks for its token.
@@ -72,8 +70,7 @@ pub struct FleetCache {
     names: [u8; 32],
     lock_ttl: Duration,
     unlock: Script,
-    healthy: AtomicBool,
-    probing: AtomicBool,
+    health: RedisHealth,
     metrics: Arc<Metrics>,
     weak: Weak<FleetCache>,
 }
@@ -105,16 +102,7 @@ impl FleetCache {
         longest_fetch: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, FleetSetupError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| FleetSetupError(format!("not a usable Redis URL ({:?})", e.kind())))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| FleetSetupError(e.to_string()))?;
+        let conn = redis_link::lazy_connection(url).map_err(FleetSetupError)?;
         let cipher =
             XChaCha20Poly1305::new(&derive(key, b"token-vendor fleet cache: encryption").into());
         let names = derive(key, b"token-vendor fleet cache: key names");
@@ -124,8 +112,7 @@ impl FleetCache {
             names,
             lock_ttl: longest_fetch + LOCK_SLACK,
             unlock: Script::new(UNLOCK_LUA),
-            healthy: AtomicBool::new(true),
-            probing: AtomicBool::new(false),
+            health: RedisHealth::new(PROBE_EVERY, PROBE_EVERY),
             metrics,
             weak: weak.clone(),
         }))
@@ -133,7 +120,7 @@ impl FleetCache {
 
     /// Whether the last call to Redis worked.
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+        self.health.healthy()
     }
 
     /// A live token any replica stored for `key`, else the result of `fetch` run by
@@ -363,40 +350,36 @@ impl FleetCache {
     }
 
     fn fall_back(&self, reason: &str) {
-        if self.healthy.swap(false, Ordering::AcqRel) {
+        redis_link::fall_back(self, &self.weak, reason);
+    }
+}
+
+impl RedisUser for FleetCache {
+    fn health(&self) -> &RedisHealth {
+        &self.health
+    }
+
+    async fn probe(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let ping = redis::cmd("PING");
+        matches!(
+            tokio::time::timeout(CALL_TIMEOUT, ping.query_async::<String>(&mut conn)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    fn report(&self, healthy: bool, reason: &str) {
+        if healthy {
+            tracing::info!(
+                "token cache: Redis is reachable again; tokens are shared by the fleet again"
+            );
+        } else {
             tracing::warn!(
                 error = %reason,
                 "token cache: Redis is unreachable; reusing tokens per replica until it is back"
             );
-            self.metrics.token_cache_fallback(true);
         }
-        if !self.probing.swap(true, Ordering::AcqRel) {
-            tokio::spawn(probe_until_back(self.weak.clone()));
-        }
-    }
-}
-
-async fn probe_until_back(cache: Weak<FleetCache>) {
-    loop {
-        tokio::time::sleep(PROBE_EVERY).await;
-        let Some(cache) = cache.upgrade() else {
-            return;
-        };
-        let mut conn = cache.conn.clone();
-        let ping = redis::cmd("PING");
-        let answered = matches!(
-            tokio::time::timeout(CALL_TIMEOUT, ping.query_async::<String>(&mut conn)).await,
-            Ok(Ok(_))
-        );
-        if answered {
-            cache.probing.store(false, Ordering::Release);
-            cache.healthy.store(true, Ordering::Release);
-            cache.metrics.token_cache_fallback(false);
-            tracing::info!(
-                "token cache: Redis is reachable again; tokens are shared by the fleet again"
-            );
-            return;
-        }
+        self.metrics.token_cache_fallback(!healthy);
     }
 }
 
