@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod redis_link;
+pub mod reload;
 pub mod reuse;
 pub mod scope;
 pub mod session;

@@ -22,6 +22,7 @@ use crate::http::{self, AppState};
 use crate::lifecycle::{stop_signal, Draining};
 use crate::limits::{LimitRates, Limits, RedisLimits};
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::reuse::{FleetCache, TokenReuse};
 use crate::session::SessionVerifier;
 use crate::upstream::{ResilientUpstream, UpstreamPolicy};
@@ -42,6 +43,9 @@ pub enum StartupError {
     #[error("audit store: {0}")]
     Audit(String),
 }
+
+/// How often files behind reloadable settings are checked for a change.
+const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Extra routes mounted beside the API (the `dev` demo page).
 pub type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
@@ -92,6 +96,9 @@ impl Application {
         let flood = options.audit_flood.unwrap_or_default();
         let state = web::Data::new(app_state(&settings, store, flood, metrics)?);
         spawn_flood_flusher(&state.auditor);
+        state
+            .reloader
+            .spawn(&state.clone().into_inner(), RELOAD_POLL);
         let listener = match options.listener {
             Some(listener) => listener,
             None => {
@@ -286,5 +293,6 @@ fn app_state(
         cookie_name: settings.session.cookie_name.clone(),
         audit_reader_role: settings.audit_reader_role.clone(),
         draining: Draining::default(),
+        reloader: Reloader::new(),
     })
 }

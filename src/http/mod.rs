@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use crate::audit::Auditor;
 use crate::browser::OriginPolicy;
 use crate::lifecycle::Draining;
+use crate::reload::Reloader;
 use crate::vend::Vendor;
 
 /// What every handler may need.
@@ -32,6 +33,8 @@ pub struct AppState {
     pub audit_reader_role: String,
     /// Set on SIGTERM: readiness fails from then on.
     pub draining: Draining,
+    /// Files re-read on change and on SIGHUP (deny list, `_FILE` secrets).
+    pub reloader: Reloader,
 }
 
 /// Every resource is named by its path; the names are the `route` label of the
