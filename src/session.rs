@@ -1,15 +1,23 @@
-//! The app's session JWT: which key checks it, and the signed-in user it names.
+//! The app's session JWT: which key checks it, and the signed-in user it names; or,
+//! for apps with opaque sessions, the introspection endpoint that vouches for it.
+
+pub mod introspection;
 
 use std::fmt;
+use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::config::{ConfigError, SessionKeys, SessionSettings, SESSION_JWT_PUBLIC_KEY_FILE};
+use crate::config::{
+    ConfigError, SessionKeys, SessionSettings, SESSION_INTROSPECTION_URL,
+    SESSION_JWT_PUBLIC_KEY_FILE,
+};
 use crate::jwks::{JwksCache, JwksPolicy, VerifyingKey};
 use crate::jwt::{self, JwtError, Keys, Rules};
+use introspection::Introspector;
 
 /// The signed-in user: the session JWT's `sub`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,14 +95,58 @@ impl StringOrList {
     }
 }
 
+/// Checks a session credential the one configured way.
+pub enum SessionVerifier {
+    Jwt(JwtVerifier),
+    /// Opaque sessions, by RFC 7662 introspection.
+    Introspection(Arc<Introspector>),
+}
+
+impl SessionVerifier {
+    pub fn from_settings(
+        settings: &SessionSettings,
+        http: reqwest::Client,
+    ) -> Result<Self, ConfigError> {
+        match &settings.keys {
+            SessionKeys::Introspection(introspection) => Introspector::new(introspection)
+                .map(Self::Introspection)
+                .map_err(|e| ConfigError::new(SESSION_INTROSPECTION_URL.name, e.to_string())),
+            _ => JwtVerifier::from_settings(settings, http).map(Self::Jwt),
+        }
+    }
+
+    /// Where session JWT keys come from; `None` for opaque sessions.
+    pub fn keys(&self) -> Option<&Keys> {
+        match self {
+            Self::Jwt(jwt) => Some(jwt.keys()),
+            Self::Introspection(_) => None,
+        }
+    }
+
+    /// The introspection client, to re-read its secret file without a restart.
+    pub fn introspector(&self) -> Option<&Arc<Introspector>> {
+        match self {
+            Self::Jwt(_) => None,
+            Self::Introspection(introspector) => Some(introspector),
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Session, SessionError> {
+        match self {
+            Self::Jwt(jwt) => jwt.verify(token).await,
+            Self::Introspection(introspector) => introspector.verify(token).await,
+        }
+    }
+}
+
 /// Verifies session JWTs against the one configured key source.
-pub struct SessionVerifier {
+pub struct JwtVerifier {
     keys: Keys,
     issuer: Option<String>,
     audience: Option<String>,
 }
 
-impl SessionVerifier {
+impl JwtVerifier {
     /// Where the session keys come from.
     pub fn keys(&self) -> &Keys {
         &self.keys
@@ -120,6 +172,12 @@ impl SessionVerifier {
             }
             SessionKeys::Jwks(url) => {
                 Keys::Jwks(JwksCache::new(url.clone(), http, JwksPolicy::default()))
+            }
+            SessionKeys::Introspection(_) => {
+                return Err(ConfigError::new(
+                    SESSION_INTROSPECTION_URL.name,
+                    "opaque sessions are not JWTs",
+                ))
             }
         };
         Ok(Self {

@@ -24,6 +24,7 @@ use crate::limits::{LimitRates, Limits, RedisLimits};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::reuse::{FleetCache, TokenReuse};
+use crate::jwt::Keys;
 use crate::session::SessionVerifier;
 use crate::upstream::{ResilientUpstream, UpstreamPolicy};
 use crate::vend::Vendor;
@@ -249,8 +250,8 @@ fn app_state(
     let fingerprinter = Fingerprinter::new(settings.audit_hmac_key.clone());
     let auditor = Auditor::with_flood_guard(store, flood);
     let origins = OriginPolicy::new(settings.allowed_origins.iter().cloned());
-    for (source, keys) in [("session", sessions.keys()), ("corti", corti.keys())] {
-        if let Some(cache) = keys.jwks() {
+    for (source, keys) in [("session", sessions.keys()), ("corti", Some(corti.keys()))] {
+        if let Some(cache) = keys.and_then(Keys::jwks) {
             metrics.watch_jwks(source, cache.stale_gauge());
         }
     }
@@ -261,6 +262,10 @@ fn app_state(
         .transpose()
         .map_err(|e| ConfigError::new(RATE_LIMIT_REDIS_URL.name, e.to_string()))?;
     let fleet = fleet_cache(settings, &metrics)?;
+    let reloader = Reloader::new();
+    if let Some(introspector) = sessions.introspector() {
+        reloader.register(introspector.clone());
+    }
     let corti = Arc::new(corti);
     let vendor = Vendor {
         sessions,
@@ -293,6 +298,6 @@ fn app_state(
         cookie_name: settings.session.cookie_name.clone(),
         audit_reader_role: settings.audit_reader_role.clone(),
         draining: Draining::default(),
-        reloader: Reloader::new(),
+        reloader,
     })
 }
