@@ -1021,7 +1021,10 @@ fn introspection_settings(
     let Some(url) = url else {
         for (set, name) in [
             (client_id.is_some(), SESSION_INTROSPECTION_CLIENT_ID.name),
-            (client_secret.is_some(), SESSION_INTROSPECTION_CLIENT_SECRET.name),
+            (
+                client_secret.is_some(),
+                SESSION_INTROSPECTION_CLIENT_SECRET.name,
+            ),
         ] {
             if set {
                 return Err(ConfigError::new(

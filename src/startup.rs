@@ -19,12 +19,12 @@ use crate::config::{
 };
 use crate::corti::{CortiClient, CortiClientConfig};
 use crate::http::{self, AppState};
+use crate::jwt::Keys;
 use crate::lifecycle::{stop_signal, Draining};
 use crate::limits::{LimitRates, Limits, RedisLimits};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::reuse::{FleetCache, TokenReuse};
-use crate::jwt::Keys;
 use crate::session::SessionVerifier;
 use crate::upstream::{ResilientUpstream, UpstreamPolicy};
 use crate::vend::Vendor;

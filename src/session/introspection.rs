@@ -264,11 +264,17 @@ fn parse_answer(body: &[u8]) -> Answer {
         return Ok(Verdict::Inactive("session is not active (introspection)"));
     }
     let Some(sub) = raw.sub.as_deref() else {
-        return Ok(Verdict::Inactive("active session without sub (introspection)"));
+        return Ok(Verdict::Inactive(
+            "active session without sub (introspection)",
+        ));
     };
     let subject = match Subject::parse(sub) {
         Ok(subject) => subject,
-        Err(_) => return Ok(Verdict::Inactive("sub is empty, too long or has control characters")),
+        Err(_) => {
+            return Ok(Verdict::Inactive(
+                "sub is empty, too long or has control characters",
+            ))
+        }
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if raw
@@ -354,7 +360,11 @@ mod tests {
         assert_eq!(s.allowed_scopes, Some(vec!["streams".to_string()]));
         assert_eq!(s.roles, vec!["a".to_string(), "b".to_string()]);
         let s = active(r#"{"active":true,"sub":"u1","scope":"openid"}"#);
-        assert_eq!(s.allowed_scopes, Some(vec![]), "no Corti scope: none allowed");
+        assert_eq!(
+            s.allowed_scopes,
+            Some(vec![]),
+            "no Corti scope: none allowed"
+        );
         assert_eq!(active(r#"{"active":true,"sub":"u1"}"#).allowed_scopes, None);
 
         for inactive in [
