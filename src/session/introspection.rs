@@ -339,6 +339,87 @@ impl crate::reload::Reloadable for Introspector {
 mod tests {
     use super::*;
 
+    use wiremock::matchers::{body_string, header, method};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    fn introspector(url: String) -> Arc<Introspector> {
+        Introspector::new(&IntrospectionSettings {
+            url,
+            client_id: "tv client".into(),
+            client_secret: SecretString::from("fake:secret"),
+            client_secret_file: None,
+            cache_ttl: Duration::from_secs(30),
+        })
+        .expect("client builds")
+    }
+
+    #[tokio::test]
+    async fn asks_as_rfc_7662_says_and_treats_a_bad_answer_as_unavailable() {
+        let server = MockServer::start().await;
+        // "tv client" / "fake:secret", form-encoded, then Basic.
+        let basic = "Basic dHYrY2xpZW50OmZha2UlM0FzZWNyZXQ=";
+        Mock::given(method("POST"))
+            .and(header("authorization", basic))
+            .and(body_string("token=good&token_type_hint=access_token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"active": true, "sub": "u1", "scope": "transcribe"}),
+            ))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(body_string("token=inactive&token_type_hint=access_token"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"active":false}"#))
+            .expect(2)
+            .mount(&server)
+            .await;
+        for (token, answer) in [
+            ("5xx", ResponseTemplate::new(503)),
+            ("html", ResponseTemplate::new(200).set_body_string("<html>")),
+            (
+                "huge",
+                ResponseTemplate::new(200).set_body_string(" ".repeat(MAX_ANSWER_BYTES + 1)),
+            ),
+        ] {
+            Mock::given(method("POST"))
+                .and(body_string(format!(
+                    "token={token}&token_type_hint=access_token"
+                )))
+                .respond_with(answer)
+                .mount(&server)
+                .await;
+        }
+        let introspector = introspector(server.uri());
+
+        // Active: asked once, then answered from the cache (`expect(1)`).
+        for _ in 0..2 {
+            let session = introspector.verify("good").await.expect("active");
+            assert_eq!(session.subject.as_str(), "u1");
+        }
+        // Inactive: 401, and not cached (`expect(2)`).
+        for _ in 0..2 {
+            assert!(matches!(
+                introspector.verify("inactive").await,
+                Err(SessionError::Invalid(_))
+            ));
+        }
+        for token in ["5xx", "html", "huge"] {
+            assert!(
+                matches!(
+                    introspector.verify(token).await,
+                    Err(SessionError::KeysUnavailable)
+                ),
+                "{token}"
+            );
+        }
+        assert!(matches!(
+            introspector
+                .verify(&"x".repeat(MAX_CREDENTIAL_BYTES + 1))
+                .await,
+            Err(SessionError::Invalid(_))
+        ));
+    }
+
     #[test]
     fn client_credentials_are_form_encoded_before_basic() {
         assert_eq!(form_encode("token-vendor"), "token-vendor");
