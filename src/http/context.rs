@@ -78,13 +78,16 @@ pub async fn request_id_middleware(
         method = %req.method(),
         path = %req.path(),
         // Recorded only while traces are exported (see `crate::telemetry::otlp`).
-        otel.name = tracing::field::Empty,
         otel.kind = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
     );
     let traced = crate::telemetry::otlp::enabled();
+    if traced {
+        // The kind is fixed when the exported span starts, at its first entry.
+        span.record("otel.kind", "server");
+    }
     // A caller's W3C trace context: its trace id goes on every log line of the request,
     // and its span is the parent of the exported request span.
     if let Some(trace) = req
@@ -109,8 +112,7 @@ pub async fn request_id_middleware(
         if traced {
             let route = super::route_label(res.request());
             let span = tracing::Span::current();
-            span.record("otel.name", format!("{} {route}", res.request().method()));
-            span.record("otel.kind", "server");
+            crate::telemetry::otlp::rename(&span, format!("{} {route}", res.request().method()));
             span.record("http.route", route);
             span.record("http.response.status_code", status);
             if status >= 500 {

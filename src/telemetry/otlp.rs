@@ -109,9 +109,15 @@ pub fn redacted_lines() -> Vec<String> {
         "OTLP traces = {}",
         if wanted() { "on" } else { "off" }
     )];
-    for name in [SDK_DISABLED, ENDPOINT, TRACES_ENDPOINT, PROTOCOL, TRACES_PROTOCOL]
-        .into_iter()
-        .chain(PLAIN)
+    for name in [
+        SDK_DISABLED,
+        ENDPOINT,
+        TRACES_ENDPOINT,
+        PROTOCOL,
+        TRACES_PROTOCOL,
+    ]
+    .into_iter()
+    .chain(PLAIN)
     {
         if let Some(v) = var(name) {
             lines.push(format!("{name} = {v}"));
@@ -135,9 +141,10 @@ pub fn redacted_lines() -> Vec<String> {
 
 fn has_service_name_attribute() -> bool {
     var(RESOURCE_ATTRIBUTES).is_some_and(|attrs| {
-        attrs
-            .split(',')
-            .any(|kv| kv.split_once('=').is_some_and(|(k, _)| k.trim() == "service.name"))
+        attrs.split(',').any(|kv| {
+            kv.split_once('=')
+                .is_some_and(|(k, _)| k.trim() == "service.name")
+        })
     })
 }
 
@@ -246,6 +253,12 @@ fn export_timeout() -> Result<Duration, OtlpError> {
 pub fn set_remote_parent(span: &tracing::Span, headers: &HeaderMap) {
     let parent = TraceContextPropagator::new().extract(&Headers(headers));
     let _ = span.set_parent(parent);
+}
+
+/// Names the exported span (once the route is known, after the span has started).
+pub fn rename(span: &tracing::Span, name: String) {
+    use opentelemetry::trace::TraceContextExt as _;
+    span.context().span().update_name(name);
 }
 
 struct Headers<'a>(&'a HeaderMap);
