@@ -240,6 +240,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             {
                 println!("{line}");
             }
+            telemetry::otlp::check().map_err(|e| ConfigError::new(e.name, e.problem))?;
             let settings = settings.for_serve()?;
             let http = reqwest::Client::new();
             crate::session::SessionVerifier::from_settings(&settings.session, http)?;

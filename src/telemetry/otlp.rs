@@ -103,24 +103,25 @@ fn check_protocol() -> Result<(), OtlpError> {
     Ok(())
 }
 
-/// The trace settings for `check-config`: header values never shown.
+/// The trace settings for `check-config`, in its `NAME=value` form; header values
+/// (often an API key) are never shown.
 pub fn redacted_lines() -> Vec<String> {
-    let mut lines = vec![format!(
-        "OTLP traces = {}",
-        if wanted() { "on" } else { "off" }
-    )];
-    for name in [
-        SDK_DISABLED,
-        ENDPOINT,
-        TRACES_ENDPOINT,
-        PROTOCOL,
-        TRACES_PROTOCOL,
-    ]
-    .into_iter()
-    .chain(PLAIN)
+    if !wanted() {
+        let why = if var(SDK_DISABLED).is_some() && var(ENDPOINT).or(var(TRACES_ENDPOINT)).is_some()
+        {
+            "OTEL_SDK_DISABLED: OpenTelemetry traces off"
+        } else {
+            "unset: OpenTelemetry traces off"
+        };
+        return vec![format!("{ENDPOINT}=({why})")];
+    }
+    let mut lines = Vec::new();
+    for name in [ENDPOINT, TRACES_ENDPOINT, PROTOCOL, TRACES_PROTOCOL]
+        .into_iter()
+        .chain(PLAIN)
     {
         if let Some(v) = var(name) {
-            lines.push(format!("{name} = {v}"));
+            lines.push(format!("{name}={v}"));
         }
     }
     for name in [HEADERS, TRACES_HEADERS] {
@@ -129,14 +130,22 @@ pub fn redacted_lines() -> Vec<String> {
                 .split(',')
                 .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.trim()))
                 .collect();
-            let shown: Vec<String> = names.iter().map(|k| format!("{k}=<redacted>")).collect();
-            lines.push(format!("{name} = {}", shown.join(",")));
+            lines.push(format!("{name}=(set, redacted: {})", names.join(", ")));
         }
     }
     if var(SERVICE_NAME).is_none() && !has_service_name_attribute() {
-        lines.push(format!("service.name = {DEFAULT_SERVICE_NAME} (default)"));
+        lines.push(format!("{SERVICE_NAME}={DEFAULT_SERVICE_NAME} (default)"));
     }
     lines
+}
+
+/// The checks `serve` makes of the trace settings before it starts exporting.
+pub fn check() -> Result<(), OtlpError> {
+    if wanted() {
+        check_protocol()?;
+        export_timeout()?;
+    }
+    Ok(())
 }
 
 fn has_service_name_attribute() -> bool {
