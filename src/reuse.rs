@@ -181,30 +181,27 @@ impl TokenReuse {
         };
         let min_ttl = self.min_ttl;
         let fleet = self.fleet.clone();
-        let task = tokio::spawn(
-            async move {
-                let result = match fleet {
-                    Some(fleet) => fleet.get_or_fetch(&guard.key, min_ttl, fetch).await,
-                    None => fetch.await.map(|token| (token, true)),
-                };
-                if let (Ok((token, _)), Some(state)) = (&result, guard.state.upgrade()) {
-                    let mut state = lock(&state);
-                    // The flight leaves the map as the token enters it, so no request sees
-                    // neither and starts a second call.
-                    guard.remove_from(&mut state);
-                    if !min_ttl.is_zero() && token.expires_at - OffsetDateTime::now_utc() >= min_ttl
-                    {
-                        make_room(&mut state.live, min_ttl);
-                        if state.live.len() < MAX_LIVE_TOKENS {
-                            state.live.insert(guard.key.clone(), token.clone());
-                        }
+        let call = async move {
+            let result = match fleet {
+                Some(fleet) => fleet.get_or_fetch(&guard.key, min_ttl, fetch).await,
+                None => fetch.await.map(|token| (token, true)),
+            };
+            if let (Ok((token, _)), Some(state)) = (&result, guard.state.upgrade()) {
+                let mut state = lock(&state);
+                // The flight leaves the map as the token enters it, so no request sees
+                // neither and starts a second call.
+                guard.remove_from(&mut state);
+                if !min_ttl.is_zero() && token.expires_at - OffsetDateTime::now_utc() >= min_ttl {
+                    make_room(&mut state.live, min_ttl);
+                    if state.live.len() < MAX_LIVE_TOKENS {
+                        state.live.insert(guard.key.clone(), token.clone());
                     }
                 }
-                result
             }
-            // The call belongs to the trace of the request that started it.
-            .in_current_span(),
-        );
+            result
+        };
+        // The call belongs to the trace of the request that started it.
+        let task = tokio::spawn(call.in_current_span());
         async move {
             task.await.unwrap_or_else(|_| {
                 Err(FetchError::Upstream(UpstreamError::Unreachable(

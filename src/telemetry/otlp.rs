@@ -33,6 +33,8 @@ const HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 const TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
 const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+const COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+const TRACES_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION";
 const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
 const TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
 const SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
@@ -82,22 +84,26 @@ fn wanted() -> bool {
     !disabled && (var(TRACES_ENDPOINT).is_some() || var(ENDPOINT).is_some())
 }
 
-/// Only OTLP over HTTP with protobuf is built in; another protocol is refused rather
-/// than spoken wrongly to a collector's port.
+/// Only OTLP over HTTP with protobuf, uncompressed, is built in; another protocol or a
+/// compression is refused rather than spoken wrongly to a collector.
 fn check_protocol() -> Result<(), OtlpError> {
     for name in [TRACES_PROTOCOL, PROTOCOL] {
         if let Some(p) = var(name) {
             if p.trim() != "http/protobuf" {
                 return Err(OtlpError {
-                    name: if name == TRACES_PROTOCOL {
-                        TRACES_PROTOCOL
-                    } else {
-                        PROTOCOL
-                    },
+                    name,
                     problem: format!("is {p:?}: only \"http/protobuf\" is supported"),
                 });
             }
             break;
+        }
+    }
+    for name in [TRACES_COMPRESSION, COMPRESSION] {
+        if let Some(c) = var(name) {
+            return Err(OtlpError {
+                name,
+                problem: format!("is {c:?}: exports are not compressed (unset it)"),
+            });
         }
     }
     Ok(())
@@ -244,11 +250,7 @@ fn export_timeout() -> Result<Duration, OtlpError> {
                 .parse::<u64>()
                 .map(Duration::from_millis)
                 .map_err(|_| OtlpError {
-                    name: if name == TIMEOUT {
-                        TIMEOUT
-                    } else {
-                        TRACES_TIMEOUT
-                    },
+                    name,
                     problem: format!("is {v:?}: expected milliseconds"),
                 });
         }
