@@ -128,6 +128,10 @@ async fn exports(collector: &MockServer) -> Vec<(Vec<u8>, ExportTraceServiceRequ
         .collect()
 }
 
+async fn spans_of(collector: &MockServer) -> Vec<Span> {
+    spans(&exports(collector).await)
+}
+
 fn spans(exports: &[(Vec<u8>, ExportTraceServiceRequest)]) -> Vec<Span> {
     exports
         .iter()
@@ -258,6 +262,29 @@ async fn a_vend_exports_its_spans_under_the_callers_trace_id_without_secrets() {
         service_name.as_deref(),
         Some("token-vendor"),
         "the default service name"
+    );
+
+    // A vend without a traceparent starts a trace of its own, whose id its log lines show.
+    let (status, _) = vend(&service.address, &session, None).await;
+    assert_eq!(status, 200);
+    let started = Instant::now();
+    let own_trace = loop {
+        let requests = spans_of(&collector).await;
+        if let Some(s) = requests
+            .iter()
+            .find(|s| s.name == "POST /v1/tokens" && hex(&s.trace_id) != trace)
+        {
+            break hex(&s.trace_id);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the second vend's trace is exported"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        service.log_has(&format!(r#""trace_id":"{own_trace}""#)),
+        "the new trace's id is on the vend's log lines"
     );
     // Nothing secret in any export, attributes, events or otherwise.
     for (raw, _) in &exports {

@@ -100,6 +100,11 @@ pub async fn request_id_middleware(
         if traced {
             crate::telemetry::otlp::set_remote_parent(&span, req.headers());
         }
+    } else if traced {
+        // A new trace: its id goes on the log lines, so logs and trace still meet.
+        if let Some(trace) = crate::telemetry::otlp::trace_id(&span) {
+            span.record("trace_id", trace);
+        }
     }
     async move {
         let started = std::time::Instant::now();

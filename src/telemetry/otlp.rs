@@ -266,6 +266,16 @@ pub fn set_remote_parent(span: &tracing::Span, headers: &HeaderMap) {
     let _ = span.set_parent(parent);
 }
 
+/// The trace id of `span`'s exported span, once it has started (this starts it).
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
 /// Names the exported span (once the route is known, after the span has started).
 pub fn rename(span: &tracing::Span, name: String) {
     use opentelemetry::trace::TraceContextExt as _;
