@@ -188,6 +188,7 @@ impl JwtVerifier {
     }
 
     /// Verifies a session JWT. Accepted algorithms follow from the key, never the token.
+    #[tracing::instrument(name = "session.verify", skip_all)]
     pub async fn verify(&self, token: &str) -> Result<Session, SessionError> {
         if token.len() > 8192 {
             return Err(SessionError::Invalid("token too long"));
