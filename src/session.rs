@@ -131,6 +131,8 @@ impl SessionVerifier {
         }
     }
 
+    /// Checks the session credential: a JWT, or an opaque id by introspection.
+    #[tracing::instrument(name = "session.verify", skip_all)]
     pub async fn verify(&self, token: &str) -> Result<Session, SessionError> {
         match self {
             Self::Jwt(jwt) => jwt.verify(token).await,
@@ -188,7 +190,6 @@ impl JwtVerifier {
     }
 
     /// Verifies a session JWT. Accepted algorithms follow from the key, never the token.
-    #[tracing::instrument(name = "session.verify", skip_all)]
     pub async fn verify(&self, token: &str) -> Result<Session, SessionError> {
         if token.len() > 8192 {
             return Err(SessionError::Invalid("token too long"));
