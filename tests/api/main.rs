@@ -11,6 +11,7 @@ mod dev_demo;
 mod observability;
 mod ops;
 mod session;
+mod tenants;
 mod tokens;
 mod upstream;
 
