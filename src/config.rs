@@ -513,12 +513,12 @@ impl Sources {
     /// wins, as in [`Sources::secret`]); such a secret is re-read on change and SIGHUP.
     fn secret_path(&self, name: &str) -> Option<PathBuf> {
         let file_key = format!("{name}_FILE");
-        let pick = |source: &HashMap<String, String>, key: &str, file_key: &str| {
-            match secret_form(source, key, file_key) {
-                Ok(Some(SecretForm::Path(p))) => Some(Some(PathBuf::from(p.trim()))),
-                Ok(Some(SecretForm::Value(_))) => Some(None),
-                _ => None,
-            }
+        let pick = |source: &HashMap<String, String>, key: &str, file_key: &str| match secret_form(
+            source, key, file_key,
+        ) {
+            Ok(Some(SecretForm::Path(p))) => Some(Some(PathBuf::from(p.trim()))),
+            Ok(Some(SecretForm::Value(_))) => Some(None),
+            _ => None,
         };
         pick(&self.env, name, &file_key)
             .or_else(|| {
@@ -1419,7 +1419,10 @@ auth_url = "http://127.0.0.1:9/"
         assert_eq!(s.corti().environment, Environment::Us);
         assert_eq!(s.corti().auth_url, "http://127.0.0.1:9");
         assert_eq!(s.tenants[1].auth_url, "https://auth.eu.corti.app");
-        assert_eq!(s.tenants[1].client_secret.expose_secret(), "fake-base-secret");
+        assert_eq!(
+            s.tenants[1].client_secret.expose_secret(),
+            "fake-base-secret"
+        );
         let lines = Settings::load(
             &Sources::from_pairs_and_toml(Vec::<(String, String)>::new(), TWO).unwrap(),
         )
@@ -1427,13 +1430,22 @@ auth_url = "http://127.0.0.1:9/"
         .redacted_lines()
         .join("\n");
         assert!(lines.contains("DEFAULT_TENANT=acme"), "{lines}");
-        assert!(lines.contains("tenants[acme]=environment=us client_id=acme-client client_secret=(set, redacted)"), "{lines}");
+        assert!(
+            lines.contains(
+                "tenants[acme]=environment=us client_id=acme-client client_secret=(set, redacted)"
+            ),
+            "{lines}"
+        );
         assert!(!lines.contains("fake-acme-secret") && !lines.contains("fake-base-secret"));
     }
 
     #[test]
     fn a_single_tenant_needs_no_default_and_corti_settings_are_one_more_tenant() {
-        let one = TWO.split("[[tenants]]").take(2).collect::<Vec<_>>().join("[[tenants]]");
+        let one = TWO
+            .split("[[tenants]]")
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("[[tenants]]");
         let one = one.replace("default_tenant = \"acme\"", "");
         assert_eq!(tenants_toml(&one).unwrap().corti().tenant.as_str(), "base");
         // CORTI_* (tenant `base`) beside an `acme` entry: two tenants, so a default.
@@ -1452,8 +1464,8 @@ auth_url = "http://127.0.0.1:9/"
         // The same name from CORTI_TENANT and [[tenants]] is one tenant twice.
         let mut pairs = complete();
         pairs.push(("CORTI_TENANT", "acme".into()));
-        let err = ServeSettings::load(&Sources::from_pairs_and_toml(pairs, &acme).unwrap())
-            .unwrap_err();
+        let err =
+            ServeSettings::load(&Sources::from_pairs_and_toml(pairs, &acme).unwrap()).unwrap_err();
         assert_eq!(err.setting, "tenants[acme].name", "{err}");
         assert!(err.problem.contains("CORTI_TENANT"), "{err}");
     }
@@ -1461,24 +1473,60 @@ auth_url = "http://127.0.0.1:9/"
     #[test]
     fn each_tenant_mistake_names_its_key() {
         let cases = [
-            (TWO.replace("name = \"acme\"", "name = \"base\""), "tenants[base].name"),
-            (TWO.replace("\"us\"", "\"mars\""), "tenants[acme].environment"),
-            (TWO.replace("client_id = \"acme-client\"", ""), "tenants[acme].client_id"),
-            (TWO.replace("client_secret = \"fake-acme-secret\"", ""), "tenants[acme].client_secret"),
             (
-                TWO.replace("client_secret = \"fake-acme-secret\"", "client_secret = \"x\"\nclient_secret_file = \"/x\""),
+                TWO.replace("name = \"acme\"", "name = \"base\""),
+                "tenants[base].name",
+            ),
+            (
+                TWO.replace("\"us\"", "\"mars\""),
+                "tenants[acme].environment",
+            ),
+            (
+                TWO.replace("client_id = \"acme-client\"", ""),
+                "tenants[acme].client_id",
+            ),
+            (
+                TWO.replace("client_secret = \"fake-acme-secret\"", ""),
                 "tenants[acme].client_secret",
             ),
             (
-                TWO.replace("client_secret = \"fake-acme-secret\"", "client_secret_file = \"/nonexistent/tv-secret\""),
+                TWO.replace(
+                    "client_secret = \"fake-acme-secret\"",
+                    "client_secret = \"x\"\nclient_secret_file = \"/x\"",
+                ),
+                "tenants[acme].client_secret",
+            ),
+            (
+                TWO.replace(
+                    "client_secret = \"fake-acme-secret\"",
+                    "client_secret_file = \"/nonexistent/tv-secret\"",
+                ),
                 "tenants[acme].client_secret_file",
             ),
-            (TWO.replace("http://127.0.0.1:9/", "http://auth.example.test"), "tenants[acme].auth_url"),
-            (TWO.replace("name = \"acme\"", "name = \"ac me\""), "tenants[1].name"),
-            (TWO.replace("name = \"acme\"", "nmae = \"acme\""), "tenants[1].name"),
-            (TWO.replace("auth_url", "auth_uri"), "tenants[acme].auth_uri"),
-            (TWO.replace("default_tenant = \"acme\"", "default_tenant = \"zeta\""), "DEFAULT_TENANT"),
-            (TWO.replace("default_tenant = \"acme\"", ""), "DEFAULT_TENANT"),
+            (
+                TWO.replace("http://127.0.0.1:9/", "http://auth.example.test"),
+                "tenants[acme].auth_url",
+            ),
+            (
+                TWO.replace("name = \"acme\"", "name = \"ac me\""),
+                "tenants[1].name",
+            ),
+            (
+                TWO.replace("name = \"acme\"", "nmae = \"acme\""),
+                "tenants[1].name",
+            ),
+            (
+                TWO.replace("auth_url", "auth_uri"),
+                "tenants[acme].auth_uri",
+            ),
+            (
+                TWO.replace("default_tenant = \"acme\"", "default_tenant = \"zeta\""),
+                "DEFAULT_TENANT",
+            ),
+            (
+                TWO.replace("default_tenant = \"acme\"", ""),
+                "DEFAULT_TENANT",
+            ),
             ("tenants = \"base\"".to_owned(), "tenants"),
         ];
         for (text, key) in cases {
@@ -1501,14 +1549,26 @@ auth_url = "http://127.0.0.1:9/"
             &format!("client_secret_file = \"{}\"", path.display()),
         );
         let s = tenants_toml(&text).unwrap();
-        assert_eq!(s.corti().client_secret.expose_secret(), "fake-acme-from-file");
-        assert_eq!(s.corti().client_secret_file.as_deref(), Some(path.as_path()));
-        assert_eq!(s.corti().client_secret_setting, "tenants[acme].client_secret_file");
+        assert_eq!(
+            s.corti().client_secret.expose_secret(),
+            "fake-acme-from-file"
+        );
+        assert_eq!(
+            s.corti().client_secret_file.as_deref(),
+            Some(path.as_path())
+        );
+        assert_eq!(
+            s.corti().client_secret_setting,
+            "tenants[acme].client_secret_file"
+        );
         let mut pairs = complete();
         pairs.retain(|(k, _)| *k != "CORTI_CLIENT_SECRET");
         pairs.push(("CORTI_CLIENT_SECRET_FILE", path.display().to_string()));
         let s = ServeSettings::load(&Sources::from_pairs(pairs)).unwrap();
-        assert_eq!(s.corti().client_secret_file.as_deref(), Some(path.as_path()));
+        assert_eq!(
+            s.corti().client_secret_file.as_deref(),
+            Some(path.as_path())
+        );
         let s = ServeSettings::load(&Sources::from_pairs(complete())).unwrap();
         assert_eq!(s.corti().client_secret_file, None);
         std::fs::write(&path, "\n").unwrap();

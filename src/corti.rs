@@ -107,7 +107,11 @@ pub struct ClientSecret {
 }
 
 impl ClientSecret {
-    pub fn new(value: SecretString, file: Option<PathBuf>, setting: impl Into<String>) -> Arc<Self> {
+    pub fn new(
+        value: SecretString,
+        file: Option<PathBuf>,
+        setting: impl Into<String>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             value: RwLock::new(value),
             file,

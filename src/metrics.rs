@@ -503,12 +503,10 @@ mod tests {
             "token_vendor_vends_total{outcome=\"issued\",scope=\"openid transcribe\",tenant=\"base\"} 1"
         ), "{text}");
         assert!(text.contains("token_vendor_rate_limit_refusals_total{kind=\"user\"} 1"));
-        assert!(text.contains(
-            "token_vendor_upstream_calls_total{result=\"ok\",tenant=\"base\"} 1"
-        ));
-        assert!(text.contains(
-            "token_vendor_upstream_call_duration_seconds_count{tenant=\"base\"} 1"
-        ));
+        assert!(text.contains("token_vendor_upstream_calls_total{result=\"ok\",tenant=\"base\"} 1"));
+        assert!(
+            text.contains("token_vendor_upstream_call_duration_seconds_count{tenant=\"base\"} 1")
+        );
         assert!(text.contains("token_vendor_upstream_breaker_state{tenant=\"acme\"} 0"));
         assert!(text.contains("token_vendor_rate_limit_redis_fallback 0"));
         assert!(text.ends_with("# EOF\n"));

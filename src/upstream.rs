@@ -263,7 +263,7 @@ impl ResilientUpstream {
                         open_for,
                     };
                     self.metrics
-                    .breaker(self.client.tenant().as_str(), BreakerGauge::Open);
+                        .breaker(self.client.tenant().as_str(), BreakerGauge::Open);
                     tracing::warn!(
                         failures,
                         open_for_s = open_for.as_secs(),

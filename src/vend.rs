@@ -393,7 +393,11 @@ impl Vendor {
         trail.event.scope = Some(scope.to_oauth_string());
         trail.scope = Some(scope.clone());
 
-        check_user_may_use(&session, route.tenant(), self.tenants.default_route().tenant())?;
+        check_user_may_use(
+            &session,
+            route.tenant(),
+            self.tenants.default_route().tenant(),
+        )?;
         check_user_may_have(&session, &scope)?;
 
         self.token_for(&session, scope, &route, &mut trail.event)
@@ -561,7 +565,11 @@ fn read_body(
 
 /// Which tenants a user may get comes from the session's `corti_tenants` claim; without
 /// it, only the default tenant.
-fn check_user_may_use(session: &Session, tenant: &Tenant, default: &Tenant) -> Result<(), VendError> {
+fn check_user_may_use(
+    session: &Session,
+    tenant: &Tenant,
+    default: &Tenant,
+) -> Result<(), VendError> {
     let allowed = match &session.allowed_tenants {
         Some(allowed) => allowed.iter().any(|a| a == tenant.as_str()),
         None => tenant == default,

@@ -43,7 +43,9 @@ fn session_for(app: &TestApp, sub: &str, tenants: Option<Value>) -> String {
 
 async fn vend_at(app: &TestApp, session: &str, body: Value) -> (reqwest::Response, String) {
     let id = new_request_id();
-    let response = app.vend_request(Some(session), &body.to_string(), &id).await;
+    let response = app
+        .vend_request(Some(session), &body.to_string(), &id)
+        .await;
     (response, id)
 }
 
@@ -81,9 +83,15 @@ async fn each_tenant_is_vended_from_its_own_realm_with_its_own_credentials() {
     assert_eq!(t.acme.standin.token_calls(), 1);
 
     let event = assert_outcome(&t.app, &acme_id, Outcome::Issued, 200);
-    assert_eq!((event.tenant.as_str(), event.environment.as_str()), ("acme", "us"));
+    assert_eq!(
+        (event.tenant.as_str(), event.environment.as_str()),
+        ("acme", "us")
+    );
     let event = assert_outcome(&t.app, &default_id, Outcome::Issued, 200);
-    assert_eq!((event.tenant.as_str(), event.environment.as_str()), ("base", "eu"));
+    assert_eq!(
+        (event.tenant.as_str(), event.environment.as_str()),
+        ("base", "eu")
+    );
 
     let metrics = t.app.metrics().await;
     for series in [
@@ -125,9 +133,15 @@ async fn a_tenant_the_user_may_not_have_is_refused_with_403_and_audited() {
     for session in [&only_base, &no_claim] {
         let (response, id) = vend_at(&t.app, session, acme.clone()).await;
         let (problem, _) = problem(response, 403).await;
-        assert_eq!(problem["type"], "urn:token-vendor:problem:tenant-not-allowed");
+        assert_eq!(
+            problem["type"],
+            "urn:token-vendor:problem:tenant-not-allowed"
+        );
         let event = assert_outcome(&t.app, &id, Outcome::Forbidden, 403);
-        assert_eq!((event.tenant.as_str(), event.environment.as_str()), ("acme", "us"));
+        assert_eq!(
+            (event.tenant.as_str(), event.environment.as_str()),
+            ("acme", "us")
+        );
     }
     assert_eq!(t.acme.standin.token_calls(), 0, "nothing asked of acme");
 
@@ -156,7 +170,10 @@ async fn an_unknown_or_malformed_tenant_is_refused_with_400_and_audited() {
     let (body, _) = problem(response, 400).await;
     assert_eq!(body["type"], "urn:token-vendor:problem:unknown-tenant");
     let event = assert_outcome(&t.app, &id, Outcome::InvalidRequest, 400);
-    assert!(event.detail.as_deref().unwrap_or("").contains("nope"), "{event:?}");
+    assert!(
+        event.detail.as_deref().unwrap_or("").contains("nope"),
+        "{event:?}"
+    );
 
     for bad in ["", "../base", "a b", "x\u{202e}y", &"t".repeat(65), "\n"] {
         let (response, id) = vend_at(
@@ -166,7 +183,10 @@ async fn an_unknown_or_malformed_tenant_is_refused_with_400_and_audited() {
         )
         .await;
         let (body, _) = problem(response, 400).await;
-        assert_eq!(body["type"], "urn:token-vendor:problem:invalid-request", "{bad:?}");
+        assert_eq!(
+            body["type"], "urn:token-vendor:problem:invalid-request",
+            "{bad:?}"
+        );
         let event = assert_outcome(&t.app, &id, Outcome::InvalidRequest, 400);
         let detail = event.detail.unwrap_or_default();
         assert!(bad.is_empty() || !detail.contains(bad), "{detail:?}");
@@ -178,7 +198,10 @@ async fn an_unknown_or_malformed_tenant_is_refused_with_400_and_audited() {
     )
     .await;
     problem(response, 400).await;
-    assert_eq!(t.base.standin.token_calls() + t.acme.standin.token_calls(), 0);
+    assert_eq!(
+        t.base.standin.token_calls() + t.acme.standin.token_calls(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -273,7 +296,13 @@ async fn a_fixed_client_secret_file_is_used_after_a_reload_and_a_bad_one_is_refu
         .spawn()
         .await;
     let session = session_for(&app, "ivan", Some(json!(["base", "acme"])));
-    let vend_acme = || vend_at(&app, &session, json!({"scope": "transcribe", "tenant": "acme"}));
+    let vend_acme = || {
+        vend_at(
+            &app,
+            &session,
+            json!({"scope": "transcribe", "tenant": "acme"}),
+        )
+    };
 
     let (r, _) = vend_acme().await;
     problem(r, 502).await;
@@ -281,7 +310,9 @@ async fn a_fixed_client_secret_file_is_used_after_a_reload_and_a_bad_one_is_refu
     std::fs::write(&secret_file, format!("{}\n", acme.secret)).unwrap();
     let report = app.reloader.reload_all();
     assert!(
-        report.iter().any(|(name, result)| name == "tenants[acme].client_secret_file" && result.is_ok()),
+        report
+            .iter()
+            .any(|(name, result)| name == "tenants[acme].client_secret_file" && result.is_ok()),
         "{report:?}"
     );
     let (r, _) = vend_acme().await;
@@ -289,7 +320,10 @@ async fn a_fixed_client_secret_file_is_used_after_a_reload_and_a_bad_one_is_refu
 
     std::fs::write(&secret_file, "\n").unwrap();
     let report = app.reloader.reload_all();
-    assert!(report.iter().any(|(_, result)| result.is_err()), "{report:?}");
+    assert!(
+        report.iter().any(|(_, result)| result.is_err()),
+        "{report:?}"
+    );
     let (r, _) = vend_acme().await;
     assert_eq!(r.status().as_u16(), 200, "the old secret stays in force");
 }
@@ -307,7 +341,10 @@ async fn sighup_makes_the_real_binary_use_a_fixed_client_secret_file() {
         ("CORTI_TENANT", TENANT.into()),
         ("CORTI_AUTH_URL", upstream.standin.base_url().into()),
         ("CORTI_CLIENT_ID", upstream.client_id.clone()),
-        ("CORTI_CLIENT_SECRET_FILE", secret_file.display().to_string()),
+        (
+            "CORTI_CLIENT_SECRET_FILE",
+            secret_file.display().to_string(),
+        ),
         ("SESSION_JWT_SECRET", secrets.session.clone()),
         ("AUDIT_HMAC_KEY", secrets.audit.clone()),
         (
@@ -333,7 +370,10 @@ async fn sighup_makes_the_real_binary_use_a_fixed_client_secret_file() {
     std::fs::write(&secret_file, format!("{}\n", upstream.secret)).unwrap();
     service.sighup();
     assert!(
-        eventually(std::time::Duration::from_secs(5), || async { vend().await == 200 }).await,
+        eventually(std::time::Duration::from_secs(5), || async {
+            vend().await == 200
+        })
+        .await,
         "vends work without a restart"
     );
 

@@ -998,8 +998,7 @@ impl TenantUpstream {
     /// Whether `token` was issued by this tenant's realm to this tenant's client.
     pub fn issued(&self, token: &str) -> bool {
         self.standin.verify(token).is_some_and(|claims| {
-            claims.iss.ends_with(&format!("/realms/{}", self.name))
-                && claims.azp == self.client_id
+            claims.iss.ends_with(&format!("/realms/{}", self.name)) && claims.azp == self.client_id
         })
     }
 }
