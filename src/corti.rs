@@ -292,7 +292,7 @@ impl CortiClient {
                     status = status.as_u16(),
                     error = %code,
                     tenant = %self.tenant,
-                    "Corti auth rejected the client credentials: check the tenant's client id and secret (CORTI_CLIENT_ID, CORTI_CLIENT_SECRET and CORTI_TENANT, or its [[tenants]] entry)"
+                    "Corti auth rejected the client credentials: check CORTI_CLIENT_ID, CORTI_CLIENT_SECRET and CORTI_TENANT (or the tenant's [[tenants]] entry)"
                 );
             } else {
                 tracing::error!(status = status.as_u16(), error = %code, tenant = %self.tenant, "Corti auth refused the token request");

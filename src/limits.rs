@@ -286,6 +286,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_tenant_has_an_upstream_budget_of_its_own() {
+        let l = Limits::new(
+            LimitRates {
+                per_ip: rate(100, Duration::from_secs(60)),
+                per_user: rate(100, Duration::from_secs(60)),
+                upstream: rate(1, Duration::from_secs(60)),
+            },
+            None,
+            Arc::new(Metrics::new()),
+        );
+        let (base, acme) = (
+            Tenant::parse("base").unwrap(),
+            Tenant::parse("acme").unwrap(),
+        );
+        assert!(l.check_upstream(&base).await.allowed());
+        assert!(!l.check_upstream(&base).await.allowed());
+        assert!(
+            l.check_upstream(&acme).await.allowed(),
+            "acme's budget is its own"
+        );
+    }
+
+    #[tokio::test]
     async fn ipv6_addresses_share_their_slash_64() {
         let l = limits(
             rate(1, Duration::from_secs(60)),
