@@ -388,3 +388,32 @@ async fn sighup_makes_the_real_binary_use_a_fixed_client_secret_file() {
     );
     assert_eq!(vend().await, 200, "the old secret stays in force");
 }
+
+/// `CORTI_*` beside `[[tenants]]`: the variables are one more tenant, and with two a
+/// default must be named.
+#[tokio::test]
+async fn corti_variables_beside_tenant_tables_are_one_more_tenant() {
+    let acme = TenantUpstream::start("acme", "us");
+    let app = TestApp::builder()
+        .toml(acme.toml())
+        .env("DEFAULT_TENANT", TENANT)
+        .spawn()
+        .await;
+    let session = session_for(&app, "kim", Some(json!([TENANT, "acme"])));
+
+    let (r, _) = vend_at(&app, &session, json!({"scope": "transcribe"})).await;
+    let body = json_body(r).await;
+    assert_eq!(body["tenantName"], TENANT, "CORTI_TENANT is the default");
+    let (r, _) = vend_at(
+        &app,
+        &session,
+        json!({"scope": "transcribe", "tenant": "acme"}),
+    )
+    .await;
+    let body = json_body(r).await;
+    assert_eq!(
+        (&body["tenantName"], &body["environment"]),
+        (&json!("acme"), &json!("us"))
+    );
+    assert!(acme.issued(body["accessToken"].as_str().unwrap()));
+}
