@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use token_vendor::config::{ServeSettings, Settings, Sources};
+use token_vendor::config::{ServeSettings, Settings, Sources, Tenant};
 use token_vendor::dev::{mint_session, random_hex};
 use token_vendor::limits::{LimitRates, Limits, RedisLimits};
 use token_vendor::metrics::Metrics;
@@ -69,7 +69,7 @@ async fn memory(rates: LimitRates) {
         name.clear();
         use std::fmt::Write;
         let _ = write!(name, "user-{i:08}-{}", i.wrapping_mul(2_654_435_761));
-        limits.check_user(&name).await;
+        limits.check_user(&tenant(), &name).await;
     }
     let users = rss_mib();
     println!(
@@ -108,7 +108,9 @@ async fn overhead(rates: LimitRates) {
     const OPS: u32 = 2_000_000;
     let started = Instant::now();
     for i in 0..OPS {
-        let _ = limits.check_user(&users[i as usize % users.len()]).await;
+        let _ = limits
+            .check_user(&tenant(), &users[i as usize % users.len()])
+            .await;
     }
     let per_user = started.elapsed().as_nanos() as f64 / f64::from(OPS);
     let started = Instant::now();
@@ -130,11 +132,11 @@ async fn redis_overhead(rates: LimitRates, url: &str) {
     };
     let limits = Limits::new(rates, Some(redis), metrics);
     const OPS: u32 = 20_000;
-    limits.check_user("warm-up").await;
+    limits.check_user(&tenant(), "warm-up").await;
     let started = Instant::now();
     for i in 0..OPS {
         let _ = limits
-            .check_user(&format!("bench-{}-{i}", random_hex(4)))
+            .check_user(&tenant(), &format!("bench-{}-{i}", random_hex(4)))
             .await;
     }
     let took = started.elapsed();
@@ -224,4 +226,9 @@ async fn burst() {
         metric("token_vendor_coalesced_waiters_total"),
         metric("token_vendor_token_reuse_hits_total"),
     );
+}
+
+/// The tenant every benchmark user is counted at.
+fn tenant() -> Tenant {
+    Tenant::parse("base").expect("a valid tenant name")
 }

@@ -242,6 +242,16 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             telemetry::otlp::check().map_err(|e| ConfigError::new(e.name, e.problem))?;
             let settings = settings.for_serve()?;
+            let tenants: Vec<String> = settings
+                .tenants
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let default = if i == 0 { ", default" } else { "" };
+                    format!("{} ({}{default})", t.tenant, t.environment.as_str())
+                })
+                .collect();
+            println!("tenants: {}", tenants.join(", "));
             let http = reqwest::Client::new();
             crate::session::SessionVerifier::from_settings(&settings.session, http)?;
             println!("ok: settings are complete for `serve`");

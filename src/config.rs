@@ -322,6 +322,10 @@ pub const CORTI_CLIENT_ID: Setting<String> = Setting::plain("CORTI_CLIENT_ID", t
 pub const CORTI_CLIENT_SECRET: Setting<SecretString> =
     Setting::secret("CORTI_CLIENT_SECRET", secret);
 pub const CORTI_AUTH_URL: Setting<String> = Setting::plain("CORTI_AUTH_URL", http_url);
+/// The tenant a vend without `tenant` is for, when several are configured.
+pub const DEFAULT_TENANT: Setting<Tenant> = Setting::plain("DEFAULT_TENANT", Tenant::parse);
+/// The TOML file's array of tables, one per Corti tenant: `[[tenants]]`.
+pub const TENANTS_KEY: &str = "tenants";
 pub const SESSION_JWT_SECRET: Setting<SecretString> = Setting::secret("SESSION_JWT_SECRET", secret);
 pub const SESSION_JWT_PUBLIC_KEY_FILE: Setting<PathBuf> =
     Setting::plain("SESSION_JWT_PUBLIC_KEY_FILE", from_str);
@@ -403,7 +407,12 @@ pub struct Settings {
     pub corti_tenant: Tenant,
     pub corti_client_id: Option<String>,
     pub corti_client_secret: Option<SecretString>,
+    /// Where `CORTI_CLIENT_SECRET` was read from, when it came from `_FILE`.
+    pub corti_client_secret_file: Option<PathBuf>,
     pub corti_auth_url: Option<String>,
+    /// The TOML file's `[[tenants]]`, each complete and checked on its own.
+    pub tenants: Vec<CortiSettings>,
+    pub default_tenant: Option<Tenant>,
     pub session_jwt_secret: Option<SecretString>,
     pub session_jwt_public_key_file: Option<PathBuf>,
     pub session_jwks_url: Option<String>,
@@ -450,18 +459,21 @@ impl Default for Settings {
 pub struct Sources {
     env: HashMap<String, String>,
     file: HashMap<String, String>,
+    /// The TOML file's `[[tenants]]` tables, as written.
+    tenants: Option<toml::Value>,
 }
 
 impl Sources {
     /// The process environment plus the optional `--config` file.
     pub fn from_process(config_file: Option<&Path>) -> Result<Self, ConfigError> {
-        let file = match config_file {
+        let (file, tenants) = match config_file {
             Some(path) => read_toml(path)?,
-            None => HashMap::new(),
+            None => (HashMap::new(), None),
         };
         Ok(Self {
             env: std::env::vars().collect(),
             file,
+            tenants,
         })
     }
 
@@ -478,7 +490,23 @@ impl Sources {
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
             file: HashMap::new(),
+            tenants: None,
         }
+    }
+
+    /// Explicit values plus a TOML text as `--config` would give it (tests).
+    pub fn from_pairs_and_toml<I, K, V>(pairs: I, toml_text: &str) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let (file, tenants) = parse_toml(toml_text, "the TOML text")?;
+        Ok(Self {
+            file,
+            tenants,
+            ..Self::from_pairs(pairs)
+        })
     }
 
     fn value(&self, name: &str) -> Option<String> {
@@ -530,18 +558,45 @@ impl Sources {
         match chosen {
             None => Ok(None),
             Some(SecretForm::Value(v)) => Ok(Some(v)),
-            Some(SecretForm::Path(path)) => {
-                let content = std::fs::read_to_string(path.trim()).map_err(|e| {
-                    ConfigError::new(&file_key, format!("cannot read {}: {e}", path.trim()))
-                })?;
-                let content = content.trim_end_matches(['\n', '\r']).to_owned();
-                if content.is_empty() {
-                    return Err(ConfigError::new(&file_key, "the file is empty"));
-                }
-                Ok(Some(content))
-            }
+            Some(SecretForm::Path(path)) => read_secret_file(Path::new(path.trim()))
+                .map(Some)
+                .map_err(|problem| ConfigError::new(&file_key, problem)),
         }
     }
+
+    /// The file a secret is read from, when it is given as `NAME_FILE` (the form that
+    /// wins, as in [`Sources::secret`]); such a secret is re-read on change and SIGHUP.
+    fn secret_path(&self, name: &str) -> Option<PathBuf> {
+        let file_key = format!("{name}_FILE");
+        let pick = |source: &HashMap<String, String>, key: &str, file_key: &str| match secret_form(
+            source, key, file_key,
+        ) {
+            Ok(Some(SecretForm::Path(p))) => Some(Some(PathBuf::from(p.trim()))),
+            Ok(Some(SecretForm::Value(_))) => Some(None),
+            _ => None,
+        };
+        pick(&self.env, name, &file_key)
+            .or_else(|| {
+                pick(
+                    &self.file,
+                    &name.to_ascii_lowercase(),
+                    &file_key.to_ascii_lowercase(),
+                )
+            })
+            .flatten()
+    }
+}
+
+/// A secret file's content without its trailing line break; empty or unreadable is an
+/// error (start-up stops; a reload keeps the old value).
+pub fn read_secret_file(path: &Path) -> Result<String, String> {
+    let content = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let content = content.trim_end_matches(['\n', '\r']).to_owned();
+    if content.trim().is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(content)
 }
 
 /// Which of `key` and `file_key` one source sets; both is a mistake.
@@ -568,13 +623,20 @@ enum SecretForm {
     Path(String),
 }
 
-fn read_toml(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+type TomlSettings = (HashMap<String, String>, Option<toml::Value>);
+
+fn read_toml(path: &Path) -> Result<TomlSettings, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
     })?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| {
-        ConfigError::new("--config", format!("{}: {}", path.display(), e.message()))
-    })?;
+    parse_toml(&text, &path.display().to_string())
+}
+
+/// The flat `key = value` settings, and the `[[tenants]]` array kept as it is.
+fn parse_toml(text: &str, origin: &str) -> Result<TomlSettings, ConfigError> {
+    let mut table: toml::Table = toml::from_str(text)
+        .map_err(|e| ConfigError::new("--config", format!("{origin}: {}", e.message())))?;
+    let tenants = table.remove(TENANTS_KEY);
     let mut out = HashMap::new();
     for (key, value) in table {
         let text = match value {
@@ -593,13 +655,13 @@ fn read_toml(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
             _ => {
                 return Err(ConfigError::new(
                     &key,
-                    format!("{}: unsupported value type", path.display()),
+                    format!("{origin}: unsupported value type"),
                 ))
             }
         };
         out.insert(key.to_ascii_lowercase(), text);
     }
-    Ok(out)
+    Ok((out, tenants))
 }
 
 /// The crate's one duration syntax: `800ms`, `5s`, `2m`, `7d`, `1h 30m`.
@@ -690,15 +752,195 @@ pub struct SessionSettings {
     pub cookie_name: String,
 }
 
-/// The Corti client credentials and where to use them.
+/// One Corti tenant: the client credentials and where to use them.
 #[derive(Debug, Clone)]
 pub struct CortiSettings {
     pub environment: Environment,
     pub tenant: Tenant,
     pub client_id: String,
     pub client_secret: SecretString,
-    /// The configured `CORTI_AUTH_URL` or Corti's own for the environment.
+    /// The file the secret was read from; it is re-read on change and on SIGHUP.
+    pub client_secret_file: Option<PathBuf>,
+    /// What the secret's file is called in settings, for log lines
+    /// (`CORTI_CLIENT_SECRET_FILE` or `tenants[acme].client_secret_file`).
+    pub client_secret_setting: String,
+    /// The configured `CORTI_AUTH_URL` (or `auth_url`) or Corti's own for the environment.
     pub auth_url: String,
+}
+
+/// The keys a `[[tenants]]` table may have.
+const TENANT_KEYS: [&str; 6] = [
+    "name",
+    "environment",
+    "client_id",
+    "client_secret",
+    "client_secret_file",
+    "auth_url",
+];
+
+/// Reads the `[[tenants]]` tables, each on its own; how they fit together (duplicates,
+/// the default) is checked in [`Settings::for_serve`].
+fn tenant_tables(raw: Option<&toml::Value>) -> Result<Vec<CortiSettings>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let not_tables = || {
+        ConfigError::new(
+            TENANTS_KEY,
+            "must be an array of tables: [[tenants]] with name, environment, client_id and client_secret or client_secret_file",
+        )
+    };
+    let items = raw.as_array().ok_or_else(not_tables)?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| tenant_table(i, item.as_table().ok_or_else(not_tables)?))
+        .collect()
+}
+
+fn tenant_table(index: usize, table: &toml::Table) -> Result<CortiSettings, ConfigError> {
+    let text = |key: &str| -> Result<Option<String>, String> {
+        match table.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.trim().to_owned())),
+            Some(_) => Err("must be a string".into()),
+        }
+    };
+    let at_index = |key: &str| format!("{TENANTS_KEY}[{index}].{key}");
+    let name = text("name")
+        .and_then(|n| n.ok_or_else(|| "is required".to_string()))
+        .and_then(|n| Tenant::parse(&n))
+        .map_err(|problem| ConfigError::new(&at_index("name"), problem))?;
+    let key = |k: &str| format!("{TENANTS_KEY}[{name}].{k}");
+    let fail = |k: &str| {
+        let setting = key(k);
+        move |problem: String| ConfigError::new(&setting, problem)
+    };
+    if let Some(unknown) = table.keys().find(|k| !TENANT_KEYS.contains(&k.as_str())) {
+        return Err(ConfigError::new(
+            &key(unknown),
+            format!("is not a tenant key (known: {})", TENANT_KEYS.join(", ")),
+        ));
+    }
+    let environment: Environment = text("environment")
+        .and_then(|e| e.ok_or_else(|| "is required (eu or us)".to_string()))
+        .and_then(|e| e.parse())
+        .map_err(fail("environment"))?;
+    let client_id = text("client_id")
+        .and_then(|c| c.ok_or_else(|| "is required".to_string()))
+        .map_err(fail("client_id"))?;
+    let secret_value = text("client_secret").map_err(fail("client_secret"))?;
+    let secret_path = text("client_secret_file").map_err(fail("client_secret_file"))?;
+    let (client_secret, client_secret_file) = match (secret_value, secret_path) {
+        (Some(_), Some(_)) => {
+            return Err(fail("client_secret")(
+                "set either client_secret or client_secret_file, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err(fail("client_secret")(
+                "is required (or client_secret_file)".into(),
+            ))
+        }
+        (Some(value), None) => (SecretString::from(value), None),
+        (None, Some(path)) => {
+            let path = PathBuf::from(path);
+            let value = read_secret_file(&path).map_err(fail("client_secret_file"))?;
+            (SecretString::from(value), Some(path))
+        }
+    };
+    let auth_url = match text("auth_url").map_err(fail("auth_url"))? {
+        Some(url) => http_url(&url).map_err(fail("auth_url"))?,
+        None => corti_auth_url_for(environment),
+    };
+    Ok(CortiSettings {
+        environment,
+        client_id,
+        client_secret,
+        client_secret_file,
+        client_secret_setting: key("client_secret_file"),
+        auth_url,
+        tenant: name,
+    })
+}
+
+impl Settings {
+    /// The tenant the `CORTI_*` settings describe, if any of them is set, checked the
+    /// way `serve` always checked it.
+    fn env_tenant(&self) -> Result<Option<CortiSettings>, ConfigError> {
+        let any_set = self.corti_environment.is_some()
+            || self.corti_client_id.is_some()
+            || self.corti_client_secret.is_some()
+            || self.corti_auth_url.is_some();
+        if !any_set && !self.tenants.is_empty() {
+            return Ok(None);
+        }
+        let environment = self
+            .corti_environment
+            .ok_or_else(|| CORTI_ENVIRONMENT.error("is required (eu or us)"))?;
+        let client_id = self
+            .corti_client_id
+            .clone()
+            .ok_or_else(|| CORTI_CLIENT_ID.error("is required"))?;
+        let client_secret = self.corti_client_secret.clone().ok_or_else(|| {
+            CORTI_CLIENT_SECRET.error(format!(
+                "is required (or {}_FILE)",
+                CORTI_CLIENT_SECRET.name
+            ))
+        })?;
+        Ok(Some(CortiSettings {
+            environment,
+            tenant: self.corti_tenant.clone(),
+            client_id,
+            client_secret,
+            client_secret_file: self.corti_client_secret_file.clone(),
+            client_secret_setting: format!("{}_FILE", CORTI_CLIENT_SECRET.name),
+            auth_url: self
+                .corti_auth_url
+                .clone()
+                .unwrap_or_else(|| corti_auth_url_for(environment)),
+        }))
+    }
+
+    /// Every tenant `serve` runs with, the default first: the `CORTI_*` one (when set)
+    /// and each `[[tenants]]` entry. Names are unique; with more than one tenant
+    /// `DEFAULT_TENANT` must name one of them.
+    pub fn serve_tenants(&self) -> Result<Vec<CortiSettings>, ConfigError> {
+        let mut all: Vec<CortiSettings> = self.env_tenant()?.into_iter().collect();
+        for tenant in &self.tenants {
+            if let Some(earlier) = all.iter().find(|t| t.tenant == tenant.tenant) {
+                let by = if earlier.client_secret_setting.starts_with(TENANTS_KEY) {
+                    "an earlier [[tenants]] entry"
+                } else {
+                    "CORTI_TENANT"
+                };
+                return Err(ConfigError::new(
+                    &format!("{TENANTS_KEY}[{}].name", tenant.tenant),
+                    format!("names a tenant already configured by {by}; each tenant once"),
+                ));
+            }
+            all.push(tenant.clone());
+        }
+        let default = match (&self.default_tenant, all.len()) {
+            (Some(name), _) => all.iter().position(|t| t.tenant == *name).ok_or_else(|| {
+                let known: Vec<&str> = all.iter().map(|t| t.tenant.as_str()).collect();
+                DEFAULT_TENANT.error(format!(
+                    "names {name:?}, which is not a configured tenant ({})",
+                    known.join(", ")
+                ))
+            })?,
+            (None, 1) => 0,
+            (None, _) => {
+                return Err(DEFAULT_TENANT.error(
+                    "is required when several tenants are configured: a vend without \"tenant\" needs one",
+                ))
+            }
+        };
+        let default = all.remove(default);
+        all.insert(0, default);
+        Ok(all)
+    }
 }
 
 /// Everything `serve` runs on, complete and checked: nothing here is optional unless
@@ -706,7 +948,8 @@ pub struct CortiSettings {
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
     pub listen_addr: SocketAddr,
-    pub corti: CortiSettings,
+    /// Every Corti tenant; the first is the default (a vend without `tenant`).
+    pub tenants: Vec<CortiSettings>,
     pub session: SessionSettings,
     pub database_url: String,
     pub allowed_origins: Vec<String>,
@@ -727,6 +970,12 @@ pub struct ServeSettings {
 }
 
 impl ServeSettings {
+    /// The default tenant.
+    pub fn corti(&self) -> &CortiSettings {
+        // `for_serve` never yields an empty list.
+        &self.tenants[0]
+    }
+
     /// Loads and checks in one step (tests, embedding).
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
         Settings::load(sources)?.for_serve()
@@ -742,7 +991,10 @@ impl Settings {
             corti_tenant: CORTI_TENANT.read_defaulted(sources)?,
             corti_client_id: CORTI_CLIENT_ID.read(sources)?,
             corti_client_secret: CORTI_CLIENT_SECRET.read(sources)?,
+            corti_client_secret_file: sources.secret_path(CORTI_CLIENT_SECRET.name),
             corti_auth_url: CORTI_AUTH_URL.read(sources)?,
+            tenants: tenant_tables(sources.tenants.as_ref())?,
+            default_tenant: DEFAULT_TENANT.read(sources)?,
             session_jwt_secret: SESSION_JWT_SECRET.read(sources)?,
             session_jwt_public_key_file: SESSION_JWT_PUBLIC_KEY_FILE.read(sources)?,
             session_jwks_url: SESSION_JWKS_URL.read(sources)?,
@@ -778,18 +1030,7 @@ impl Settings {
 
     /// The one check of what `serve` cannot run without; the first gap is named.
     pub fn for_serve(self) -> Result<ServeSettings, ConfigError> {
-        let environment = self
-            .corti_environment
-            .ok_or_else(|| CORTI_ENVIRONMENT.error("is required (eu or us)"))?;
-        let client_id = self
-            .corti_client_id
-            .ok_or_else(|| CORTI_CLIENT_ID.error("is required"))?;
-        let client_secret = self.corti_client_secret.ok_or_else(|| {
-            CORTI_CLIENT_SECRET.error(format!(
-                "is required (or {}_FILE)",
-                CORTI_CLIENT_SECRET.name
-            ))
-        })?;
+        let tenants = self.serve_tenants()?;
         let introspection = introspection_settings(
             self.session_introspection_url,
             self.session_introspection_client_id,
@@ -855,9 +1096,6 @@ impl Settings {
             }
             Some(k) => k,
         };
-        let auth_url = self
-            .corti_auth_url
-            .unwrap_or_else(|| corti_auth_url_for(environment));
         let token_cache_key = match self.token_cache_key {
             Some(k) if k.expose_secret().len() < 32 => {
                 return Err(TOKEN_CACHE_KEY.error("must be at least 32 bytes"))
@@ -872,13 +1110,7 @@ impl Settings {
         };
         Ok(ServeSettings {
             listen_addr: self.listen_addr,
-            corti: CortiSettings {
-                environment,
-                tenant: self.corti_tenant,
-                client_id,
-                client_secret,
-                auth_url,
-            },
+            tenants,
             session: SessionSettings {
                 keys,
                 issuer: self.session_jwt_issuer,
@@ -928,7 +1160,7 @@ impl Settings {
             .corti_auth_url
             .clone()
             .or_else(|| self.corti_environment.map(corti_auth_url_for));
-        vec![
+        let mut lines = vec![
             line(&LISTEN_ADDR, self.listen_addr),
             opt(
                 &CORTI_ENVIRONMENT,
@@ -938,6 +1170,7 @@ impl Settings {
             opt(&CORTI_CLIENT_ID, self.corti_client_id.as_ref()),
             secret(&CORTI_CLIENT_SECRET, &self.corti_client_secret),
             opt(&CORTI_AUTH_URL, auth_url),
+            opt(&DEFAULT_TENANT, self.default_tenant.as_ref()),
             secret(&SESSION_JWT_SECRET, &self.session_jwt_secret),
             opt(
                 &SESSION_JWT_PUBLIC_KEY_FILE,
@@ -1005,7 +1238,22 @@ impl Settings {
                     .collect::<Vec<_>>()
                     .join(","),
             ),
-        ]
+        ];
+        for t in &self.tenants {
+            let secret_file = t
+                .client_secret_file
+                .as_ref()
+                .map(|p| format!(" client_secret_file={}", p.display()))
+                .unwrap_or_default();
+            lines.push(format!(
+                "{TENANTS_KEY}[{}]=environment={} client_id={} client_secret=(set, redacted){secret_file} auth_url={}",
+                t.tenant,
+                t.environment.as_str(),
+                t.client_id,
+                t.auth_url
+            ));
+        }
+        lines
     }
 }
 
@@ -1217,7 +1465,7 @@ mod tests {
     #[test]
     fn serve_settings_are_complete_or_name_the_first_gap() {
         let s = ServeSettings::load(&Sources::from_pairs(complete())).unwrap();
-        assert_eq!(s.corti.auth_url, "https://auth.us.corti.app");
+        assert_eq!(s.corti().auth_url, "https://auth.us.corti.app");
         assert!(matches!(s.session.keys, SessionKeys::Secret(_)));
         for (i, (name, _)) in complete().into_iter().enumerate() {
             let mut pairs = complete();
@@ -1405,6 +1653,196 @@ mod tests {
         assert_eq!(s.dev_token_lifetime, Duration::from_secs(120));
         let s = Settings::load(&Sources::from_pairs([("DEV_TOKEN_LIFETIME", "45")])).unwrap();
         assert_eq!(s.dev_token_lifetime, Duration::from_secs(45));
+    }
+
+    /// The complete settings without any `CORTI_*`, plus a TOML text.
+    fn tenants_toml(text: &str) -> Result<ServeSettings, ConfigError> {
+        let mut pairs = complete();
+        pairs.retain(|(k, _)| !k.starts_with("CORTI_"));
+        ServeSettings::load(&Sources::from_pairs_and_toml(pairs, text)?)
+    }
+
+    const TWO: &str = r#"
+default_tenant = "acme"
+
+[[tenants]]
+name = "base"
+environment = "eu"
+client_id = "base-client"
+client_secret = "fake-base-secret"
+
+[[tenants]]
+name = "acme"
+environment = "us"
+client_id = "acme-client"
+client_secret = "fake-acme-secret"
+auth_url = "http://127.0.0.1:9/"
+"#;
+
+    #[test]
+    fn tenants_come_from_the_toml_file_with_the_default_first() {
+        let s = tenants_toml(TWO).unwrap();
+        let names: Vec<&str> = s.tenants.iter().map(|t| t.tenant.as_str()).collect();
+        assert_eq!(names, ["acme", "base"]);
+        assert_eq!(s.corti().environment, Environment::Us);
+        assert_eq!(s.corti().auth_url, "http://127.0.0.1:9");
+        assert_eq!(s.tenants[1].auth_url, "https://auth.eu.corti.app");
+        assert_eq!(
+            s.tenants[1].client_secret.expose_secret(),
+            "fake-base-secret"
+        );
+        let lines = Settings::load(
+            &Sources::from_pairs_and_toml(Vec::<(String, String)>::new(), TWO).unwrap(),
+        )
+        .unwrap()
+        .redacted_lines()
+        .join("\n");
+        assert!(lines.contains("DEFAULT_TENANT=acme"), "{lines}");
+        assert!(
+            lines.contains(
+                "tenants[acme]=environment=us client_id=acme-client client_secret=(set, redacted)"
+            ),
+            "{lines}"
+        );
+        assert!(!lines.contains("fake-acme-secret") && !lines.contains("fake-base-secret"));
+    }
+
+    #[test]
+    fn a_single_tenant_needs_no_default_and_corti_settings_are_one_more_tenant() {
+        let one = TWO
+            .split("[[tenants]]")
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("[[tenants]]");
+        let one = one.replace("default_tenant = \"acme\"", "");
+        assert_eq!(tenants_toml(&one).unwrap().corti().tenant.as_str(), "base");
+        // CORTI_* (tenant `base`) beside an `acme` entry: two tenants, so a default.
+        let acme = format!("[[tenants]]{}", TWO.split("[[tenants]]").nth(2).unwrap());
+        let both = |extra: &str| {
+            ServeSettings::load(
+                &Sources::from_pairs_and_toml(complete(), &format!("{extra}\n{acme}")).unwrap(),
+            )
+        };
+        let err = both("").unwrap_err();
+        assert_eq!(err.setting, "DEFAULT_TENANT", "{err}");
+        let s = both("default_tenant = \"base\"").unwrap();
+        let names: Vec<&str> = s.tenants.iter().map(|t| t.tenant.as_str()).collect();
+        assert_eq!(names, ["base", "acme"]);
+        assert_eq!(s.corti().client_id, "client");
+        // The same name from CORTI_TENANT and [[tenants]] is one tenant twice.
+        let mut pairs = complete();
+        pairs.push(("CORTI_TENANT", "acme".into()));
+        let err =
+            ServeSettings::load(&Sources::from_pairs_and_toml(pairs, &acme).unwrap()).unwrap_err();
+        assert_eq!(err.setting, "tenants[acme].name", "{err}");
+        assert!(err.problem.contains("CORTI_TENANT"), "{err}");
+    }
+
+    #[test]
+    fn each_tenant_mistake_names_its_key() {
+        let cases = [
+            (
+                TWO.replace("name = \"acme\"", "name = \"base\""),
+                "tenants[base].name",
+            ),
+            (
+                TWO.replace("\"us\"", "\"mars\""),
+                "tenants[acme].environment",
+            ),
+            (
+                TWO.replace("client_id = \"acme-client\"", ""),
+                "tenants[acme].client_id",
+            ),
+            (
+                TWO.replace("client_secret = \"fake-acme-secret\"", ""),
+                "tenants[acme].client_secret",
+            ),
+            (
+                TWO.replace(
+                    "client_secret = \"fake-acme-secret\"",
+                    "client_secret = \"x\"\nclient_secret_file = \"/x\"",
+                ),
+                "tenants[acme].client_secret",
+            ),
+            (
+                TWO.replace(
+                    "client_secret = \"fake-acme-secret\"",
+                    "client_secret_file = \"/nonexistent/tv-secret\"",
+                ),
+                "tenants[acme].client_secret_file",
+            ),
+            (
+                TWO.replace("http://127.0.0.1:9/", "http://auth.example.test"),
+                "tenants[acme].auth_url",
+            ),
+            (
+                TWO.replace("name = \"acme\"", "name = \"ac me\""),
+                "tenants[1].name",
+            ),
+            (
+                TWO.replace("name = \"acme\"", "nmae = \"acme\""),
+                "tenants[1].name",
+            ),
+            (
+                TWO.replace("auth_url", "auth_uri"),
+                "tenants[acme].auth_uri",
+            ),
+            (
+                TWO.replace("default_tenant = \"acme\"", "default_tenant = \"zeta\""),
+                "DEFAULT_TENANT",
+            ),
+            (
+                TWO.replace("default_tenant = \"acme\"", ""),
+                "DEFAULT_TENANT",
+            ),
+            ("tenants = \"base\"".to_owned(), "tenants"),
+        ];
+        for (text, key) in cases {
+            let err = tenants_toml(&text).unwrap_err();
+            assert_eq!(err.setting, key, "{err}\n{text}");
+        }
+        // Without [[tenants]] and CORTI_*, the old first gap is still named.
+        let err = tenants_toml("").unwrap_err();
+        assert_eq!(err.setting, "CORTI_ENVIRONMENT", "{err}");
+    }
+
+    #[test]
+    fn a_secret_file_is_remembered_so_it_can_be_re_read() {
+        let dir = std::env::temp_dir().join(format!("tv-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("acme");
+        std::fs::write(&path, "fake-acme-from-file\n").unwrap();
+        let text = TWO.replace(
+            "client_secret = \"fake-acme-secret\"",
+            &format!("client_secret_file = \"{}\"", path.display()),
+        );
+        let s = tenants_toml(&text).unwrap();
+        assert_eq!(
+            s.corti().client_secret.expose_secret(),
+            "fake-acme-from-file"
+        );
+        assert_eq!(
+            s.corti().client_secret_file.as_deref(),
+            Some(path.as_path())
+        );
+        assert_eq!(
+            s.corti().client_secret_setting,
+            "tenants[acme].client_secret_file"
+        );
+        let mut pairs = complete();
+        pairs.retain(|(k, _)| *k != "CORTI_CLIENT_SECRET");
+        pairs.push(("CORTI_CLIENT_SECRET_FILE", path.display().to_string()));
+        let s = ServeSettings::load(&Sources::from_pairs(pairs)).unwrap();
+        assert_eq!(
+            s.corti().client_secret_file.as_deref(),
+            Some(path.as_path())
+        );
+        let s = ServeSettings::load(&Sources::from_pairs(complete())).unwrap();
+        assert_eq!(s.corti().client_secret_file, None);
+        std::fs::write(&path, "\n").unwrap();
+        let err = tenants_toml(&text).unwrap_err();
+        assert_eq!(err.setting, "tenants[acme].client_secret_file", "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The Corti auth (Keycloak) client: client-credentials exchange and the check that a
 //! granted token is no wider than what was asked.
 
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::config::{Environment, Tenant};
+use crate::config::{read_secret_file, Environment, Tenant};
 use crate::jwks::{JwksCache, JwksPolicy};
 use crate::jwt::{self, JwtError, Keys, Rules};
 use crate::scope::{GrantError, RequestedScope};
@@ -94,13 +96,78 @@ struct AccessClaims {
     exp: i64,
 }
 
+/// The client secret as it is now: re-read from its file on change and on SIGHUP
+/// (see [`crate::reload`]). A vend copies the current value out; no lock is held
+/// across an await.
+pub struct ClientSecret {
+    value: RwLock<SecretString>,
+    file: Option<PathBuf>,
+    /// The setting naming the file, for log lines.
+    setting: String,
+}
+
+impl ClientSecret {
+    pub fn new(
+        value: SecretString,
+        file: Option<PathBuf>,
+        setting: impl Into<String>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            value: RwLock::new(value),
+            file,
+            setting: setting.into(),
+        })
+    }
+
+    /// A secret that is never re-read.
+    pub fn fixed(value: SecretString) -> Arc<Self> {
+        Self::new(value, None, "client secret")
+    }
+
+    pub fn current(&self) -> SecretString {
+        match self.value.read() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The file it is read from, when it is re-read at all.
+    pub fn file(&self) -> Option<&PathBuf> {
+        self.file.as_ref()
+    }
+}
+
+impl crate::reload::Reloadable for ClientSecret {
+    fn name(&self) -> String {
+        self.setting.clone()
+    }
+
+    fn paths(&self) -> Vec<PathBuf> {
+        self.file.iter().cloned().collect()
+    }
+
+    /// An unreadable or empty file keeps the old secret.
+    fn reload(&self) -> Result<(), String> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let fresh = read_secret_file(path)?;
+        let mut value = match self.value.write() {
+            Ok(v) => v,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *value = SecretString::from(fresh);
+        Ok(())
+    }
+}
+
 /// Settings the client needs.
 pub struct CortiClientConfig {
     pub auth_base_url: String,
     pub tenant: Tenant,
     pub environment: Environment,
     pub client_id: String,
-    pub client_secret: SecretString,
+    pub client_secret: Arc<ClientSecret>,
     pub timeout: Duration,
 }
 
@@ -109,7 +176,7 @@ pub struct CortiClient {
     http: reqwest::Client,
     token_url: String,
     client_id: String,
-    client_secret: SecretString,
+    client_secret: Arc<ClientSecret>,
     tenant: Tenant,
     environment: Environment,
     timeout: Duration,
@@ -186,10 +253,11 @@ impl CortiClient {
             .await
             .map_err(|_| UpstreamError::KeysUnavailable)?;
         let scope_string = scope.to_oauth_string();
+        let secret = self.client_secret.current();
         let form = [
             ("grant_type", "client_credentials"),
             ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.expose_secret()),
+            ("client_secret", secret.expose_secret()),
             ("scope", scope_string.as_str()),
         ];
         let response = self
@@ -228,10 +296,11 @@ impl CortiClient {
                 tracing::error!(
                     status = status.as_u16(),
                     error = %code,
-                    "Corti auth rejected the client credentials: check CORTI_CLIENT_ID, CORTI_CLIENT_SECRET and CORTI_TENANT"
+                    tenant = %self.tenant,
+                    "Corti auth rejected the client credentials: check CORTI_CLIENT_ID, CORTI_CLIENT_SECRET and CORTI_TENANT (or the tenant's [[tenants]] entry)"
                 );
             } else {
-                tracing::error!(status = status.as_u16(), error = %code, "Corti auth refused the token request");
+                tracing::error!(status = status.as_u16(), error = %code, tenant = %self.tenant, "Corti auth refused the token request");
             }
             return Err(UpstreamError::Refused {
                 status: status.as_u16(),

@@ -23,6 +23,7 @@ pub mod scope;
 pub mod session;
 pub mod startup;
 pub mod telemetry;
+pub mod tenants;
 pub mod text;
 pub mod upstream;
 pub mod vend;

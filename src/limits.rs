@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::address::address_group;
 use crate::background::spawn_while_alive;
-use crate::config::{Rate, Settings};
+use crate::config::{Rate, Settings, Tenant};
 use crate::metrics::Metrics;
 
 use self::local::LocalLimiter;
@@ -173,16 +173,22 @@ impl Limits {
         self.decide(&self.side, local, || bucket.to_string()).await
     }
 
-    /// Checks and spends one request of the user's quota.
-    pub async fn check_user(&self, subject: &str) -> Decision {
-        let local = self.hasher.hash_one(subject);
-        self.decide(&self.user, local, || subject_digest(subject))
-            .await
+    /// Checks and spends one request of the user's quota at `tenant`: each tenant's
+    /// quota is the user's own.
+    pub async fn check_user(&self, tenant: &Tenant, subject: &str) -> Decision {
+        let local = self.hasher.hash_one((tenant.as_str(), subject));
+        self.decide(&self.user, local, || {
+            format!("{tenant}:{}", subject_digest(subject))
+        })
+        .await
     }
 
-    /// Checks and spends one call of the service's upstream budget.
-    pub async fn check_upstream(&self) -> Decision {
-        self.decide(&self.upstream, 0, || "all".to_owned()).await
+    /// Checks and spends one call of the tenant's upstream budget (its client
+    /// credentials are what the budget protects).
+    pub async fn check_upstream(&self, tenant: &Tenant) -> Decision {
+        let local = self.hasher.hash_one(tenant.as_str());
+        self.decide(&self.upstream, local, || tenant.to_string())
+            .await
     }
 
     #[tracing::instrument(
@@ -262,19 +268,49 @@ mod tests {
             rate(100, Duration::from_secs(60)),
             rate(3, Duration::from_secs(60)),
         );
-        let first = l.check_user("alice").await;
+        let base = Tenant::parse("base").unwrap();
+        let first = l.check_user(&base, "alice").await;
         assert_eq!(first.remaining, 2);
         assert_eq!(first.reset, Duration::from_secs(20));
-        l.check_user("alice").await;
-        let third = l.check_user("alice").await;
+        l.check_user(&base, "alice").await;
+        let third = l.check_user(&base, "alice").await;
         assert!(third.allowed());
         assert_eq!(third.remaining, 0);
-        let fourth = l.check_user("alice").await;
+        let fourth = l.check_user(&base, "alice").await;
         let wait = fourth.retry_after.expect("refused");
         assert!(wait > Duration::from_secs(19) && wait <= Duration::from_secs(20));
         assert!(
-            l.check_user("bob").await.allowed(),
+            l.check_user(&base, "bob").await.allowed(),
             "other users are not affected"
+        );
+        assert!(
+            l.check_user(&Tenant::parse("acme").unwrap(), "alice")
+                .await
+                .allowed(),
+            "the user's quota at another tenant is its own"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_tenant_has_an_upstream_budget_of_its_own() {
+        let l = Limits::new(
+            LimitRates {
+                per_ip: rate(100, Duration::from_secs(60)),
+                per_user: rate(100, Duration::from_secs(60)),
+                upstream: rate(1, Duration::from_secs(60)),
+            },
+            None,
+            Arc::new(Metrics::new()),
+        );
+        let (base, acme) = (
+            Tenant::parse("base").unwrap(),
+            Tenant::parse("acme").unwrap(),
+        );
+        assert!(l.check_upstream(&base).await.allowed());
+        assert!(!l.check_upstream(&base).await.allowed());
+        assert!(
+            l.check_upstream(&acme).await.allowed(),
+            "acme's budget is its own"
         );
     }
 
@@ -310,7 +346,8 @@ mod tests {
             rate(1000, Duration::from_millis(1000)),
         );
         for i in 0..1000 {
-            l.check_user(&format!("user-{i}")).await;
+            l.check_user(&Tenant::parse("base").unwrap(), &format!("user-{i}"))
+                .await;
         }
         assert_eq!(l.tracked_keys().1, 1000);
         tokio::time::sleep(Duration::from_millis(1100)).await;

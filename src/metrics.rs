@@ -74,11 +74,19 @@ impl Format {
 struct VendLabels {
     outcome: &'static str,
     scope: String,
+    /// A configured tenant's name, or `none` before the vend's tenant is known.
+    tenant: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,6 +103,12 @@ struct RouteLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceTenantLabels {
+    source: &'static str,
+    tenant: String,
 }
 
 /// State of the upstream circuit breaker, as the gauge reports it.
@@ -190,7 +204,7 @@ impl AuditWriterMetrics {
 /// Each watched JWKS cache's "serving stale keys" flag, read at scrape time.
 #[derive(Debug, Default)]
 struct JwksCollector {
-    caches: Mutex<Vec<(&'static str, Gauge)>>,
+    caches: Mutex<Vec<(&'static str, Option<String>, Gauge)>>,
 }
 
 impl Collector for JwksCollector {
@@ -202,9 +216,15 @@ impl Collector for JwksCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (source, gauge) in caches.iter() {
-            let labels = SourceLabels { source };
-            ConstGauge::new(gauge.get()).encode(family.encode_family(&labels)?)?;
+        for (source, tenant, gauge) in caches.iter() {
+            let value = ConstGauge::new(gauge.get());
+            match tenant {
+                None => value.encode(family.encode_family(&SourceLabels { source })?)?,
+                Some(tenant) => value.encode(family.encode_family(&SourceTenantLabels {
+                    source,
+                    tenant: tenant.clone(),
+                })?)?,
+            }
         }
         Ok(())
     }
@@ -215,11 +235,11 @@ pub struct Metrics {
     registry: Registry,
     vends: Family<VendLabels, Counter>,
     upstream_calls: Family<ResultLabels, Counter>,
-    upstream_latency: Histogram,
+    upstream_latency: Family<TenantLabels, Histogram>,
     reuse_hits: Counter,
     coalesced_waiters: Counter,
     refusals: Family<KindLabels, Counter>,
-    breaker_state: Gauge,
+    breaker_state: Family<TenantLabels, Gauge>,
     redis_fallback: Gauge,
     redis_fallbacks: Counter,
     http_requests: Family<RouteLabels, Counter>,
@@ -247,20 +267,21 @@ impl Metrics {
         let vends = Family::<VendLabels, Counter>::default();
         registry.register(
             "vends",
-            "POST /v1/tokens attempts by audit outcome and scope",
+            "POST /v1/tokens attempts by audit outcome, scope and tenant",
             vends.clone(),
         );
         let upstream_calls = Family::<ResultLabels, Counter>::default();
         registry.register(
             "upstream_calls",
-            "Token requests sent to Corti auth, by result (each retry counts)",
+            "Token requests sent to Corti auth, by result and tenant (each retry counts)",
             upstream_calls.clone(),
         );
         // Keycloak usually answers in tens of milliseconds.
-        let upstream_latency = latency_histogram();
+        let upstream_latency =
+            Family::<TenantLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         registry.register(
             "upstream_call_duration_seconds",
-            "Duration of one token request to Corti auth",
+            "Duration of one token request to Corti auth, by tenant",
             upstream_latency.clone(),
         );
         let reuse_hits = Counter::default();
@@ -281,10 +302,10 @@ impl Metrics {
             "Requests refused by a rate limit, by key kind (ip, user, upstream, side)",
             refusals.clone(),
         );
-        let breaker_state = Gauge::default();
+        let breaker_state = Family::<TenantLabels, Gauge>::default();
         registry.register(
             "upstream_breaker_state",
-            "Circuit breaker in front of Corti auth: 0 closed, 1 open, 2 half-open",
+            "Circuit breaker in front of each tenant's Corti auth: 0 closed, 1 open, 2 half-open",
             breaker_state.clone(),
         );
         let redis_fallback = Gauge::default();
@@ -381,9 +402,10 @@ impl Metrics {
     }
 
     /// Reports `stale` (1 while the key set `source` is served from its last good
-    /// fetch after a failed refresh) as `token_vendor_jwks_stale{source}`.
-    pub fn watch_jwks(&self, source: &'static str, stale: Gauge) {
-        crate::background::lock(&self.jwks.caches).push((source, stale));
+    /// fetch after a failed refresh) as `token_vendor_jwks_stale{source}` (and
+    /// `tenant`, for a Corti realm's keys).
+    pub fn watch_jwks(&self, source: &'static str, tenant: Option<&str>, stale: Gauge) {
+        crate::background::lock(&self.jwks.caches).push((source, tenant.map(str::to_owned), stale));
     }
 
     /// One answered HTTP request; `route` is one of the service's route names.
@@ -395,23 +417,32 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// One finished `POST /v1/tokens`; `scope` must come from a parsed scope or be
-    /// `"none"`, so the label set stays small.
-    pub fn vend(&self, outcome: &'static str, scope: &str) {
+    /// One finished `POST /v1/tokens`; `scope` must come from a parsed scope and
+    /// `tenant` be a configured tenant, or either be `"none"`, so the label set stays
+    /// small.
+    pub fn vend(&self, outcome: &'static str, scope: &str, tenant: &str) {
         self.vends
             .get_or_create(&VendLabels {
                 outcome,
                 scope: scope.to_owned(),
+                tenant: tenant.to_owned(),
             })
             .inc();
     }
 
-    /// One request sent to Corti auth and how it ended.
-    pub fn upstream_call(&self, result: &'static str, took: Duration) {
+    /// One request sent to a tenant's Corti auth and how it ended.
+    pub fn upstream_call(&self, tenant: &str, result: &'static str, took: Duration) {
         self.upstream_calls
-            .get_or_create(&ResultLabels { result })
+            .get_or_create(&ResultLabels {
+                result,
+                tenant: tenant.to_owned(),
+            })
             .inc();
-        self.upstream_latency.observe(took.as_secs_f64());
+        self.upstream_latency
+            .get_or_create(&TenantLabels {
+                tenant: tenant.to_owned(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     pub fn reuse_hit(&self) {
@@ -438,8 +469,13 @@ impl Metrics {
         self.refusals.get_or_create(&KindLabels { kind }).inc();
     }
 
-    pub fn breaker(&self, state: BreakerGauge) {
-        self.breaker_state.set(state as i64);
+    /// A tenant's circuit breaker changed state.
+    pub fn breaker(&self, tenant: &str, state: BreakerGauge) {
+        self.breaker_state
+            .get_or_create(&TenantLabels {
+                tenant: tenant.to_owned(),
+            })
+            .set(state as i64);
     }
 
     /// Limits left Redis (`true`) or came back to it (`false`).
@@ -458,16 +494,20 @@ mod tests {
     #[test]
     fn renders_every_family_with_the_service_prefix() {
         let m = Metrics::new();
-        m.vend("issued", "openid transcribe");
+        m.vend("issued", "openid transcribe", "base");
         m.refused("user");
-        m.upstream_call("ok", Duration::from_millis(12));
+        m.upstream_call("base", "ok", Duration::from_millis(12));
+        m.breaker("acme", BreakerGauge::Closed);
         let text = m.render();
         assert!(text.contains(
-            "token_vendor_vends_total{outcome=\"issued\",scope=\"openid transcribe\"} 1"
-        ));
+            "token_vendor_vends_total{outcome=\"issued\",scope=\"openid transcribe\",tenant=\"base\"} 1"
+        ), "{text}");
         assert!(text.contains("token_vendor_rate_limit_refusals_total{kind=\"user\"} 1"));
-        assert!(text.contains("token_vendor_upstream_call_duration_seconds_count 1"));
-        assert!(text.contains("token_vendor_upstream_breaker_state 0"));
+        assert!(text.contains("token_vendor_upstream_calls_total{result=\"ok\",tenant=\"base\"} 1"));
+        assert!(
+            text.contains("token_vendor_upstream_call_duration_seconds_count{tenant=\"base\"} 1")
+        );
+        assert!(text.contains("token_vendor_upstream_breaker_state{tenant=\"acme\"} 0"));
         assert!(text.contains("token_vendor_rate_limit_redis_fallback 0"));
         assert!(text.ends_with("# EOF\n"));
     }
@@ -530,7 +570,7 @@ mod tests {
     fn audit_writer_and_jwks_series_exist_before_any_event() {
         let m = Metrics::new();
         let stale = Gauge::default();
-        m.watch_jwks("session", stale.clone());
+        m.watch_jwks("session", None, stale.clone());
         stale.set(1);
         m.audit_writer().commit(3, Duration::from_millis(2), false);
         let text = m.render();

@@ -55,6 +55,9 @@ pub struct Session {
     pub roles: Vec<String>,
     /// Limited scopes this user may have, when the app says (`corti_scopes` claim).
     pub allowed_scopes: Option<Vec<String>>,
+    /// Corti tenants this user may get tokens for, when the app says (`corti_tenants`
+    /// claim); without it, only the default tenant.
+    pub allowed_tenants: Option<Vec<String>>,
 }
 
 /// Why a session was not accepted. The detail is for the audit log, not the client.
@@ -77,6 +80,8 @@ struct Claims {
     roles: Option<StringOrList>,
     #[serde(default)]
     corti_scopes: Option<StringOrList>,
+    #[serde(default)]
+    corti_tenants: Option<StringOrList>,
 }
 
 #[derive(Deserialize)]
@@ -223,6 +228,7 @@ impl JwtVerifier {
             session_id: claims.sid.filter(|s| !s.is_empty() && s.len() <= 255),
             roles: claims.roles.map(StringOrList::into_vec).unwrap_or_default(),
             allowed_scopes: claims.corti_scopes.map(StringOrList::into_vec),
+            allowed_tenants: claims.corti_tenants.map(StringOrList::into_vec),
         })
     }
 }

@@ -15,9 +15,9 @@ use crate::audit::{AuditStore, Auditor, Fingerprinter};
 use crate::background::spawn_while_alive;
 use crate::browser::OriginPolicy;
 use crate::config::{
-    ConfigError, ServeSettings, AUDIT_SIGNING_KEY, RATE_LIMIT_REDIS_URL, TOKEN_CACHE_KEY,
+    ConfigError, ServeSettings, AUDIT_SIGNING_KEY, RATE_LIMIT_REDIS_URL, TENANTS_KEY,
+    TOKEN_CACHE_KEY,
 };
-use crate::corti::{CortiClient, CortiClientConfig};
 use crate::http::{self, AppState};
 use crate::jwt::Keys;
 use crate::lifecycle::{stop_signal, Draining};
@@ -26,7 +26,8 @@ use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::reuse::{FleetCache, TokenReuse};
 use crate::session::SessionVerifier;
-use crate::upstream::{ResilientUpstream, UpstreamPolicy};
+use crate::tenants::Tenants;
+use crate::upstream::UpstreamPolicy;
 use crate::vend::Vendor;
 
 /// Why the service could not start.
@@ -232,14 +233,17 @@ fn app_state(
     flood: FloodGuard,
     metrics: Arc<Metrics>,
 ) -> Result<AppState, StartupError> {
-    let corti = CortiClient::new(CortiClientConfig {
-        auth_base_url: settings.corti.auth_url.clone(),
-        tenant: settings.corti.tenant.clone(),
-        environment: settings.corti.environment,
-        client_id: settings.corti.client_id.clone(),
-        client_secret: settings.corti.client_secret.clone(),
-        timeout: settings.upstream_timeout,
-    })?;
+    if settings.tenants.is_empty() {
+        return Err(ConfigError::new(TENANTS_KEY, "no Corti tenant is configured").into());
+    }
+    let reloader = Reloader::new();
+    let tenants = Tenants::build(
+        &settings.tenants,
+        UpstreamPolicy::with_deadline(settings.upstream_timeout),
+        settings.upstream_timeout,
+        &metrics,
+        &reloader,
+    )?;
     let jwks_http = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(3))
         .timeout(std::time::Duration::from_secs(5))
@@ -250,9 +254,12 @@ fn app_state(
     let fingerprinter = Fingerprinter::new(settings.audit_hmac_key.clone());
     let auditor = Auditor::with_flood_guard(store, flood);
     let origins = OriginPolicy::new(settings.allowed_origins.iter().cloned());
-    for (source, keys) in [("session", sessions.keys()), ("corti", Some(corti.keys()))] {
-        if let Some(cache) = keys.and_then(Keys::jwks) {
-            metrics.watch_jwks(source, cache.stale_gauge());
+    if let Some(cache) = sessions.keys().and_then(Keys::jwks) {
+        metrics.watch_jwks("session", None, cache.stale_gauge());
+    }
+    for t in tenants.iter() {
+        if let Some(cache) = t.client().keys().jwks() {
+            metrics.watch_jwks("corti", Some(t.tenant().as_str()), cache.stale_gauge());
         }
     }
     let redis = settings
@@ -262,15 +269,13 @@ fn app_state(
         .transpose()
         .map_err(|e| ConfigError::new(RATE_LIMIT_REDIS_URL.name, e.to_string()))?;
     let fleet = fleet_cache(settings, &metrics)?;
-    let reloader = Reloader::new();
     if let Some(introspector) = sessions.introspector() {
         reloader.register(introspector.clone());
     }
-    let corti = Arc::new(corti);
     let vendor = Vendor {
         sessions,
         origins: origins.clone(),
-        corti: corti.clone(),
+        tenants,
         auditor: auditor.clone(),
         fingerprinter,
         limits: Limits::new(
@@ -283,11 +288,6 @@ fn app_state(
             metrics.clone(),
         ),
         reuse: TokenReuse::new(settings.token_reuse_min_ttl).with_fleet(fleet),
-        upstream: Arc::new(ResilientUpstream::new(
-            corti,
-            UpstreamPolicy::with_deadline(settings.upstream_timeout),
-            metrics.clone(),
-        )),
         metrics,
     };
     Ok(AppState {

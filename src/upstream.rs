@@ -86,8 +86,13 @@ pub struct ResilientUpstream {
 }
 
 impl ResilientUpstream {
+    /// The tenant's client behind this breaker.
+    pub fn client(&self) -> &Arc<CortiClient> {
+        &self.client
+    }
+
     pub fn new(client: Arc<CortiClient>, policy: UpstreamPolicy, metrics: Arc<Metrics>) -> Self {
-        metrics.breaker(BreakerGauge::Closed);
+        metrics.breaker(client.tenant().as_str(), BreakerGauge::Closed);
         Self {
             client,
             policy,
@@ -124,8 +129,11 @@ impl ResilientUpstream {
             let result = tokio::time::timeout(left, self.client.request_token(scope))
                 .await
                 .unwrap_or(Err(UpstreamError::Timeout));
-            self.metrics
-                .upstream_call(result_label(&result), started.elapsed());
+            self.metrics.upstream_call(
+                self.client.tenant().as_str(),
+                result_label(&result),
+                started.elapsed(),
+            );
             let error = match result {
                 Ok(token) => return Ok(token),
                 Err(e) => e,
@@ -197,7 +205,8 @@ impl ResilientUpstream {
                     since: now,
                     open_for,
                 };
-                self.metrics.breaker(BreakerGauge::HalfOpen);
+                self.metrics
+                    .breaker(self.client.tenant().as_str(), BreakerGauge::HalfOpen);
                 tracing::info!("Corti auth breaker half-open: probing");
                 Ok(Admission::Probe)
             }
@@ -232,7 +241,8 @@ impl ResilientUpstream {
                     until: now + open_for,
                     open_for,
                 };
-                self.metrics.breaker(BreakerGauge::Open);
+                self.metrics
+                    .breaker(self.client.tenant().as_str(), BreakerGauge::Open);
                 tracing::warn!(
                     open_for_s = open_for.as_secs(),
                     "Corti auth still failing; breaker open again"
@@ -240,7 +250,8 @@ impl ResilientUpstream {
             }
             (Breaker::HalfOpen { .. }, Admission::Probe, false) => {
                 gate.breaker = Breaker::Closed { failures: 0 };
-                self.metrics.breaker(BreakerGauge::Closed);
+                self.metrics
+                    .breaker(self.client.tenant().as_str(), BreakerGauge::Closed);
                 tracing::info!("Corti auth answers again; breaker closed");
             }
             (Breaker::Closed { failures }, _, true) => {
@@ -251,7 +262,8 @@ impl ResilientUpstream {
                         until: now + open_for,
                         open_for,
                     };
-                    self.metrics.breaker(BreakerGauge::Open);
+                    self.metrics
+                        .breaker(self.client.tenant().as_str(), BreakerGauge::Open);
                     tracing::warn!(
                         failures,
                         open_for_s = open_for.as_secs(),

@@ -1,6 +1,7 @@
 //! One vend, from a raw attempt to an audited result: IP limit → session signature →
-//! origin (CSRF) → session validity → user limit → content type → body → scope → user
-//! policy → reuse/single-flight (→ upstream budget → Corti) → audit.
+//! origin (CSRF) → session validity → user limit (at the tenant the body names) →
+//! content type → body → tenant → scope → user policy (tenant, scope) →
+//! reuse/single-flight (→ the tenant's upstream budget → its Corti) → audit.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -14,14 +15,15 @@ use time::OffsetDateTime;
 use crate::audit::{AuditEvent, Auditor, Fingerprinter, Outcome};
 use crate::browser::{OriginError, OriginPolicy};
 use crate::catalog::{ProblemType, TRY_AGAIN_SOON};
-use crate::corti::{CortiClient, GrantedToken, UpstreamError};
+use crate::config::Tenant;
+use crate::corti::{GrantedToken, UpstreamError};
 use crate::limits::{Decision, KeyKind, Limits, RateLimitReport};
 use crate::metrics::Metrics;
 use crate::reuse::{FetchError, ReuseKey, Source, TokenReuse};
 use crate::scope::{RequestedScope, ScopeError};
 use crate::session::{Session, SessionError, SessionVerifier};
+use crate::tenants::{TenantRoute, Tenants};
 use crate::text::clip;
-use crate::upstream::ResilientUpstream;
 
 /// Largest accepted request body; `{"scope":"transcribe streams"}` is 31 bytes.
 pub const MAX_BODY_BYTES: usize = 1024;
@@ -91,6 +93,10 @@ pub enum VendError {
     Origin(#[from] OriginError),
     #[error("scope {0:?} is not allowed for this user")]
     ScopeNotAllowed(String),
+    #[error("tenant \"{0}\" is not configured here")]
+    UnknownTenant(Tenant),
+    #[error("tenant \"{0}\" is not allowed for this user")]
+    TenantNotAllowed(Tenant),
     #[error("too many requests ({} limit)", kind.as_str())]
     RateLimited {
         kind: KeyKind,
@@ -145,6 +151,10 @@ impl VendError {
             ),
             VendError::Origin(_) => (P::OriginNotAllowed, Outcome::Forbidden, own(), None),
             VendError::ScopeNotAllowed(_) => (P::ScopeNotAllowed, Outcome::Forbidden, own(), None),
+            VendError::UnknownTenant(_) => (P::UnknownTenant, Outcome::InvalidRequest, own(), None),
+            VendError::TenantNotAllowed(_) => {
+                (P::TenantNotAllowed, Outcome::Forbidden, own(), None)
+            }
             VendError::RateLimited { retry_after, .. } => {
                 (P::RateLimited, Outcome::RateLimited, own(), Some(*retry_after))
             }
@@ -222,19 +232,21 @@ pub struct TokenBody {
 #[serde(deny_unknown_fields)]
 struct VendBody {
     scope: String,
+    /// The Corti tenant; the default tenant when absent.
+    #[serde(default)]
+    tenant: Option<String>,
 }
 
 /// The vending use-case with everything it depends on.
 pub struct Vendor {
     pub sessions: SessionVerifier,
     pub origins: OriginPolicy,
-    pub corti: Arc<CortiClient>,
+    /// Each tenant's Corti client behind its own retries and circuit breaker.
+    pub tenants: Tenants,
     pub auditor: Auditor,
     pub fingerprinter: Fingerprinter,
     pub limits: Arc<Limits>,
     pub reuse: TokenReuse,
-    /// `corti` behind retries and the circuit breaker.
-    pub upstream: Arc<ResilientUpstream>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -244,6 +256,8 @@ struct Trail {
     event: AuditEvent,
     rate_limits: RateLimitReport,
     scope: Option<RequestedScope>,
+    /// The configured tenant the attempt is for, once the body named it.
+    tenant: Option<Tenant>,
 }
 
 /// The end of one attempt: its result, its audit event and the limits it was
@@ -264,12 +278,14 @@ impl Vendor {
             event: self.begin_event(&attempt.caller),
             rate_limits: RateLimitReport::default(),
             scope: None,
+            tenant: None,
         };
         let result = self.run(attempt, &mut trail).await;
         let Trail {
             mut event,
             rate_limits,
             scope,
+            tenant,
         } = trail;
         let mut result = result.map(|vended| self.body(vended, &mut event));
 
@@ -285,7 +301,9 @@ impl Vendor {
         }
         // Only parsed scopes label the metric, so the label set stays small.
         let scope_label = scope.map_or_else(|| "none".to_owned(), |s| s.to_oauth_string());
-        self.metrics.vend(event.outcome.as_str(), &scope_label);
+        let tenant_label = tenant.as_ref().map_or("none", Tenant::as_str);
+        self.metrics
+            .vend(event.outcome.as_str(), &scope_label, tenant_label);
         Handled {
             result,
             event,
@@ -304,12 +322,14 @@ impl Vendor {
         let _ = self.auditor.record(&event).await;
     }
 
-    /// A new event for this caller, its outcome not known yet.
+    /// A new event for this caller, its outcome not known yet; its tenant is the
+    /// default one until the body names another.
     fn begin_event(&self, caller: &Caller) -> AuditEvent {
+        let default = self.tenants.default_route();
         let mut event = AuditEvent::begin(
             &caller.request_id,
-            self.corti.tenant().as_str(),
-            self.corti.environment().as_str(),
+            default.tenant().as_str(),
+            default.environment().as_str(),
         );
         event.client_ip = caller.client_ip.map(|ip| ip.to_string());
         event.user_agent = caller.user_agent.as_deref().map(|ua| clip(ua, 256));
@@ -347,42 +367,65 @@ impl Vendor {
         self.origins
             .check_request(caller.origin.as_deref(), via_cookie)?;
         let session = verified?;
+        // The body is read first only to learn whose quota this is: each tenant's is
+        // the user's own. Its errors are answered after the quota is spent, as before.
+        let parsed = read_body(content_type.as_deref(), body);
+        let quota_tenant = parsed
+            .as_ref()
+            .ok()
+            .and_then(|b| b.tenant.as_deref())
+            .and_then(|name| Tenant::parse(name).ok())
+            .and_then(|t| self.tenants.get(&t))
+            .unwrap_or(self.tenants.default_route())
+            .tenant();
         // Only a verified session spends its user's quota.
         admit(
             &mut trail.rate_limits,
-            self.limits.check_user(session.subject.as_str()).await,
+            self.limits
+                .check_user(quota_tenant, session.subject.as_str())
+                .await,
         )?;
-
-        if !is_json(content_type.as_deref()) {
-            return Err(VendError::UnsupportedMediaType);
-        }
-        let body = body.map_err(|e| match e {
-            BodyError::TooLarge => VendError::PayloadTooLarge,
-            BodyError::Unreadable => {
-                VendError::InvalidRequest("request body could not be read".into())
-            }
-        })?;
-        // serde reads a struct from a JSON array too; the body must be an object.
-        if body.trim_ascii_start().first() != Some(&b'{') {
-            return Err(VendError::InvalidRequest(
-                "body must be {\"scope\": \"transcribe\"}: not a JSON object".into(),
-            ));
-        }
-        let parsed: VendBody = serde_json::from_slice(&body).map_err(|e| {
-            VendError::InvalidRequest(format!(
-                "body must be {{\"scope\": \"transcribe\"}}: {}",
-                clip(&e.to_string(), 120)
-            ))
-        })?;
+        let parsed = parsed?;
+        let route = self.route_for(parsed.tenant.as_deref(), trail)?;
         trail.event.scope = Some(clip(&parsed.scope, 128));
         let scope = RequestedScope::parse(&parsed.scope)
             .map_err(|e: ScopeError| VendError::InvalidRequest(e.to_string()))?;
         trail.event.scope = Some(scope.to_oauth_string());
         trail.scope = Some(scope.clone());
 
+        check_user_may_use(
+            &session,
+            route.tenant(),
+            self.tenants.default_route().tenant(),
+        )?;
         check_user_may_have(&session, &scope)?;
 
-        self.token_for(&session, scope, &mut trail.event).await
+        self.token_for(&session, scope, &route, &mut trail.event)
+            .await
+    }
+
+    /// The configured tenant the body names (the default when it names none); the
+    /// attempt's audit event is then the tenant's.
+    fn route_for(
+        &self,
+        requested: Option<&str>,
+        trail: &mut Trail,
+    ) -> Result<Arc<TenantRoute>, VendError> {
+        let route = match requested {
+            None => self.tenants.default_route(),
+            Some(name) => {
+                // Checked before the name reaches a log line or the audit detail.
+                let tenant = Tenant::parse(name)
+                    .map_err(|e| VendError::InvalidRequest(format!("tenant {e}")))?;
+                self.tenants
+                    .get(&tenant)
+                    .ok_or(VendError::UnknownTenant(tenant))?
+            }
+        };
+        trail.event.tenant = route.tenant().to_string();
+        trail.event.environment = route.environment().as_str().to_owned();
+        trail.tenant = Some(route.tenant().clone());
+        Ok(route.clone())
     }
 
     /// A live token of this user's, an identical call's result, or a new token, from
@@ -391,17 +434,19 @@ impl Vendor {
         &self,
         session: &Session,
         scope: RequestedScope,
+        route: &TenantRoute,
         event: &mut AuditEvent,
     ) -> Result<Vended, VendError> {
+        let tenant = route.tenant().clone();
         let key = ReuseKey {
             subject: session.subject.clone(),
             scope: scope.clone(),
-            tenant: self.corti.tenant().clone(),
+            tenant: tenant.clone(),
         };
         let limits = self.limits.clone();
-        let upstream = self.upstream.clone();
+        let upstream = route.upstream.clone();
         let fetch = async move {
-            let budget = limits.check_upstream().await;
+            let budget = limits.check_upstream(&tenant).await;
             if let Some(retry_after) = budget.retry_after {
                 return Err(FetchError::Budget { retry_after });
             }
@@ -460,8 +505,9 @@ impl Vendor {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
             scope: token.scope,
-            tenant_name: self.corti.tenant().to_string(),
-            environment: self.corti.environment().as_str().to_owned(),
+            // The event's tenant is the one the token was requested from.
+            tenant_name: event.tenant.clone(),
+            environment: event.environment.clone(),
         }
     }
 }
@@ -488,6 +534,50 @@ fn set_outcome(event: &mut AuditEvent, result: &Result<TokenBody, VendError>) {
             event.status = class.problem.status();
             event.detail = Some(clip(&e.to_string(), 300));
         }
+    }
+}
+
+/// The body, as JSON, once its content type and shape are right.
+fn read_body(
+    content_type: Option<&str>,
+    body: Result<Vec<u8>, BodyError>,
+) -> Result<VendBody, VendError> {
+    if !is_json(content_type) {
+        return Err(VendError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|e| match e {
+        BodyError::TooLarge => VendError::PayloadTooLarge,
+        BodyError::Unreadable => VendError::InvalidRequest("request body could not be read".into()),
+    })?;
+    // serde reads a struct from a JSON array too; the body must be an object.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(VendError::InvalidRequest(
+            "body must be {\"scope\": \"transcribe\"}: not a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        VendError::InvalidRequest(format!(
+            "body must be {{\"scope\": \"transcribe\"}}: {}",
+            clip(&e.to_string(), 120)
+        ))
+    })
+}
+
+/// Which tenants a user may get comes from the session's `corti_tenants` claim; without
+/// it, only the default tenant.
+fn check_user_may_use(
+    session: &Session,
+    tenant: &Tenant,
+    default: &Tenant,
+) -> Result<(), VendError> {
+    let allowed = match &session.allowed_tenants {
+        Some(allowed) => allowed.iter().any(|a| a == tenant.as_str()),
+        None => tenant == default,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(VendError::TenantNotAllowed(tenant.clone()))
     }
 }
 

@@ -139,14 +139,14 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
         ..Settings::default()
     }
     .for_serve()?;
-    let api = ApiStandIn::start(standin.clone(), settings.corti.tenant.as_str().to_owned())
+    let api = ApiStandIn::start(standin.clone(), settings.corti().tenant.as_str().to_owned())
         .map_err(bind_error("127.0.0.1:0 (speech API stand-in)"))?;
     let demo = demo::Demo {
         session_secret: session_secret.clone(),
         reader_role: settings.audit_reader_role.clone(),
         cookie_name: settings.session.cookie_name.clone(),
         api_base_url: api.base_url(),
-        tenant: settings.corti.tenant.as_str().to_owned(),
+        tenant: settings.corti().tenant.as_str().to_owned(),
         environment: Environment::Eu.as_str().to_owned(),
         token_lifetime,
         refresh_margin_secs: REFRESH_MARGIN.as_secs(),

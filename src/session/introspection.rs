@@ -252,6 +252,8 @@ struct RawAnswer {
     corti_scopes: Option<StringOrList>,
     #[serde(default)]
     roles: Option<StringOrList>,
+    #[serde(default)]
+    corti_tenants: Option<StringOrList>,
 }
 
 /// Reads an RFC 7662 answer. `Err` when it is not one (the endpoint is then treated as
@@ -303,6 +305,7 @@ fn parse_answer(body: &[u8]) -> Answer {
             session_id: raw.sid.filter(|s| !s.is_empty() && s.len() <= 255),
             roles: raw.roles.map(StringOrList::into_vec).unwrap_or_default(),
             allowed_scopes,
+            allowed_tenants: raw.corti_tenants.map(StringOrList::into_vec),
         },
         raw.exp,
     ))
@@ -447,6 +450,15 @@ mod tests {
             "no Corti scope: none allowed"
         );
         assert_eq!(active(r#"{"active":true,"sub":"u1"}"#).allowed_scopes, None);
+        assert_eq!(
+            active(r#"{"active":true,"sub":"u1"}"#).allowed_tenants,
+            None
+        );
+        let s = active(r#"{"active":true,"sub":"u1","corti_tenants":"base acme"}"#);
+        assert_eq!(
+            s.allowed_tenants,
+            Some(vec!["base".to_string(), "acme".to_string()])
+        );
 
         for inactive in [
             r#"{"active":false}"#,

@@ -428,3 +428,58 @@ fn healthcheck_passes_against_the_real_service() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn check_config_lists_every_tenant_with_its_secret_redacted() {
+    let dir = std::env::temp_dir().join(format!("tv-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let acme_secret = format!("fake-acme-{}", uuid::Uuid::new_v4().simple());
+    let base_secret = format!("fake-base-{}", uuid::Uuid::new_v4().simple());
+    let secret_file = dir.join("acme-secret");
+    std::fs::write(&secret_file, format!("{acme_secret}\n")).unwrap();
+    let config = dir.join("token-vendor.toml");
+    let tenants = format!(
+        "default_tenant = \"base\"\n\
+         session_jwt_secret = \"fake-session-secret-0123456789abcdef\"\n\
+         audit_hmac_key = \"fake-audit-key-0123\"\n\n\
+         [[tenants]]\nname = \"base\"\nenvironment = \"eu\"\nclient_id = \"base-client\"\nclient_secret = \"{base_secret}\"\n\n\
+         [[tenants]]\nname = \"acme\"\nenvironment = \"us\"\nclient_id = \"acme-client\"\nclient_secret_file = \"{}\"\n",
+        secret_file.display()
+    );
+    std::fs::write(&config, &tenants).unwrap();
+
+    let out = run(&["--config", config.to_str().unwrap(), "check-config"], &[]);
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("DEFAULT_TENANT=base"), "{stdout}");
+    assert!(stdout.contains(
+        "tenants[base]=environment=eu client_id=base-client client_secret=(set, redacted) auth_url=https://auth.eu.corti.app"
+    ), "{stdout}");
+    assert!(stdout.contains(&format!(
+        "tenants[acme]=environment=us client_id=acme-client client_secret=(set, redacted) client_secret_file={} auth_url=https://auth.us.corti.app",
+        secret_file.display()
+    )), "{stdout}");
+    assert!(
+        stdout.contains("tenants: base (eu, default), acme (us)"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(&acme_secret) && !stdout.contains(&base_secret),
+        "{stdout}"
+    );
+
+    // A mistake in one entry stops start-up with one line naming the key.
+    std::fs::write(&config, tenants.replace("\"us\"", "\"mars\"")).unwrap();
+    let out = run(&["--config", config.to_str().unwrap(), "serve"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("tenants[acme].environment"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

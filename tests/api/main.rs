@@ -12,6 +12,7 @@ mod observability;
 mod ops;
 mod session;
 mod session_introspection;
+mod tenants;
 mod tokens;
 mod upstream;
 

@@ -270,7 +270,7 @@ async fn metrics_count_requests_per_route_and_status_and_report_the_process() {
         "token_vendor_http_requests_total{route=\"unmatched\",status=\"404\"} 1",
         "token_vendor_http_request_duration_seconds_count{route=\"/v1/tokens\",status=\"200\"} 1",
         "token_vendor_audit_queue_depth 0",
-        "token_vendor_jwks_stale{source=\"corti\"} 0",
+        "token_vendor_jwks_stale{source=\"corti\",tenant=\"base\"} 0",
     ] {
         assert!(text.contains(line), "{line} in\n{text}");
     }

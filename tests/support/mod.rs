@@ -484,9 +484,23 @@ pub struct TestAppBuilder {
     secrets: Option<Secrets>,
     flood: Option<FloodGuard>,
     env: Vec<(String, String)>,
+    toml: Option<String>,
+    env_tenant: bool,
 }
 
 impl TestAppBuilder {
+    /// A `--config` TOML text (e.g. `[[tenants]]` tables); the environment wins over it.
+    pub fn toml(mut self, text: impl Into<String>) -> Self {
+        self.toml = Some(text.into());
+        self
+    }
+
+    /// No `CORTI_*` settings: the tenants come from [`TestAppBuilder::toml`] only.
+    pub fn without_env_tenant(mut self) -> Self {
+        self.env_tenant = false;
+        self
+    }
+
     pub fn store(mut self, store: Store) -> Self {
         self.store = store;
         self
@@ -605,12 +619,18 @@ impl TestAppBuilder {
                 (None, Some(url))
             }
         };
+        if !self.env_tenant {
+            env.retain(|(k, _)| !k.starts_with("CORTI_"));
+        }
         for (k, v) in self.env {
             env.retain(|(key, _)| *key != k);
             env.push((k, v));
         }
-        let settings =
-            ServeSettings::load(&Sources::from_pairs(env)).expect("test settings are valid");
+        let sources = match &self.toml {
+            Some(text) => Sources::from_pairs_and_toml(env, text).expect("test TOML is valid"),
+            None => Sources::from_pairs(env),
+        };
+        let settings = ServeSettings::load(&sources).expect("test settings are valid");
         let app = Application::build_with(
             settings,
             Options {
@@ -623,6 +643,7 @@ impl TestAppBuilder {
         .expect("app builds");
         let address = format!("http://127.0.0.1:{}", app.port());
         let draining = app.state().draining.clone();
+        let reloader = app.state().reloader.clone();
         let auditor = app.state().auditor.clone();
         tokio::spawn(app.run_until_stopped());
         TestApp {
@@ -642,6 +663,7 @@ impl TestAppBuilder {
             upstream_key,
             draining,
             auditor,
+            reloader,
         }
     }
 }
@@ -664,6 +686,8 @@ pub struct TestApp {
     pub draining: Draining,
     /// The service's auditor, e.g. to write a checkpoint now.
     pub auditor: token_vendor::audit::Auditor,
+    /// What SIGHUP runs: `reloader.reload_all()` re-reads every `_FILE` secret.
+    pub reloader: token_vendor::reload::Reloader,
 }
 
 impl TestApp {
@@ -677,6 +701,8 @@ impl TestApp {
             secrets: None,
             flood: None,
             env: Vec::new(),
+            toml: None,
+            env_tenant: true,
         }
     }
 
@@ -916,6 +942,65 @@ impl TestApp {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
+    }
+}
+
+/// A Corti tenant of its own for multi-tenant tests: a Keycloak-shaped stand-in (its
+/// token and certs URLs are per realm, and its tokens name the realm in `iss`) that
+/// knows only this tenant's client id and secret.
+pub struct TenantUpstream {
+    pub name: String,
+    pub environment: &'static str,
+    pub client_id: String,
+    pub secret: String,
+    pub standin: AuthStandIn,
+}
+
+impl TenantUpstream {
+    /// Needs a Tokio runtime (the stand-in serves on it).
+    pub fn start(name: &str, environment: &'static str) -> Self {
+        let client_id = format!("{name}-client-{}", random_hex(4));
+        let secret = format!("fake-{name}-secret-{}", random_hex(12));
+        let standin = AuthStandIn::start(StandInConfig {
+            client_id: client_id.clone(),
+            client_secret: secret.clone(),
+            token_lifetime: Duration::from_secs(300),
+        })
+        .expect("stand-in starts");
+        Self {
+            name: name.to_owned(),
+            environment,
+            client_id,
+            secret,
+            standin,
+        }
+    }
+
+    /// Its `[[tenants]]` table with the secret inline.
+    pub fn toml(&self) -> String {
+        self.toml_with(&format!("client_secret = \"{}\"", self.secret))
+    }
+
+    /// Its `[[tenants]]` table with the secret read from `path`.
+    pub fn toml_with_secret_file(&self, path: &std::path::Path) -> String {
+        self.toml_with(&format!("client_secret_file = \"{}\"", path.display()))
+    }
+
+    fn toml_with(&self, secret_line: &str) -> String {
+        format!(
+            "[[tenants]]\nname = \"{}\"\nenvironment = \"{}\"\nclient_id = \"{}\"\n{secret_line}\nauth_url = \"{}\"\n\n",
+            self.name,
+            self.environment,
+            self.client_id,
+            self.standin.base_url()
+        )
+    }
+
+    /// Whether `token` was issued by this tenant's realm to this tenant's client.
+    pub fn issued(&self, token: &str) -> bool {
+        self.standin.verify(token).is_some_and(|claims| {
+            claims.iss.ends_with(&format!("/realms/{}", self.name)) && claims.azp == self.client_id
+        })
     }
 }
 

@@ -72,6 +72,15 @@ impl ServeProcess {
         assert!(status.success(), "kill -TERM failed");
     }
 
+    /// SIGHUP: re-read every `_FILE` secret.
+    pub fn sighup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
     /// Waits for the process to end; `None` if it is still running after `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<(ExitStatus, Duration)> {
         let started = Instant::now();

@@ -259,12 +259,12 @@ async fn metrics_report_vends_and_upstream_calls() {
         .starts_with("application/openmetrics-text"));
     let text = response.text().await.unwrap();
     for line in [
-        "token_vendor_vends_total{outcome=\"issued\",scope=\"openid transcribe\"} 1",
-        "token_vendor_vends_total{outcome=\"reused\",scope=\"openid transcribe\"} 1",
-        "token_vendor_upstream_calls_total{result=\"ok\"} 1",
-        "token_vendor_upstream_call_duration_seconds_count 1",
+        "token_vendor_vends_total{outcome=\"issued\",scope=\"openid transcribe\",tenant=\"base\"} 1",
+        "token_vendor_vends_total{outcome=\"reused\",scope=\"openid transcribe\",tenant=\"base\"} 1",
+        "token_vendor_upstream_calls_total{result=\"ok\",tenant=\"base\"} 1",
+        "token_vendor_upstream_call_duration_seconds_count{tenant=\"base\"} 1",
         "token_vendor_token_reuse_hits_total 1",
-        "token_vendor_upstream_breaker_state 0",
+        "token_vendor_upstream_breaker_state{tenant=\"base\"} 0",
         "token_vendor_rate_limit_redis_fallback 0",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
