@@ -11,12 +11,14 @@ use crate::audit::flood::FloodGuard;
 use crate::audit::keys::{ChainKey, NoteSigner};
 use crate::audit::store::SqlAuditStore;
 use crate::audit::writer::{WriterConfig, WriterKeys};
-use crate::audit::{AuditStore, Auditor, Fingerprinter};
+use crate::audit::{AuditStore, Auditor, FingerprintKeyFile, Fingerprinter};
 use crate::background::spawn_while_alive;
 use crate::browser::OriginPolicy;
 use crate::config::{
-    ConfigError, ServeSettings, AUDIT_SIGNING_KEY, RATE_LIMIT_REDIS_URL, TOKEN_CACHE_KEY,
+    ConfigError, ServeSettings, AUDIT_SIGNING_KEY, DENY_LIST_FILE, RATE_LIMIT_REDIS_URL,
+    TOKEN_CACHE_KEY,
 };
+use crate::deny::DenyList;
 use crate::corti::{CortiClient, CortiClientConfig};
 use crate::http::{self, AppState};
 use crate::lifecycle::{stop_signal, Draining};
@@ -247,10 +249,18 @@ fn app_state(
         .build()?;
     let sessions = SessionVerifier::from_settings(&settings.session, jwks_http)?;
     let fingerprinter = Fingerprinter::new(settings.audit_hmac_key.clone());
+    let deny = Arc::new(match &settings.deny_list_file {
+        Some(path) => DenyList::load(path).map_err(|e| DENY_LIST_FILE.error(e))?,
+        None => DenyList::none(),
+    });
+    let reloader = Reloader::new();
+    register_reloadables(settings, &reloader, &sessions, &fingerprinter, &deny);
+    let gauge = metrics.clone();
+    deny.report_size(move |entries| gauge.deny_list_entries(entries));
     let auditor = Auditor::with_flood_guard(store, flood);
     let origins = OriginPolicy::new(settings.allowed_origins.iter().cloned());
-    for (source, keys) in [("session", sessions.keys()), ("corti", corti.keys())] {
-        if let Some(cache) = keys.jwks() {
+    for (source, jwks) in [("session", sessions.jwks()), ("corti", corti.keys().jwks())] {
+        if let Some(cache) = jwks {
             metrics.watch_jwks(source, cache.stale_gauge());
         }
     }
@@ -278,6 +288,7 @@ fn app_state(
             metrics.clone(),
         ),
         reuse: TokenReuse::new(settings.token_reuse_min_ttl).with_fleet(fleet),
+        deny: deny.clone(),
         upstream: Arc::new(ResilientUpstream::new(
             corti,
             UpstreamPolicy::with_deadline(settings.upstream_timeout),
@@ -285,14 +296,49 @@ fn app_state(
         )),
         metrics,
     };
+    let vendor = Arc::new(vendor);
+    let weak = Arc::downgrade(&vendor);
+    deny.on_newly_denied(move |denied| {
+        let (Some(vendor), Ok(runtime)) = (weak.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move { vendor.forget_denied(denied).await });
+    });
     Ok(AppState {
-        vendor: Arc::new(vendor),
+        vendor,
         auditor,
         origins,
         trusted_proxies: settings.trusted_proxies.clone(),
         cookie_name: settings.session.cookie_name.clone(),
         audit_reader_role: settings.audit_reader_role.clone(),
         draining: Draining::default(),
-        reloader: Reloader::new(),
+        reloader,
     })
+}
+
+/// What SIGHUP and a changed file re-read: the deny list, the session key files and
+/// the audit fingerprint key file.
+fn register_reloadables(
+    settings: &ServeSettings,
+    reloader: &Reloader,
+    sessions: &SessionVerifier,
+    fingerprinter: &Fingerprinter,
+    deny: &Arc<DenyList>,
+) {
+    if settings.deny_list_file.is_some() {
+        reloader.register(deny.clone());
+    }
+    if let Some(keys) = sessions.reloadable() {
+        use crate::reload::Reloadable;
+        if !keys.paths().is_empty() {
+            reloader.register(keys);
+        }
+    }
+    if let Some(path) = &settings.audit_hmac_key_file {
+        reloader.register(Arc::new(FingerprintKeyFile {
+            path: path.clone(),
+            fingerprinter: fingerprinter.clone(),
+        }));
+    }
 }

@@ -15,6 +15,7 @@ use crate::audit::{AuditEvent, Auditor, Fingerprinter, Outcome};
 use crate::browser::{OriginError, OriginPolicy};
 use crate::catalog::{ProblemType, TRY_AGAIN_SOON};
 use crate::corti::{CortiClient, GrantedToken, UpstreamError};
+use crate::deny::{Denial, DenyList, NewlyDenied};
 use crate::limits::{Decision, KeyKind, Limits, RateLimitReport};
 use crate::metrics::Metrics;
 use crate::reuse::{FetchError, ReuseKey, Source, TokenReuse};
@@ -91,6 +92,11 @@ pub enum VendError {
     Origin(#[from] OriginError),
     #[error("scope {0:?} is not allowed for this user")]
     ScopeNotAllowed(String),
+    #[error("{}", match .0 {
+        Denial::Subject => "subject is on the deny list (DENY_LIST_FILE)",
+        Denial::Everyone => "vending is stopped for everyone by the deny list (DENY_LIST_FILE: *)",
+    })]
+    Denied(Denial),
     #[error("too many requests ({} limit)", kind.as_str())]
     RateLimited {
         kind: KeyKind,
@@ -145,6 +151,12 @@ impl VendError {
             ),
             VendError::Origin(_) => (P::OriginNotAllowed, Outcome::Forbidden, own(), None),
             VendError::ScopeNotAllowed(_) => (P::ScopeNotAllowed, Outcome::Forbidden, own(), None),
+            VendError::Denied(_) => (
+                P::SubjectDenied,
+                Outcome::Forbidden,
+                "the operator has stopped token vending for this user".into(),
+                None,
+            ),
             VendError::RateLimited { retry_after, .. } => {
                 (P::RateLimited, Outcome::RateLimited, own(), Some(*retry_after))
             }
@@ -233,6 +245,8 @@ pub struct Vendor {
     pub fingerprinter: Fingerprinter,
     pub limits: Arc<Limits>,
     pub reuse: TokenReuse,
+    /// Subjects refused at once (`DENY_LIST_FILE`).
+    pub deny: Arc<DenyList>,
     /// `corti` behind retries and the circuit breaker.
     pub upstream: Arc<ResilientUpstream>,
     pub metrics: Arc<Metrics>,
@@ -347,6 +361,8 @@ impl Vendor {
         self.origins
             .check_request(caller.origin.as_deref(), via_cookie)?;
         let session = verified?;
+        // The kill switch comes before the user's quota, reuse and upstream.
+        self.check_not_denied(&session)?;
         // Only a verified session spends its user's quota.
         admit(
             &mut trail.rate_limits,
@@ -382,7 +398,41 @@ impl Vendor {
 
         check_user_may_have(&session, &scope)?;
 
-        self.token_for(&session, scope, &mut trail.event).await
+        let vended = self.token_for(&session, scope, &mut trail.event).await?;
+        // Denied while the token was being fetched: it is dropped, not handed out.
+        if let Err(denied) = self.check_not_denied(&session) {
+            self.reuse
+                .forget(&session.subject, self.corti.tenant())
+                .await;
+            return Err(denied);
+        }
+        Ok(vended)
+    }
+
+    fn check_not_denied(&self, session: &Session) -> Result<(), VendError> {
+        match self.deny.denies(session.subject.as_str()) {
+            None => Ok(()),
+            Some(denial) => {
+                self.metrics.denied_vend();
+                Err(VendError::Denied(denial))
+            }
+        }
+    }
+
+    /// Drops the cached tokens of subjects that became denied, here and in Redis, so
+    /// none is handed out again, even once the subject is lifted from the list.
+    pub async fn forget_denied(&self, denied: NewlyDenied) {
+        match denied {
+            NewlyDenied::Everyone => self.reuse.forget_everyone().await,
+            NewlyDenied::Subjects(subjects) => {
+                for raw in subjects {
+                    // A line that is no valid subject names nobody who holds a token.
+                    if let Ok(subject) = crate::session::Subject::parse(&raw) {
+                        self.reuse.forget(&subject, self.corti.tenant()).await;
+                    }
+                }
+            }
+        }
     }
 
     /// A live token of this user's, an identical call's result, or a new token, from
