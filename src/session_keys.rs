@@ -236,3 +236,75 @@ impl Reloadable for RotatingKeys {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(content: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("tv-session-key-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    fn count(keys: &RotatingKeys) -> usize {
+        keys.candidates().len()
+    }
+
+    #[test]
+    fn a_bad_public_key_file_is_refused_and_the_key_in_force_kept() {
+        let start = secret_key(&"s".repeat(32)).unwrap();
+        let path = temp_file("not a key");
+        let keys = RotatingKeys::new(
+            start,
+            b"initial".to_vec(),
+            Some(KeyFile::PublicKey(path.clone())),
+            None,
+            None,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        for bad in [
+            "",
+            "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n",
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(keys.reload().is_err(), "{bad:?} refused");
+            assert_eq!(count(&keys), 1, "the key in force is kept");
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert!(keys.reload().is_err(), "a missing file is refused");
+    }
+
+    #[test]
+    fn a_replaced_secret_is_kept_for_the_grace_only_and_short_secrets_are_refused() {
+        let first = "f".repeat(32);
+        let path = temp_file(&first);
+        let make = |grace| {
+            RotatingKeys::new(
+                secret_key(&first).unwrap(),
+                first.as_bytes().to_vec(),
+                Some(KeyFile::Secret(path.clone())),
+                None,
+                None,
+                grace,
+            )
+            .unwrap()
+        };
+        let keys = make(Duration::from_secs(60));
+        keys.reload().unwrap();
+        assert_eq!(count(&keys), 1, "the same secret again changes nothing");
+        std::fs::write(&path, "too short").unwrap();
+        assert!(keys.reload().is_err());
+        std::fs::write(&path, format!("{}\n", "n".repeat(40))).unwrap();
+        keys.reload().unwrap();
+        assert_eq!(count(&keys), 2, "new and replaced");
+        std::fs::write(&path, &first).unwrap();
+        let none = make(Duration::ZERO);
+        std::fs::write(&path, "m".repeat(40)).unwrap();
+        none.reload().unwrap();
+        assert_eq!(count(&none), 1, "no grace: only the new key");
+        let _ = std::fs::remove_file(&path);
+    }
+}

@@ -135,7 +135,7 @@ async fn a_star_stops_vending_for_everyone() {
 fn an_unreadable_deny_list_stops_start_up() {
     let dir = Dir::new();
     let missing = dir.0.join("no-such-deny-list");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_token-vendor"))
+    let mut out = std::process::Command::new(env!("CARGO_BIN_EXE_token-vendor"))
         .arg("serve")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -150,8 +150,20 @@ fn an_unreadable_deny_list_stops_start_up() {
             format!("sqlite://{}", dir.0.join("audit.db").display()),
         )
         .env("DENY_LIST_FILE", &missing)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run serve");
+    // A service that starts anyway would serve forever: give it 30 s.
+    let started = std::time::Instant::now();
+    while out.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = out.kill();
+            panic!("serve started although DENY_LIST_FILE cannot be read");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = out.wait_with_output().expect("serve output");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("DENY_LIST_FILE"), "{}", stderr(&out));
 }
@@ -423,3 +435,33 @@ async fn hmac_key_rotation_keeps_old_fingerprints_findable(backend: Backend) {
     db.cleanup().await;
 }
 crate::both_backends!(hmac_key_rotation_keeps_old_fingerprints_findable);
+
+#[test]
+fn check_config_shows_the_new_settings_with_secrets_redacted() {
+    let dir = Dir::new();
+    let list = dir.put("deny", "alice\n");
+    let previous = format!("fake-previous-secret-{}", random_hex(24));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_token-vendor"))
+        .arg("check-config")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CORTI_ENVIRONMENT", "eu")
+        .env("CORTI_CLIENT_ID", "test-client")
+        .env("CORTI_CLIENT_SECRET", "fake-client-secret-for-check")
+        .env("SESSION_JWT_SECRET", "fake-session-secret-".repeat(3))
+        .env("SESSION_JWT_PREVIOUS_SECRET", &previous)
+        .env("SESSION_JWT_ROTATION_GRACE", "90s")
+        .env("AUDIT_HMAC_KEY", audit_key())
+        .env("DENY_LIST_FILE", &list)
+        .output()
+        .expect("run check-config");
+    let printed = stdout(&out);
+    assert!(out.status.success(), "{printed}{}", stderr(&out));
+    assert!(printed.contains("SESSION_JWT_PREVIOUS_SECRET=(set, redacted)"), "{printed}");
+    assert!(printed.contains("SESSION_JWT_ROTATION_GRACE=1m 30s"), "{printed}");
+    assert!(
+        printed.contains(&format!("DENY_LIST_FILE={}", list.display())),
+        "{printed}"
+    );
+    assert!(!printed.contains(&previous));
+}
