@@ -759,8 +759,7 @@ impl Settings {
             deny_list_file: DENY_LIST_FILE.read(sources)?,
             secret_files: SecretFiles {
                 session_jwt_secret: sources.secret_file(SESSION_JWT_SECRET.name),
-                session_jwt_previous_secret: sources
-                    .secret_file(SESSION_JWT_PREVIOUS_SECRET.name),
+                session_jwt_previous_secret: sources.secret_file(SESSION_JWT_PREVIOUS_SECRET.name),
                 audit_hmac_key: sources.secret_file(AUDIT_HMAC_KEY.name),
             },
         })

@@ -249,7 +249,11 @@ mod tests {
         list.reload().unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(list.reload().is_err(), "an unreadable file is refused");
-        assert_eq!(list.denies("anyone"), Some(Denial::Everyone), "old list kept");
+        assert_eq!(
+            list.denies("anyone"),
+            Some(Denial::Everyone),
+            "old list kept"
+        );
         assert_eq!(
             *seen.lock().unwrap(),
             vec![

@@ -135,8 +135,10 @@ impl RotatingKeys {
         for key in self.candidates() {
             match jwt::verify(token, &Keys::Static(key), rules).await {
                 Ok(claims) => return Ok(claims),
-                Err(e @ (JwtError::Rejected(ErrorKind::InvalidSignature)
-                | JwtError::AlgorithmNotAllowed)) => {
+                Err(
+                    e @ (JwtError::Rejected(ErrorKind::InvalidSignature)
+                    | JwtError::AlgorithmNotAllowed),
+                ) => {
                     first_error.get_or_insert(e);
                 }
                 // The signature matched this key: its refusal is the answer.
@@ -156,9 +158,8 @@ impl RotatingKeys {
             Some(KeyFile::PublicKey(path)) => {
                 let pem = std::fs::read(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                let key = crate::session::public_key_from_pem(&pem).ok_or(
-                    "is not a PEM RSA, EC (P-256/P-384) or Ed25519 public key",
-                )?;
+                let key = crate::session::public_key_from_pem(&pem)
+                    .ok_or("is not a PEM RSA, EC (P-256/P-384) or Ed25519 public key")?;
                 (key, pem)
             }
         };

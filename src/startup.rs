@@ -18,8 +18,8 @@ use crate::config::{
     ConfigError, ServeSettings, AUDIT_SIGNING_KEY, DENY_LIST_FILE, RATE_LIMIT_REDIS_URL,
     TOKEN_CACHE_KEY,
 };
-use crate::deny::DenyList;
 use crate::corti::{CortiClient, CortiClientConfig};
+use crate::deny::DenyList;
 use crate::http::{self, AppState};
 use crate::lifecycle::{stop_signal, Draining};
 use crate::limits::{LimitRates, Limits, RedisLimits};

@@ -465,7 +465,10 @@ async fn a_subject_denied_on_one_replica_leaves_no_token_in_redis_for_another() 
     let after = token_from(&b, &session).await;
 
     // Assert: B found nothing in Redis and fetched a new token
-    assert_ne!(after, before, "the token cached before the denial is gone from Redis");
+    assert_ne!(
+        after, before,
+        "the token cached before the denial is gone from Redis"
+    );
     assert_eq!(
         b.metric("token_vendor_token_cache_fleet_hits_total").await,
         0.0

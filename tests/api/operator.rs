@@ -52,7 +52,10 @@ async fn status_of(app: &TestApp, session: &str) -> u16 {
 }
 
 fn access_token(body: &Value) -> String {
-    body["accessToken"].as_str().expect("accessToken").to_owned()
+    body["accessToken"]
+        .as_str()
+        .expect("accessToken")
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,8 +301,7 @@ async fn a_rotated_session_secret_is_accepted_and_the_old_one_only_during_the_gr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_new_session_secret_is_refused_and_the_old_one_kept_and_the_previous_secret_works()
-{
+async fn a_bad_new_session_secret_is_refused_and_the_old_one_kept_and_the_previous_secret_works() {
     let dir = Dir::new();
     let current = format!("fake-session-secret-{}", random_hex(24));
     let previous = format!("fake-previous-secret-{}", random_hex(24));
@@ -396,8 +398,16 @@ async fn hmac_key_rotation_keeps_old_fingerprints_findable(backend: Backend) {
     );
     assert!(hashed.status.success(), "{}", stderr(&hashed));
     let printed: Vec<String> = stdout(&hashed).lines().map(str::to_owned).collect();
-    assert_eq!(printed, vec![new_fp.clone(), old_fp.clone()], "current key first");
-    assert_eq!(stderr(&hashed).matches("key ").count(), 2, "each key id named");
+    assert_eq!(
+        printed,
+        vec![new_fp.clone(), old_fp.clone()],
+        "current key first"
+    );
+    assert_eq!(
+        stderr(&hashed).matches("key ").count(),
+        2,
+        "each key id named"
+    );
 
     let (old_events, _) = app
         .events(&format!("token_fingerprint={old_fp}&limit=100"))
@@ -414,8 +424,12 @@ async fn hmac_key_rotation_keeps_old_fingerprints_findable(backend: Backend) {
         ))
         .await;
     assert!(both.len() >= 2, "{both:#?}");
-    assert!(both.iter().any(|e| e["token_fingerprint"] == old_fp.as_str()));
-    assert!(both.iter().any(|e| e["token_fingerprint"] == new_fp.as_str()));
+    assert!(both
+        .iter()
+        .any(|e| e["token_fingerprint"] == old_fp.as_str()));
+    assert!(both
+        .iter()
+        .any(|e| e["token_fingerprint"] == new_fp.as_str()));
     assert!(both.iter().all(|e| e["subject"] == "alice"));
 
     let cli_query = cli(
@@ -457,8 +471,14 @@ fn check_config_shows_the_new_settings_with_secrets_redacted() {
         .expect("run check-config");
     let printed = stdout(&out);
     assert!(out.status.success(), "{printed}{}", stderr(&out));
-    assert!(printed.contains("SESSION_JWT_PREVIOUS_SECRET=(set, redacted)"), "{printed}");
-    assert!(printed.contains("SESSION_JWT_ROTATION_GRACE=1m 30s"), "{printed}");
+    assert!(
+        printed.contains("SESSION_JWT_PREVIOUS_SECRET=(set, redacted)"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("SESSION_JWT_ROTATION_GRACE=1m 30s"),
+        "{printed}"
+    );
     assert!(
         printed.contains(&format!("DENY_LIST_FILE={}", list.display())),
         "{printed}"
