@@ -235,6 +235,10 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             let settings = settings.for_serve()?;
             let http = reqwest::Client::new();
             crate::session::SessionVerifier::from_settings(&settings.session, http)?;
+            if let Some(path) = &settings.deny_list_file {
+                crate::deny::DenyList::load(path)
+                    .map_err(|e| ConfigError::new(crate::deny::SETTING, e))?;
+            }
             println!("ok: settings are complete for `serve`");
             Ok(())
         }

@@ -484,4 +484,19 @@ fn check_config_shows_the_new_settings_with_secrets_redacted() {
         "{printed}"
     );
     assert!(!printed.contains(&previous));
+
+    std::fs::remove_file(&list).expect("remove");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_token-vendor"))
+        .arg("check-config")
+        .env_clear()
+        .env("CORTI_ENVIRONMENT", "eu")
+        .env("CORTI_CLIENT_ID", "test-client")
+        .env("CORTI_CLIENT_SECRET", "fake-client-secret-for-check")
+        .env("SESSION_JWT_SECRET", "fake-session-secret-".repeat(3))
+        .env("AUDIT_HMAC_KEY", audit_key())
+        .env("DENY_LIST_FILE", &list)
+        .output()
+        .expect("run check-config");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("DENY_LIST_FILE"), "{}", stderr(&out));
 }
