@@ -500,3 +500,51 @@ fn check_config_shows_the_new_settings_with_secrets_redacted() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("DENY_LIST_FILE"), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_session_public_key_file_is_picked_up_and_a_private_key_refused() {
+    let dir = Dir::new();
+    let (first, second) = (TestKey::generate(), TestKey::generate());
+    let file = dir.put("session.pem", &first.public_pem);
+    let app = TestApp::builder()
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .env("SESSION_JWT_SECRET", "")
+        .env("SESSION_JWT_PUBLIC_KEY_FILE", file.display().to_string())
+        .env("SESSION_JWT_ISSUER", "https://id.example.test")
+        .env("SESSION_JWT_AUDIENCE", "token-vendor")
+        .env("SESSION_JWT_ROTATION_GRACE", "0")
+        .spawn()
+        .await;
+    let session = |key: &TestKey| {
+        key.sign(&serde_json::json!({
+            "sub": "alice", "exp": now() + 600,
+            "iss": "https://id.example.test", "aud": "token-vendor",
+        }))
+    };
+    assert_eq!(status_of(&app, &session(&first)).await, 200);
+    assert_eq!(status_of(&app, &session(&second)).await, 401);
+
+    dir.put("session.pem", &second.public_pem);
+    assert!(
+        eventually(PICKED_UP, || async {
+            status_of(&app, &session(&second)).await == 200
+        })
+        .await,
+        "the new public key is in force within 2 s"
+    );
+    assert_eq!(
+        status_of(&app, &session(&first)).await,
+        401,
+        "without a grace period the replaced key is refused at once"
+    );
+
+    // A private key is refused and the key in force stays; nothing observable says
+    // when the refused reload ran, so the check waits past two polls.
+    dir.put(
+        "session.pem",
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n",
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(status_of(&app, &session(&second)).await, 200);
+}
