@@ -152,11 +152,15 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Serve => {
             let settings = load(&cli)?.for_serve()?;
-            telemetry::init(
+            let runtime = runtime()?;
+            let traces = telemetry::otlp::Traces::from_env(runtime.handle().clone())
+                .map_err(|e| ConfigError::new(e.name, e.problem))?;
+            telemetry::init_with_traces(
                 telemetry::env_filter(telemetry::DEFAULT_FILTER),
                 std::io::stdout,
+                traces.as_ref(),
             );
-            runtime()?.block_on(async {
+            let served = runtime.block_on(async {
                 let app = Application::build(settings).await?;
                 let port = app.port();
                 let server = app.run_until_stopped();
@@ -174,7 +178,12 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 server
                     .await
                     .map_err(|e| Failure::Other(format!("server stopped: {e}")))
-            })
+            });
+            // The runtime still runs the exports: the last spans leave before it stops.
+            if let Some(traces) = traces {
+                traces.shutdown(TRACES_FLUSH_TIMEOUT);
+            }
+            served
         }
         Command::Dev => {
             let settings = load(&cli)?;
@@ -229,9 +238,14 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::CheckConfig => {
             let settings = load(&cli)?;
-            for line in settings.redacted_lines() {
+            for line in settings
+                .redacted_lines()
+                .into_iter()
+                .chain(telemetry::otlp::redacted_lines())
+            {
                 println!("{line}");
             }
+            telemetry::otlp::check().map_err(|e| ConfigError::new(e.name, e.problem))?;
             let settings = settings.for_serve()?;
             let http = reqwest::Client::new();
             crate::session::SessionVerifier::from_settings(&settings.session, http)?;
@@ -290,6 +304,9 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
     }
 }
+
+/// Bound for exporting the last spans at shutdown, when traces are on.
+const TRACES_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bound for each step of `healthcheck`: well under a container runtime's own timeout.
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);

@@ -341,6 +341,30 @@ pub const SESSION_JWT_UNCHECKED_CLAIMS: Setting<UncheckedClaims> =
     Setting::plain("SESSION_JWT_UNCHECKED_CLAIMS", UncheckedClaims::parse);
 pub const SESSION_COOKIE_NAME: Setting<String> =
     Setting::plain("SESSION_COOKIE_NAME", text).or("session");
+/// RFC 7662 introspection endpoint for apps whose sessions are opaque (not JWTs).
+pub const SESSION_INTROSPECTION_URL: Setting<String> =
+    Setting::plain("SESSION_INTROSPECTION_URL", http_url);
+pub const SESSION_INTROSPECTION_CLIENT_ID: Setting<String> =
+    Setting::plain("SESSION_INTROSPECTION_CLIENT_ID", text);
+pub const SESSION_INTROSPECTION_CLIENT_SECRET: Setting<SecretString> =
+    Setting::secret("SESSION_INTROSPECTION_CLIENT_SECRET", secret);
+/// How long an active introspection answer is reused (never past the session's `exp`):
+/// also how long a revoked session may still be accepted. `0` asks every time.
+pub const SESSION_INTROSPECTION_CACHE_TTL: Setting<Duration> =
+    Setting::plain("SESSION_INTROSPECTION_CACHE_TTL", introspection_ttl).or("30s");
+/// The most [`SESSION_INTROSPECTION_CACHE_TTL`] may be: a revocation must take effect soon.
+pub const MAX_INTROSPECTION_CACHE_TTL: Duration = Duration::from_secs(300);
+
+fn introspection_ttl(raw: &str) -> Result<Duration, String> {
+    let ttl = setting_duration(raw)?;
+    if ttl > MAX_INTROSPECTION_CACHE_TTL {
+        return Err(format!(
+            "must be at most {}s: a revoked session stays accepted this long",
+            MAX_INTROSPECTION_CACHE_TTL.as_secs()
+        ));
+    }
+    Ok(ttl)
+}
 pub const DATABASE_URL: Setting<String> =
     Setting::plain("DATABASE_URL", database_url).or("sqlite://token-vendor.db");
 pub const ALLOWED_ORIGINS: Setting<Vec<String>> = Setting::plain("ALLOWED_ORIGINS", origins);
@@ -398,6 +422,12 @@ pub struct Settings {
     pub session_jwt_audience: Option<String>,
     pub session_jwt_unchecked_claims: UncheckedClaims,
     pub session_cookie_name: String,
+    pub session_introspection_url: Option<String>,
+    pub session_introspection_client_id: Option<String>,
+    pub session_introspection_client_secret: Option<SecretString>,
+    /// Where the secret was read from, when `_FILE` was used: re-read on change/SIGHUP.
+    pub session_introspection_client_secret_file: Option<PathBuf>,
+    pub session_introspection_cache_ttl: Duration,
     pub database_url: String,
     pub allowed_origins: Vec<String>,
     pub rate_limit_per_user: Rate,
@@ -482,23 +512,29 @@ impl Sources {
             .map(str::to_owned)
     }
 
-    /// The file a secret is read from, when it is given as `NAME_FILE` (in the form
-    /// that wins: the environment over the TOML file).
+    /// The file a secret is read from, when it is given as `NAME_FILE`.
     fn secret_file(&self, name: &str) -> Option<PathBuf> {
         let file_key = format!("{name}_FILE");
-        let chosen = match secret_form(&self.env, name, &file_key).ok()? {
-            Some(form) => Some(form),
-            None => secret_form(
-                &self.file,
-                &name.to_ascii_lowercase(),
-                &file_key.to_ascii_lowercase(),
-            )
-            .ok()?,
+        let direct = |source: &HashMap<String, String>, key: &str| {
+            source.get(key).is_some_and(|v| !v.is_empty())
         };
-        match chosen {
-            Some(SecretForm::Path(path)) => Some(PathBuf::from(path.trim())),
-            _ => None,
+        let path = |source: &HashMap<String, String>, key: &str| {
+            source
+                .get(key)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        // The same precedence as `secret`: the environment's form, else the file's.
+        if direct(&self.env, name) {
+            return None;
         }
+        path(&self.env, &file_key).or_else(|| {
+            let lower = name.to_ascii_lowercase();
+            (!direct(&self.file, &lower))
+                .then(|| path(&self.file, &file_key.to_ascii_lowercase()))
+                .flatten()
+        })
     }
 
     /// A secret: `NAME` or the contents of the file named by `NAME_FILE`.
@@ -652,6 +688,19 @@ pub enum SessionKeys {
     PublicKeyFile(PathBuf),
     /// The identity provider's JWKS.
     Jwks(String),
+    /// Not JWTs: opaque sessions checked by RFC 7662 token introspection.
+    Introspection(IntrospectionSettings),
+}
+
+/// Where and how opaque sessions are introspected.
+#[derive(Debug, Clone)]
+pub struct IntrospectionSettings {
+    pub url: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// Re-read on change and on SIGHUP when the secret came from `_FILE`.
+    pub client_secret_file: Option<PathBuf>,
+    pub cache_ttl: Duration,
 }
 
 /// How session JWTs are accepted.
@@ -741,6 +790,14 @@ impl Settings {
             session_jwt_audience: SESSION_JWT_AUDIENCE.read(sources)?,
             session_jwt_unchecked_claims: SESSION_JWT_UNCHECKED_CLAIMS.read_or_default(sources)?,
             session_cookie_name: SESSION_COOKIE_NAME.read_defaulted(sources)?,
+            session_introspection_url: SESSION_INTROSPECTION_URL.read(sources)?,
+            session_introspection_client_id: SESSION_INTROSPECTION_CLIENT_ID.read(sources)?,
+            session_introspection_client_secret: SESSION_INTROSPECTION_CLIENT_SECRET
+                .read(sources)?,
+            session_introspection_client_secret_file: sources
+                .secret_file(SESSION_INTROSPECTION_CLIENT_SECRET.name),
+            session_introspection_cache_ttl: SESSION_INTROSPECTION_CACHE_TTL
+                .read_defaulted(sources)?,
             database_url: DATABASE_URL.read_defaulted(sources)?,
             allowed_origins: ALLOWED_ORIGINS.read_or_default(sources)?,
             rate_limit_per_user: RATE_LIMIT_PER_USER.read_defaulted(sources)?,
@@ -779,30 +836,52 @@ impl Settings {
                 CORTI_CLIENT_SECRET.name
             ))
         })?;
+        let introspection = introspection_settings(
+            self.session_introspection_url,
+            self.session_introspection_client_id,
+            self.session_introspection_client_secret,
+            self.session_introspection_client_secret_file,
+            self.session_introspection_cache_ttl,
+        )?;
         let keys = match (
             self.session_jwt_secret,
             self.session_jwt_public_key_file,
             self.session_jwks_url,
+            introspection,
         ) {
-            (Some(secret), None, None) => {
+            (Some(secret), None, None, None) => {
                 if secret.expose_secret().len() < 32 {
                     return Err(SESSION_JWT_SECRET.error("must be at least 32 bytes for HMAC"));
                 }
                 SessionKeys::Secret(secret)
             }
-            (None, Some(path), None) => SessionKeys::PublicKeyFile(path),
-            (None, None, Some(url)) => SessionKeys::Jwks(url),
-            (a, b, c) => {
-                let set = [a.is_some(), b.is_some(), c.is_some()]
-                    .into_iter()
-                    .filter(|set| *set)
-                    .count();
-                return Err(SESSION_JWT_SECRET.error(format!(
-                    "exactly one of {}, {} or {} is required ({set} set)",
+            (None, Some(path), None, None) => SessionKeys::PublicKeyFile(path),
+            (None, None, Some(url), None) => SessionKeys::Jwks(url),
+            (None, None, None, Some(introspection)) => SessionKeys::Introspection(introspection),
+            (a, b, c, d) => {
+                let set: Vec<&str> = [
+                    (a.is_some(), SESSION_JWT_SECRET.name),
+                    (b.is_some(), SESSION_JWT_PUBLIC_KEY_FILE.name),
+                    (c.is_some(), SESSION_JWKS_URL.name),
+                    (d.is_some(), SESSION_INTROSPECTION_URL.name),
+                ]
+                .into_iter()
+                .filter_map(|(set, name)| set.then_some(name))
+                .collect();
+                let problem = format!(
+                    "exactly one of {}, {}, {} or {} is required",
                     SESSION_JWT_SECRET.name,
                     SESSION_JWT_PUBLIC_KEY_FILE.name,
-                    SESSION_JWKS_URL.name
-                )));
+                    SESSION_JWKS_URL.name,
+                    SESSION_INTROSPECTION_URL.name
+                );
+                return Err(match set.as_slice() {
+                    [] => SESSION_JWT_SECRET.error(format!("{problem} (none set)")),
+                    [first, ..] => ConfigError::new(
+                        first,
+                        format!("{problem}; set are: {}", set.join(" and ")),
+                    ),
+                });
             }
         };
         if let Some(previous) = &self.session_jwt_previous_secret {
@@ -946,6 +1025,22 @@ impl Settings {
                     .filter(|claims| *claims != UncheckedClaims::default()),
             ),
             line(&SESSION_COOKIE_NAME, &self.session_cookie_name),
+            opt(
+                &SESSION_INTROSPECTION_URL,
+                self.session_introspection_url.as_ref(),
+            ),
+            opt(
+                &SESSION_INTROSPECTION_CLIENT_ID,
+                self.session_introspection_client_id.as_ref(),
+            ),
+            secret(
+                &SESSION_INTROSPECTION_CLIENT_SECRET,
+                &self.session_introspection_client_secret,
+            ),
+            line(
+                &SESSION_INTROSPECTION_CACHE_TTL,
+                humantime::format_duration(self.session_introspection_cache_ttl),
+            ),
             line(&DATABASE_URL, redact_url_password(&self.database_url)),
             line(&ALLOWED_ORIGINS, self.allowed_origins.join(",")),
             line(&RATE_LIMIT_PER_USER, self.rate_limit_per_user),
@@ -989,6 +1084,53 @@ impl Settings {
     }
 }
 
+/// The introspection client, complete, or `None` when no URL is set; an id or secret
+/// without a URL is a leftover that would silently do nothing, so it is refused.
+fn introspection_settings(
+    url: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<SecretString>,
+    client_secret_file: Option<PathBuf>,
+    cache_ttl: Duration,
+) -> Result<Option<IntrospectionSettings>, ConfigError> {
+    let Some(url) = url else {
+        for (set, name) in [
+            (client_id.is_some(), SESSION_INTROSPECTION_CLIENT_ID.name),
+            (
+                client_secret.is_some(),
+                SESSION_INTROSPECTION_CLIENT_SECRET.name,
+            ),
+        ] {
+            if set {
+                return Err(ConfigError::new(
+                    name,
+                    format!("is set but {} is not", SESSION_INTROSPECTION_URL.name),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let client_id = client_id.ok_or_else(|| {
+        SESSION_INTROSPECTION_CLIENT_ID.error(format!(
+            "is required with {}",
+            SESSION_INTROSPECTION_URL.name
+        ))
+    })?;
+    let client_secret = client_secret.ok_or_else(|| {
+        SESSION_INTROSPECTION_CLIENT_SECRET.error(format!(
+            "is required with {} (or {}_FILE)",
+            SESSION_INTROSPECTION_URL.name, SESSION_INTROSPECTION_CLIENT_SECRET.name
+        ))
+    })?;
+    Ok(Some(IntrospectionSettings {
+        url,
+        client_id,
+        client_secret,
+        client_secret_file,
+        cache_ttl,
+    }))
+}
+
 /// A public session key (JWKS or PEM) usually belongs to an identity provider that signs
 /// tokens for many clients: without `aud` and `iss` checks, a token it signed for any of
 /// them would be a session here. So both are required, unless explicitly given up.
@@ -998,6 +1140,28 @@ fn check_session_claims(
     issuer: Option<&str>,
     unchecked: UncheckedClaims,
 ) -> Result<(), ConfigError> {
+    if matches!(keys, SessionKeys::Introspection(_)) {
+        // The introspection endpoint judges the session; a JWT rule would do nothing.
+        for (set, name) in [
+            (audience.is_some(), SESSION_JWT_AUDIENCE.name),
+            (issuer.is_some(), SESSION_JWT_ISSUER.name),
+            (
+                unchecked != UncheckedClaims::default(),
+                SESSION_JWT_UNCHECKED_CLAIMS.name,
+            ),
+        ] {
+            if set {
+                return Err(ConfigError::new(
+                    name,
+                    format!(
+                        "applies to session JWTs only and has no effect with {}; remove it",
+                        SESSION_INTROSPECTION_URL.name
+                    ),
+                ));
+            }
+        }
+        return Ok(());
+    }
     for (setting, value, given_up, claim) in [
         (&SESSION_JWT_AUDIENCE, audience, unchecked.aud, "aud"),
         (&SESSION_JWT_ISSUER, issuer, unchecked.iss, "iss"),
@@ -1136,6 +1300,91 @@ mod tests {
             let err = ServeSettings::load(&Sources::from_pairs(pairs)).unwrap_err();
             assert_eq!(err.setting, name, "{err}");
         }
+    }
+
+    #[test]
+    fn introspection_is_a_session_source_of_its_own() {
+        let introspection = |pairs: &mut Vec<(&'static str, String)>| {
+            pairs.push((
+                "SESSION_INTROSPECTION_URL",
+                "https://id.example.test/introspect".into(),
+            ));
+            pairs.push(("SESSION_INTROSPECTION_CLIENT_ID", "token-vendor".into()));
+            pairs.push((
+                "SESSION_INTROSPECTION_CLIENT_SECRET",
+                "fake-introspection-secret".into(),
+            ));
+        };
+        // Beside a JWT key: refused, naming both.
+        let mut pairs = complete();
+        introspection(&mut pairs);
+        let err = ServeSettings::load(&Sources::from_pairs(pairs)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("SESSION_JWT_SECRET and SESSION_INTROSPECTION_URL"),
+            "{text}"
+        );
+        // Alone: accepted, with the default cache bound.
+        let mut pairs = complete();
+        pairs.retain(|(k, _)| *k != "SESSION_JWT_SECRET");
+        introspection(&mut pairs);
+        let s = ServeSettings::load(&Sources::from_pairs(pairs.clone())).unwrap();
+        let SessionKeys::Introspection(i) = &s.session.keys else {
+            panic!("not introspection: {:?}", s.session.keys);
+        };
+        assert_eq!(i.cache_ttl, Duration::from_secs(30));
+        assert_eq!(i.client_id, "token-vendor");
+        // A cache bound past the cap, a missing secret, a JWT-only rule: each refused.
+        let mut too_long = pairs.clone();
+        too_long.push(("SESSION_INTROSPECTION_CACHE_TTL", "10m".into()));
+        let err = ServeSettings::load(&Sources::from_pairs(too_long)).unwrap_err();
+        assert_eq!(err.setting, "SESSION_INTROSPECTION_CACHE_TTL");
+        let mut no_secret = pairs.clone();
+        no_secret.retain(|(k, _)| *k != "SESSION_INTROSPECTION_CLIENT_SECRET");
+        let err = ServeSettings::load(&Sources::from_pairs(no_secret)).unwrap_err();
+        assert_eq!(err.setting, "SESSION_INTROSPECTION_CLIENT_SECRET");
+        let mut jwt_rule = pairs.clone();
+        jwt_rule.push(("SESSION_JWT_AUDIENCE", "token-vendor".into()));
+        let err = ServeSettings::load(&Sources::from_pairs(jwt_rule)).unwrap_err();
+        assert_eq!(err.setting, "SESSION_JWT_AUDIENCE");
+        // A client id without a URL would do nothing: refused.
+        let mut leftover = complete();
+        leftover.push(("SESSION_INTROSPECTION_CLIENT_ID", "token-vendor".into()));
+        let err = ServeSettings::load(&Sources::from_pairs(leftover)).unwrap_err();
+        assert_eq!(err.setting, "SESSION_INTROSPECTION_CLIENT_ID");
+        // The secret is redacted in check-config's listing.
+        let settings = Settings::load(&Sources::from_pairs(pairs)).unwrap();
+        let lines = settings.redacted_lines().join("\n");
+        assert!(!lines.contains("fake-introspection-secret"), "{lines}");
+        assert!(
+            lines.contains("SESSION_INTROSPECTION_CLIENT_SECRET=(set, redacted)"),
+            "{lines}"
+        );
+    }
+
+    #[test]
+    fn introspection_secret_file_is_remembered_for_reloading() {
+        let dir = std::env::temp_dir().join(format!("tv-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("introspection-secret");
+        std::fs::write(&path, "fake-secret-from-file\n").unwrap();
+        let sources = Sources::from_pairs([(
+            "SESSION_INTROSPECTION_CLIENT_SECRET_FILE",
+            path.to_str().unwrap(),
+        )]);
+        let s = Settings::load(&sources).unwrap();
+        assert_eq!(
+            s.session_introspection_client_secret_file.as_deref(),
+            Some(path.as_path())
+        );
+        assert_eq!(
+            s.session_introspection_client_secret
+                .as_ref()
+                .map(|v| v.expose_secret().to_owned())
+                .as_deref(),
+            Some("fake-secret-from-file")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

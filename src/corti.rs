@@ -162,7 +162,11 @@ impl CortiClient {
     }
 
     /// Exchanges the client credentials for a token limited to `scope`, and checks it.
-    #[tracing::instrument(skip_all, fields(scope = %scope))]
+    #[tracing::instrument(
+        name = "corti.token",
+        skip_all,
+        fields(scope = %scope, otel.kind = "client", http.response.status_code = tracing::field::Empty)
+    )]
     pub async fn request_token(
         &self,
         scope: &RequestedScope,
@@ -198,6 +202,7 @@ impl CortiClient {
             .await
             .map_err(classify)?;
         let status = response.status();
+        tracing::Span::current().record("http.response.status_code", status.as_u16());
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)

@@ -185,6 +185,11 @@ impl Limits {
         self.decide(&self.upstream, 0, || "all".to_owned()).await
     }
 
+    #[tracing::instrument(
+        name = "limits.check",
+        skip_all,
+        fields(limit = limiter.kind.as_str(), allowed = tracing::field::Empty)
+    )]
     async fn decide(
         &self,
         limiter: &LocalLimiter,
@@ -196,6 +201,7 @@ impl Limits {
             None => None,
         };
         let decision = shared.unwrap_or_else(|| limiter.check(local_key));
+        tracing::Span::current().record("allowed", decision.allowed());
         if !decision.allowed() {
             self.metrics.refused(limiter.kind.as_str());
         }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use crate::background::{lock, spawn_while_alive};
 use crate::config::Tenant;
@@ -66,6 +67,17 @@ pub enum Source {
     Cached,
     /// A live token another replica fetched, read from Redis.
     Fleet,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Fetched => "fetched",
+            Source::Joined => "joined",
+            Source::Cached => "cached",
+            Source::Fleet => "fleet",
+        }
+    }
 }
 
 /// The token, and whether it came from Redis (another replica's call) rather than
@@ -120,6 +132,7 @@ impl TokenReuse {
 
     /// A live token for `key`, the result of an identical call in flight, or the result
     /// of `fetch`, run once in its own task for every concurrent caller.
+    #[tracing::instrument(name = "reuse.lookup", skip_all, fields(source = tracing::field::Empty))]
     pub async fn get_or_fetch<F>(
         &self,
         key: ReuseKey,
@@ -132,6 +145,7 @@ impl TokenReuse {
             let mut state = lock(&self.state);
             if let Some(token) = state.live.get(&key) {
                 if self.still_good(token, OffsetDateTime::now_utc()) {
+                    tracing::Span::current().record("source", Source::Cached.as_str());
                     return Ok((token.clone(), Source::Cached));
                 }
                 state.live.remove(&key);
@@ -146,10 +160,14 @@ impl TokenReuse {
                 }
             }
         };
-        flight.await.map(|(token, fetched_here)| match source {
+        let result = flight.await.map(|(token, fetched_here)| match source {
             Source::Fetched if !fetched_here => (token, Source::Fleet),
             source => (token, source),
-        })
+        });
+        if let Ok((_, source)) = &result {
+            tracing::Span::current().record("source", source.as_str());
+        }
+        result
     }
 
     fn start<F>(&self, id: u64, key: ReuseKey, fetch: F) -> Flight
@@ -163,7 +181,7 @@ impl TokenReuse {
         };
         let min_ttl = self.min_ttl;
         let fleet = self.fleet.clone();
-        let task = tokio::spawn(async move {
+        let call = async move {
             let result = match fleet {
                 Some(fleet) => fleet.get_or_fetch(&guard.key, min_ttl, fetch).await,
                 None => fetch.await.map(|token| (token, true)),
@@ -181,7 +199,9 @@ impl TokenReuse {
                 }
             }
             result
-        });
+        };
+        // The call belongs to the trace of the request that started it.
+        let task = tokio::spawn(call.in_current_span());
         async move {
             task.await.unwrap_or_else(|_| {
                 Err(FetchError::Upstream(UpstreamError::Unreachable(

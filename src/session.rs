@@ -1,21 +1,24 @@
-//! The app's session JWT: which key checks it, and the signed-in user it names.
+//! The app's session JWT: which key checks it, and the signed-in user it names; or,
+//! for apps with opaque sessions, the introspection endpoint that vouches for it.
+
+pub mod introspection;
 
 use std::fmt;
+use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use std::sync::Arc;
-
 use crate::config::{
-    ConfigError, SessionKeys, SessionSettings, SESSION_JWT_PREVIOUS_SECRET,
-    SESSION_JWT_PUBLIC_KEY_FILE,
+    ConfigError, SessionKeys, SessionSettings, SESSION_INTROSPECTION_URL,
+    SESSION_JWT_PREVIOUS_SECRET, SESSION_JWT_PUBLIC_KEY_FILE,
 };
 use crate::jwks::{JwksCache, JwksPolicy, VerifyingKey};
 use crate::jwt::{self, JwtError, Keys, Rules};
 use crate::session_keys::{KeyFile, RotatingKeys};
+use introspection::Introspector;
 
 /// The signed-in user: the session JWT's `sub`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,20 +96,75 @@ impl StringOrList {
     }
 }
 
-/// Where session keys come from: a configured key (rotated by reloads) or a JWKS.
+/// Checks a session credential the one configured way.
+pub enum SessionVerifier {
+    Jwt(JwtVerifier),
+    /// Opaque sessions, by RFC 7662 introspection.
+    Introspection(Arc<Introspector>),
+}
+
+impl SessionVerifier {
+    pub fn from_settings(
+        settings: &SessionSettings,
+        http: reqwest::Client,
+    ) -> Result<Self, ConfigError> {
+        match &settings.keys {
+            SessionKeys::Introspection(introspection) => Introspector::new(introspection)
+                .map(Self::Introspection)
+                .map_err(|e| ConfigError::new(SESSION_INTROSPECTION_URL.name, e.to_string())),
+            _ => JwtVerifier::from_settings(settings, http).map(Self::Jwt),
+        }
+    }
+
+    /// The key set, when session JWT keys are fetched from a JWKS.
+    pub fn jwks(&self) -> Option<&Arc<JwksCache>> {
+        match self {
+            Self::Jwt(jwt) => jwt.jwks(),
+            Self::Introspection(_) => None,
+        }
+    }
+
+    /// The configured session key, re-read on SIGHUP and on change of its file (none
+    /// for a JWKS or opaque sessions).
+    pub fn reloadable(&self) -> Option<Arc<RotatingKeys>> {
+        match self {
+            Self::Jwt(jwt) => jwt.reloadable(),
+            Self::Introspection(_) => None,
+        }
+    }
+
+    /// The introspection client, to re-read its secret file without a restart.
+    pub fn introspector(&self) -> Option<&Arc<Introspector>> {
+        match self {
+            Self::Jwt(_) => None,
+            Self::Introspection(introspector) => Some(introspector),
+        }
+    }
+
+    /// Checks the session credential: a JWT, or an opaque id by introspection.
+    #[tracing::instrument(name = "session.verify", skip_all)]
+    pub async fn verify(&self, token: &str) -> Result<Session, SessionError> {
+        match self {
+            Self::Jwt(jwt) => jwt.verify(token).await,
+            Self::Introspection(introspector) => introspector.verify(token).await,
+        }
+    }
+}
+
+/// Where session JWT keys come from: a configured key (rotated by reloads) or a JWKS.
 enum KeySource {
     Configured(Arc<RotatingKeys>),
     Jwks(Keys),
 }
 
 /// Verifies session JWTs against the one configured key source.
-pub struct SessionVerifier {
+pub struct JwtVerifier {
     keys: KeySource,
     issuer: Option<String>,
     audience: Option<String>,
 }
 
-impl SessionVerifier {
+impl JwtVerifier {
     /// The key set, when session keys are fetched from a JWKS.
     pub fn jwks(&self) -> Option<&Arc<JwksCache>> {
         match &self.keys {
@@ -164,6 +222,12 @@ impl SessionVerifier {
                 http,
                 JwksPolicy::default(),
             ))),
+            SessionKeys::Introspection(_) => {
+                return Err(ConfigError::new(
+                    SESSION_INTROSPECTION_URL.name,
+                    "opaque sessions are not JWTs",
+                ))
+            }
         };
         Ok(Self {
             keys,

@@ -317,8 +317,8 @@ fn app_state(
     })
 }
 
-/// What SIGHUP and a changed file re-read: the deny list, the session key files and
-/// the audit fingerprint key file.
+/// What SIGHUP and a changed file re-read: the deny list, the session key files, the
+/// introspection client secret and the audit fingerprint key file.
 fn register_reloadables(
     settings: &ServeSettings,
     reloader: &Reloader,
@@ -328,6 +328,9 @@ fn register_reloadables(
 ) {
     if settings.deny_list_file.is_some() {
         reloader.register(deny.clone());
+    }
+    if let Some(introspector) = sessions.introspector() {
+        reloader.register(introspector.clone());
     }
     if let Some(keys) = sessions.reloadable() {
         use crate::reload::Reloadable;

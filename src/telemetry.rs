@@ -1,4 +1,7 @@
-//! Logging: JSON lines on stdout, filtered by `RUST_LOG`, each carrying its request id.
+//! Logging: JSON lines on stdout, filtered by `RUST_LOG`, each carrying its request id;
+//! and, when an OTLP endpoint is set, the same spans exported as traces ([`otlp`]).
+
+pub mod otlp;
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -16,6 +19,14 @@ pub fn init<W>(filter: EnvFilter, writer: W) -> bool
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    init_with_traces(filter, writer, None)
+}
+
+/// [`init`], with the spans also exported when `traces` is given.
+pub fn init_with_traces<W>(filter: EnvFilter, writer: W, traces: Option<&otlp::Traces>) -> bool
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let json = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
@@ -26,6 +37,7 @@ where
     tracing_subscriber::registry()
         .with(filter)
         .with(json)
+        .with(traces.map(|t| t.layer()))
         .try_init()
         .is_ok()
 }

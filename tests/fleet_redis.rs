@@ -408,6 +408,48 @@ async fn a_forgotten_subject_has_no_token_left_in_redis_for_any_scope() {
 }
 
 #[tokio::test]
+async fn a_redis_that_answers_ping_but_refuses_writes_keeps_the_replica_on_its_own() {
+    // Arrange: a Redis out of memory (noeviction) still answers PING, refuses every write
+    if required_or_skip("redis-server on PATH", redis_server_available()).is_none() {
+        return;
+    }
+    let redis = OwnRedis::start(free_port()).expect("redis-server starts");
+    redis.wait_ready().await;
+    let fleet = replicas(1, &redis.url(), &fresh_cache_key()).await;
+    let app = &fleet[0];
+    token_from(app, &app.session(&unique_user())).await;
+    redis
+        .run(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .await;
+    redis.run(&["CONFIG", "SET", "maxmemory", "1"]).await;
+
+    // Act: a new user's vend cannot store its token in Redis
+    token_from(app, &app.session(&unique_user())).await;
+
+    // Assert: the replica stays on its own (no flip back to a Redis that cannot store)
+    let mut seen = Vec::new();
+    for _ in 0..15 {
+        seen.push(app.metric("token_vendor_token_cache_redis_fallback").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.iter().all(|v| *v == 1.0),
+        "fallback gauge over 1.5 s: {seen:?}"
+    );
+
+    // Act: Redis may write again
+    redis.run(&["CONFIG", "SET", "maxmemory", "0"]).await;
+
+    // Assert: the replica returns to the fleet by itself
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.metric("token_vendor_token_cache_redis_fallback").await != 0.0 {
+        assert!(Instant::now() < deadline, "reuse did not return to Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.stop();
+}
+
+#[tokio::test]
 async fn a_subject_denied_on_one_replica_leaves_no_token_in_redis_for_another() {
     // Arrange: replica A reads a deny list; replica B has none, so only Redis links them
     let Some(url) = redis_url() else {

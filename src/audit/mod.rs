@@ -259,6 +259,8 @@ impl Auditor {
         self.store.query(query).await
     }
 
+    /// Waits for the event's commit (the vend's token leaves only after it).
+    #[tracing::instrument(name = "audit.commit", skip_all)]
     async fn write(&self, event: &AuditEvent) -> Result<(), AuditError> {
         match self.store.record_linked(event).await {
             Ok(link) => {

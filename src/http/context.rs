@@ -77,8 +77,19 @@ pub async fn request_id_middleware(
         trace_id = tracing::field::Empty,
         method = %req.method(),
         path = %req.path(),
+        // Recorded only while traces are exported (see `crate::telemetry::otlp`).
+        otel.kind = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
     );
-    // A caller's W3C trace context: its trace id goes on every log line of the request.
+    let traced = crate::telemetry::otlp::enabled();
+    if traced {
+        // The kind is fixed when the exported span starts, at its first entry.
+        span.record("otel.kind", "server");
+    }
+    // A caller's W3C trace context: its trace id goes on every log line of the request,
+    // and its span is the parent of the exported request span.
     if let Some(trace) = req
         .headers()
         .get(TRACEPARENT_HEADER)
@@ -86,6 +97,14 @@ pub async fn request_id_middleware(
         .and_then(trace_id)
     {
         span.record("trace_id", trace);
+        if traced {
+            crate::telemetry::otlp::set_remote_parent(&span, req.headers());
+        }
+    } else if traced {
+        // A new trace: its id goes on the log lines, so logs and trace still meet.
+        if let Some(trace) = crate::telemetry::otlp::trace_id(&span) {
+            span.record("trace_id", trace);
+        }
     }
     async move {
         let started = std::time::Instant::now();
@@ -95,6 +114,16 @@ pub async fn request_id_middleware(
                 .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
         }
         let (status, took) = (res.status().as_u16(), started.elapsed());
+        if traced {
+            let route = super::route_label(res.request());
+            let span = tracing::Span::current();
+            crate::telemetry::otlp::rename(&span, format!("{} {route}", res.request().method()));
+            span.record("http.route", route);
+            span.record("http.response.status_code", status);
+            if status >= 500 {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
         if let Some(state) = res.request().app_data::<web::Data<AppState>>() {
             state
                 .vendor

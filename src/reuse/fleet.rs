@@ -36,8 +36,10 @@ use crate::redis_link::{self, RedisHealth, RedisUser, CALL_TIMEOUT};
 use crate::scope::RequestedScope;
 use crate::session::Subject;
 
-/// How often an unreachable Redis is probed.
-const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// First pause before probing a Redis that failed; it doubles after each failed probe...
+const PROBE_FIRST: Duration = Duration::from_millis(500);
+/// ...up to this.
+const PROBE_MAX: Duration = Duration::from_secs(5);
 /// How often a replica waiting on another's upstream call looks for its token.
 const POLL_EVERY: Duration = Duration::from_millis(20);
 /// The lock outlives the longest upstream call by this much.
@@ -112,7 +114,7 @@ impl FleetCache {
             names,
             lock_ttl: longest_fetch + LOCK_SLACK,
             unlock: Script::new(UNLOCK_LUA),
-            health: RedisHealth::new(PROBE_EVERY, PROBE_EVERY),
+            health: RedisHealth::new(PROBE_FIRST, PROBE_MAX),
             metrics,
             weak: weak.clone(),
         }))
@@ -391,12 +393,18 @@ impl RedisUser for FleetCache {
         &self.health
     }
 
+    /// A write that expires at once, as the cache writes: a Redis that answers PING but
+    /// refuses writes (out of memory, a read-only replica) is not back.
     async fn probe(&self) -> bool {
         let mut conn = self.conn.clone();
-        let ping = redis::cmd("PING");
+        let mut set = redis::cmd("SET");
+        set.arg(format!("{KEY_PREFIX}:probe"))
+            .arg(1)
+            .arg("PX")
+            .arg(1);
         matches!(
-            tokio::time::timeout(CALL_TIMEOUT, ping.query_async::<String>(&mut conn)).await,
-            Ok(Ok(_))
+            tokio::time::timeout(CALL_TIMEOUT, set.query_async::<()>(&mut conn)).await,
+            Ok(Ok(()))
         )
     }
 

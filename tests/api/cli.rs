@@ -163,6 +163,51 @@ fn check_config_redacts_every_secret() {
 }
 
 #[test]
+fn check_config_shows_the_opentelemetry_settings_without_header_values() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let api_key = format!("fake-otlp-key-{}", uuid::Uuid::new_v4().simple());
+    let headers = format!("authorization=Bearer {api_key},x-team=vending");
+    let mut env = full_settings(&secret);
+    env.extend([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://collector:4318".to_owned(),
+        ),
+        ("OTEL_EXPORTER_OTLP_HEADERS", headers),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.25".to_owned()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run(&["check-config"], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for line in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318",
+        "OTEL_EXPORTER_OTLP_HEADERS=(set, redacted: authorization, x-team)",
+        "OTEL_TRACES_SAMPLER=parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG=0.25",
+        "OTEL_SERVICE_NAME=token-vendor (default)",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line} in {stdout}");
+    }
+    assert!(!stdout.contains(&api_key), "{stdout}");
+    assert!(!stdout.contains("vending"), "{stdout}");
+
+    // Only OTLP over HTTP/protobuf is built in: gRPC is refused, not spoken wrongly.
+    let mut grpc = env.clone();
+    grpc.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"));
+    let out = run(&["check-config"], &grpc);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OTEL_EXPORTER_OTLP_PROTOCOL"));
+
+    // Without an endpoint, traces are off and say so.
+    let out = run(&["check-config"], &env[..env.len() - 4]);
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l == "OTEL_EXPORTER_OTLP_ENDPOINT=(unset: OpenTelemetry traces off)"));
+}
+
+#[test]
 fn secrets_can_come_from_files_and_a_toml_config() {
     let dir = std::env::temp_dir().join(format!("tv-cli-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -12,6 +12,7 @@ mod observability;
 mod operator;
 mod ops;
 mod session;
+mod session_introspection;
 mod tokens;
 mod upstream;
 
