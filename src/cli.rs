@@ -51,10 +51,15 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Print the fingerprint of a token, to find it in the audit log.
+    /// Print the fingerprint of a token, to find it in the audit log: one line per key
+    /// (AUDIT_HMAC_KEY first, then each previous key); standard error names each key id.
     Hash {
         /// The token (or `-` to read it from standard input).
         token: String,
+        /// A file holding a previous AUDIT_HMAC_KEY, for events fingerprinted before a
+        /// key rotation (repeat for several), as for `audit verify`.
+        #[arg(long, value_name = "FILE")]
+        previous_key_file: Vec<PathBuf>,
     },
     /// Show stored events, newest first (table, json or csv).
     Query(audit_commands::QueryArgs),
@@ -254,6 +259,10 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             println!("tenants: {}", tenants.join(", "));
             let http = reqwest::Client::new();
             crate::session::SessionVerifier::from_settings(&settings.session, http)?;
+            if let Some(path) = &settings.deny_list_file {
+                crate::deny::DenyList::load(path)
+                    .map_err(|e| ConfigError::new(crate::deny::SETTING, e))?;
+            }
             println!("ok: settings are complete for `serve`");
             Ok(())
         }
@@ -261,7 +270,10 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             let settings = load(&cli)?;
             healthcheck(settings.listen_addr, HEALTHCHECK_TIMEOUT).map_err(Failure::Other)
         }
-        Command::Audit(AuditCommand::Hash { token }) => {
+        Command::Audit(AuditCommand::Hash {
+            token,
+            previous_key_file,
+        }) => {
             let settings = load(&cli)?;
             let key = settings
                 .audit_hmac_key
@@ -275,7 +287,29 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             } else {
                 token.trim().to_owned()
             };
-            println!("{}", Fingerprinter::new(key).fingerprint(&token));
+            let mut keys = vec![("current".to_owned(), Fingerprinter::new(key))];
+            for path in previous_key_file {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Failure::Other(format!("--previous-key-file {}: {e}", path.display()))
+                })?;
+                let key = text.trim_end_matches(['\n', '\r']);
+                if key.is_empty() {
+                    return Err(Failure::Other(format!(
+                        "--previous-key-file {}: the file is empty",
+                        path.display()
+                    )));
+                }
+                keys.push((
+                    format!("previous ({})", path.display()),
+                    Fingerprinter::new(SecretString::from(key)),
+                ));
+            }
+            for (which, fingerprinter) in &keys {
+                println!("{}", fingerprinter.fingerprint(&token));
+                if keys.len() > 1 {
+                    eprintln!("key {}: {which}", fingerprinter.key_id());
+                }
+            }
             Ok(())
         }
     }

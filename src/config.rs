@@ -327,6 +327,13 @@ pub const DEFAULT_TENANT: Setting<Tenant> = Setting::plain("DEFAULT_TENANT", Ten
 /// The TOML file's array of tables, one per Corti tenant: `[[tenants]]`.
 pub const TENANTS_KEY: &str = "tenants";
 pub const SESSION_JWT_SECRET: Setting<SecretString> = Setting::secret("SESSION_JWT_SECRET", secret);
+/// Also accepted for session JWTs while apps move to a new `SESSION_JWT_SECRET`.
+pub const SESSION_JWT_PREVIOUS_SECRET: Setting<SecretString> =
+    Setting::secret("SESSION_JWT_PREVIOUS_SECRET", secret);
+/// How long a session key replaced by a reload (SIGHUP or a changed file) stays
+/// accepted; `0` accepts only the new key at once.
+pub const SESSION_JWT_ROTATION_GRACE: Setting<Duration> =
+    Setting::plain("SESSION_JWT_ROTATION_GRACE", setting_duration).or("5m");
 pub const SESSION_JWT_PUBLIC_KEY_FILE: Setting<PathBuf> =
     Setting::plain("SESSION_JWT_PUBLIC_KEY_FILE", from_str);
 pub const SESSION_JWKS_URL: Setting<String> = Setting::plain("SESSION_JWKS_URL", http_url);
@@ -391,6 +398,8 @@ pub const SHUTDOWN_GRACE: Setting<Duration> =
 pub const AUDIT_HMAC_KEY: Setting<SecretString> = Setting::secret("AUDIT_HMAC_KEY", secret);
 /// Ed25519 key that signs audit chain checkpoints (`token-vendor audit keygen`).
 pub const AUDIT_SIGNING_KEY: Setting<SecretString> = Setting::secret("AUDIT_SIGNING_KEY", secret);
+/// Subjects refused at once, one per line (`*` = everyone); re-read on change and SIGHUP.
+pub const DENY_LIST_FILE: Setting<PathBuf> = Setting::plain("DENY_LIST_FILE", from_str);
 pub const AUDIT_READER_ROLE: Setting<String> =
     Setting::plain("AUDIT_READER_ROLE", text).or("token-vendor:audit-reader");
 pub const TRUSTED_PROXIES: Setting<Vec<IpNet>> = Setting::plain("TRUSTED_PROXIES", cidrs);
@@ -414,6 +423,8 @@ pub struct Settings {
     pub tenants: Vec<CortiSettings>,
     pub default_tenant: Option<Tenant>,
     pub session_jwt_secret: Option<SecretString>,
+    pub session_jwt_previous_secret: Option<SecretString>,
+    pub session_jwt_rotation_grace: Duration,
     pub session_jwt_public_key_file: Option<PathBuf>,
     pub session_jwks_url: Option<String>,
     pub session_jwt_issuer: Option<String>,
@@ -441,6 +452,17 @@ pub struct Settings {
     pub audit_reader_role: String,
     pub trusted_proxies: Vec<IpNet>,
     pub dev_token_lifetime: Duration,
+    pub deny_list_file: Option<PathBuf>,
+    /// The files the secrets re-read on SIGHUP were read from (their `NAME_FILE`).
+    pub secret_files: SecretFiles,
+}
+
+/// Where reloadable secrets were read from, when they came from `NAME_FILE`.
+#[derive(Debug, Clone, Default)]
+pub struct SecretFiles {
+    pub session_jwt_secret: Option<PathBuf>,
+    pub session_jwt_previous_secret: Option<PathBuf>,
+    pub audit_hmac_key: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -750,6 +772,19 @@ pub struct SessionSettings {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub cookie_name: String,
+    pub rotation: SessionRotation,
+}
+
+/// How a configured session key is rotated without a restart.
+#[derive(Debug, Clone, Default)]
+pub struct SessionRotation {
+    /// `SESSION_JWT_SECRET_FILE`, re-read on SIGHUP and on change.
+    pub secret_file: Option<PathBuf>,
+    /// `SESSION_JWT_PREVIOUS_SECRET`: accepted beside the current secret.
+    pub previous_secret: Option<SecretString>,
+    pub previous_secret_file: Option<PathBuf>,
+    /// How long a key replaced by a reload stays accepted.
+    pub grace: Duration,
 }
 
 /// One Corti tenant: the client credentials and where to use them.
@@ -963,6 +998,9 @@ pub struct ServeSettings {
     pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
     pub audit_hmac_key: SecretString,
+    /// `AUDIT_HMAC_KEY_FILE`: the fingerprint key is re-read from it on SIGHUP and change.
+    pub audit_hmac_key_file: Option<PathBuf>,
+    pub deny_list_file: Option<PathBuf>,
     /// Signs chain checkpoints; without it the service warns and writes none.
     pub audit_signing_key: Option<SecretString>,
     pub audit_reader_role: String,
@@ -996,6 +1034,8 @@ impl Settings {
             tenants: tenant_tables(sources.tenants.as_ref())?,
             default_tenant: DEFAULT_TENANT.read(sources)?,
             session_jwt_secret: SESSION_JWT_SECRET.read(sources)?,
+            session_jwt_previous_secret: SESSION_JWT_PREVIOUS_SECRET.read(sources)?,
+            session_jwt_rotation_grace: SESSION_JWT_ROTATION_GRACE.read_defaulted(sources)?,
             session_jwt_public_key_file: SESSION_JWT_PUBLIC_KEY_FILE.read(sources)?,
             session_jwks_url: SESSION_JWKS_URL.read(sources)?,
             session_jwt_issuer: SESSION_JWT_ISSUER.read(sources)?,
@@ -1025,6 +1065,12 @@ impl Settings {
             audit_reader_role: AUDIT_READER_ROLE.read_defaulted(sources)?,
             trusted_proxies: TRUSTED_PROXIES.read_or_default(sources)?,
             dev_token_lifetime: DEV_TOKEN_LIFETIME.read_defaulted(sources)?,
+            deny_list_file: DENY_LIST_FILE.read(sources)?,
+            secret_files: SecretFiles {
+                session_jwt_secret: sources.secret_file(SESSION_JWT_SECRET.name),
+                session_jwt_previous_secret: sources.secret_file(SESSION_JWT_PREVIOUS_SECRET.name),
+                audit_hmac_key: sources.secret_file(AUDIT_HMAC_KEY.name),
+            },
         })
     }
 
@@ -1079,6 +1125,15 @@ impl Settings {
                 });
             }
         };
+        if let Some(previous) = &self.session_jwt_previous_secret {
+            if !matches!(keys, SessionKeys::Secret(_)) {
+                return Err(SESSION_JWT_PREVIOUS_SECRET
+                    .error(format!("is used only with {}", SESSION_JWT_SECRET.name)));
+            }
+            if previous.expose_secret().len() < 32 {
+                return Err(SESSION_JWT_PREVIOUS_SECRET.error("must be at least 32 bytes for HMAC"));
+            }
+        }
         check_session_claims(
             &keys,
             self.session_jwt_audience.as_deref(),
@@ -1116,6 +1171,12 @@ impl Settings {
                 issuer: self.session_jwt_issuer,
                 audience: self.session_jwt_audience,
                 cookie_name: self.session_cookie_name,
+                rotation: SessionRotation {
+                    secret_file: self.secret_files.session_jwt_secret,
+                    previous_secret: self.session_jwt_previous_secret,
+                    previous_secret_file: self.secret_files.session_jwt_previous_secret,
+                    grace: self.session_jwt_rotation_grace,
+                },
             },
             database_url: self.database_url,
             allowed_origins: self.allowed_origins,
@@ -1128,6 +1189,8 @@ impl Settings {
             upstream_timeout: self.upstream_timeout,
             shutdown_grace: self.shutdown_grace,
             audit_hmac_key,
+            audit_hmac_key_file: self.secret_files.audit_hmac_key,
+            deny_list_file: self.deny_list_file,
             audit_signing_key: self.audit_signing_key,
             audit_reader_role: self.audit_reader_role,
             trusted_proxies: self.trusted_proxies,
@@ -1172,6 +1235,14 @@ impl Settings {
             opt(&CORTI_AUTH_URL, auth_url),
             opt(&DEFAULT_TENANT, self.default_tenant.as_ref()),
             secret(&SESSION_JWT_SECRET, &self.session_jwt_secret),
+            secret(
+                &SESSION_JWT_PREVIOUS_SECRET,
+                &self.session_jwt_previous_secret,
+            ),
+            line(
+                &SESSION_JWT_ROTATION_GRACE,
+                humantime::format_duration(self.session_jwt_rotation_grace),
+            ),
             opt(
                 &SESSION_JWT_PUBLIC_KEY_FILE,
                 self.session_jwt_public_key_file
@@ -1230,6 +1301,10 @@ impl Settings {
             secret(&AUDIT_HMAC_KEY, &self.audit_hmac_key),
             secret(&AUDIT_SIGNING_KEY, &self.audit_signing_key),
             line(&AUDIT_READER_ROLE, &self.audit_reader_role),
+            opt(
+                &DENY_LIST_FILE,
+                self.deny_list_file.as_ref().map(|p| p.display()),
+            ),
             line(
                 &TRUSTED_PROXIES,
                 self.trusted_proxies

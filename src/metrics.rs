@@ -249,6 +249,8 @@ pub struct Metrics {
     fleet_hits: Counter,
     token_cache_fallback: Gauge,
     token_cache_fallbacks: Counter,
+    deny_list_entries: Gauge,
+    denied_vends: Counter,
 }
 
 impl Default for Metrics {
@@ -355,6 +357,18 @@ impl Metrics {
             "Times token reuse fell back from Redis to per-replica state",
             token_cache_fallbacks.clone(),
         );
+        let deny_list_entries = Gauge::default();
+        registry.register(
+            "deny_list_entries",
+            "Lines in force in DENY_LIST_FILE (a `*` line counts as one)",
+            deny_list_entries.clone(),
+        );
+        let denied_vends = Counter::default();
+        registry.register(
+            "denied_vends",
+            "POST /v1/tokens attempts refused because the subject is on the deny list",
+            denied_vends.clone(),
+        );
         Self {
             registry: root,
             vends,
@@ -373,6 +387,8 @@ impl Metrics {
             fleet_hits,
             token_cache_fallback,
             token_cache_fallbacks,
+            deny_list_entries,
+            denied_vends,
         }
     }
 
@@ -459,6 +475,16 @@ impl Metrics {
         if active {
             self.token_cache_fallbacks.inc();
         }
+    }
+
+    /// Entries in force in the deny list.
+    pub fn deny_list_entries(&self, entries: usize) {
+        self.deny_list_entries.set(entries as i64);
+    }
+
+    /// One vend refused by the deny list.
+    pub fn denied_vend(&self) {
+        self.denied_vends.inc();
     }
 
     pub fn coalesced_waiter(&self) {

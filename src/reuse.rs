@@ -229,6 +229,15 @@ impl TokenReuse {
         }
     }
 
+    /// Drops every live token of everyone, here and (with a fleet) in Redis: `*` on
+    /// the deny list.
+    pub async fn forget_everyone(&self) {
+        lock(&self.state).live.clear();
+        if let Some(fleet) = &self.fleet {
+            fleet.forget_everyone().await;
+        }
+    }
+
     /// Live tokens held now.
     pub fn live_tokens(&self) -> usize {
         lock(&self.state).live.len()

@@ -13,10 +13,11 @@ use serde::Deserialize;
 
 use crate::config::{
     ConfigError, SessionKeys, SessionSettings, SESSION_INTROSPECTION_URL,
-    SESSION_JWT_PUBLIC_KEY_FILE,
+    SESSION_JWT_PREVIOUS_SECRET, SESSION_JWT_PUBLIC_KEY_FILE,
 };
 use crate::jwks::{JwksCache, JwksPolicy, VerifyingKey};
 use crate::jwt::{self, JwtError, Keys, Rules};
+use crate::session_keys::{KeyFile, RotatingKeys};
 use introspection::Introspector;
 
 /// The signed-in user: the session JWT's `sub`.
@@ -120,10 +121,19 @@ impl SessionVerifier {
         }
     }
 
-    /// Where session JWT keys come from; `None` for opaque sessions.
-    pub fn keys(&self) -> Option<&Keys> {
+    /// The key set, when session JWT keys are fetched from a JWKS.
+    pub fn jwks(&self) -> Option<&Arc<JwksCache>> {
         match self {
-            Self::Jwt(jwt) => Some(jwt.keys()),
+            Self::Jwt(jwt) => jwt.jwks(),
+            Self::Introspection(_) => None,
+        }
+    }
+
+    /// The configured session key, re-read on SIGHUP and on change of its file (none
+    /// for a JWKS or opaque sessions).
+    pub fn reloadable(&self) -> Option<Arc<RotatingKeys>> {
+        match self {
+            Self::Jwt(jwt) => jwt.reloadable(),
             Self::Introspection(_) => None,
         }
     }
@@ -146,40 +156,77 @@ impl SessionVerifier {
     }
 }
 
+/// Where session JWT keys come from: a configured key (rotated by reloads) or a JWKS.
+enum KeySource {
+    Configured(Arc<RotatingKeys>),
+    Jwks(Keys),
+}
+
 /// Verifies session JWTs against the one configured key source.
 pub struct JwtVerifier {
-    keys: Keys,
+    keys: KeySource,
     issuer: Option<String>,
     audience: Option<String>,
 }
 
 impl JwtVerifier {
-    /// Where the session keys come from.
-    pub fn keys(&self) -> &Keys {
-        &self.keys
+    /// The key set, when session keys are fetched from a JWKS.
+    pub fn jwks(&self) -> Option<&Arc<JwksCache>> {
+        match &self.keys {
+            KeySource::Jwks(keys) => keys.jwks(),
+            KeySource::Configured(_) => None,
+        }
+    }
+
+    /// The configured key, re-read on SIGHUP and on change of its file (none for a JWKS).
+    pub fn reloadable(&self) -> Option<Arc<RotatingKeys>> {
+        match &self.keys {
+            KeySource::Configured(keys) => Some(keys.clone()),
+            KeySource::Jwks(_) => None,
+        }
     }
     /// Builds the verifier from the settings' one key source.
     pub fn from_settings(
         settings: &SessionSettings,
         http: reqwest::Client,
     ) -> Result<Self, ConfigError> {
+        let rotation = &settings.rotation;
+        let configured = |key, material, file| {
+            RotatingKeys::new(
+                key,
+                material,
+                file,
+                rotation.previous_secret.as_ref(),
+                rotation.previous_secret_file.clone(),
+                rotation.grace,
+            )
+            .map(|keys| KeySource::Configured(Arc::new(keys)))
+            .map_err(|e| SESSION_JWT_PREVIOUS_SECRET.error(e))
+        };
         let keys = match &settings.keys {
-            SessionKeys::Secret(secret) => Keys::Static(hmac_key(secret)),
+            SessionKeys::Secret(secret) => configured(
+                hmac_key(secret),
+                secret.expose_secret().as_bytes().to_vec(),
+                rotation.secret_file.clone().map(KeyFile::Secret),
+            )?,
             SessionKeys::PublicKeyFile(path) => {
                 let setting = SESSION_JWT_PUBLIC_KEY_FILE.name;
                 let pem = std::fs::read(path).map_err(|e| {
                     ConfigError::new(setting, format!("cannot read {}: {e}", path.display()))
                 })?;
-                Keys::Static(public_key_from_pem(&pem).ok_or_else(|| {
+                let key = public_key_from_pem(&pem).ok_or_else(|| {
                     ConfigError::new(
                         setting,
                         "is not a PEM RSA, EC (P-256/P-384) or Ed25519 public key",
                     )
-                })?)
+                })?;
+                configured(key, pem, Some(KeyFile::PublicKey(path.clone())))?
             }
-            SessionKeys::Jwks(url) => {
-                Keys::Jwks(JwksCache::new(url.clone(), http, JwksPolicy::default()))
-            }
+            SessionKeys::Jwks(url) => KeySource::Jwks(Keys::Jwks(JwksCache::new(
+                url.clone(),
+                http,
+                JwksPolicy::default(),
+            ))),
             SessionKeys::Introspection(_) => {
                 return Err(ConfigError::new(
                     SESSION_INTROSPECTION_URL.name,
@@ -205,7 +252,11 @@ impl JwtVerifier {
             required: &["sub"],
             check_nbf: true,
         };
-        let claims: Claims = jwt::verify(token, &self.keys, &rules).await.map_err(|e| {
+        let verified = match &self.keys {
+            KeySource::Configured(keys) => keys.verify(token, &rules).await,
+            KeySource::Jwks(keys) => jwt::verify(token, keys, &rules).await,
+        };
+        let claims: Claims = verified.map_err(|e| {
             SessionError::Invalid(match e {
                 JwtError::Malformed => "malformed",
                 JwtError::UnknownKey => "unknown kid",
@@ -233,7 +284,7 @@ impl JwtVerifier {
     }
 }
 
-fn hmac_key(secret: &SecretString) -> VerifyingKey {
+pub(crate) fn hmac_key(secret: &SecretString) -> VerifyingKey {
     VerifyingKey {
         key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
         algorithms: vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
@@ -241,7 +292,7 @@ fn hmac_key(secret: &SecretString) -> VerifyingKey {
 }
 
 /// Reads a PEM public key and the algorithm family it implies.
-fn public_key_from_pem(pem: &[u8]) -> Option<VerifyingKey> {
+pub(crate) fn public_key_from_pem(pem: &[u8]) -> Option<VerifyingKey> {
     let text = std::str::from_utf8(pem).ok()?;
     if text.contains("PRIVATE KEY") {
         // A private key in a verification setting is a deployment mistake; refuse it.

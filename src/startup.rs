@@ -11,15 +11,15 @@ use crate::audit::flood::FloodGuard;
 use crate::audit::keys::{ChainKey, NoteSigner};
 use crate::audit::store::SqlAuditStore;
 use crate::audit::writer::{WriterConfig, WriterKeys};
-use crate::audit::{AuditStore, Auditor, Fingerprinter};
+use crate::audit::{AuditStore, Auditor, FingerprintKeyFile, Fingerprinter};
 use crate::background::spawn_while_alive;
 use crate::browser::OriginPolicy;
 use crate::config::{
-    ConfigError, ServeSettings, AUDIT_SIGNING_KEY, RATE_LIMIT_REDIS_URL, TENANTS_KEY,
-    TOKEN_CACHE_KEY,
+    ConfigError, ServeSettings, AUDIT_SIGNING_KEY, DENY_LIST_FILE, RATE_LIMIT_REDIS_URL,
+    TENANTS_KEY, TOKEN_CACHE_KEY,
 };
+use crate::deny::DenyList;
 use crate::http::{self, AppState};
-use crate::jwt::Keys;
 use crate::lifecycle::{stop_signal, Draining};
 use crate::limits::{LimitRates, Limits, RedisLimits};
 use crate::metrics::Metrics;
@@ -252,9 +252,16 @@ fn app_state(
         .build()?;
     let sessions = SessionVerifier::from_settings(&settings.session, jwks_http)?;
     let fingerprinter = Fingerprinter::new(settings.audit_hmac_key.clone());
+    let deny = Arc::new(match &settings.deny_list_file {
+        Some(path) => DenyList::load(path).map_err(|e| DENY_LIST_FILE.error(e))?,
+        None => DenyList::none(),
+    });
+    register_reloadables(settings, &reloader, &sessions, &fingerprinter, &deny);
+    let gauge = metrics.clone();
+    deny.report_size(move |entries| gauge.deny_list_entries(entries));
     let auditor = Auditor::with_flood_guard(store, flood);
     let origins = OriginPolicy::new(settings.allowed_origins.iter().cloned());
-    if let Some(cache) = sessions.keys().and_then(Keys::jwks) {
+    if let Some(cache) = sessions.jwks() {
         metrics.watch_jwks("session", None, cache.stale_gauge());
     }
     for t in tenants.iter() {
@@ -269,9 +276,6 @@ fn app_state(
         .transpose()
         .map_err(|e| ConfigError::new(RATE_LIMIT_REDIS_URL.name, e.to_string()))?;
     let fleet = fleet_cache(settings, &metrics)?;
-    if let Some(introspector) = sessions.introspector() {
-        reloader.register(introspector.clone());
-    }
     let vendor = Vendor {
         sessions,
         origins: origins.clone(),
@@ -288,10 +292,20 @@ fn app_state(
             metrics.clone(),
         ),
         reuse: TokenReuse::new(settings.token_reuse_min_ttl).with_fleet(fleet),
+        deny: deny.clone(),
         metrics,
     };
+    let vendor = Arc::new(vendor);
+    let weak = Arc::downgrade(&vendor);
+    deny.on_newly_denied(move |denied| {
+        let (Some(vendor), Ok(runtime)) = (weak.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move { vendor.forget_denied(denied).await });
+    });
     Ok(AppState {
-        vendor: Arc::new(vendor),
+        vendor,
         auditor,
         origins,
         trusted_proxies: settings.trusted_proxies.clone(),
@@ -300,4 +314,33 @@ fn app_state(
         draining: Draining::default(),
         reloader,
     })
+}
+
+/// What SIGHUP and a changed file re-read: the deny list, the session key files, the
+/// introspection client secret and the audit fingerprint key file.
+fn register_reloadables(
+    settings: &ServeSettings,
+    reloader: &Reloader,
+    sessions: &SessionVerifier,
+    fingerprinter: &Fingerprinter,
+    deny: &Arc<DenyList>,
+) {
+    if settings.deny_list_file.is_some() {
+        reloader.register(deny.clone());
+    }
+    if let Some(introspector) = sessions.introspector() {
+        reloader.register(introspector.clone());
+    }
+    if let Some(keys) = sessions.reloadable() {
+        use crate::reload::Reloadable;
+        if !keys.paths().is_empty() {
+            reloader.register(keys);
+        }
+    }
+    if let Some(path) = &settings.audit_hmac_key_file {
+        reloader.register(Arc::new(FingerprintKeyFile {
+            path: path.clone(),
+            fingerprinter: fingerprinter.clone(),
+        }));
+    }
 }

@@ -17,6 +17,7 @@ use crate::browser::{OriginError, OriginPolicy};
 use crate::catalog::{ProblemType, TRY_AGAIN_SOON};
 use crate::config::Tenant;
 use crate::corti::{GrantedToken, UpstreamError};
+use crate::deny::{Denial, DenyList, NewlyDenied};
 use crate::limits::{Decision, KeyKind, Limits, RateLimitReport};
 use crate::metrics::Metrics;
 use crate::reuse::{FetchError, ReuseKey, Source, TokenReuse};
@@ -97,6 +98,11 @@ pub enum VendError {
     UnknownTenant(Tenant),
     #[error("tenant \"{0}\" is not allowed for this user")]
     TenantNotAllowed(Tenant),
+    #[error("{}", match .0 {
+        Denial::Subject => "subject is on the deny list (DENY_LIST_FILE)",
+        Denial::Everyone => "vending is stopped for everyone by the deny list (DENY_LIST_FILE: *)",
+    })]
+    Denied(Denial),
     #[error("too many requests ({} limit)", kind.as_str())]
     RateLimited {
         kind: KeyKind,
@@ -155,6 +161,12 @@ impl VendError {
             VendError::TenantNotAllowed(_) => {
                 (P::TenantNotAllowed, Outcome::Forbidden, own(), None)
             }
+            VendError::Denied(_) => (
+                P::SubjectDenied,
+                Outcome::Forbidden,
+                "the operator has stopped token vending for this user".into(),
+                None,
+            ),
             VendError::RateLimited { retry_after, .. } => {
                 (P::RateLimited, Outcome::RateLimited, own(), Some(*retry_after))
             }
@@ -247,6 +259,8 @@ pub struct Vendor {
     pub fingerprinter: Fingerprinter,
     pub limits: Arc<Limits>,
     pub reuse: TokenReuse,
+    /// Subjects refused at once (`DENY_LIST_FILE`).
+    pub deny: Arc<DenyList>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -367,6 +381,8 @@ impl Vendor {
         self.origins
             .check_request(caller.origin.as_deref(), via_cookie)?;
         let session = verified?;
+        // The kill switch comes before the user's quota, reuse and upstream.
+        self.check_not_denied(&session)?;
         // The body is read first only to learn whose quota this is: each tenant's is
         // the user's own. Its errors are answered after the quota is spent, as before.
         let parsed = read_body(content_type.as_deref(), body);
@@ -400,8 +416,15 @@ impl Vendor {
         )?;
         check_user_may_have(&session, &scope)?;
 
-        self.token_for(&session, scope, &route, &mut trail.event)
-            .await
+        let vended = self
+            .token_for(&session, scope, &route, &mut trail.event)
+            .await?;
+        // Denied while the token was being fetched: it is dropped, not handed out.
+        if let Err(denied) = self.check_not_denied(&session) {
+            self.reuse.forget(&session.subject, route.tenant()).await;
+            return Err(denied);
+        }
+        Ok(vended)
     }
 
     /// The configured tenant the body names (the default when it names none); the
@@ -426,6 +449,34 @@ impl Vendor {
         trail.event.environment = route.environment().as_str().to_owned();
         trail.tenant = Some(route.tenant().clone());
         Ok(route.clone())
+    }
+
+    fn check_not_denied(&self, session: &Session) -> Result<(), VendError> {
+        match self.deny.denies(session.subject.as_str()) {
+            None => Ok(()),
+            Some(denial) => {
+                self.metrics.denied_vend();
+                Err(VendError::Denied(denial))
+            }
+        }
+    }
+
+    /// Drops the cached tokens of subjects that became denied, at every tenant, here
+    /// and in Redis, so none is handed out again, even once the subject is lifted.
+    pub async fn forget_denied(&self, denied: NewlyDenied) {
+        match denied {
+            NewlyDenied::Everyone => self.reuse.forget_everyone().await,
+            NewlyDenied::Subjects(subjects) => {
+                for raw in subjects {
+                    // A line that is no valid subject names nobody who holds a token.
+                    if let Ok(subject) = crate::session::Subject::parse(&raw) {
+                        for route in self.tenants.iter() {
+                            self.reuse.forget(&subject, route.tenant()).await;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// A live token of this user's, an identical call's result, or a new token, from

@@ -448,3 +448,72 @@ async fn a_redis_that_answers_ping_but_refuses_writes_keeps_the_replica_on_its_o
     }
     redis.stop();
 }
+
+#[tokio::test]
+async fn a_subject_denied_on_one_replica_leaves_no_token_in_redis_for_another() {
+    // Arrange: replica A reads a deny list; replica B has none, so only Redis links them
+    let Some(url) = redis_url() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("tv-fleet-deny-{}", random_hex(8)));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let list = dir.join("deny");
+    std::fs::write(&list, "").expect("write");
+    let key = fresh_cache_key();
+    let secrets = Secrets::fresh();
+    let a = TestApp::builder()
+        .upstream(Upstream::StandIn(LIFETIME))
+        .limits(Limits::Off)
+        .envs([
+            ("REDIS_URL", url.as_str()),
+            ("TOKEN_CACHE_KEY", key.as_str()),
+        ])
+        .env("DENY_LIST_FILE", list.display().to_string())
+        .secrets(secrets.clone())
+        .spawn()
+        .await;
+    let upstream = a
+        .standin
+        .as_ref()
+        .map(|s| s.base_url().to_owned())
+        .expect("stand-in");
+    let b = replica_of(
+        &upstream,
+        [
+            ("REDIS_URL", url.as_str()),
+            ("TOKEN_CACHE_KEY", key.as_str()),
+        ],
+        &secrets,
+        Store::Memory,
+    )
+    .await;
+    let user = unique_user();
+    let session = a.session(&user);
+    let before = token_from(&a, &session).await;
+    // Act: deny on A, then lift
+    std::fs::write(&list, format!("{user}\n")).expect("write");
+    let denied = support::eventually(Duration::from_secs(4), || async {
+        a.metric("token_vendor_deny_list_entries").await == 1.0
+    })
+    .await;
+    assert!(denied, "A picked up the deny list");
+    assert_eq!(a.vend_transcribe(&session).await.status(), 403);
+    std::fs::write(&list, "").expect("write");
+    let lifted = support::eventually(Duration::from_secs(4), || async {
+        a.metric("token_vendor_deny_list_entries").await == 0.0
+    })
+    .await;
+    assert!(lifted);
+    let after = token_from(&b, &session).await;
+
+    // Assert: B found nothing in Redis and fetched a new token
+    assert_ne!(
+        after, before,
+        "the token cached before the denial is gone from Redis"
+    );
+    assert_eq!(
+        b.metric("token_vendor_token_cache_fleet_hits_total").await,
+        0.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

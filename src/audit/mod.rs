@@ -337,26 +337,107 @@ fn emit_log_line(e: &AuditEvent, stored: bool, link: Option<&Link>) {
     );
 }
 
-/// Keyed fingerprints of tokens: lets ops trace a token without storing it.
+/// Shortest accepted `AUDIT_HMAC_KEY`.
+pub const MIN_HMAC_KEY_BYTES: usize = 16;
+
+/// One fingerprint key, keyed once; each fingerprint starts from a clone of it.
+#[derive(Clone)]
+struct FingerprintKey {
+    keyed: Hmac<Sha256>,
+    id: String,
+}
+
+impl FingerprintKey {
+    fn new(key: &SecretString) -> Self {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let hmac = |k: &[u8]| {
+            Hmac::<Sha256>::new_from_slice(k)
+                .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
+        };
+        let keyed = hmac(key.expose_secret().as_bytes());
+        let mut idm = keyed.clone();
+        idm.update(b"\0token-vendor fingerprint key id");
+        let id = hex::encode(&idm.finalize().into_bytes()[..8]);
+        Self { keyed, id }
+    }
+}
+
+/// Keyed fingerprints of tokens: lets ops trace a token without storing it. Clones
+/// share the key, so [`Fingerprinter::rotate`] changes it for every holder.
 #[derive(Clone)]
 pub struct Fingerprinter {
-    /// Keyed once; each fingerprint starts from a clone of this state.
-    keyed: Hmac<Sha256>,
+    key: Arc<std::sync::RwLock<FingerprintKey>>,
 }
 
 impl Fingerprinter {
     pub fn new(key: SecretString) -> Self {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let keyed = Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        Self { keyed }
+        Self {
+            key: Arc::new(std::sync::RwLock::new(FingerprintKey::new(&key))),
+        }
+    }
+
+    fn current(&self) -> FingerprintKey {
+        self.key
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// `hmac-sha256:<hex>` of the token.
     pub fn fingerprint(&self, token: &str) -> String {
-        let mut mac = self.keyed.clone();
+        let mut mac = self.current().keyed;
         mac.update(token.as_bytes());
         format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// A public id of the key (16 hex digits): tells keys apart without revealing them.
+    pub fn key_id(&self) -> String {
+        self.current().id
+    }
+
+    /// Fingerprints from now on use `key`; `Err` (key too short) keeps the old one.
+    pub fn rotate(&self, key: &SecretString) -> Result<(), String> {
+        if key.expose_secret().len() < MIN_HMAC_KEY_BYTES {
+            return Err(format!("must be at least {MIN_HMAC_KEY_BYTES} bytes"));
+        }
+        let new = FingerprintKey::new(key);
+        let mut slot = self
+            .key
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.id != new.id {
+            tracing::info!(old_key_id = %slot.id, key_id = %new.id, "audit fingerprint key replaced");
+            *slot = new;
+        }
+        Ok(())
+    }
+}
+
+/// `AUDIT_HMAC_KEY_FILE`, re-read on SIGHUP and on change: the fingerprint key follows
+/// it at once. The hash chains keep the key they were opened with until the next start
+/// (a chain changes key only when a new one is opened; `audit verify --previous-key-file`).
+pub struct FingerprintKeyFile {
+    pub path: std::path::PathBuf,
+    pub fingerprinter: Fingerprinter,
+}
+
+impl crate::reload::Reloadable for FingerprintKeyFile {
+    fn name(&self) -> String {
+        "AUDIT_HMAC_KEY_FILE".into()
+    }
+
+    fn paths(&self) -> Vec<std::path::PathBuf> {
+        vec![self.path.clone()]
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
+        let key = text.trim_end_matches(['\n', '\r']);
+        if key.is_empty() {
+            return Err("the file is empty".into());
+        }
+        self.fingerprinter.rotate(&SecretString::from(key))
     }
 }
 

@@ -68,7 +68,8 @@ pub struct AuditQuery {
     pub outcome: Option<Outcome>,
     /// Every one of these scope values must be in the event's scope.
     pub scope: Vec<String>,
-    pub token_fingerprint: Option<String>,
+    /// Events with any of these fingerprints (a token fingerprinted under several keys).
+    pub token_fingerprint: Vec<String>,
     pub client_ip: Option<String>,
     /// Inclusive.
     pub since: Option<OffsetDateTime>,
@@ -173,7 +174,11 @@ impl AuditQuery {
             subject: text("subject", &p.subject, 255)?,
             outcome,
             scope,
-            token_fingerprint: text("token_fingerprint", &p.token_fingerprint, 128)?,
+            token_fingerprint: fingerprints(text(
+                "token_fingerprint",
+                &p.token_fingerprint,
+                MAX_FINGERPRINTS * 129,
+            )?)?,
             client_ip: text("client_ip", &p.client_ip, 64)?,
             since,
             until,
@@ -181,6 +186,31 @@ impl AuditQuery {
             cursor,
         })
     }
+}
+
+/// Most fingerprints one query names (one per audit key a token may have been
+/// fingerprinted under).
+pub const MAX_FINGERPRINTS: usize = 8;
+
+/// `token_fingerprint`: one fingerprint, or several separated by commas (what
+/// `audit hash` prints for the current and previous keys).
+fn fingerprints(value: Option<String>) -> Result<Vec<String>, FilterError> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    let list: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if list.is_empty() || list.len() > MAX_FINGERPRINTS || list.iter().any(|f| f.len() > 128) {
+        return Err(FilterError::new(
+            "token_fingerprint",
+            format!("must be 1 to {MAX_FINGERPRINTS} comma-separated fingerprints of at most 128 characters"),
+        ));
+    }
+    Ok(list)
 }
 
 fn parse_time(
@@ -259,8 +289,16 @@ pub(crate) fn where_clause(q: &AuditQuery) -> (String, Vec<Arg>) {
             &mut args,
         );
     }
-    if let Some(f) = &q.token_fingerprint {
-        push("token_fingerprint = ?", Arg::Text(f.clone()), &mut args);
+    if let Some((last, others)) = q.token_fingerprint.split_last() {
+        // `push` numbers the one `?`; the others are numbered here.
+        let mut marks = Vec::new();
+        for f in others {
+            args.push(Arg::Text(f.clone()));
+            marks.push(format!("${}", args.len()));
+        }
+        marks.push("?".into());
+        let clause = format!("token_fingerprint IN ({})", marks.join(", "));
+        push(&clause, Arg::Text(last.clone()), &mut args);
     }
     if let Some(ip) = &q.client_ip {
         push("client_ip = ?", Arg::Text(ip.clone()), &mut args);

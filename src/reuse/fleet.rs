@@ -196,6 +196,38 @@ impl FleetCache {
             .await;
     }
 
+    /// Deletes every token this service stored in Redis (`*` on the deny list), in
+    /// batches found with `SCAN`. Best effort, as [`FleetCache::forget`].
+    pub async fn forget_everyone(&self) {
+        let pattern = format!("{KEY_PREFIX}:token:*");
+        let mut cursor: u64 = 0;
+        loop {
+            let mut conn = self.conn.clone();
+            let page: Result<(u64, Vec<String>), Unavailable> = self
+                .call(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut conn),
+                )
+                .await;
+            let Ok((next, keys)) = page else { return };
+            if !keys.is_empty() {
+                let mut conn = self.conn.clone();
+                let _ = self
+                    .call(redis::cmd("DEL").arg(keys).query_async::<i64>(&mut conn))
+                    .await;
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+
     fn names(&self, key: &ReuseKey) -> Names {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.names)
             .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));

@@ -9,6 +9,7 @@ mod cli;
 mod dev;
 mod dev_demo;
 mod observability;
+mod operator;
 mod ops;
 mod session;
 mod session_introspection;

@@ -65,20 +65,20 @@ impl ServeProcess {
     }
 
     pub fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
+        self.signal("TERM");
     }
 
-    /// SIGHUP: re-read every `_FILE` secret.
+    /// SIGHUP: re-read the deny list and every `_FILE` secret.
     pub fn sighup(&self) {
+        self.signal("HUP");
+    }
+
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -HUP failed");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// Waits for the process to end; `None` if it is still running after `limit`.

@@ -177,8 +177,9 @@ async fn every_token_in_a_200_has_its_event(backend: Backend) {
                     &id,
                 )
                 .await;
-            assert_eq!(r.status().as_u16(), 200);
+            let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap();
+            assert_eq!(status, 200, "{body}");
             (user, id, body["accessToken"].as_str().unwrap().to_owned())
         }
     });
