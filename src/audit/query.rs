@@ -204,10 +204,11 @@ fn fingerprints(value: Option<String>) -> Result<Vec<String>, FilterError> {
         .filter(|f| !f.is_empty())
         .map(str::to_owned)
         .collect();
-    if list.is_empty() || list.len() > MAX_FINGERPRINTS || list.iter().any(|f| f.len() > 128) {
+    // Only commas and blanks name no fingerprint: no filter, as an empty value is.
+    if list.len() > MAX_FINGERPRINTS || list.iter().any(|f| f.chars().count() > 128) {
         return Err(FilterError::new(
             "token_fingerprint",
-            format!("must be 1 to {MAX_FINGERPRINTS} comma-separated fingerprints of at most 128 characters"),
+            format!("must be at most {MAX_FINGERPRINTS} comma-separated fingerprints of at most 128 characters"),
         ));
     }
     Ok(list)
