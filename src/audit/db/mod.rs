@@ -228,6 +228,20 @@ impl RawTransaction {
         Ok(tx)
     }
 
+    /// A connection for a statement list that itself begins and commits; call
+    /// [`Self::committed`] once it succeeded.
+    async fn acquire(pool: &AnyPool) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            conn: pool.acquire().await?,
+            ended: false,
+        })
+    }
+
+    /// The statement list ended in a successful COMMIT.
+    fn committed(mut self) {
+        self.ended = true;
+    }
+
     fn conn(&mut self) -> &mut AnyConnection {
         &mut self.conn
     }
@@ -267,6 +281,9 @@ fn sqlite_pool_options(max_connections: u32) -> AnyPoolOptions {
                 // instead of being re-read from the file on every batch.
                 conn.execute("PRAGMA cache_size = -32768").await?;
                 conn.execute("PRAGMA mmap_size = 268435456").await?;
+                // A multi-row INSERT inside a transaction keeps a statement journal;
+                // in a file, each one is an open, an unlink and a close per batch.
+                conn.execute("PRAGMA temp_store = MEMORY").await?;
                 // Fewer, larger checkpoints: each one is an fsync of the file.
                 conn.execute("PRAGMA wal_autocheckpoint = 8192").await?;
                 conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str())
