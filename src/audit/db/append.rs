@@ -14,7 +14,7 @@ use crate::audit::schema::{self, Value, FIELDS};
 use crate::audit::AuditEvent;
 
 /// Multi-row insert sizes; a few fixed shapes keep prepared statements cached.
-const CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+const CHUNKS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 
 impl AuditDb {
     /// Appends `events` to the writer's chain in one transaction and moves the chain's
@@ -58,20 +58,13 @@ impl AuditDb {
             .execute(tx.conn())
             .await?;
         }
-        let mut seq = chain.head_seq;
-        let mut prev = chain.head_hash.clone();
-        let mut linked = Vec::with_capacity(events.len());
-        for e in events {
-            seq += 1;
-            let hash = chain::event_hash(Some(&chain.key), &prev, &chain.id, seq, e);
-            linked.push((*e, seq, std::mem::replace(&mut prev, hash.clone()), hash));
-        }
+        let (linked, seq, prev) = link(chain, events);
         match self.backend {
             // One statement of a fixed shape (prepared once) for the whole batch: the
             // rows as one JSON parameter, typed by the table's own row type.
             Backend::Postgres => {
                 sqlx::query(&pg_insert_sql())
-                    .bind(pg_rows_json(&chain.id, &linked))
+                    .bind(rows_json(&chain.id, &linked))
                     .execute(tx.conn())
                     .await?;
             }
@@ -170,6 +163,24 @@ impl ChainState {
     }
 }
 
+/// The events after the chain's head, each with its sequence number, previous hash and
+/// hash; and the new head.
+#[allow(clippy::type_complexity)]
+fn link<'e>(
+    chain: &ChainState,
+    events: &[&'e AuditEvent],
+) -> (Vec<(&'e AuditEvent, i64, String, String)>, i64, String) {
+    let mut seq = chain.head_seq;
+    let mut prev = chain.head_hash.clone();
+    let mut linked = Vec::with_capacity(events.len());
+    for e in events {
+        seq += 1;
+        let hash = chain::event_hash(Some(&chain.key), &prev, &chain.id, seq, e);
+        linked.push((*e, seq, std::mem::replace(&mut prev, hash.clone()), hash));
+    }
+    (linked, seq, prev)
+}
+
 /// PostgreSQL: a batch's rows from one JSON array of objects keyed by column.
 fn pg_insert_sql() -> String {
     let columns = event_columns();
@@ -180,7 +191,7 @@ fn pg_insert_sql() -> String {
 }
 
 /// The rows of [`pg_insert_sql`]: `[{"id":"…","time_us":…,…,"hash":"…"},…]`.
-fn pg_rows_json(chain_id: &str, linked: &[(&AuditEvent, i64, String, String)]) -> String {
+fn rows_json(chain_id: &str, linked: &[(&AuditEvent, i64, String, String)]) -> String {
     fn text(out: &mut Vec<u8>, s: &str) {
         // Writing a str into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);

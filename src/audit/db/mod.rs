@@ -228,20 +228,6 @@ impl RawTransaction {
         Ok(tx)
     }
 
-    /// A connection for a statement list that itself begins and commits; call
-    /// [`Self::committed`] once it succeeded.
-    async fn acquire(pool: &AnyPool) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            conn: pool.acquire().await?,
-            ended: false,
-        })
-    }
-
-    /// The statement list ended in a successful COMMIT.
-    fn committed(mut self) {
-        self.ended = true;
-    }
-
     fn conn(&mut self) -> &mut AnyConnection {
         &mut self.conn
     }
