@@ -131,7 +131,7 @@ impl AuditDb {
         };
         let options = AnyConnectOptions::from_str(&url)?;
         let pool = match backend {
-            Backend::Sqlite => sqlite_pool_options(4)
+            Backend::Sqlite => sqlite_pool_options(4, READ_CACHE_KIB)
                 .connect_with(options.clone())
                 .await
                 .map_err(|e| with_sqlite_hint(e, &url, mode))?,
@@ -150,7 +150,7 @@ impl AuditDb {
         // that did not end its transaction cleanly is closed ([`RawTransaction`]), and
         // the next batch opens a fresh one.
         let writer = match backend {
-            Backend::Sqlite => sqlite_pool_options(1),
+            Backend::Sqlite => sqlite_pool_options(1, WRITER_CACHE_KIB),
             Backend::Postgres => AnyPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(3)),
@@ -253,19 +253,26 @@ impl Drop for RawTransaction {
     }
 }
 
+/// Page cache of each reading connection (queries, exports), in KiB.
+const READ_CACHE_KIB: u32 = 32 * 1024;
+/// Page cache of the writer's connection, in KiB: the hot index pages of a batch; kept
+/// for the life of the process, so it counts fully in the service's memory.
+const WRITER_CACHE_KIB: u32 = 16 * 1024;
+
 /// SQLite connections: WAL, every commit fsynced, a page cache that holds the indexes.
-fn sqlite_pool_options(max_connections: u32) -> AnyPoolOptions {
+fn sqlite_pool_options(max_connections: u32, cache_kib: u32) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
-        .after_connect(|conn, _| {
+        .after_connect(move |conn, _| {
             Box::pin(async move {
                 conn.execute("PRAGMA journal_mode = WAL").await?;
                 // FULL: a commit is on disk before the token leaves.
                 conn.execute("PRAGMA synchronous = FULL").await?;
                 // Index pages of random ids and fingerprints stay in memory
                 // instead of being re-read from the file on every batch.
-                conn.execute("PRAGMA cache_size = -32768").await?;
+                conn.execute(format!("PRAGMA cache_size = -{cache_kib}").as_str())
+                    .await?;
                 conn.execute("PRAGMA mmap_size = 268435456").await?;
                 // A multi-row INSERT inside a transaction keeps a statement journal;
                 // in a file, each one is an open, an unlink and a close per batch.
