@@ -77,6 +77,7 @@ pub async fn verify<C: DeserializeOwned>(
     keys: &Keys,
     rules: &Rules<'_>,
 ) -> Result<C, JwtError> {
+    crate::jwt_crypto::install();
     let header = decode_header(token).map_err(|_| JwtError::Malformed)?;
     let key = match keys {
         Keys::Static(key) => key.clone(),

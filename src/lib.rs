@@ -14,6 +14,7 @@ pub mod dev;
 pub mod http;
 pub mod jwks;
 pub mod jwt;
+pub mod jwt_crypto;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;

@@ -272,20 +272,33 @@ impl Drop for FlightGuard {
     }
 }
 
-/// At capacity, drops tokens too short-lived to hand out, then the soonest to expire.
+/// At capacity, drops tokens too short-lived to hand out, then the soonest to expire
+/// down to [`REFILL_TO`] of the capacity: the scan is paid once per many inserts, not
+/// on every insert while the cache stays full (with more users than it holds, that
+/// scan of every entry under the lock was most of a vend's time).
 fn make_room(live: &mut HashMap<ReuseKey, GrantedToken>, min_ttl: Duration) {
-    if live.len() < MAX_LIVE_TOKENS {
+    make_room_within(live, min_ttl, MAX_LIVE_TOKENS);
+}
+
+/// The share of the capacity left after making room: 7/8.
+const REFILL_TO: (usize, usize) = (7, 8);
+
+fn make_room_within(live: &mut HashMap<ReuseKey, GrantedToken>, min_ttl: Duration, max: usize) {
+    if live.len() < max {
         return;
     }
     let now = OffsetDateTime::now_utc();
     live.retain(|_, t| t.expires_at - now >= min_ttl);
-    if live.len() >= MAX_LIVE_TOKENS {
-        if let Some(key) = live
+    let keep = max * REFILL_TO.0 / REFILL_TO.1;
+    if live.len() > keep {
+        let mut by_expiry: Vec<(OffsetDateTime, ReuseKey)> = live
             .iter()
-            .min_by_key(|(_, t)| t.expires_at)
-            .map(|(k, _)| k.clone())
-        {
-            live.remove(&key);
+            .map(|(k, t)| (t.expires_at, k.clone()))
+            .collect();
+        let drop = by_expiry.len() - keep;
+        by_expiry.select_nth_unstable_by_key(drop - 1, |(expires, _)| *expires);
+        for (_, key) in &by_expiry[..drop] {
+            live.remove(key);
         }
     }
 }
@@ -440,5 +453,20 @@ mod tests {
         assert_eq!(src, Source::Fetched);
         assert_eq!(t.access_token.expose_secret(), "t2");
         assert_eq!(reuse.live_tokens(), 0);
+    }
+
+    #[test]
+    fn a_full_cache_drops_the_soonest_to_expire_in_one_sweep() {
+        let mut live = HashMap::new();
+        for i in 0..16 {
+            live.insert(key(&format!("u{i}")), token("t", 100 + i));
+        }
+        make_room_within(&mut live, Duration::from_secs(60), 16);
+        assert_eq!(live.len(), 14, "down to 7/8 of the capacity");
+        assert!(!live.contains_key(&key("u0")) && !live.contains_key(&key("u1")));
+        assert!(live.contains_key(&key("u2")) && live.contains_key(&key("u15")));
+        // Below capacity nothing moves.
+        make_room_within(&mut live, Duration::from_secs(60), 16);
+        assert_eq!(live.len(), 14);
     }
 }

@@ -183,7 +183,7 @@ fn summarize(key: &Key, group: Group) -> Option<AuditEvent> {
         Some(s) => s.to_owned(),
     };
     let mut event = last;
-    event.id = uuid::Uuid::new_v4().to_string();
+    event.id = uuid::Uuid::now_v7().to_string();
     event.count = group.folded;
     if key.source.is_none() {
         event.client_ip = None;

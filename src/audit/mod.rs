@@ -120,7 +120,9 @@ impl AuditEvent {
     /// A new event for an attempt whose outcome is not known yet.
     pub fn begin(request_id: &str, tenant: &str, environment: &str) -> Self {
         Self {
-            id: uuid::Uuid::new_v4().to_string(),
+            // Time-ordered (v7): each batch's ids go to the end of the id index
+            // instead of dirtying a random page of it per event.
+            id: uuid::Uuid::now_v7().to_string(),
             time: OffsetDateTime::now_utc(),
             request_id: request_id.to_owned(),
             outcome: Outcome::InvalidRequest,

@@ -4,15 +4,17 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::{event_columns, AuditDb, Backend, RawTransaction, StoreError, ROW_COLUMN_COUNT};
+use super::{
+    event_columns, AuditDb, Backend, RawTransaction, StoreError, CHAIN_COLUMNS, ROW_COLUMN_COUNT,
+};
 use crate::audit::chain::{self, GENESIS};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::keys::{ChainKey, NoteSigner};
-use crate::audit::schema::{self, Value};
+use crate::audit::schema::{self, Value, FIELDS};
 use crate::audit::AuditEvent;
 
 /// Multi-row insert sizes; a few fixed shapes keep prepared statements cached.
-const CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+const CHUNKS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 
 impl AuditDb {
     /// Appends `events` to the writer's chain in one transaction and moves the chain's
@@ -23,7 +25,7 @@ impl AuditDb {
         chain: &mut ChainState,
         events: &[&AuditEvent],
     ) -> Result<Vec<String>, StoreError> {
-        let mut tx = RawTransaction::begin(&self.pool, self.backend.begin_write()).await?;
+        let mut tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
         if !chain.known {
             let row =
                 sqlx::query("SELECT head_seq, head_hash FROM audit_chains WHERE chain_id = $1")
@@ -56,36 +58,41 @@ impl AuditDb {
             .execute(tx.conn())
             .await?;
         }
-        let mut seq = chain.head_seq;
-        let mut prev = chain.head_hash.clone();
-        let mut linked = Vec::with_capacity(events.len());
-        for e in events {
-            seq += 1;
-            let hash = chain::event_hash(Some(&chain.key), &prev, &chain.id, seq, e);
-            linked.push((*e, seq, std::mem::replace(&mut prev, hash.clone()), hash));
-        }
-        let mut rest = linked.as_slice();
-        while !rest.is_empty() {
-            let size = CHUNKS.into_iter().find(|c| *c <= rest.len()).unwrap_or(1);
-            let (chunk, tail) = rest.split_at(size);
-            let sql = insert_sql(self.backend, size);
-            let mut q = sqlx::query(&sql);
-            for (e, seq, prev_hash, hash) in chunk {
-                for value in e.values() {
-                    q = match value {
-                        Value::Text(s) => q.bind(s),
-                        Value::Int(i) => q.bind(i),
-                        Value::Time(t) => q.bind(t.map(schema::to_micros)),
-                    };
-                }
-                q = q
-                    .bind(chain.id.as_str())
-                    .bind(*seq)
-                    .bind(prev_hash.as_str())
-                    .bind(hash.as_str());
+        let (linked, seq, prev) = link(chain, events);
+        match self.backend {
+            // One statement of a fixed shape (prepared once) for the whole batch: the
+            // rows as one JSON parameter, typed by the table's own row type.
+            Backend::Postgres => {
+                sqlx::query(&pg_insert_sql())
+                    .bind(rows_json(&chain.id, &linked))
+                    .execute(tx.conn())
+                    .await?;
             }
-            q.execute(tx.conn()).await?;
-            rest = tail;
+            Backend::Sqlite => {
+                let mut rest = linked.as_slice();
+                while !rest.is_empty() {
+                    let size = CHUNKS.into_iter().find(|c| *c <= rest.len()).unwrap_or(1);
+                    let (chunk, tail) = rest.split_at(size);
+                    let sql = insert_sql(self.backend, size);
+                    let mut q = sqlx::query(&sql);
+                    for (e, seq, prev_hash, hash) in chunk {
+                        for value in e.values() {
+                            q = match value {
+                                Value::Text(s) => q.bind(s),
+                                Value::Int(i) => q.bind(i),
+                                Value::Time(t) => q.bind(t.map(schema::to_micros)),
+                            };
+                        }
+                        q = q
+                            .bind(chain.id.as_str())
+                            .bind(*seq)
+                            .bind(prev_hash.as_str())
+                            .bind(hash.as_str());
+                    }
+                    q.execute(tx.conn()).await?;
+                    rest = tail;
+                }
+            }
         }
         sqlx::query("UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain_id = $3")
             .bind(seq)
@@ -113,7 +120,7 @@ impl AuditDb {
             time: OffsetDateTime::now_utc(),
         };
         let note = checkpoint.sign(signer);
-        let mut tx = RawTransaction::begin(&self.pool, self.backend.begin_write()).await?;
+        let mut tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
         sqlx::query(
             "INSERT INTO audit_checkpoints (chain_id, seq, hash, time_us, note) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -154,6 +161,77 @@ impl ChainState {
             known: true,
         }
     }
+}
+
+/// The events after the chain's head, each with its sequence number, previous hash and
+/// hash; and the new head.
+#[allow(clippy::type_complexity)]
+fn link<'e>(
+    chain: &ChainState,
+    events: &[&'e AuditEvent],
+) -> (Vec<(&'e AuditEvent, i64, String, String)>, i64, String) {
+    let mut seq = chain.head_seq;
+    let mut prev = chain.head_hash.clone();
+    let mut linked = Vec::with_capacity(events.len());
+    for e in events {
+        seq += 1;
+        let hash = chain::event_hash(Some(&chain.key), &prev, &chain.id, seq, e);
+        linked.push((*e, seq, std::mem::replace(&mut prev, hash.clone()), hash));
+    }
+    (linked, seq, prev)
+}
+
+/// PostgreSQL: a batch's rows from one JSON array of objects keyed by column.
+fn pg_insert_sql() -> String {
+    let columns = event_columns();
+    format!(
+        "INSERT INTO audit_events ({columns}) \
+         SELECT {columns} FROM json_populate_recordset(NULL::audit_events, $1::json)"
+    )
+}
+
+/// The rows of [`pg_insert_sql`]: `[{"id":"…","time_us":…,…,"hash":"…"},…]`.
+fn rows_json(chain_id: &str, linked: &[(&AuditEvent, i64, String, String)]) -> String {
+    fn text(out: &mut Vec<u8>, s: &str) {
+        // Writing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+    fn int(out: &mut Vec<u8>, i: i64) {
+        out.extend_from_slice(i.to_string().as_bytes());
+    }
+    let mut out = Vec::with_capacity(linked.len() * 768);
+    out.push(b'[');
+    for (n, (e, seq, prev_hash, hash)) in linked.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.push(b'{');
+        let chain = [
+            Value::Text(Some(chain_id)),
+            Value::Int(Some(*seq)),
+            Value::Text(Some(prev_hash)),
+            Value::Text(Some(hash)),
+        ];
+        let columns = FIELDS.iter().map(|f| f.column).chain(CHAIN_COLUMNS);
+        for (c, (column, value)) in columns.zip(e.values().into_iter().chain(chain)).enumerate() {
+            if c > 0 {
+                out.push(b',');
+            }
+            text(&mut out, column);
+            out.push(b':');
+            match value {
+                Value::Text(Some(s)) => text(&mut out, s),
+                Value::Int(Some(i)) => int(&mut out, i),
+                Value::Time(Some(t)) => int(&mut out, schema::to_micros(t)),
+                Value::Text(None) | Value::Int(None) | Value::Time(None) => {
+                    out.extend_from_slice(b"null")
+                }
+            }
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// SQLite gets anonymous `?` placeholders: it resolves each named (`$n`) one by a

@@ -100,6 +100,8 @@ pub enum OpenMode {
 #[derive(Clone)]
 pub struct AuditDb {
     pool: AnyPool,
+    /// One connection, for the group-commit writer's batches and checkpoints.
+    writer: AnyPool,
     backend: Backend,
 }
 
@@ -129,39 +131,38 @@ impl AuditDb {
         };
         let options = AnyConnectOptions::from_str(&url)?;
         let pool = match backend {
-            Backend::Sqlite => AnyPoolOptions::new()
-                .max_connections(4)
-                .acquire_timeout(Duration::from_secs(3))
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        // FULL: a commit is on disk before the token leaves.
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        // Index pages of random ids and fingerprints stay in memory
-                        // instead of being re-read from the file on every batch.
-                        conn.execute("PRAGMA cache_size = -32768").await?;
-                        conn.execute("PRAGMA mmap_size = 268435456").await?;
-                        // Fewer, larger checkpoints: each one is an fsync of the file.
-                        conn.execute("PRAGMA wal_autocheckpoint = 8192").await?;
-                        conn.execute(
-                            format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str(),
-                        )
-                        .await?;
-                        Ok(())
-                    })
-                })
-                .connect_with(options)
+            Backend::Sqlite => sqlite_pool_options(4, READ_CACHE_KIB)
+                .connect_with(options.clone())
                 .await
                 .map_err(|e| with_sqlite_hint(e, &url, mode))?,
             Backend::Postgres => {
                 AnyPoolOptions::new()
                     .max_connections(10)
                     .acquire_timeout(Duration::from_secs(3))
-                    .connect_with(options)
+                    .connect_with(options.clone())
                     .await?
             }
         };
-        Ok(Self { pool, backend })
+        // The group-commit writer's own connection, opened on first use. With SQLite,
+        // a connection whose page cache another connection's writes invalidated must
+        // re-read the pages it touches (each batch's index pages) from the WAL: one
+        // connection that alone writes keeps them cached between batches. A connection
+        // that did not end its transaction cleanly is closed ([`RawTransaction`]), and
+        // the next batch opens a fresh one.
+        let writer = match backend {
+            Backend::Sqlite => sqlite_pool_options(1, WRITER_CACHE_KIB),
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(3)),
+        }
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            writer,
+            backend,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -250,6 +251,39 @@ impl Drop for RawTransaction {
             self.conn.close_on_drop();
         }
     }
+}
+
+/// Page cache of each reading connection (queries, exports), in KiB.
+const READ_CACHE_KIB: u32 = 32 * 1024;
+/// Page cache of the writer's connection, in KiB: the hot index pages of a batch; kept
+/// for the life of the process, so it counts fully in the service's memory.
+const WRITER_CACHE_KIB: u32 = 16 * 1024;
+
+/// SQLite connections: WAL, every commit fsynced, a page cache that holds the indexes.
+fn sqlite_pool_options(max_connections: u32, cache_kib: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                // FULL: a commit is on disk before the token leaves.
+                conn.execute("PRAGMA synchronous = FULL").await?;
+                // Index pages of random ids and fingerprints stay in memory
+                // instead of being re-read from the file on every batch.
+                conn.execute(format!("PRAGMA cache_size = -{cache_kib}").as_str())
+                    .await?;
+                conn.execute("PRAGMA mmap_size = 268435456").await?;
+                // A multi-row INSERT inside a transaction keeps a statement journal;
+                // in a file, each one is an open, an unlink and a close per batch.
+                conn.execute("PRAGMA temp_store = MEMORY").await?;
+                // Fewer, larger checkpoints: each one is an fsync of the file.
+                conn.execute("PRAGMA wal_autocheckpoint = 8192").await?;
+                conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str())
+                    .await?;
+                Ok(())
+            })
+        })
 }
 
 fn sqlite_url(url: &str, mode: OpenMode) -> String {
