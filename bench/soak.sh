@@ -14,10 +14,10 @@
 #      (wrk -t2 -cSOAK_REUSE_CONNS, vend.lua cycle mode, the window moves on every
 #      SOAK_CHUNK seconds), plus a trickle of about SOAK_NEW_PER_S new users a second
 #      (bench/trickle.lua, one connection with a pause between requests).
-# From the service's start, VmRSS and VmHWM (/proc/PID/status) are sampled every
-# SOAK_SAMPLE seconds into rss.csv. The summary gives the RSS after the mint phase,
+# From the service's start, VmRSS, VmHWM and VmRSS's parts RssAnon/RssFile/RssShmem
+# (/proc/PID/status) are sampled every SOAK_SAMPLE seconds into rss.csv. The summary gives the RSS after the mint phase,
 # min/max/last RSS during the soak, the least-squares slope (MiB/min) over the soak
-# samples, smaps_rollup (anonymous vs file-backed) after each phase, and PASS/FAIL against
+# samples (for VmRSS, and for its anonymous and file-backed parts), smaps_rollup (anonymous vs file-backed) after each phase, and PASS/FAIL against
 # "<= SOAK_MAX_MIB after SOAK_USERS users" and "flat: slope < SOAK_MAX_SLOPE MiB/min".
 # Any non-2xx answer or socket error (counted by wrk) fails the run (exit 1); exit 1 also
 # when a target is missed.
@@ -196,13 +196,17 @@ smaps() { # anonymous vs file-backed resident memory, and the biggest file mappi
 # --- sampler: every SOAK_SAMPLE s from the start, phase read from a file ------------------
 T0=$(date +%s)
 echo mint >"$W/phase"
-echo "elapsed_s,phase,upstream_calls,vmrss_kib,vmhwm_kib" >"$W/rss.csv"
+echo "elapsed_s,phase,upstream_calls,vmrss_kib,vmhwm_kib,rssanon_kib,rssfile_kib,rssshmem_kib" >"$W/rss.csv"
+status_row() { # VmRSS,VmHWM,RssAnon,RssFile,RssShmem in KiB
+    awk '$1 ~ /^(VmRSS|VmHWM|RssAnon|RssFile|RssShmem):$/ {v[$1] = $2}
+        END {printf "%s,%s,%s,%s,%s", v["VmRSS:"], v["VmHWM:"], v["RssAnon:"], v["RssFile:"], v["RssShmem:"]}' \
+        "/proc/$SVC/status"
+}
 (
     while kill -0 "$SVC" 2>/dev/null; do
-        r=$(awk '$1 == "VmRSS:" {print $2}' "/proc/$SVC/status" 2>/dev/null) || break
-        h=$(awk '$1 == "VmHWM:" {print $2}' "/proc/$SVC/status" 2>/dev/null) || break
+        r=$(status_row 2>/dev/null) || break
         c=$(upstream_calls 2>/dev/null || echo -)
-        echo "$(($(date +%s) - T0)),$(cat "$W/phase"),$c,$r,$h" >>"$W/rss.csv"
+        echo "$(($(date +%s) - T0)),$(cat "$W/phase"),$c,$r" >>"$W/rss.csv"
         sleep "$SOAK_SAMPLE"
     done
 ) &
@@ -259,7 +263,7 @@ hwm_1m=$(kib VmHWM)
 smaps_1m=$(smaps)
 log "after $minted users (${mint_secs}s): VmRSS $(mib "$rss_1m") MiB, VmHWM $(mib "$hwm_1m") MiB"
 log "smaps: $smaps_1m"
-echo "$(($(date +%s) - T0)),after-mint,$(upstream_calls),$rss_1m,$hwm_1m" >>"$W/rss.csv"
+echo "$(($(date +%s) - T0)),after-mint,$(upstream_calls),$(status_row)" >>"$W/rss.csv"
 
 # --- phase 2: the soak ------------------------------------------------------------------------
 echo soak >"$W/phase"
@@ -297,18 +301,22 @@ alive
 rss_end=$(kib VmRSS)
 hwm_end=$(kib VmHWM)
 smaps_end=$(smaps)
-echo "$(($(date +%s) - T0)),end,$(upstream_calls),$rss_end,$hwm_end" >>"$W/rss.csv"
+echo "$(($(date +%s) - T0)),end,$(upstream_calls),$(status_row)" >>"$W/rss.csv"
 soak_calls=$(($(upstream_calls) - calls_soak0))
 
 # --- summary --------------------------------------------------------------------------------
 # Soak samples: the sampler's rows in phase "soak" plus the final reading.
-stats=$(awk -F, -v t0="$soak_t0" '$2 == "soak" || $2 == "end" {
-        x = ($1 - t0) / 60; y = $4 / 1024; n++; sx += x; sy += y; sxx += x * x; sxy += x * y
+soak_stats() { # soak_stats CSV_COLUMN -> "samples min max last slope" in MiB, MiB/min
+    awk -F, -v t0="$soak_t0" -v c="$1" '$2 == "soak" || $2 == "end" {
+        x = ($1 - t0) / 60; y = $c / 1024; n++; sx += x; sy += y; sxx += x * x; sxy += x * y
         if (n == 1 || y < min) min = y; if (n == 1 || y > max) max = y; last = y }
     END {
         d = n * sxx - sx * sx; slope = (n > 1 && d != 0) ? (n * sxy - sx * sy) / d : 0
-        printf "%d %.1f %.1f %.1f %.3f", n, min, max, last, slope }' "$W/rss.csv")
-read -r n_samples soak_min soak_max soak_last slope <<<"$stats"
+        printf "%d %.1f %.1f %.1f %.3f", n, min, max, last, slope }' "$W/rss.csv"
+}
+read -r n_samples soak_min soak_max soak_last slope <<<"$(soak_stats 4)"
+read -r _ anon_min anon_max anon_last anon_slope <<<"$(soak_stats 6)"
+read -r _ file_min file_max file_last file_slope <<<"$(soak_stats 7)"
 verdict_size=$(awk -v r="$(mib "$rss_1m")" -v m="$SOAK_MAX_MIB" 'BEGIN {print (r <= m) ? "PASS" : "FAIL"}')
 verdict_flat=$(awk -v s="$slope" -v m="$SOAK_MAX_SLOPE" 'BEGIN {print (s < m) ? "PASS" : "FAIL"}')
 [ "$n_samples" -ge 3 ] || verdict_flat="FAIL (only $n_samples samples)"
@@ -331,6 +339,8 @@ commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
         "(wrapped $(field wrapped "$TRICKLE_RESULT")); $soak_calls upstream calls during the soak"
     echo "- RSS during the soak ($n_samples samples every ${SOAK_SAMPLE}s): min $soak_min, max $soak_max," \
         "last $soak_last MiB; VmHWM at the end $(mib "$hwm_end") MiB; **slope $slope MiB/min** (least squares)"
+    echo "- Of which anonymous (RssAnon): min $anon_min, max $anon_max, last $anon_last MiB, slope $anon_slope MiB/min;" \
+        "file-backed (RssFile): min $file_min, max $file_max, last $file_last MiB, slope $file_slope MiB/min"
     echo "- Memory at the end (smaps_rollup): $smaps_end"
     echo "- non-2xx answers: $NON2XX, socket errors: $ERRORS ($verdict_errors)"
     echo "- **$verdict_size**: <= $SOAK_MAX_MIB MiB after $SOAK_USERS users ($(mib "$rss_1m") MiB)"
