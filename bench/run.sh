@@ -62,16 +62,8 @@ die() {
 }
 
 # --- tools -------------------------------------------------------------------------------
-# shellcheck source=scripts/lib.sh
-. "$ROOT/scripts/lib.sh"
-need_tool() { # need_tool COMMAND DEBIAN_PACKAGE
-    command -v "$1" >/dev/null 2>&1 && return 0
-    [ -x "/usr/sbin/$1" ] && return 0
-    log "$1 not found; installing the Debian package $2"
-    tv_apt_install "$2" >&2 || true
-    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] ||
-        die "$1 is required (apt-get install $2)"
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 need_tool wrk wrk
 need_tool nginx nginx-light
 need_tool curl curl
@@ -121,7 +113,6 @@ cleanup() {
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 CLIENT_ID=bench-client
 CLIENT_SECRET=$(hex 16)
 SESSION_SECRET=$(hex 32)
@@ -129,20 +120,8 @@ AUDIT_KEY=$(hex 32)
 HZ=$(getconf CLK_TCK)
 
 # --- upstream, nginx ---------------------------------------------------------------------
-log "starting the Keycloak-shaped upstream (${UPSTREAM_LATENCY_MS} ms latency)"
-"$SUPPORT" upstream --latency-ms "$UPSTREAM_LATENCY_MS" --client-id "$CLIENT_ID" \
-    --client-secret "$CLIENT_SECRET" --port-file "$W/upstream.port" 2>"$W/upstream.log" &
-UPSTREAM_PID=$!
-PIDS+=("$UPSTREAM_PID")
-for _ in $(seq 100); do [ -s "$W/upstream.port" ] && break; sleep 0.1; done
-[ -s "$W/upstream.port" ] || die "the upstream did not start (see $W/upstream.log)"
-UPSTREAM_URL="http://127.0.0.1:$(cat "$W/upstream.port")"
-upstream_calls() { curl -fsS "$UPSTREAM_URL/_bench/calls"; }
+start_upstream "$UPSTREAM_LATENCY_MS"
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null ||
-        echo $((20000 + RANDOM % 20000))
-}
 
 # The service's 200 body for the same request, served statically by nginx.
 BODY='{"accessToken":"eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzY29wZSI6Im9wZW5pZCB0cmFuc2NyaWJlIn0.c2lnbmF0dXJl","tokenType":"Bearer","expiresIn":287,"expiresAt":"2026-11-29T10:00:00Z","scope":"openid transcribe","tenantName":"base","environment":"eu"}'
@@ -197,52 +176,18 @@ cp "$W/herd1.0" "$W/herd.1"
 PG_URL=
 case " $BENCH_DBS " in
 *" postgres "*)
-    for _ in $(seq 20); do tv_port_in_use "$BENCH_PG_PORT" || break; BENCH_PG_PORT=$((BENCH_PG_PORT + 1)); done
-    log "starting the bench's own PostgreSQL on port $BENCH_PG_PORT ($W/services)"
-    PG_STARTED=1
-    PG_URL=$(TV_SERVICES_DIR="$W/services" PG_PORT=$BENCH_PG_PORT PG_FRESH=1 "$ROOT/scripts/pg-start.sh" 2>"$W/pg-start.log" | tail -n 1) || true
-    [ -n "$PG_URL" ] || {
-        tail -n 20 "$W/pg-start.log" >&2
-        die "PostgreSQL did not start (see $W/pg-start.log)"
-    }
+    start_own_pg
+    PG_URL=$OWN_PG_URL
     ;;
 esac
 
 SERVICE_PID=
 SERVICE_URL=
-start_service() { # start_service DB NAME
-    local db=$1 name=$2 url port
-    case "$db" in
-    sqlite) url="sqlite://$W/audit-$name.db" ;;
-    postgres) url=$PG_URL ;;
+bench_service() { # bench_service DB NAME: the service on that store, for one scenario
+    case "$1" in
+    sqlite) start_service "sqlite://$W/audit-$2.db" "$W/service-$2.log" ;;
+    postgres) start_service "$PG_URL" "$W/service-$2.log" ;;
     esac
-    port=$(free_port)
-    # Audit lines go to stdout as JSON (formatted and written as in production), here to
-    # /dev/null so a 1M-user run does not fill the disk.
-    env -i PATH="$PATH" HOME="$HOME" \
-        LISTEN_ADDR="127.0.0.1:$port" \
-        CORTI_ENVIRONMENT=eu \
-        CORTI_AUTH_URL="$UPSTREAM_URL" \
-        CORTI_CLIENT_ID="$CLIENT_ID" \
-        CORTI_CLIENT_SECRET="$CLIENT_SECRET" \
-        SESSION_JWT_SECRET="$SESSION_SECRET" \
-        AUDIT_HMAC_KEY="$AUDIT_KEY" \
-        DATABASE_URL="$url" \
-        TOKEN_REUSE_MIN_TTL=60 \
-        RATE_LIMIT_PER_USER=1000000/second \
-        RATE_LIMIT_PER_IP=100000000/second \
-        UPSTREAM_RATE_LIMIT=1000000/second \
-        "$BIN" serve >/dev/null 2>"$W/service-$name.log" &
-    SERVICE_PID=$!
-    PIDS+=("$SERVICE_PID")
-    SERVICE_URL="http://127.0.0.1:$port"
-    for _ in $(seq 300); do
-        curl -fsS -o /dev/null "$SERVICE_URL/readyz" 2>/dev/null && return 0
-        kill -0 "$SERVICE_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    tail -n 20 "$W/service-$name.log" >&2 || true
-    die "the service ($db) did not become ready"
 }
 stop_service() {
     kill -TERM "$SERVICE_PID" 2>/dev/null || true
@@ -312,7 +257,7 @@ PROFILE_TEXT=
 
 for db in $BENCH_DBS; do
     # reuse: 1,000 users, -t2 -c64; nginx first, then the service, back to back.
-    start_service "$db" "reuse-$db"
+    bench_service "$db" "reuse-$db"
     run_wrk "reuse nginx" "$NGINX_PID" "$NGINX_URL" 64 "$REUSE_SECONDS" bench/vend.lua "$W/reuse" cycle
     nginx_rps=$(field rps)
     row reuse nginx 64 1.000 "-" ""
@@ -341,7 +286,7 @@ for db in $BENCH_DBS; do
         run_wrk "upstream alone c$conns" "$UPSTREAM_PID" "$UPSTREAM_URL" "$conns" "$MINT_SECONDS" bench/upstream.lua "$CLIENT_ID" "$CLIENT_SECRET"
         up_p50=$(field p50_ms) up_p99=$(field p99_ms)
         row "mint" "upstream alone (${UPSTREAM_LATENCY_MS} ms)" "$conns" "-" "-" ""
-        start_service "$db" "mint-$db-$conns"
+        bench_service "$db" "mint-$db-$conns"
         if [ "$BENCH_PROFILE" = 1 ] && [ "$db" = sqlite ] && [ "$conns" = 64 ]; then
             perf record -F 499 -g -o "$W/perf-mint.data" -p "$SERVICE_PID" -- sleep "$MINT_SECONDS" 2>"$W/perf-record-mint.log" &
             perf_pid=$!
@@ -360,7 +305,7 @@ for db in $BENCH_DBS; do
     done
 
     # herd: 1,000 connections, one user, at once -> upstream calls.
-    start_service "$db" "herd-$db"
+    bench_service "$db" "herd-$db"
     before=$(upstream_calls)
     run_wrk "herd $db" "$SERVICE_PID" "$SERVICE_URL" 1000 "$HERD_SECONDS" bench/vend.lua "$W/herd" cycle
     after=$(upstream_calls)
@@ -369,7 +314,7 @@ for db in $BENCH_DBS; do
     stop_service
 
     # scale: distinct users, each minted once, within a time budget -> RSS.
-    start_service "$db" "scale-$db"
+    bench_service "$db" "scale-$db"
     rss0=$(kib "$SERVICE_PID" VmRSS)
     run_wrk "scale $db" "$SERVICE_PID" "$SERVICE_URL" 256 "$SCALE_BUDGET" bench/vend.lua "$W/scale" stream
     users=$(field requests)

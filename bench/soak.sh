@@ -70,14 +70,8 @@ die() {
     exit 1
 }
 
-# shellcheck source=scripts/lib.sh
-. "$ROOT/scripts/lib.sh"
-need_tool() { # need_tool COMMAND DEBIAN_PACKAGE
-    command -v "$1" >/dev/null 2>&1 && return 0
-    log "$1 not found; installing the Debian package $2"
-    tv_apt_install "$2" >&2 || true
-    command -v "$1" >/dev/null 2>&1 || die "$1 is required (apt-get install $2)"
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 need_tool wrk wrk
 need_tool curl curl
 
@@ -111,25 +105,13 @@ cleanup() {
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null ||
-        echo $((20000 + RANDOM % 20000))
-}
 CLIENT_ID=soak-client
 CLIENT_SECRET=$(hex 16)
 SESSION_SECRET=$(hex 32)
 AUDIT_KEY=$(hex 32)
 
 # --- upstream ------------------------------------------------------------------------------
-log "starting the Keycloak-shaped upstream (${SOAK_UPSTREAM_LATENCY_MS} ms latency)"
-"$SUPPORT" upstream --latency-ms "$SOAK_UPSTREAM_LATENCY_MS" --client-id "$CLIENT_ID" \
-    --client-secret "$CLIENT_SECRET" --port-file "$W/upstream.port" 2>"$W/upstream.log" &
-PIDS+=("$!")
-for _ in $(seq 100); do [ -s "$W/upstream.port" ] && break; sleep 0.1; done
-[ -s "$W/upstream.port" ] || die "the upstream did not start (see $W/upstream.log)"
-UPSTREAM_URL="http://127.0.0.1:$(cat "$W/upstream.port")"
-upstream_calls() { curl -fsS "$UPSTREAM_URL/_bench/calls"; }
+start_upstream "$SOAK_UPSTREAM_LATENCY_MS"
 
 # --- session JWTs (users i are dealt round-robin: user i is line i/2+1 of FILE.(i%2)) ------
 NEW_USERS=$((SOAK_NEW_PER_S * SOAK_SECONDS * 2 + 1000))
@@ -141,45 +123,13 @@ log "pre-signing session JWTs ($SOAK_USERS users, $NEW_USERS for the trickle)"
 case "$SOAK_DB" in
 sqlite) DB_URL="sqlite://$W/audit.db" ;;
 postgres)
-    for _ in $(seq 20); do tv_port_in_use "$BENCH_PG_PORT" || break; BENCH_PG_PORT=$((BENCH_PG_PORT + 1)); done
-    log "starting the script's own PostgreSQL on port $BENCH_PG_PORT ($W/services)"
-    PG_STARTED=1
-    DB_URL=$(TV_SERVICES_DIR="$W/services" PG_PORT=$BENCH_PG_PORT PG_FRESH=1 "$ROOT/scripts/pg-start.sh" 2>"$W/pg-start.log" | tail -n 1) || true
-    [ -n "$DB_URL" ] || {
-        tail -n 20 "$W/pg-start.log" >&2
-        die "PostgreSQL did not start (see $W/pg-start.log)"
-    }
+    start_own_pg
+    DB_URL=$OWN_PG_URL
     ;;
 esac
-port=$(free_port)
-# Same settings as bench/run.sh: reuse on, limits on but far above the load, durable
-# audit; audit JSON lines formatted and written as in production, to /dev/null.
-env -i PATH="$PATH" HOME="$HOME" \
-    LISTEN_ADDR="127.0.0.1:$port" \
-    CORTI_ENVIRONMENT=eu \
-    CORTI_AUTH_URL="$UPSTREAM_URL" \
-    CORTI_CLIENT_ID="$CLIENT_ID" \
-    CORTI_CLIENT_SECRET="$CLIENT_SECRET" \
-    SESSION_JWT_SECRET="$SESSION_SECRET" \
-    AUDIT_HMAC_KEY="$AUDIT_KEY" \
-    DATABASE_URL="$DB_URL" \
-    TOKEN_REUSE_MIN_TTL=60 \
-    RATE_LIMIT_PER_USER=1000000/second \
-    RATE_LIMIT_PER_IP=100000000/second \
-    UPSTREAM_RATE_LIMIT=1000000/second \
-    "$BIN" serve >/dev/null 2>"$W/service.log" &
-SVC=$!
-PIDS+=("$SVC")
-URL="http://127.0.0.1:$port"
-for _ in $(seq 300); do
-    curl -fsS -o /dev/null "$URL/readyz" 2>/dev/null && break
-    kill -0 "$SVC" 2>/dev/null || break
-    sleep 0.1
-done
-curl -fsS -o /dev/null "$URL/readyz" || {
-    tail -n 20 "$W/service.log" >&2 || true
-    die "the service did not become ready (see $W/service.log)"
-}
+start_service "$DB_URL" "$W/service.log"
+SVC=$SERVICE_PID
+URL=$SERVICE_URL
 alive() { kill -0 "$SVC" 2>/dev/null || die "the service exited (see $W/service.log)"; }
 
 kib() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$SVC/status"; }
