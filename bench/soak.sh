@@ -13,7 +13,7 @@
 #   2. soak, SOAK_SECONDS: reuse of a rotating window of SOAK_REUSE_USERS of those users
 #      (wrk -t2 -cSOAK_REUSE_CONNS, vend.lua cycle mode, the window moves on every
 #      SOAK_CHUNK seconds), plus a trickle of about SOAK_NEW_PER_S new users a second
-#      (bench/trickle.lua, one connection with a pause between requests).
+#      (bench/vend.lua in stream mode with a pause before each request, one connection).
 # From the service's start, VmRSS, VmHWM and VmRSS's parts RssAnon/RssFile/RssShmem
 # (/proc/PID/status) are sampled every SOAK_SAMPLE seconds into rss.csv. The summary gives the RSS after the mint phase,
 # min/max/last RSS during the soak, the least-squares slope (MiB/min) over the soak
@@ -221,7 +221,7 @@ soak_t0=$(($(date +%s) - T0))
 calls_soak0=$(upstream_calls)
 trickle_delay=$((1000 / SOAK_NEW_PER_S))
 log "phase 2: soak ${SOAK_SECONDS}s: reuse of a rotating window of $SOAK_REUSE_USERS users (-t2 -c$SOAK_REUSE_CONNS), ~$SOAK_NEW_PER_S new users/s"
-wrk -t1 -c1 -d"${SOAK_SECONDS}s" --timeout 10s -s bench/trickle.lua "$URL" -- "$W/new" "$trickle_delay" \
+wrk -t1 -c1 -d"${SOAK_SECONDS}s" --timeout 10s -s bench/vend.lua "$URL" -- "$W/new" stream "$trickle_delay" \
     >"$W/wrk-trickle.out" 2>&1 &
 TRICKLE=$!
 PIDS+=("$TRICKLE")

@@ -3,6 +3,9 @@
 --   wrk ... -s bench/vend.lua URL -- FILE cycle    all lines in memory, round-robin (reuse)
 --   wrk ... -s bench/vend.lua URL -- FILE stream   each line once, in order (mint, scale);
 --                                                 wraps around (and says so) when exhausted
+--   wrk ... -s bench/vend.lua URL -- FILE stream DELAY_MS   as stream, each connection
+--                                                 waiting DELAY_MS before each request
+--                                                 (soak.sh's trickle of new users)
 -- done() prints one machine-readable RESULT line that run.sh parses.
 local threads = {}
 local counter = 0
@@ -14,11 +17,15 @@ function setup(thread)
 end
 
 local body = '{"scope":"transcribe"}'
-local tokens, n, i, file
+local tokens, n, i, file, pause
 
 function init(args)
   local path = args[1] .. "." .. id
   wrapped = 0
+  pause = tonumber(args[3] or "")
+  if pause then
+    delay = function() return pause end
+  end
   if (args[2] or "cycle") == "cycle" then
     tokens = {}
     for line in io.lines(path) do tokens[#tokens + 1] = line end
