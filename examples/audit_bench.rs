@@ -44,9 +44,13 @@ struct Args {
     /// are `reused` (still audited one by one) and skip the stand-in's RSA signing.
     #[arg(long)]
     reuse: bool,
+    /// Writer mode: how many distinct tokens the events name, cycled (as reuse hands
+    /// each user's token out again); default: a new token in every event (all mints).
+    #[arg(long)]
+    distinct_tokens: Option<u64>,
 }
 
-fn issued_event(fp: &Fingerprinter, n: u64) -> AuditEvent {
+fn issued_event(fp: &Fingerprinter, n: u64, distinct_tokens: Option<u64>) -> AuditEvent {
     let mut e = AuditEvent::begin(&format!("bench-{n}"), "base", "eu");
     e.outcome = Outcome::Issued;
     e.status = 200;
@@ -56,7 +60,8 @@ fn issued_event(fp: &Fingerprinter, n: u64) -> AuditEvent {
     e.user_agent = Some("Mozilla/5.0 (bench)".into());
     e.origin = Some("https://app.example.test".into());
     e.scope = Some("openid transcribe".into());
-    e.token_fingerprint = Some(fp.fingerprint(&format!("token-{n}")));
+    let token = distinct_tokens.map_or(n, |d| n % d.max(1));
+    e.token_fingerprint = Some(fp.fingerprint(&format!("token-{token}")));
     e.token_expires_at = Some(e.time + time::Duration::minutes(5));
     e.upstream_ms = Some(12);
     e.duration_ms = 14;
@@ -86,12 +91,16 @@ async fn bench_writer(url: &str, args: &Args) {
     let fp = Fingerprinter::new("fake-bench-key".to_string().into());
     // Warm up: create the chain, fill caches.
     for n in 0..100 {
-        store.record(&issued_event(&fp, n)).await.expect("warm-up");
+        store
+            .record(&issued_event(&fp, n, args.distinct_tokens))
+            .await
+            .expect("warm-up");
     }
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
+    let distinct_tokens = args.distinct_tokens;
     let tasks: Vec<_> = (0..args.callers)
         .map(|c| {
             let (store, fp, done, failed) =
@@ -101,7 +110,7 @@ async fn bench_writer(url: &str, args: &Args) {
                 let mut n = (c as u64) << 32;
                 while Instant::now() < deadline {
                     n += 1;
-                    let e = issued_event(&fp, n);
+                    let e = issued_event(&fp, n, distinct_tokens);
                     let t = Instant::now();
                     match store.record(&e).await {
                         Ok(()) => {
@@ -126,9 +135,11 @@ async fn bench_writer(url: &str, args: &Args) {
     latencies.sort_unstable();
     let n = done.load(Ordering::Relaxed);
     println!(
-        "writer: {:?} callers={} {:.0} audited events/s ({} in {:.1}s, {} failed), commit wait p50 {:.2} ms p99 {:.2} ms",
+        "writer: {:?} callers={} tokens={} {:.0} audited events/s ({} in {:.1}s, {} failed), commit wait p50 {:.2} ms p99 {:.2} ms",
         args.db,
         args.callers,
+        args.distinct_tokens
+            .map_or_else(|| "all-new".to_owned(), |d| d.to_string()),
         n as f64 / elapsed,
         n,
         elapsed,

@@ -11,6 +11,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::db::{lookup_clause, Backend, LookupBy};
 use super::{AuditEvent, Outcome};
 
 /// Page size when none is asked for.
@@ -268,19 +269,32 @@ pub(crate) enum Arg {
 }
 
 /// `WHERE …` for the filters (without cursor and limit), with `$n` placeholders
-/// numbered from 1, and the values to bind in order.
-pub(crate) fn where_clause(q: &AuditQuery) -> (String, Vec<Arg>) {
+/// numbered from 1, and the values to bind in order. On SQLite, subjects and
+/// fingerprints are found through its lookup table ([`super::db::lookup_clause`]).
+pub(crate) fn where_clause(q: &AuditQuery, backend: Backend) -> (String, Vec<Arg>) {
     let mut clauses: Vec<String> = Vec::new();
     let mut args: Vec<Arg> = Vec::new();
-    let mut push = |clause: &str, arg: Arg, args: &mut Vec<Arg>| {
+    let push = |clause: &str, arg: Arg, args: &mut Vec<Arg>, clauses: &mut Vec<String>| {
         args.push(arg);
         clauses.push(clause.replace('?', &format!("${}", args.len())));
     };
     if let Some(s) = &q.subject {
-        push("subject = ?", Arg::Text(s.clone()), &mut args);
+        match backend {
+            Backend::Sqlite => {
+                args.push(Arg::Text(s.clone()));
+                let mark = format!("${}", args.len());
+                clauses.push(lookup_clause(LookupBy::Subject, &[mark]));
+            }
+            Backend::Postgres => push("subject = ?", Arg::Text(s.clone()), &mut args, &mut clauses),
+        }
     }
     if let Some(o) = q.outcome {
-        push("outcome = ?", Arg::Text(o.as_str().into()), &mut args);
+        push(
+            "outcome = ?",
+            Arg::Text(o.as_str().into()),
+            &mut args,
+            &mut clauses,
+        );
     }
     for s in &q.scope {
         // Scope values were checked to hold no LIKE wildcards.
@@ -288,27 +302,34 @@ pub(crate) fn where_clause(q: &AuditQuery) -> (String, Vec<Arg>) {
             "(' ' || scope || ' ') LIKE ?",
             Arg::Text(format!("% {s} %")),
             &mut args,
+            &mut clauses,
         );
     }
-    if let Some((last, others)) = q.token_fingerprint.split_last() {
-        // `push` numbers the one `?`; the others are numbered here.
+    if !q.token_fingerprint.is_empty() {
         let mut marks = Vec::new();
-        for f in others {
+        for f in &q.token_fingerprint {
             args.push(Arg::Text(f.clone()));
             marks.push(format!("${}", args.len()));
         }
-        marks.push("?".into());
-        let clause = format!("token_fingerprint IN ({})", marks.join(", "));
-        push(&clause, Arg::Text(last.clone()), &mut args);
+        clauses.push(match backend {
+            Backend::Sqlite => lookup_clause(LookupBy::Fingerprint, &marks),
+            Backend::Postgres => format!("token_fingerprint IN ({})", marks.join(", ")),
+        });
     }
     if let Some(ip) = &q.client_ip {
-        push("client_ip = ?", Arg::Text(ip.clone()), &mut args);
+        push(
+            "client_ip = ?",
+            Arg::Text(ip.clone()),
+            &mut args,
+            &mut clauses,
+        );
     }
     if let Some(t) = q.since {
         push(
             "time_us >= ?",
             Arg::Int(super::chain::to_micros(t)),
             &mut args,
+            &mut clauses,
         );
     }
     if let Some(t) = q.until {
@@ -316,10 +337,11 @@ pub(crate) fn where_clause(q: &AuditQuery) -> (String, Vec<Arg>) {
             "time_us < ?",
             Arg::Int(super::chain::to_micros(t)),
             &mut args,
+            &mut clauses,
         );
     }
     if let Some(c) = q.cursor {
-        push("seq < ?", Arg::Int(c.0), &mut args);
+        push("seq < ?", Arg::Int(c.0), &mut args, &mut clauses);
     }
     let sql = if clauses.is_empty() {
         String::new()
@@ -374,10 +396,17 @@ mod tests {
             cursor: Some(Cursor(9)),
             ..AuditQuery::default()
         };
-        let (sql, args) = where_clause(&q);
+        let (sql, args) = where_clause(&q, Backend::Postgres);
         assert_eq!(
             sql,
             " WHERE subject = $1 AND (' ' || scope || ' ') LIKE $2 AND seq < $3"
+        );
+        assert_eq!(args.len(), 3);
+        let (sql, args) = where_clause(&q, Backend::Sqlite);
+        assert!(sql.starts_with(" WHERE subject IN ($1) AND seq IN (SELECT seq FROM audit_lookup WHERE key IN ('s:' || $1)"), "{sql}");
+        assert!(
+            sql.ends_with(" AND (' ' || scope || ' ') LIKE $2 AND seq < $3"),
+            "{sql}"
         );
         assert_eq!(args.len(), 3);
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::db::{AuditDb, ChainState};
+use super::db::{AuditDb, ChainState, LookupPass};
 use super::keys::{ChainKey, NoteSigner};
 use super::{AuditError, AuditEvent, Link};
 use crate::metrics::AuditWriterMetrics;
@@ -202,6 +202,8 @@ async fn run(
         signed_seq: 0,
         next_due: Instant::now() + config.checkpoint_every,
     };
+    let mut lookups = Lookups::new();
+    lookups.catch_up(&db, &config).await;
     let mut msgs: Vec<Msg> = Vec::with_capacity(config.max_batch);
     loop {
         let received = if checkpoints.dirty(&chain) {
@@ -231,7 +233,10 @@ async fn run(
             }
         }
         if !batch.is_empty() {
-            commit(&db, &mut chain, batch, &config, &failing, &metrics).await;
+            let events = batch.len();
+            if commit(&db, &mut chain, batch, &config, &failing, &metrics).await {
+                lookups.committed(&db, events, &config).await;
+            }
             if Instant::now() >= checkpoints.next_due {
                 checkpoints.sign(&db, &chain).await;
             }
@@ -245,6 +250,7 @@ async fn run(
     }
 }
 
+/// Commits the batch and answers each caller; returns whether it committed.
 async fn commit(
     db: &AuditDb,
     chain: &mut ChainState,
@@ -252,7 +258,7 @@ async fn commit(
     config: &WriterConfig,
     failing: &AtomicBool,
     metrics: &AuditWriterMetrics,
-) {
+) -> bool {
     let events: Vec<&AuditEvent> = batch.iter().map(|p| &p.event).collect();
     let first_seq = chain.head_seq + 1;
     let started = Instant::now();
@@ -287,11 +293,104 @@ async fn commit(
                     hash,
                 }));
             }
+            true
         }
         Err(e) => {
             for p in batch {
                 let _ = p.done.send(Err(e.clone()));
             }
+            false
+        }
+    }
+}
+
+/// Events committed since SQLite's lookup table was last brought up to date, after
+/// which a new pass starts (see `db::lookup`); large passes write each B-tree page once
+/// for many entries. Until an event is indexed, queries scan it directly.
+const LOOKUP_EVERY_EVENTS: usize = 16_384;
+/// Longest the lookup table lags behind a committing writer.
+const LOOKUP_EVERY: Duration = Duration::from_secs(1);
+
+/// When the writer brings SQLite's lookup table up to date: a pass is read at once and
+/// written one short transaction after each commit of events, on the writer's
+/// connection, after that batch's callers were answered.
+struct Lookups {
+    pass: Option<LookupPass>,
+    unindexed: usize,
+    last: Instant,
+    failing: bool,
+}
+
+impl Lookups {
+    fn new() -> Self {
+        Self {
+            pass: None,
+            unindexed: 0,
+            last: Instant::now(),
+            failing: false,
+        }
+    }
+
+    /// At start: index whatever an earlier run (or an older binary) left unindexed.
+    async fn catch_up(&mut self, db: &AuditDb, config: &WriterConfig) {
+        loop {
+            match self.step(db, config).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => return self.failed(e),
+            }
+        }
+    }
+
+    async fn committed(&mut self, db: &AuditDb, events: usize, config: &WriterConfig) {
+        self.unindexed += events;
+        let due = self.unindexed >= LOOKUP_EVERY_EVENTS || self.last.elapsed() >= LOOKUP_EVERY;
+        if self.pass.is_none() && !due {
+            return;
+        }
+        if self.pass.is_none() {
+            self.unindexed = 0;
+            self.last = Instant::now();
+        }
+        match self.step(db, config).await {
+            Ok(_) => {
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!("audit lookup table is being updated again");
+                }
+            }
+            Err(e) => self.failed(e),
+        }
+    }
+
+    /// Starts a pass if none is under way, then writes its next transaction; returns
+    /// whether there is more to write.
+    async fn step(&mut self, db: &AuditDb, config: &WriterConfig) -> Result<bool, String> {
+        let work = async {
+            if self.pass.is_none() {
+                self.pass = db.lookup_pass().await?;
+            }
+            let Some(pass) = self.pass.as_mut() else {
+                return Ok(false);
+            };
+            if db.write_lookups(pass).await? {
+                self.pass = None;
+            }
+            Ok::<_, super::db::StoreError>(true)
+        };
+        let result = match tokio::time::timeout(config.commit_timeout, work).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        };
+        if result.is_err() {
+            // Its stage may have gone with the connection: the next pass starts over.
+            self.pass = None;
+        }
+        result
+    }
+
+    fn failed(&mut self, e: String) {
+        if !std::mem::replace(&mut self.failing, true) {
+            tracing::warn!(error = %e, "audit lookup table could not be updated; queries by subject or fingerprint scan the newer events until it is");
         }
     }
 }

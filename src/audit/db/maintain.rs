@@ -3,9 +3,22 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::{not_migrated, AuditDb, RawTransaction, StoreError};
+use super::{not_migrated, AuditDb, Backend, RawTransaction, StoreError};
 use crate::audit::chain;
 use crate::audit::keys::ChainKey;
+
+/// SQLite: the lookup entries of a chain's events `$2 < chain_seq <= $3` (see
+/// [`super::lookup`]), found by key and by the events' global `seq` range.
+const PRUNE_LOOKUPS_SQL: &str = "\
+    DELETE FROM audit_lookup WHERE key IN ( \
+        SELECT 's:' || subject FROM audit_events \
+          WHERE chain_id = $1 AND chain_seq > $2 AND chain_seq <= $3 AND subject IS NOT NULL \
+        UNION \
+        SELECT 'f:' || substr(token_fingerprint, -16) FROM audit_events \
+          WHERE chain_id = $1 AND chain_seq > $2 AND chain_seq <= $3 AND token_fingerprint IS NOT NULL) \
+      AND seq >= (SELECT MIN(seq) FROM audit_events WHERE chain_id = $1 AND chain_seq > $2 AND chain_seq <= $3) \
+      AND seq <= (SELECT MAX(seq) FROM audit_events WHERE chain_id = $1 AND chain_seq > $2 AND chain_seq <= $3) \
+      AND seq IN (SELECT seq FROM audit_events WHERE chain_id = $1 AND chain_seq > $2 AND chain_seq <= $3)";
 
 impl AuditDb {
     /// Deletes events older than `cutoff`, keeping each chain verifiable: per chain,
@@ -62,6 +75,15 @@ impl AuditDb {
                 .fetch_one(tx.conn())
                 .await?
                 .try_get("hash")?;
+                if self.backend == Backend::Sqlite {
+                    // Their lookup entries first, while the events still name them.
+                    sqlx::query(PRUNE_LOOKUPS_SQL)
+                        .bind(chain_id.as_str())
+                        .bind(anchor)
+                        .bind(step)
+                        .execute(tx.conn())
+                        .await?;
+                }
                 let done = sqlx::query(
                     "DELETE FROM audit_events WHERE chain_id = $1 AND chain_seq > $2 AND chain_seq <= $3",
                 )

@@ -3,8 +3,8 @@
 //! `migrations/<backend>/`, embedded in the binary.
 //!
 //! Here: opening, migrating and probing the database, and the one transaction type
-//! every write uses. [`append`] writes the chains, [`read`] pages, exports and verifies,
-//! [`maintain`] prunes.
+//! every write uses. [`append`] writes the chains, [`lookup`] keeps SQLite's subject and
+//! fingerprint lookups, [`read`] pages, exports and verifies, [`maintain`] prunes.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,10 +18,12 @@ use super::schema::{Kind, Owned, FIELDS, FIELD_COUNT};
 use super::AuditEvent;
 
 mod append;
+mod lookup;
 mod maintain;
 mod read;
 
 pub(crate) use append::ChainState;
+pub(crate) use lookup::{lookup_clause, LookupBy, LookupPass};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

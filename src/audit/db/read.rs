@@ -18,7 +18,7 @@ use crate::audit::AuditEvent;
 impl AuditDb {
     /// One page of events, newest first.
     pub async fn query(&self, q: &AuditQuery) -> Result<Page, StoreError> {
-        let (filter, args) = query::where_clause(q);
+        let (filter, args) = query::where_clause(q, self.backend);
         let columns = event_columns();
         let sql = format!(
             "SELECT seq, {columns} FROM audit_events{filter} ORDER BY seq DESC LIMIT {}",
@@ -56,7 +56,7 @@ impl AuditDb {
             until,
             ..AuditQuery::default()
         };
-        let (filter, args) = query::where_clause(&q);
+        let (filter, args) = query::where_clause(&q, self.backend);
         let columns = event_columns();
         let sql = format!("SELECT {columns} FROM audit_events{filter} ORDER BY seq ASC");
         Box::pin(async_stream(self.pool.clone(), sql, args).map(|row| {

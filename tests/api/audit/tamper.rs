@@ -171,6 +171,18 @@ async fn prune_keeps_the_chain_verifiable(backend: Backend) {
         app.vend_token(&format!("recent-{i}")).await;
     }
 
+    if backend == Backend::Sqlite {
+        // The first vend after the pause started a lookup pass over the old events.
+        let pool = db.raw().await;
+        let indexed: i64 =
+            sqlx::query("SELECT COUNT(*) FROM audit_lookup WHERE key LIKE 's:user-%'")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get(0);
+        assert_eq!(indexed, 4);
+        pool.close().await;
+    }
     let out = cli(&db.url, &["audit", "prune", "--older-than", "1s"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("pruned 4 events"), "{}", stdout(&out));
@@ -184,6 +196,33 @@ async fn prune_keeps_the_chain_verifiable(backend: Backend) {
         .map(|e| e["subject"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(remaining, ["recent-2", "recent-1", "recent-0"]);
+    if backend == Backend::Sqlite {
+        // The pruned events' lookup entries went with them.
+        let pool = db.raw().await;
+        let count = |sql: &'static str| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query(sql)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+                    .get::<i64, _>(0)
+            }
+        };
+        assert_eq!(
+            count("SELECT COUNT(*) FROM audit_lookup WHERE key LIKE 's:user-%'").await,
+            0
+        );
+        assert_eq!(
+            count(
+                "SELECT COUNT(*) FROM audit_lookup WHERE seq NOT IN (SELECT seq FROM audit_events)"
+            )
+            .await,
+            0
+        );
+        assert!(count("SELECT COUNT(*) FROM audit_lookup").await >= 2);
+        pool.close().await;
+    }
 
     // New events after the prune extend the same chain, and tampering is still caught.
     app.vend_token("after-prune").await;

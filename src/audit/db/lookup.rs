@@ -1,0 +1,159 @@
+//! SQLite's subject and token-fingerprint lookups: a side table the group-commit writer
+//! fills in sorted batches, instead of two indexes on `audit_events` that dirtied two
+//! random B-tree pages per event in every commit (migration `…0002_lookup_table.sql`).
+//!
+//! `audit_lookup` holds `('s:' || subject, seq)` and `('f:' || <the fingerprint's last
+//! 16 hex digits>, seq)` for every event up to `audit_lookup_state.indexed_seq` (a short
+//! key packs three times as many entries per page; the full fingerprint is compared on
+//! the event itself). A query reads the table for
+//! those and scans the events after `indexed_seq` (at most a batch) directly, so a
+//! lookup never misses an event, indexed yet or not. PostgreSQL keeps plain indexes.
+
+use sqlx::Row;
+
+use super::{AuditDb, Backend, RawTransaction, StoreError};
+
+/// Most events one pass indexes, so that catching up a long tail (after a crash, or a
+/// run of an older binary) holds a bounded number of entries in memory.
+const MOST_PER_PASS: i64 = 32_768;
+/// Entries per lookup transaction: a pass is written as several short transactions,
+/// between which the writer commits events, so that no caller waits for a whole pass.
+const ENTRIES_PER_TRANSACTION: usize = 4096;
+/// The entries of the events `(from, through]`, sorted by key, staged in a temporary
+/// table of the writer's connection (rowids `1..=staged`) and written into
+/// `audit_lookup` a transaction at a time.
+#[derive(Debug)]
+pub(crate) struct LookupPass {
+    staged: i64,
+    written: i64,
+    through: i64,
+}
+
+impl AuditDb {
+    /// Stages the next pass: the entries of the events after `indexed_seq` (at most
+    /// [`MOST_PER_PASS`] events), sorted by key so that each B-tree page takes all of
+    /// its new entries at once. `None` when there is nothing to index, and on
+    /// PostgreSQL. Staging writes only the connection's temporary table: it takes no
+    /// lock the event commits need.
+    pub(crate) async fn lookup_pass(&self) -> Result<Option<LookupPass>, StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        let mut conn = self.writer.acquire().await?;
+        let row = sqlx::query(
+            "SELECT indexed_seq, (SELECT COALESCE(MAX(seq), 0) FROM audit_events) AS last_seq \
+             FROM audit_lookup_state WHERE id = 1",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        let from: i64 = row.try_get("indexed_seq")?;
+        let last: i64 = row.try_get("last_seq")?;
+        let through = last.min(from.saturating_add(MOST_PER_PASS));
+        if through <= from {
+            return Ok(None);
+        }
+        sqlx::query(
+            "CREATE TEMP TABLE IF NOT EXISTS lookup_stage (key TEXT NOT NULL, seq INTEGER NOT NULL)",
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("DELETE FROM temp.lookup_stage")
+            .execute(&mut *conn)
+            .await?;
+        let staged = sqlx::query(
+            "INSERT INTO temp.lookup_stage (rowid, key, seq) \
+             SELECT row_number() OVER (ORDER BY k, seq), k, seq FROM ( \
+               SELECT 's:' || subject AS k, seq FROM audit_events \
+                 WHERE seq > $1 AND seq <= $2 AND subject IS NOT NULL \
+               UNION ALL \
+               SELECT 'f:' || substr(token_fingerprint, -16) AS k, seq FROM audit_events \
+                 WHERE seq > $1 AND seq <= $2 AND token_fingerprint IS NOT NULL)",
+        )
+        .bind(from)
+        .bind(through)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        Ok(Some(LookupPass {
+            staged: i64::try_from(staged).unwrap_or(i64::MAX),
+            written: 0,
+            through,
+        }))
+    }
+
+    /// Writes the pass's next [`ENTRIES_PER_TRANSACTION`] entries in one transaction;
+    /// the last one also moves `indexed_seq`. Returns whether the pass is complete. On
+    /// an error the pass is to be dropped: its stage may have gone with the connection,
+    /// and the next pass stages the same events again (`INSERT OR IGNORE`).
+    pub(crate) async fn write_lookups(&self, pass: &mut LookupPass) -> Result<bool, StoreError> {
+        let end = pass
+            .staged
+            .min(pass.written + ENTRIES_PER_TRANSACTION as i64);
+        let mut tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO audit_lookup (key, seq) \
+             SELECT key, seq FROM temp.lookup_stage WHERE rowid > $1 AND rowid <= $2 ORDER BY rowid",
+        )
+        .bind(pass.written)
+        .bind(end)
+        .execute(tx.conn())
+        .await?;
+        let done = end >= pass.staged;
+        if done {
+            sqlx::query(
+                "UPDATE audit_lookup_state SET indexed_seq = $1 WHERE id = 1 AND indexed_seq < $1",
+            )
+            .bind(pass.through)
+            .execute(tx.conn())
+            .await?;
+        }
+        tx.commit().await?;
+        pass.written = end;
+        Ok(done)
+    }
+}
+
+/// What a lookup finds events by.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LookupBy {
+    Subject,
+    Fingerprint,
+}
+
+impl LookupBy {
+    fn column(self) -> &'static str {
+        match self {
+            LookupBy::Subject => "subject",
+            LookupBy::Fingerprint => "token_fingerprint",
+        }
+    }
+
+    /// The side table's key of the value in placeholder `mark` (as the writer and the
+    /// migration build it).
+    fn key(self, mark: &str) -> String {
+        match self {
+            LookupBy::Subject => format!("'s:' || {mark}"),
+            LookupBy::Fingerprint => format!("'f:' || substr({mark}, -16)"),
+        }
+    }
+}
+
+/// The SQLite lookup condition for `column IN (values…)`, given the placeholders the
+/// caller already bound (`$n` each): the side table for indexed events, a scan of the
+/// few events after `indexed_seq` for the rest; the column itself is compared too.
+pub(crate) fn lookup_clause(by: LookupBy, marks: &[String]) -> String {
+    let column = by.column();
+    let list = marks.join(", ");
+    let keys = marks
+        .iter()
+        .map(|m| by.key(m))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{column} IN ({list}) AND seq IN (\
+         SELECT seq FROM audit_lookup WHERE key IN ({keys}) \
+         UNION ALL \
+         SELECT seq FROM audit_events WHERE seq > \
+         (SELECT indexed_seq FROM audit_lookup_state WHERE id = 1) AND {column} IN ({list}))"
+    )
+}
