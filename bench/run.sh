@@ -326,13 +326,18 @@ for db in $BENCH_DBS; do
     SCALE_LINES+=("- $db: $users of $SCALE_USERS users in ${SCALE_BUDGET}s budget ($(field rps) vends/s): RSS idle $(mib "$rss0") MiB -> $(mib "$rss") MiB after, peak (VmHWM) $(mib "$hwm") MiB")
     stop_service
 
-    # the audit writer alone (examples/audit_bench.rs): events/s committed.
-    case "$db" in
-    sqlite) wout=$("$AUDIT_BENCH" --db sqlite --url "sqlite://$W/writer.db" --seconds "$WRITER_SECONDS" 2>&1) ;;
-    postgres) wout=$("$AUDIT_BENCH" --db postgres --url "$PG_URL" --seconds "$WRITER_SECONDS" 2>&1) ;;
-    esac
-    log "$wout"
-    WRITER_LINES+=("- $(grep '^writer:' <<<"$wout" || echo "$db: $wout")")
+    # the audit writer alone (examples/audit_bench.rs): events/s committed; every event
+    # a new token (all mints), then events naming 1,000 tokens (as reuse does).
+    for tokens in all-new 1000; do
+        mix=()
+        [ "$tokens" = all-new ] || mix=(--distinct-tokens "$tokens")
+        case "$db" in
+        sqlite) wout=$("$AUDIT_BENCH" --db sqlite --url "sqlite://$W/writer-$tokens.db" --seconds "$WRITER_SECONDS" "${mix[@]}" 2>&1) ;;
+        postgres) wout=$("$AUDIT_BENCH" --db postgres --url "$PG_URL" --seconds "$WRITER_SECONDS" "${mix[@]}" 2>&1) ;;
+        esac
+        log "$wout"
+        WRITER_LINES+=("- $(grep '^writer:' <<<"$wout" || echo "$db: $wout")")
+    done
 done
 
 # --- results -----------------------------------------------------------------------------
