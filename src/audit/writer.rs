@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::db::{AuditDb, ChainState, LookupPass};
+use super::db::{AuditDb, ChainState, LookupPass, StoreError};
 use super::keys::{ChainKey, NoteSigner};
 use super::{AuditError, AuditEvent, Link};
 use crate::metrics::AuditWriterMetrics;
@@ -206,16 +206,25 @@ async fn run(
     lookups.catch_up(&db, &config).await;
     let mut msgs: Vec<Msg> = Vec::with_capacity(config.max_batch);
     loop {
-        let received = if checkpoints.dirty(&chain) {
-            tokio::select! {
-                n = rx.recv_many(&mut msgs, config.max_batch.max(1)) => n,
-                () = tokio::time::sleep_until(checkpoints.next_due) => {
-                    checkpoints.sign(&db, &chain).await;
-                    continue;
-                }
+        let (dirty, indexing, index_due) =
+            (checkpoints.dirty(&chain), lookups.busy(), lookups.due_at());
+        let received = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut msgs, config.max_batch.max(1)) => n,
+            () = tokio::time::sleep_until(checkpoints.next_due), if dirty => {
+                checkpoints.sign(&db, &chain).await;
+                continue;
             }
-        } else {
-            rx.recv_many(&mut msgs, config.max_batch.max(1)).await
+            // A quiet writer finishes the lookup pass under way, and starts one when
+            // an event has waited LOOKUP_EVERY.
+            () = lookups.ready(), if indexing => {
+                lookups.write_next(&db, &config).await;
+                continue;
+            }
+            () = tokio::time::sleep_until(index_due.unwrap_or_else(Instant::now)), if index_due.is_some() => {
+                lookups.start_reading(&db, &config);
+                continue;
+            }
         };
         metrics.queue_depth(rx.len());
         if received == 0 {
@@ -308,25 +317,29 @@ async fn commit(
 /// which a new pass starts (see `db::lookup`); large passes write each B-tree page once
 /// for many entries. Until an event is indexed, queries scan it directly.
 const LOOKUP_EVERY_EVENTS: usize = 16_384;
-/// Longest the lookup table lags behind a committing writer.
+/// Longest an event waits before a pass that covers it starts.
 const LOOKUP_EVERY: Duration = Duration::from_secs(1);
 
-/// When the writer brings SQLite's lookup table up to date: a pass is read at once and
-/// written one short transaction after each commit of events, on the writer's
-/// connection, after that batch's callers were answered.
+/// When the writer brings SQLite's lookup table up to date. A pass is read on another
+/// connection while the writer goes on committing, then written one short transaction
+/// after each commit of events, on the writer's connection (so its page cache stays
+/// valid), after that batch's callers were answered: no caller waits for a whole pass.
 struct Lookups {
+    reading: Option<tokio::task::JoinHandle<Result<Option<LookupPass>, StoreError>>>,
     pass: Option<LookupPass>,
+    /// Events committed since the last pass started, and since when the first waits.
     unindexed: usize,
-    last: Instant,
+    waiting_since: Option<Instant>,
     failing: bool,
 }
 
 impl Lookups {
     fn new() -> Self {
         Self {
+            reading: None,
             pass: None,
             unindexed: 0,
-            last: Instant::now(),
+            waiting_since: None,
             failing: false,
         }
     }
@@ -334,63 +347,118 @@ impl Lookups {
     /// At start: index whatever an earlier run (or an older binary) left unindexed.
     async fn catch_up(&mut self, db: &AuditDb, config: &WriterConfig) {
         loop {
-            match self.step(db, config).await {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => return self.failed(e),
+            let read = bounded(config.commit_timeout, db.read_lookup_pass()).await;
+            let Some(mut pass) = self.outcome(read).flatten() else {
+                return;
+            };
+            loop {
+                let written = bounded(config.commit_timeout, db.write_lookups(&mut pass)).await;
+                match self.outcome(written) {
+                    Some(true) => break,
+                    Some(false) => {}
+                    None => return,
+                }
+            }
+        }
+    }
+
+    /// Whether a pass is being read or written.
+    fn busy(&self) -> bool {
+        self.reading.is_some() || self.pass.is_some()
+    }
+
+    /// Returns once a pass is ready to write (or its read failed or found nothing).
+    /// Cancel-safe: an unfinished read stays where it was.
+    async fn ready(&mut self) {
+        if self.pass.is_some() {
+            return;
+        }
+        if let Some(reading) = self.reading.as_mut() {
+            let read = match reading.await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            self.reading = None;
+            self.pass = self.outcome(read).flatten();
+        }
+    }
+
+    /// Writes the next transaction of the pass under way, if there is one.
+    async fn write_next(&mut self, db: &AuditDb, config: &WriterConfig) {
+        if let Some(pass) = self.pass.as_mut() {
+            let written = bounded(config.commit_timeout, db.write_lookups(pass)).await;
+            if self.outcome(written) == Some(true) {
+                self.pass = None;
             }
         }
     }
 
     async fn committed(&mut self, db: &AuditDb, events: usize, config: &WriterConfig) {
         self.unindexed += events;
-        let due = self.unindexed >= LOOKUP_EVERY_EVENTS || self.last.elapsed() >= LOOKUP_EVERY;
-        if self.pass.is_none() && !due {
+        self.waiting_since.get_or_insert_with(Instant::now);
+        if self.reading.as_ref().is_some_and(|r| r.is_finished()) {
+            self.ready().await;
+        }
+        if self.pass.is_some() {
+            self.write_next(db, config).await;
+        } else if self.unindexed >= LOOKUP_EVERY_EVENTS
+            || self.due_at().is_some_and(|t| t <= Instant::now())
+        {
+            self.start_reading(db, config);
+        }
+    }
+
+    /// When the oldest unindexed event will have waited [`LOOKUP_EVERY`], unless a pass
+    /// is under way (it may cover it).
+    fn due_at(&self) -> Option<Instant> {
+        match self.waiting_since {
+            Some(t) if !self.busy() => Some(t + LOOKUP_EVERY),
+            _ => None,
+        }
+    }
+
+    /// Starts reading the next pass on the lookup connection.
+    fn start_reading(&mut self, db: &AuditDb, config: &WriterConfig) {
+        if self.busy() {
             return;
         }
-        if self.pass.is_none() {
-            self.unindexed = 0;
-            self.last = Instant::now();
-        }
-        match self.step(db, config).await {
-            Ok(_) => {
+        self.unindexed = 0;
+        self.waiting_since = None;
+        let (db, timeout) = (db.clone(), config.commit_timeout);
+        self.reading = Some(tokio::spawn(async move {
+            match tokio::time::timeout(timeout, db.read_lookup_pass()).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Timeout),
+            }
+        }));
+    }
+
+    /// The value of a step that succeeded; `None` (logged once until one succeeds) if
+    /// it failed.
+    fn outcome<T>(&mut self, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(v) => {
                 if std::mem::take(&mut self.failing) {
                     tracing::info!("audit lookup table is being updated again");
                 }
+                Some(v)
             }
-            Err(e) => self.failed(e),
+            Err(e) => {
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::warn!(error = %e, "audit lookup table could not be updated; queries by subject or fingerprint scan the newer events until it is");
+                }
+                None
+            }
         }
     }
+}
 
-    /// Starts a pass if none is under way, then writes its next transaction; returns
-    /// whether there is more to write.
-    async fn step(&mut self, db: &AuditDb, config: &WriterConfig) -> Result<bool, String> {
-        let work = async {
-            if self.pass.is_none() {
-                self.pass = db.lookup_pass().await?;
-            }
-            let Some(pass) = self.pass.as_mut() else {
-                return Ok(false);
-            };
-            if db.write_lookups(pass).await? {
-                self.pass = None;
-            }
-            Ok::<_, super::db::StoreError>(true)
-        };
-        let result = match tokio::time::timeout(config.commit_timeout, work).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("timed out".to_owned()),
-        };
-        if result.is_err() {
-            // Its stage may have gone with the connection: the next pass starts over.
-            self.pass = None;
-        }
-        result
-    }
-
-    fn failed(&mut self, e: String) {
-        if !std::mem::replace(&mut self.failing, true) {
-            tracing::warn!(error = %e, "audit lookup table could not be updated; queries by subject or fingerprint scan the newer events until it is");
-        }
+async fn bounded<T>(
+    timeout: Duration,
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".to_owned()),
     }
 }

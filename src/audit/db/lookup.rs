@@ -19,27 +19,29 @@ const MOST_PER_PASS: i64 = 32_768;
 /// Entries per lookup transaction: a pass is written as several short transactions,
 /// between which the writer commits events, so that no caller waits for a whole pass.
 const ENTRIES_PER_TRANSACTION: usize = 4096;
-/// The entries of the events `(from, through]`, sorted by key, staged in a temporary
-/// table of the writer's connection (rowids `1..=staged`) and written into
+/// Rows per multi-row INSERT of lookup entries (two values each).
+const ROWS_PER_STATEMENT: usize = 512;
+
+/// The entries of the events `(from, through]`, sorted by key, written into
 /// `audit_lookup` a transaction at a time.
 #[derive(Debug)]
 pub(crate) struct LookupPass {
-    staged: i64,
-    written: i64,
+    entries: Vec<(String, i64)>,
+    written: usize,
     through: i64,
 }
 
 impl AuditDb {
-    /// Stages the next pass: the entries of the events after `indexed_seq` (at most
-    /// [`MOST_PER_PASS`] events), sorted by key so that each B-tree page takes all of
-    /// its new entries at once. `None` when there is nothing to index, and on
-    /// PostgreSQL. Staging writes only the connection's temporary table: it takes no
-    /// lock the event commits need.
-    pub(crate) async fn lookup_pass(&self) -> Result<Option<LookupPass>, StoreError> {
+    /// Reads the next pass on a connection of its own (it takes no lock and leaves the
+    /// writer's page cache valid, so the writer goes on committing meanwhile): the
+    /// entries of the events after `indexed_seq` (at most [`MOST_PER_PASS`] events),
+    /// sorted by key so that each B-tree page takes all of its new entries at once.
+    /// `None` when there is nothing to index, and on PostgreSQL.
+    pub(crate) async fn read_lookup_pass(&self) -> Result<Option<LookupPass>, StoreError> {
         if self.backend != Backend::Sqlite {
             return Ok(None);
         }
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.lookups.acquire().await?;
         let row = sqlx::query(
             "SELECT indexed_seq, (SELECT COALESCE(MAX(seq), 0) FROM audit_events) AS last_seq \
              FROM audit_lookup_state WHERE id = 1",
@@ -52,53 +54,50 @@ impl AuditDb {
         if through <= from {
             return Ok(None);
         }
-        sqlx::query(
-            "CREATE TEMP TABLE IF NOT EXISTS lookup_stage (key TEXT NOT NULL, seq INTEGER NOT NULL)",
-        )
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("DELETE FROM temp.lookup_stage")
-            .execute(&mut *conn)
-            .await?;
-        let staged = sqlx::query(
-            "INSERT INTO temp.lookup_stage (rowid, key, seq) \
-             SELECT row_number() OVER (ORDER BY k, seq), k, seq FROM ( \
+        let entries = sqlx::query(
+            "SELECT k, seq FROM ( \
                SELECT 's:' || subject AS k, seq FROM audit_events \
                  WHERE seq > $1 AND seq <= $2 AND subject IS NOT NULL \
                UNION ALL \
                SELECT 'f:' || substr(token_fingerprint, -16) AS k, seq FROM audit_events \
-                 WHERE seq > $1 AND seq <= $2 AND token_fingerprint IS NOT NULL)",
+                 WHERE seq > $1 AND seq <= $2 AND token_fingerprint IS NOT NULL \
+             ) ORDER BY k, seq",
         )
         .bind(from)
         .bind(through)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?
-        .rows_affected();
+        .iter()
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok(Some(LookupPass {
-            staged: i64::try_from(staged).unwrap_or(i64::MAX),
+            entries,
             written: 0,
             through,
         }))
     }
 
-    /// Writes the pass's next [`ENTRIES_PER_TRANSACTION`] entries in one transaction;
-    /// the last one also moves `indexed_seq`. Returns whether the pass is complete. On
-    /// an error the pass is to be dropped: its stage may have gone with the connection,
-    /// and the next pass stages the same events again (`INSERT OR IGNORE`).
+    /// Writes the pass's next [`ENTRIES_PER_TRANSACTION`] entries in one transaction on
+    /// the writer's connection; the last one also moves `indexed_seq`. Returns whether
+    /// the pass is complete. A failed transaction is written again (`INSERT OR IGNORE`).
     pub(crate) async fn write_lookups(&self, pass: &mut LookupPass) -> Result<bool, StoreError> {
         let end = pass
-            .staged
-            .min(pass.written + ENTRIES_PER_TRANSACTION as i64);
+            .entries
+            .len()
+            .min(pass.written + ENTRIES_PER_TRANSACTION);
         let mut tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
-        sqlx::query(
-            "INSERT OR IGNORE INTO audit_lookup (key, seq) \
-             SELECT key, seq FROM temp.lookup_stage WHERE rowid > $1 AND rowid <= $2 ORDER BY rowid",
-        )
-        .bind(pass.written)
-        .bind(end)
-        .execute(tx.conn())
-        .await?;
-        let done = end >= pass.staged;
+        for rows in pass.entries[pass.written..end].chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT OR IGNORE INTO audit_lookup (key, seq) VALUES {}",
+                vec!["(?, ?)"; rows.len()].join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (key, seq) in rows {
+                q = q.bind(key.as_str()).bind(*seq);
+            }
+            q.execute(tx.conn()).await?;
+        }
+        let done = end == pass.entries.len();
         if done {
             sqlx::query(
                 "UPDATE audit_lookup_state SET indexed_seq = $1 WHERE id = 1 AND indexed_seq < $1",

@@ -104,6 +104,8 @@ pub struct AuditDb {
     pool: AnyPool,
     /// One connection, for the group-commit writer's batches and checkpoints.
     writer: AnyPool,
+    /// SQLite: one connection that reads the lookup table's passes (see [`lookup`]).
+    lookups: AnyPool,
     backend: Backend,
 }
 
@@ -159,10 +161,12 @@ impl AuditDb {
         }
         .idle_timeout(None)
         .max_lifetime(None)
-        .connect_lazy_with(options);
+        .connect_lazy_with(options.clone());
+        let lookups = sqlite_pool_options(1, LOOKUP_CACHE_KIB).connect_lazy_with(options);
         Ok(Self {
             pool,
             writer,
+            lookups,
             backend,
         })
     }
@@ -260,6 +264,9 @@ const READ_CACHE_KIB: u32 = 32 * 1024;
 /// Page cache of the writer's connection, in KiB: the hot index pages of a batch; kept
 /// for the life of the process, so it counts fully in the service's memory.
 const WRITER_CACHE_KIB: u32 = 16 * 1024;
+
+/// Page cache of the connection that reads lookup passes, in KiB.
+const LOOKUP_CACHE_KIB: u32 = 2 * 1024;
 
 /// SQLite connections: WAL, every commit fsynced, a page cache that holds the indexes.
 fn sqlite_pool_options(max_connections: u32, cache_kib: u32) -> AnyPoolOptions {

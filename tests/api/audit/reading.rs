@@ -225,6 +225,21 @@ async fn lookup_progress(db: &TestDb) -> Option<(i64, i64)> {
     Some((row.get("indexed_seq"), row.get("last")))
 }
 
+/// Waits (at most a few seconds) until SQLite's lookup table covers `events` events.
+async fn wait_until_indexed(db: &TestDb, events: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while let Some((indexed, last)) = lookup_progress(db).await {
+        if indexed >= events && indexed == last {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never indexed: {indexed} of {last}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// SQLite finds subjects and fingerprints through a side table its writer fills in
 /// batches; events newer than the last batch are found by a scan. Either way, and after
 /// an older binary left events unindexed, a lookup finds exactly the right events.
@@ -251,23 +266,9 @@ async fn subject_and_fingerprint_lookups_find_events_indexed_or_not(backend: Bac
     }
     lookups_match_the_listing(&app, &[("alice", 2), ("bob", 1), ("carol", 0)]).await;
 
-    // A commit more than a second after the last lookup pass starts the next one.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // A pass starts once an event has waited a second, even with no further commits.
     app.vend_token("carol").await;
-    if lookup_progress(&db).await.is_some() {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let (indexed, last) = lookup_progress(&db).await.unwrap();
-            if indexed == last {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never indexed: {indexed} {last}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
+    wait_until_indexed(&db, 4).await;
     lookups_match_the_listing(&app, &[("alice", 2), ("bob", 1), ("carol", 1)]).await;
     let (page, next) = app.events("subject=alice&limit=1").await;
     assert_eq!(page.len(), 1);
@@ -294,9 +295,7 @@ async fn subject_and_fingerprint_lookups_find_events_indexed_or_not(backend: Bac
     }
     let app = spawn().await;
     app.vend_token("dave").await;
-    if let Some((indexed, _)) = lookup_progress(&db).await {
-        assert!(indexed >= 4, "caught up at start: {indexed}");
-    }
+    wait_until_indexed(&db, 5).await;
     lookups_match_the_listing(&app, &[("alice", 2), ("bob", 1), ("carol", 1), ("dave", 1)]).await;
     db.cleanup().await;
 }
