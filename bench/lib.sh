@@ -54,6 +54,7 @@ start_service() {
         RATE_LIMIT_PER_USER=1000000/second \
         RATE_LIMIT_PER_IP=100000000/second \
         UPSTREAM_RATE_LIMIT=1000000/second \
+        ${TOKIO_WORKER_THREADS:+TOKIO_WORKER_THREADS="$TOKIO_WORKER_THREADS"} \
         "$BIN" serve >/dev/null 2>"$logfile" &
     SERVICE_PID=$!
     PIDS+=("$SERVICE_PID")
