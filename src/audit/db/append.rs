@@ -4,13 +4,11 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::{
-    event_columns, AuditDb, Backend, RawTransaction, StoreError, CHAIN_COLUMNS, ROW_COLUMN_COUNT,
-};
+use super::{event_columns, AuditDb, Backend, RawTransaction, StoreError, ROW_COLUMN_COUNT};
 use crate::audit::chain::{self, GENESIS};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::keys::{ChainKey, NoteSigner};
-use crate::audit::schema::{self, Value, FIELDS};
+use crate::audit::schema::{self, Value};
 use crate::audit::AuditEvent;
 
 /// Multi-row insert sizes; a few fixed shapes keep prepared statements cached.
@@ -25,6 +23,9 @@ impl AuditDb {
         chain: &mut ChainState,
         events: &[&AuditEvent],
     ) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = &self.pg_writer {
+            return append_postgres(pg, chain, events).await;
+        }
         let mut tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
         if !chain.known {
             let row =
@@ -59,40 +60,29 @@ impl AuditDb {
             .await?;
         }
         let (linked, seq, prev) = link(chain, events);
-        match self.backend {
-            // One statement of a fixed shape (prepared once) for the whole batch: the
-            // rows as one JSON parameter, typed by the table's own row type.
-            Backend::Postgres => {
-                sqlx::query(&pg_insert_sql())
-                    .bind(rows_json(&chain.id, &linked))
-                    .execute(tx.conn())
-                    .await?;
-            }
-            Backend::Sqlite => {
-                let mut rest = linked.as_slice();
-                while !rest.is_empty() {
-                    let size = CHUNKS.into_iter().find(|c| *c <= rest.len()).unwrap_or(1);
-                    let (chunk, tail) = rest.split_at(size);
-                    let sql = insert_sql(self.backend, size);
-                    let mut q = sqlx::query(&sql);
-                    for (e, seq, prev_hash, hash) in chunk {
-                        for value in e.values() {
-                            q = match value {
-                                Value::Text(s) => q.bind(s),
-                                Value::Int(i) => q.bind(i),
-                                Value::Time(t) => q.bind(t.map(schema::to_micros)),
-                            };
-                        }
-                        q = q
-                            .bind(chain.id.as_str())
-                            .bind(*seq)
-                            .bind(prev_hash.as_str())
-                            .bind(hash.as_str());
-                    }
-                    q.execute(tx.conn()).await?;
-                    rest = tail;
+        // SQLite: multi-row INSERTs (PostgreSQL batches went to `append_postgres`).
+        let mut rest = linked.as_slice();
+        while !rest.is_empty() {
+            let size = CHUNKS.into_iter().find(|c| *c <= rest.len()).unwrap_or(1);
+            let (chunk, tail) = rest.split_at(size);
+            let sql = insert_sql(self.backend, size);
+            let mut q = sqlx::query(&sql);
+            for (e, seq, prev_hash, hash) in chunk {
+                for value in e.values() {
+                    q = match value {
+                        Value::Text(s) => q.bind(s),
+                        Value::Int(i) => q.bind(i),
+                        Value::Time(t) => q.bind(t.map(schema::to_micros)),
+                    };
                 }
+                q = q
+                    .bind(chain.id.as_str())
+                    .bind(*seq)
+                    .bind(prev_hash.as_str())
+                    .bind(hash.as_str());
             }
+            q.execute(tx.conn()).await?;
+            rest = tail;
         }
         sqlx::query("UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain_id = $3")
             .bind(seq)
@@ -134,6 +124,130 @@ impl AuditDb {
         tx.commit().await?;
         Ok(note)
     }
+}
+
+/// PostgreSQL: the same transaction as [`AuditDb::append`] on a native connection, the
+/// batch's rows streamed with `COPY … FROM STDIN` (text format), which PostgreSQL
+/// parses far faster than one JSON parameter. A transaction that did not end in a
+/// COMMIT closes its connection, as [`RawTransaction`] does.
+async fn append_postgres(
+    pool: &sqlx::PgPool,
+    chain: &mut ChainState,
+    events: &[&AuditEvent],
+) -> Result<Vec<String>, StoreError> {
+    use sqlx::Executor as _;
+    let mut conn = PgTransaction {
+        conn: pool.acquire().await?,
+        ended: false,
+    };
+    let c = &mut *conn.conn;
+    c.execute("BEGIN").await?;
+    if !chain.known {
+        let row = sqlx::query("SELECT head_seq, head_hash FROM audit_chains WHERE chain_id = $1")
+            .bind(chain.id.as_str())
+            .fetch_optional(&mut *c)
+            .await?;
+        match row {
+            Some(r) => {
+                chain.registered = true;
+                chain.head_seq = r.try_get("head_seq")?;
+                chain.head_hash = r.try_get("head_hash")?;
+            }
+            None => {
+                chain.registered = false;
+                chain.head_seq = 0;
+                chain.head_hash = GENESIS.to_owned();
+            }
+        }
+        chain.known = true;
+    }
+    if !chain.registered {
+        sqlx::query(
+            "INSERT INTO audit_chains (chain_id, created_us, head_seq, head_hash, anchor_seq, anchor_hash, key_id) \
+             VALUES ($1, $2, 0, $3, 0, $3, $4)",
+        )
+        .bind(chain.id.as_str())
+        .bind(chain::to_micros(OffsetDateTime::now_utc()))
+        .bind(GENESIS)
+        .bind(chain.key.id())
+        .execute(&mut *c)
+        .await?;
+    }
+    let (linked, seq, prev) = link(chain, events);
+    let mut copy = c
+        .copy_in_raw(&format!(
+            "COPY audit_events ({}) FROM STDIN",
+            event_columns()
+        ))
+        .await?;
+    copy.send(rows_copy_text(&chain.id, &linked).into_bytes())
+        .await?;
+    copy.finish().await?;
+    sqlx::query("UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain_id = $3")
+        .bind(seq)
+        .bind(prev.as_str())
+        .bind(chain.id.as_str())
+        .execute(&mut *c)
+        .await?;
+    c.execute("COMMIT").await?;
+    conn.ended = true;
+    chain.registered = true;
+    chain.head_seq = seq;
+    chain.head_hash = prev;
+    Ok(linked.into_iter().map(|(_, _, _, hash)| hash).collect())
+}
+
+/// A native PostgreSQL connection inside a plain `BEGIN`/`COMMIT`; closed on drop
+/// unless the COMMIT succeeded (see [`RawTransaction`]).
+struct PgTransaction {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    ended: bool,
+}
+
+impl Drop for PgTransaction {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// The rows of a batch in COPY's text format: tab-separated, `\N` for NULL, and
+/// backslash, tab, newline and carriage return escaped.
+fn rows_copy_text(chain_id: &str, linked: &[(&AuditEvent, i64, String, String)]) -> String {
+    fn text(out: &mut String, s: &str) {
+        for ch in s.chars() {
+            match ch {
+                '\\' => out.push_str("\\\\"),
+                '\t' => out.push_str("\\t"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                c => out.push(c),
+            }
+        }
+    }
+    let mut out = String::with_capacity(linked.len() * 640);
+    for (e, seq, prev_hash, hash) in linked {
+        let chain = [
+            Value::Text(Some(chain_id)),
+            Value::Int(Some(*seq)),
+            Value::Text(Some(prev_hash)),
+            Value::Text(Some(hash)),
+        ];
+        for (c, value) in e.values().into_iter().chain(chain).enumerate() {
+            if c > 0 {
+                out.push('\t');
+            }
+            match value {
+                Value::Text(Some(s)) => text(&mut out, s),
+                Value::Int(Some(i)) => out.push_str(&i.to_string()),
+                Value::Time(Some(t)) => out.push_str(&schema::to_micros(t).to_string()),
+                Value::Text(None) | Value::Int(None) | Value::Time(None) => out.push_str("\\N"),
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The group-commit writer's chain, owned by exactly one writer.
@@ -181,59 +295,6 @@ fn link<'e>(
     (linked, seq, prev)
 }
 
-/// PostgreSQL: a batch's rows from one JSON array of objects keyed by column.
-fn pg_insert_sql() -> String {
-    let columns = event_columns();
-    format!(
-        "INSERT INTO audit_events ({columns}) \
-         SELECT {columns} FROM json_populate_recordset(NULL::audit_events, $1::json)"
-    )
-}
-
-/// The rows of [`pg_insert_sql`]: `[{"id":"…","time_us":…,…,"hash":"…"},…]`.
-fn rows_json(chain_id: &str, linked: &[(&AuditEvent, i64, String, String)]) -> String {
-    fn text(out: &mut Vec<u8>, s: &str) {
-        // Writing a str into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
-    fn int(out: &mut Vec<u8>, i: i64) {
-        out.extend_from_slice(i.to_string().as_bytes());
-    }
-    let mut out = Vec::with_capacity(linked.len() * 768);
-    out.push(b'[');
-    for (n, (e, seq, prev_hash, hash)) in linked.iter().enumerate() {
-        if n > 0 {
-            out.push(b',');
-        }
-        out.push(b'{');
-        let chain = [
-            Value::Text(Some(chain_id)),
-            Value::Int(Some(*seq)),
-            Value::Text(Some(prev_hash)),
-            Value::Text(Some(hash)),
-        ];
-        let columns = FIELDS.iter().map(|f| f.column).chain(CHAIN_COLUMNS);
-        for (c, (column, value)) in columns.zip(e.values().into_iter().chain(chain)).enumerate() {
-            if c > 0 {
-                out.push(b',');
-            }
-            text(&mut out, column);
-            out.push(b':');
-            match value {
-                Value::Text(Some(s)) => text(&mut out, s),
-                Value::Int(Some(i)) => int(&mut out, i),
-                Value::Time(Some(t)) => int(&mut out, schema::to_micros(t)),
-                Value::Text(None) | Value::Int(None) | Value::Time(None) => {
-                    out.extend_from_slice(b"null")
-                }
-            }
-        }
-        out.push(b'}');
-    }
-    out.push(b']');
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
 /// SQLite gets anonymous `?` placeholders: it resolves each named (`$n`) one by a
 /// linear search, which is quadratic for a statement with thousands of them.
 fn insert_sql(backend: Backend, rows: usize) -> String {
@@ -262,6 +323,21 @@ fn insert_sql(backend: Backend, rows: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_copy_would_misread_and_marks_nulls() {
+        let mut e = AuditEvent::begin("req\t1", "base", "eu");
+        e.user_agent = Some("a\\b\nc\rd".into());
+        let linked = vec![(&e, 7, "p".to_owned(), "h".to_owned())];
+        let text = rows_copy_text("chain", &linked);
+        assert!(text.ends_with("\tchain\t7\tp\th\n"), "{text}");
+        assert_eq!(text.matches('\n').count(), 1, "one line per row: {text}");
+        assert!(text.contains("req\\t1"), "{text}");
+        assert!(text.contains("a\\\\b\\nc\\rd"), "{text}");
+        assert!(text.contains("\\N"), "{text}");
+        let fields = text.trim_end_matches('\n').split('\t').count();
+        assert_eq!(fields, ROW_COLUMN_COUNT);
+    }
 
     #[test]
     fn insert_sql_numbers_every_value() {

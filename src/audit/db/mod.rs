@@ -106,6 +106,8 @@ pub struct AuditDb {
     writer: AnyPool,
     /// SQLite: one connection that reads the lookup table's passes (see [`lookup`]).
     lookups: AnyPool,
+    /// PostgreSQL: the writer's batches on a native connection, for `COPY`.
+    pg_writer: Option<sqlx::PgPool>,
     backend: Backend,
 }
 
@@ -163,10 +165,22 @@ impl AuditDb {
         .max_lifetime(None)
         .connect_lazy_with(options.clone());
         let lookups = sqlite_pool_options(1, LOOKUP_CACHE_KIB).connect_lazy_with(options);
+        let pg_writer = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(3))
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_lazy(&url)?,
+            ),
+        };
         Ok(Self {
             pool,
             writer,
             lookups,
+            pg_writer,
             backend,
         })
     }
