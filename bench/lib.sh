@@ -55,6 +55,7 @@ start_service() {
         RATE_LIMIT_PER_IP=100000000/second \
         UPSTREAM_RATE_LIMIT=1000000/second \
         ${TOKIO_WORKER_THREADS:+TOKIO_WORKER_THREADS="$TOKIO_WORKER_THREADS"} \
+        ${MALLOC_ARENA_MAX:+MALLOC_ARENA_MAX="$MALLOC_ARENA_MAX"} \
         "$BIN" serve >/dev/null 2>"$logfile" &
     SERVICE_PID=$!
     PIDS+=("$SERVICE_PID")
