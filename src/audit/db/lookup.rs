@@ -109,7 +109,10 @@ impl AuditDb {
         let mut tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
         let mut start = pass.written;
         while start < end {
-            let rows = (end - start).min(ROWS_PER_STATEMENT);
+            // Powers of two: a few statement shapes, each prepared once. A shape per
+            // remainder filled sqlx's statement cache with up to 100 large prepared
+            // INSERTs (tens of MiB in bench/soak.sh).
+            let rows = prev_power_of_two((end - start).min(ROWS_PER_STATEMENT));
             let sql = format!(
                 "INSERT OR IGNORE INTO audit_lookup (key, seq) VALUES {}",
                 vec!["(?, ?)"; rows].join(", ")
@@ -134,6 +137,15 @@ impl AuditDb {
         tx.commit().await?;
         pass.written = end;
         Ok(done)
+    }
+}
+
+/// The largest power of two that is at most `n` (`n` ≥ 1).
+fn prev_power_of_two(n: usize) -> usize {
+    if n.is_power_of_two() {
+        n
+    } else {
+        n.next_power_of_two() / 2
     }
 }
 
@@ -180,4 +192,17 @@ pub(crate) fn lookup_clause(by: LookupBy, marks: &[String]) -> String {
          SELECT seq FROM audit_events WHERE seq > \
          (SELECT indexed_seq FROM audit_lookup_state WHERE id = 1) AND {column} IN ({list}))"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_sizes_are_powers_of_two_that_fit() {
+        assert_eq!(prev_power_of_two(1), 1);
+        assert_eq!(prev_power_of_two(3), 2);
+        assert_eq!(prev_power_of_two(512), 512);
+        assert_eq!(prev_power_of_two(511), 256);
+    }
 }
