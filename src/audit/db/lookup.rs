@@ -5,9 +5,9 @@
 //! `audit_lookup` holds `('s:' || subject, seq)` and `('f:' || <the fingerprint's last
 //! 16 hex digits>, seq)` for every event up to `audit_lookup_state.indexed_seq` (a short
 //! key packs three times as many entries per page; the full fingerprint is compared on
-//! the event itself). A query reads the table for
-//! those and scans the events after `indexed_seq` (at most a batch) directly, so a
-//! lookup never misses an event, indexed yet or not. PostgreSQL keeps plain indexes.
+//! the event itself). A query reads the table for those and scans the events after
+//! `indexed_seq` (about a pass's worth while the service runs) directly, so a lookup
+//! never misses an event, indexed yet or not. PostgreSQL keeps plain indexes.
 
 use sqlx::Row;
 
@@ -25,9 +25,8 @@ const ROWS_PER_STATEMENT: usize = 512;
 const READ_SLICE: i64 = 1024;
 
 /// The entries of the events `(from, through]`, sorted by key, written into
-/// `audit_lookup` a transaction at a time. Kept compact (the keys in one buffer): a
-/// pass is read while the service is busiest, and a vector of rows or of small strings
-/// left tens of MiB of freed heap behind in the allocator (bench/soak.sh).
+/// `audit_lookup` a transaction at a time. Kept compact (the keys in one buffer, no
+/// string or driver row per entry): a pass is read while the service is busiest.
 #[derive(Debug)]
 pub(crate) struct LookupPass {
     keys: String,
@@ -95,9 +94,8 @@ impl AuditDb {
             written: 0,
             through,
         };
-        // Read in slices of events, and sorted here: a sorted query's rows (or a
-        // streamed one's, which the driver buffers) for a whole pass left tens of MiB of
-        // freed heap behind in the allocator under load (bench/soak.sh).
+        // Read in slices of events and sorted here, so that the driver never holds a
+        // whole pass's rows at once (a sorted query, or a streamed one, would).
         let mut after = from;
         while after < through {
             let upto = through.min(after + READ_SLICE);
@@ -136,9 +134,8 @@ impl AuditDb {
         let mut tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
         let mut start = pass.written;
         while start < end {
-            // Powers of two: a few statement shapes, each prepared once. A shape per
-            // remainder filled sqlx's statement cache with up to 100 large prepared
-            // INSERTs (tens of MiB in bench/soak.sh).
+            // Powers of two: a few statement shapes, each prepared once; a shape per
+            // remainder would fill sqlx's statement cache with large prepared INSERTs.
             let rows = prev_power_of_two((end - start).min(ROWS_PER_STATEMENT));
             let sql = format!(
                 "INSERT OR IGNORE INTO audit_lookup (key, seq) VALUES {}",
