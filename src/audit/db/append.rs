@@ -28,36 +28,22 @@ impl AuditDb {
         }
         let mut tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
         if !chain.known {
-            let row =
-                sqlx::query("SELECT head_seq, head_hash FROM audit_chains WHERE chain_id = $1")
-                    .bind(chain.id.as_str())
-                    .fetch_optional(tx.conn())
-                    .await?;
-            match row {
-                Some(r) => {
-                    chain.registered = true;
-                    chain.head_seq = r.try_get("head_seq")?;
-                    chain.head_hash = r.try_get("head_hash")?;
-                }
-                None => {
-                    chain.registered = false;
-                    chain.head_seq = 0;
-                    chain.head_hash = GENESIS.to_owned();
-                }
-            }
-            chain.known = true;
+            let head = sqlx::query(HEAD_SQL)
+                .bind(chain.id.as_str())
+                .fetch_optional(tx.conn())
+                .await?
+                .map(|r| Ok::<_, sqlx::Error>((r.try_get("head_seq")?, r.try_get("head_hash")?)))
+                .transpose()?;
+            chain.set_head(head);
         }
         if !chain.registered {
-            sqlx::query(
-                "INSERT INTO audit_chains (chain_id, created_us, head_seq, head_hash, anchor_seq, anchor_hash, key_id) \
-                 VALUES ($1, $2, 0, $3, 0, $3, $4)",
-            )
-            .bind(chain.id.as_str())
-            .bind(chain::to_micros(OffsetDateTime::now_utc()))
-            .bind(GENESIS)
-            .bind(chain.key.id())
-            .execute(tx.conn())
-            .await?;
+            sqlx::query(REGISTER_SQL)
+                .bind(chain.id.as_str())
+                .bind(chain::to_micros(OffsetDateTime::now_utc()))
+                .bind(GENESIS)
+                .bind(chain.key.id())
+                .execute(tx.conn())
+                .await?;
         }
         let (linked, seq, prev) = link(chain, events);
         // SQLite: multi-row INSERTs (PostgreSQL batches went to `append_postgres`).
@@ -84,7 +70,7 @@ impl AuditDb {
             q.execute(tx.conn()).await?;
             rest = tail;
         }
-        sqlx::query("UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain_id = $3")
+        sqlx::query(ADVANCE_SQL)
             .bind(seq)
             .bind(prev.as_str())
             .bind(chain.id.as_str())
@@ -143,35 +129,22 @@ async fn append_postgres(
     let c = &mut *conn.conn;
     c.execute("BEGIN").await?;
     if !chain.known {
-        let row = sqlx::query("SELECT head_seq, head_hash FROM audit_chains WHERE chain_id = $1")
+        let head = sqlx::query(HEAD_SQL)
             .bind(chain.id.as_str())
             .fetch_optional(&mut *c)
-            .await?;
-        match row {
-            Some(r) => {
-                chain.registered = true;
-                chain.head_seq = r.try_get("head_seq")?;
-                chain.head_hash = r.try_get("head_hash")?;
-            }
-            None => {
-                chain.registered = false;
-                chain.head_seq = 0;
-                chain.head_hash = GENESIS.to_owned();
-            }
-        }
-        chain.known = true;
+            .await?
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get("head_seq")?, r.try_get("head_hash")?)))
+            .transpose()?;
+        chain.set_head(head);
     }
     if !chain.registered {
-        sqlx::query(
-            "INSERT INTO audit_chains (chain_id, created_us, head_seq, head_hash, anchor_seq, anchor_hash, key_id) \
-             VALUES ($1, $2, 0, $3, 0, $3, $4)",
-        )
-        .bind(chain.id.as_str())
-        .bind(chain::to_micros(OffsetDateTime::now_utc()))
-        .bind(GENESIS)
-        .bind(chain.key.id())
-        .execute(&mut *c)
-        .await?;
+        sqlx::query(REGISTER_SQL)
+            .bind(chain.id.as_str())
+            .bind(chain::to_micros(OffsetDateTime::now_utc()))
+            .bind(GENESIS)
+            .bind(chain.key.id())
+            .execute(&mut *c)
+            .await?;
     }
     let (linked, seq, prev) = link(chain, events);
     let mut copy = c
@@ -183,7 +156,7 @@ async fn append_postgres(
     copy.send(rows_copy_text(&chain.id, &linked).into_bytes())
         .await?;
     copy.finish().await?;
-    sqlx::query("UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain_id = $3")
+    sqlx::query(ADVANCE_SQL)
         .bind(seq)
         .bind(prev.as_str())
         .bind(chain.id.as_str())
@@ -250,6 +223,13 @@ fn rows_copy_text(chain_id: &str, linked: &[(&AuditEvent, i64, String, String)])
     out
 }
 
+const HEAD_SQL: &str = "SELECT head_seq, head_hash FROM audit_chains WHERE chain_id = $1";
+const ADVANCE_SQL: &str =
+    "UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain_id = $3";
+const REGISTER_SQL: &str = "INSERT INTO audit_chains \
+    (chain_id, created_us, head_seq, head_hash, anchor_seq, anchor_hash, key_id) \
+    VALUES ($1, $2, 0, $3, 0, $3, $4)";
+
 /// The group-commit writer's chain, owned by exactly one writer.
 #[derive(Debug, Clone)]
 pub(crate) struct ChainState {
@@ -265,6 +245,13 @@ pub(crate) struct ChainState {
 }
 
 impl ChainState {
+    /// The head as stored (`None`: the chain has no row yet, so it starts at genesis).
+    fn set_head(&mut self, head: Option<(i64, String)>) {
+        self.registered = head.is_some();
+        (self.head_seq, self.head_hash) = head.unwrap_or_else(|| (0, GENESIS.to_owned()));
+        self.known = true;
+    }
+
     pub fn new(key: ChainKey) -> Self {
         Self {
             key,
