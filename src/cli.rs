@@ -228,11 +228,17 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }),
         Command::Audit(AuditCommand::Prune(args)) => {
             let settings = load(&cli)?;
-            let key = audit_hmac_key(&settings, "to tag the chains' new prune anchors")?;
+            let secrets = audit_commands::VerifySecrets {
+                hmac: audit_hmac_key(
+                    &settings,
+                    "to verify the events it deletes and tag the new prune anchors",
+                )?,
+                signing: settings.audit_signing_key.clone(),
+            };
             runtime()?.block_on(audit_commands::prune(
                 &settings.database_url,
                 args,
-                &key,
+                &secrets,
                 &mut std::io::stdout(),
             ))?;
             Ok(())

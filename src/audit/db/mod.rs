@@ -20,6 +20,7 @@ use super::AuditEvent;
 mod append;
 mod lookup;
 mod maintain;
+pub use maintain::Pruned;
 mod read;
 
 pub(crate) use append::ChainState;

@@ -349,3 +349,80 @@ async fn keygen_makes_a_key_the_service_signs_with(backend: Backend) {
     db.cleanup().await;
 }
 both_backends!(keygen_makes_a_key_the_service_signs_with);
+
+/// Rows' times are whatever the database says: backdating recent events must not make
+/// the routine prune delete them (and cover them with a valid anchor).
+async fn prune_refuses_backdated_events_and_deletes_nothing(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let (app, verifier) = signing_app(&db).await;
+    for i in 0..20 {
+        app.vend_token(&format!("user-{i}")).await;
+    }
+    let before = rows(&db).await;
+    assert_eq!(before.len(), 20);
+    exec(
+        &db,
+        "UPDATE audit_events SET time_us = 1577836800000000 + chain_seq WHERE chain_seq <= 15",
+    )
+    .await;
+
+    let out = cli(
+        &db.url,
+        &[
+            "audit",
+            "prune",
+            "--older-than",
+            "90d",
+            "--verifier-key",
+            &verifier,
+        ],
+        &[],
+    );
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("TAMPERED"), "{said}");
+    assert!(
+        said.contains("altered") && said.contains(&before[0].2),
+        "{said}"
+    );
+    assert_eq!(rows(&db).await, before, "nothing was deleted");
+    let (ok, report) = verify(&db, &["--verifier-key", &verifier]);
+    assert!(!ok && report.contains(&before[0].2), "{report}");
+    db.cleanup().await;
+}
+both_backends!(prune_refuses_backdated_events_and_deletes_nothing);
+
+/// An event removed from the middle of the run a prune would delete is reported, not
+/// pruned over.
+async fn prune_refuses_a_gap_in_the_run_it_would_delete(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
+    for i in 0..6 {
+        app.vend_token(&format!("user-{i}")).await;
+    }
+    let before = rows(&db).await;
+    exec(&db, "DELETE FROM audit_events WHERE chain_seq = 3").await;
+    let out = cli(&db.url, &["audit", "prune", "--older-than", "0s"], &[]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("removed") && said.contains("#3..#3"),
+        "{said}"
+    );
+    assert_eq!(
+        rows(&db).await.len(),
+        before.len() - 1,
+        "nothing else was deleted"
+    );
+    db.cleanup().await;
+}
+both_backends!(prune_refuses_a_gap_in_the_run_it_would_delete);
