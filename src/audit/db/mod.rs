@@ -23,7 +23,8 @@ mod maintain;
 pub use maintain::Pruned;
 mod read;
 
-pub(crate) use append::ChainState;
+pub(crate) use append::{Appended, ChainState};
+pub use append::{ChainConflict, CONFLICT_REQUEST_ID};
 pub(crate) use lookup::{lookup_clause, LookupBy, LookupPass};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -88,6 +89,9 @@ pub enum StoreError {
     Timeout,
     #[error("{0}")]
     Usage(String),
+    /// The writer's chain was moved under it (see `ChainState`).
+    #[error("{0}")]
+    ChainConflict(Box<ChainConflict>),
 }
 
 /// Whether opening may create the SQLite file.

@@ -1,0 +1,170 @@
+//! The service's own trail against someone who writes the audit database while the
+//! service runs: it never builds on a chain head it did not write.
+
+use std::time::Duration;
+
+use sqlx::{Executor, Row};
+
+use crate::both_backends;
+use crate::support::*;
+
+/// A service that signs checkpoints.
+async fn signing_app(db: &TestDb) -> TestApp {
+    let signer = token_vendor::audit::keys::NoteSigner::generate("test-audit").unwrap();
+    let private = secrecy::ExposeSecret::expose_secret(&signer.private_text()).to_owned();
+    TestApp::builder()
+        .store(Store::db(db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .env("AUDIT_SIGNING_KEY", private)
+        .spawn()
+        .await
+}
+
+/// `(chain_id, head_seq)` of every chain, in creation order.
+async fn chains(db: &TestDb) -> Vec<(String, i64)> {
+    let pool = db.raw().await;
+    let rows = sqlx::query("SELECT chain_id, head_seq FROM audit_chains ORDER BY created_us")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("chain_id"), r.get("head_seq")))
+        .collect();
+    pool.close().await;
+    rows
+}
+
+/// In one write transaction held for `hold`: deletes the chain's events after `keep`,
+/// moves its head back to event `keep` and deletes the checkpoints above it, the way
+/// someone hiding the last events from a running service would.
+pub async fn cut_back_under_the_writer(db: &TestDb, chain_id: &str, keep: i64, hold: Duration) {
+    let pool = db.raw().await;
+    let mut conn = pool.acquire().await.unwrap();
+    match db.backend {
+        Backend::Sqlite => conn.execute("BEGIN IMMEDIATE").await.unwrap(),
+        Backend::Postgres => {
+            conn.execute("BEGIN").await.unwrap();
+            conn.execute("LOCK TABLE audit_chains IN EXCLUSIVE MODE")
+                .await
+                .unwrap()
+        }
+    };
+    let hash: String =
+        sqlx::query("SELECT hash FROM audit_events WHERE chain_id = $1 AND chain_seq = $2")
+            .bind(chain_id)
+            .bind(keep)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .get("hash");
+    for sql in [
+        "DELETE FROM audit_events WHERE chain_id = $1 AND chain_seq > $2",
+        "DELETE FROM audit_checkpoints WHERE chain_id = $1 AND seq > $2",
+    ] {
+        sqlx::query(sql)
+            .bind(chain_id)
+            .bind(keep)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain_id = $3")
+        .bind(keep)
+        .bind(hash.as_str())
+        .bind(chain_id)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(hold).await;
+    conn.execute("COMMIT").await.unwrap();
+    drop(conn);
+    pool.close().await;
+}
+
+async fn the_writer_refuses_a_head_moved_back_under_it(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = signing_app(&db).await;
+    for i in 0..15 {
+        app.vend_token(&format!("user-{i}")).await;
+    }
+    let old = chains(&db).await;
+    assert_eq!(old.len(), 1);
+    let (old_chain, old_head) = old[0].clone();
+    assert_eq!(old_head, 15);
+
+    let ((), waiting) = tokio::join!(
+        cut_back_under_the_writer(&db, &old_chain, 12, Duration::from_millis(3500)),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            app.vend_request(
+                Some(&app.session_with_roles("waits-on-the-lock", &[])),
+                r#"{"scope":"transcribe"}"#,
+                &new_request_id(),
+            )
+            .await
+        }
+    );
+    assert_eq!(waiting.status().as_u16(), 503, "no token without its event");
+
+    // The next vend is stored, but not on the chain cut back under the writer.
+    app.vend_token("after-the-attack").await;
+    let now = chains(&db).await;
+    assert_eq!(now.len(), 2, "a new chain: {now:?}");
+    assert_eq!(
+        now[0],
+        (old_chain.clone(), 12),
+        "the old chain stays as found"
+    );
+    let (new_chain, new_head) = now[1].clone();
+    assert_eq!(new_head, 2, "the conflict's record, then the vend");
+    let pool = db.raw().await;
+    let first = sqlx::query(
+        "SELECT request_id, detail FROM audit_events WHERE chain_id = $1 AND chain_seq = 1",
+    )
+    .bind(new_chain.as_str())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert_eq!(first.get::<String, _>("request_id"), "audit-chain-conflict");
+    let detail: String = first.get("detail");
+    assert!(
+        detail.contains(&old_chain) && detail.contains("#15") && detail.contains("holds #12"),
+        "{detail}"
+    );
+    assert_eq!(
+        app.metric("token_vendor_audit_chain_conflicts_total").await,
+        1.0
+    );
+    db.cleanup().await;
+}
+both_backends!(the_writer_refuses_a_head_moved_back_under_it);
+
+/// The same cut made while the writer is idle (no commit failed): its next commit finds
+/// the head moved and does not build on it.
+async fn the_writer_refuses_a_head_moved_back_between_commits(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = signing_app(&db).await;
+    for i in 0..5 {
+        app.vend_token(&format!("user-{i}")).await;
+    }
+    let (old_chain, _) = chains(&db).await[0].clone();
+    cut_back_under_the_writer(&db, &old_chain, 3, Duration::ZERO).await;
+
+    app.vend_token("after-the-attack").await;
+    let now = chains(&db).await;
+    assert_eq!(now.len(), 2, "a new chain: {now:?}");
+    assert_eq!(now[0], (old_chain, 3));
+    assert_eq!(now[1].1, 2);
+    assert_eq!(
+        app.metric("token_vendor_audit_chain_conflicts_total").await,
+        1.0
+    );
+    db.cleanup().await;
+}
+both_backends!(the_writer_refuses_a_head_moved_back_between_commits);
