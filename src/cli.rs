@@ -152,7 +152,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 fn dispatch(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Serve => {
-            let settings = load(&cli)?.for_serve()?;
+            let settings = load(&cli)?;
+            // Missing settings are named first; then the signing key.
+            let signed = settings.check_signed();
+            let settings = settings.for_serve()?;
+            signed?;
             let runtime = runtime()?;
             let traces = telemetry::otlp::Traces::from_env(runtime.handle().clone())
                 .map_err(|e| ConfigError::new(e.name, e.problem))?;
@@ -253,7 +257,9 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 println!("{line}");
             }
             telemetry::otlp::check().map_err(|e| ConfigError::new(e.name, e.problem))?;
+            let signed = settings.check_signed();
             let settings = settings.for_serve()?;
+            signed?;
             let tenants: Vec<String> = settings
                 .tenants
                 .iter()
