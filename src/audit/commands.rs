@@ -164,9 +164,11 @@ pub struct VerifyArgs {
     /// rotation (repeat for several).
     #[arg(long, value_name = "FILE")]
     pub previous_key_file: Vec<PathBuf>,
-    /// Accept chains written before chains were keyed (plain SHA-256).
-    #[arg(long)]
-    pub allow_unkeyed: bool,
+    /// Accept this chain although it has no keyed hashes (plain SHA-256: written
+    /// before chains were keyed, and computable by anyone); repeat for several. Each
+    /// one accepted is printed.
+    #[arg(long, value_name = "CHAIN_ID")]
+    pub allow_unkeyed: Vec<String>,
 }
 
 /// The secrets `audit verify` needs from the settings.
@@ -236,11 +238,17 @@ pub async fn verify(
     let policy = Policy {
         keys,
         checkpoints,
-        allow_unkeyed: args.allow_unkeyed,
+        allow_unkeyed: args.allow_unkeyed.iter().cloned().collect(),
     };
     let db = AuditDb::open(url, OpenMode::Existing).await?;
     match db.verify(&policy, verifier.as_ref()).await? {
         Ok(intact) => {
+            for chain_id in &intact.unkeyed {
+                writeln!(
+                    out,
+                    "accepted unkeyed chain {chain_id} (--allow-unkeyed): its hashes are plain SHA-256, which anyone can recompute"
+                )?;
+            }
             writeln!(
                 out,
                 "ok, {} events ({} chain{}), checked against {} signed checkpoint{}",

@@ -426,3 +426,43 @@ async fn prune_refuses_a_gap_in_the_run_it_would_delete(backend: Backend) {
     db.cleanup().await;
 }
 both_backends!(prune_refuses_a_gap_in_the_run_it_would_delete);
+
+/// A keyed chain downgraded to plain SHA-256 (events dropped, `key_id` cleared, hashes
+/// recomputed, the database's checkpoints dropped) is accepted only when named, and
+/// then said so.
+async fn allow_unkeyed_names_each_chain_it_accepts(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
+    for i in 0..5 {
+        app.vend_token(&format!("user-{i}")).await;
+    }
+    let chain_id = rows(&db).await[0].0.clone();
+    delete_and_recompute(&db, 2, None, true).await;
+    exec(&db, "DELETE FROM audit_checkpoints").await;
+
+    let (ok, out) = verify(&db, &["--allow-unkeyed"]);
+    assert!(
+        !ok,
+        "a blanket --allow-unkeyed is no longer accepted: {out}"
+    );
+    let (ok, out) = verify(&db, &["--allow-unkeyed", "some-other-chain"]);
+    assert!(
+        !ok && out.contains("unkeyed") && out.contains(&chain_id),
+        "{out}"
+    );
+    let (ok, out) = verify(&db, &["--allow-unkeyed", &chain_id]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("accepted unkeyed chain {chain_id}")),
+        "{out}"
+    );
+    db.cleanup().await;
+}
+both_backends!(allow_unkeyed_names_each_chain_it_accepts);
