@@ -168,3 +168,81 @@ async fn the_writer_refuses_a_head_moved_back_between_commits(backend: Backend) 
     db.cleanup().await;
 }
 both_backends!(the_writer_refuses_a_head_moved_back_between_commits);
+
+/// Runs `serve` on `db` with otherwise complete settings until it listens or exits;
+/// returns its exit status (None: it started) and its standard error.
+fn serve_once(db: &TestDb) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_token-vendor"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("CORTI_ENVIRONMENT", "eu")
+        .env("CORTI_CLIENT_ID", "test-client")
+        .env("CORTI_CLIENT_SECRET", "fake-client-secret-for-start-up")
+        .env("SESSION_JWT_SECRET", "fake-session-secret-".repeat(3))
+        .env("AUDIT_HMAC_KEY", audit_key())
+        .env("AUDIT_ALLOW_UNSIGNED", "true")
+        .env("DATABASE_URL", &db.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run serve");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut err);
+    }
+    (status, err)
+}
+
+/// A trigger that silently drops one user's lookup entries (or any object the
+/// migrations did not make) stops the service at start, named.
+async fn the_service_refuses_a_database_holding_a_foreign_trigger(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = signing_app(&db).await;
+    app.vend_token("alice").await;
+    drop(app);
+    let pool = db.raw().await;
+    match backend {
+        Backend::Sqlite => {
+            sqlx::query(
+                "CREATE TRIGGER hide_alice BEFORE INSERT ON audit_lookup \
+                 WHEN NEW.key = 's:alice' BEGIN SELECT RAISE(IGNORE); END",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        Backend::Postgres => {
+            for sql in [
+                "CREATE FUNCTION hide_alice() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN IF NEW.subject = 'alice' THEN RETURN NULL; END IF; RETURN NEW; END $$",
+                "CREATE TRIGGER hide_alice BEFORE INSERT ON audit_events \
+                 FOR EACH ROW EXECUTE FUNCTION hide_alice()",
+            ] {
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+        }
+    }
+    pool.close().await;
+    let (status, stderr) = serve_once(&db);
+    assert!(status.is_some_and(|c| c != 0), "{status:?}: {stderr}");
+    assert!(stderr.contains("trigger hide_alice"), "{stderr}");
+    db.cleanup().await;
+}
+both_backends!(the_service_refuses_a_database_holding_a_foreign_trigger);
