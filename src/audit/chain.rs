@@ -138,6 +138,9 @@ pub enum Finding {
     UnknownKey { chain_id: String, key_id: String },
     /// A checkpoint in the database whose signature does not verify.
     BadCheckpoint { why: String },
+    /// The lookup table disagrees with the events (queries by subject or fingerprint
+    /// would miss or invent events).
+    Lookup { why: String },
 }
 
 impl fmt::Display for Finding {
@@ -213,6 +216,7 @@ impl fmt::Display for Finding {
             Finding::BadCheckpoint { why } => {
                 write!(f, "bad checkpoint in the database: {why}")
             }
+            Finding::Lookup { why } => write!(f, "hidden from lookups: {why}"),
         }
     }
 }

@@ -246,3 +246,77 @@ async fn the_service_refuses_a_database_holding_a_foreign_trigger(backend: Backe
     db.cleanup().await;
 }
 both_backends!(the_service_refuses_a_database_holding_a_foreign_trigger);
+
+async fn lookup_entries(db: &TestDb, key: &str) -> i64 {
+    let pool = db.raw().await;
+    let n = sqlx::query("SELECT COUNT(*) FROM audit_lookup WHERE key = $1")
+        .bind(key)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    pool.close().await;
+    n
+}
+
+fn verify(db: &TestDb) -> (bool, String) {
+    let out = cli(&db.url, &["audit", "verify"], &[]);
+    (
+        out.status.success(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
+/// SQLite's lookup table is a side table anyone with the file can edit: verify checks
+/// it against the events, and a deleted lookup state makes queries scan, not miss.
+#[tokio::test]
+async fn lookups_cannot_hide_events_on_sqlite() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
+    for user in ["alice", "bob", "alice"] {
+        app.vend_token(user).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            lookup_entries(&db, "s:alice").await == 2
+        })
+        .await,
+        "a lookup pass indexed alice's events"
+    );
+    assert!(verify(&db).0);
+
+    // Entries deleted: verify names the first event they hid.
+    let pool = db.raw().await;
+    sqlx::query("DELETE FROM audit_lookup WHERE key = 's:alice'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (ok, out) = verify(&db);
+    assert!(!ok && out.contains("hidden from lookups"), "{out}");
+
+    // The lookup state deleted: every event is scanned, alice's included.
+    sqlx::query("DELETE FROM audit_lookup_state")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (events, _) = app.events("subject=alice").await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    // ... and the next pass rebuilds the table from the start.
+    app.vend_token("carol").await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            lookup_entries(&db, "s:alice").await == 2
+        })
+        .await,
+        "alice's entries were indexed again"
+    );
+    let (ok, out) = verify(&db);
+    assert!(ok, "{out}");
+    db.cleanup().await;
+}
