@@ -49,6 +49,7 @@ start_service() {
         CORTI_CLIENT_SECRET="$CLIENT_SECRET" \
         SESSION_JWT_SECRET="$SESSION_SECRET" \
         AUDIT_HMAC_KEY="$AUDIT_KEY" \
+        AUDIT_ALLOW_UNSIGNED=true \
         DATABASE_URL="$url" \
         TOKEN_REUSE_MIN_TTL=60 \
         RATE_LIMIT_PER_USER=1000000/second \

@@ -152,7 +152,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 fn dispatch(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Serve => {
-            let settings = load(&cli)?.for_serve()?;
+            let settings = load(&cli)?;
+            // Missing settings are named first; then the signing key.
+            let signed = settings.check_signed();
+            let settings = settings.for_serve()?;
+            signed?;
             let runtime = runtime()?;
             let traces = telemetry::otlp::Traces::from_env(runtime.handle().clone())
                 .map_err(|e| ConfigError::new(e.name, e.problem))?;
@@ -228,11 +232,17 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }),
         Command::Audit(AuditCommand::Prune(args)) => {
             let settings = load(&cli)?;
-            let key = audit_hmac_key(&settings, "to tag the chains' new prune anchors")?;
+            let secrets = audit_commands::VerifySecrets {
+                hmac: audit_hmac_key(
+                    &settings,
+                    "to verify the events it deletes and tag the new prune anchors",
+                )?,
+                signing: settings.audit_signing_key.clone(),
+            };
             runtime()?.block_on(audit_commands::prune(
                 &settings.database_url,
                 args,
-                &key,
+                &secrets,
                 &mut std::io::stdout(),
             ))?;
             Ok(())
@@ -247,7 +257,9 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 println!("{line}");
             }
             telemetry::otlp::check().map_err(|e| ConfigError::new(e.name, e.problem))?;
+            let signed = settings.check_signed();
             let settings = settings.for_serve()?;
+            signed?;
             let tenants: Vec<String> = settings
                 .tenants
                 .iter()

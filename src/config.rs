@@ -398,6 +398,9 @@ pub const SHUTDOWN_GRACE: Setting<Duration> =
 pub const AUDIT_HMAC_KEY: Setting<SecretString> = Setting::secret("AUDIT_HMAC_KEY", secret);
 /// Ed25519 key that signs audit chain checkpoints (`token-vendor audit keygen`).
 pub const AUDIT_SIGNING_KEY: Setting<SecretString> = Setting::secret("AUDIT_SIGNING_KEY", secret);
+/// The only way `serve` starts without `AUDIT_SIGNING_KEY` (see [`Settings::check_signed`]).
+pub const AUDIT_ALLOW_UNSIGNED: Setting<bool> =
+    Setting::plain("AUDIT_ALLOW_UNSIGNED", from_str).or("false");
 /// Subjects refused at once, one per line (`*` = everyone); re-read on change and SIGHUP.
 pub const DENY_LIST_FILE: Setting<PathBuf> = Setting::plain("DENY_LIST_FILE", from_str);
 pub const AUDIT_READER_ROLE: Setting<String> =
@@ -449,6 +452,7 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub audit_hmac_key: Option<SecretString>,
     pub audit_signing_key: Option<SecretString>,
+    pub audit_allow_unsigned: bool,
     pub audit_reader_role: String,
     pub trusted_proxies: Vec<IpNet>,
     pub dev_token_lifetime: Duration,
@@ -1062,6 +1066,7 @@ impl Settings {
             shutdown_grace: SHUTDOWN_GRACE.read_defaulted(sources)?,
             audit_hmac_key: AUDIT_HMAC_KEY.read(sources)?,
             audit_signing_key: AUDIT_SIGNING_KEY.read(sources)?,
+            audit_allow_unsigned: AUDIT_ALLOW_UNSIGNED.read_defaulted(sources)?,
             audit_reader_role: AUDIT_READER_ROLE.read_defaulted(sources)?,
             trusted_proxies: TRUSTED_PROXIES.read_or_default(sources)?,
             dev_token_lifetime: DEV_TOKEN_LIFETIME.read_defaulted(sources)?,
@@ -1197,6 +1202,20 @@ impl Settings {
         })
     }
 
+    /// `serve` runs with signed audit checkpoints unless told otherwise: without them,
+    /// whoever can write the audit database can cut its tail and nothing would tell.
+    pub fn check_signed(&self) -> Result<(), ConfigError> {
+        if self.audit_signing_key.is_some() || self.audit_allow_unsigned {
+            return Ok(());
+        }
+        Err(AUDIT_SIGNING_KEY.error(format!(
+            "is required (or {0}_FILE; make one with `token-vendor audit keygen`): without \
+             signed checkpoints, whoever can write the audit database can rewrite it \
+             unnoticed. Set {1}=true to run without.",
+            AUDIT_SIGNING_KEY.name, AUDIT_ALLOW_UNSIGNED.name
+        )))
+    }
+
     /// The effective settings as `KEY=value` lines, every secret redacted.
     pub fn redacted_lines(&self) -> Vec<String> {
         const UNSET: &str = "(unset)";
@@ -1300,6 +1319,7 @@ impl Settings {
             ),
             secret(&AUDIT_HMAC_KEY, &self.audit_hmac_key),
             secret(&AUDIT_SIGNING_KEY, &self.audit_signing_key),
+            line(&AUDIT_ALLOW_UNSIGNED, self.audit_allow_unsigned),
             line(&AUDIT_READER_ROLE, &self.audit_reader_role),
             opt(
                 &DENY_LIST_FILE,

@@ -136,6 +136,8 @@ pub struct AuditWriterMetrics {
     commit_failures: Counter,
     queue_depth: Gauge,
     failing: Gauge,
+    chain_conflicts: Counter,
+    trail_findings: Counter,
 }
 
 impl Default for AuditWriterMetrics {
@@ -151,6 +153,8 @@ impl Default for AuditWriterMetrics {
             commit_failures: Counter::default(),
             queue_depth: Gauge::default(),
             failing: Gauge::default(),
+            chain_conflicts: Counter::default(),
+            trail_findings: Counter::default(),
         }
     }
 }
@@ -172,7 +176,27 @@ impl AuditWriterMetrics {
         self.failing.set(i64::from(!ok));
     }
 
+    /// The writer found its chain's head moved under it.
+    pub fn chain_conflict(&self) {
+        self.chain_conflicts.inc();
+    }
+
+    /// The background check of the trail found tampering.
+    pub fn trail_finding(&self) {
+        self.trail_findings.inc();
+    }
+
     fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "audit_trail_findings",
+            "Times the service's background check of its audit trail found events altered, removed or inserted since the last verified checkpoint",
+            self.trail_findings.clone(),
+        );
+        registry.register(
+            "audit_chain_conflicts",
+            "Times the audit writer found its chain's stored head not the one it wrote (events removed or rewritten under the service)",
+            self.chain_conflicts.clone(),
+        );
         registry.register(
             "audit_commit_batch_size",
             "Events committed together in one audit transaction",

@@ -138,6 +138,9 @@ pub enum Finding {
     UnknownKey { chain_id: String, key_id: String },
     /// A checkpoint in the database whose signature does not verify.
     BadCheckpoint { why: String },
+    /// The lookup table disagrees with the events (queries by subject or fingerprint
+    /// would miss or invent events).
+    Lookup { why: String },
 }
 
 impl fmt::Display for Finding {
@@ -204,7 +207,7 @@ impl fmt::Display for Finding {
             ),
             Finding::Unkeyed { chain_id } => write!(
                 f,
-                "unkeyed: chain {chain_id} has no keyed hashes (written before keyed chains, or forged; --allow-unkeyed accepts such chains)"
+                "unkeyed: chain {chain_id} has no keyed hashes (written before keyed chains, or forged; `--allow-unkeyed {chain_id}` accepts it if you know it is old)"
             ),
             Finding::UnknownKey { chain_id, key_id } => write!(
                 f,
@@ -213,6 +216,7 @@ impl fmt::Display for Finding {
             Finding::BadCheckpoint { why } => {
                 write!(f, "bad checkpoint in the database: {why}")
             }
+            Finding::Lookup { why } => write!(f, "hidden from lookups: {why}"),
         }
     }
 }
@@ -224,6 +228,8 @@ pub struct Intact {
     pub chains: u64,
     /// Signed checkpoints the chains were checked against.
     pub checkpoints: u64,
+    /// The unkeyed chains accepted (named in `--allow-unkeyed`).
+    pub unkeyed: Vec<String>,
 }
 
 /// What `audit verify` checks the chains against.
@@ -233,8 +239,9 @@ pub struct Policy {
     pub keys: Keyring,
     /// Checkpoints whose signatures were verified.
     pub checkpoints: Vec<Checkpoint>,
-    /// Accept chains written before keyed hashes.
-    pub allow_unkeyed: bool,
+    /// The chains written before keyed hashes that may be accepted, by id: anyone can
+    /// compute an unkeyed chain, so each one is named, never accepted wholesale.
+    pub allow_unkeyed: BTreeSet<String>,
 }
 
 struct Walk {
@@ -283,7 +290,7 @@ impl Verifier {
                             })?,
                     )
                 }
-                None if policy.allow_unkeyed => None,
+                None if policy.allow_unkeyed.contains(&c.chain_id) => None,
                 None => {
                     return Err(Finding::Unkeyed {
                         chain_id: c.chain_id.clone(),
@@ -496,6 +503,12 @@ impl Verifier {
             events: self.events,
             chains: self.chains.len() as u64,
             checkpoints: self.checkpoints,
+            unkeyed: self
+                .keys
+                .iter()
+                .filter(|(_, key)| key.is_none())
+                .map(|(id, _)| id.clone())
+                .collect(),
         })
     }
 }
@@ -581,7 +594,8 @@ mod tests {
             Ok(Intact {
                 events: 5,
                 chains: 1,
-                checkpoints: 0
+                checkpoints: 0,
+                unkeyed: vec![],
             })
         );
     }
@@ -763,8 +777,16 @@ mod tests {
             verify(&record, &rows),
             Err(Finding::Unkeyed { .. })
         ));
+        let other = Policy {
+            allow_unkeyed: ["c2".to_owned()].into(),
+            ..policy()
+        };
+        assert!(matches!(
+            verify_with(&record, &rows, &other),
+            Err(Finding::Unkeyed { .. })
+        ));
         let lenient = Policy {
-            allow_unkeyed: true,
+            allow_unkeyed: ["c1".to_owned()].into(),
             ..policy()
         };
         assert_eq!(

@@ -98,6 +98,15 @@ pub struct PruneArgs {
     /// Delete events older than this, e.g. 90d.
     #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub older_than: Duration,
+    /// The checkpoints' verifier key, to check the events against the signed
+    /// checkpoints in the database before deleting them; derived from
+    /// AUDIT_SIGNING_KEY when that is set instead.
+    #[arg(long, value_name = "KEY")]
+    pub verifier_key: Option<String>,
+    /// A file holding a previous AUDIT_HMAC_KEY, for chains written before a key
+    /// rotation (repeat for several).
+    #[arg(long, value_name = "FILE")]
+    pub previous_key_file: Vec<PathBuf>,
 }
 
 /// Applies the schema migrations.
@@ -155,9 +164,11 @@ pub struct VerifyArgs {
     /// rotation (repeat for several).
     #[arg(long, value_name = "FILE")]
     pub previous_key_file: Vec<PathBuf>,
-    /// Accept chains written before chains were keyed (plain SHA-256).
-    #[arg(long)]
-    pub allow_unkeyed: bool,
+    /// Accept this chain although it has no keyed hashes (plain SHA-256: written
+    /// before chains were keyed, and computable by anyone); repeat for several. Each
+    /// one accepted is printed.
+    #[arg(long, value_name = "CHAIN_ID")]
+    pub allow_unkeyed: Vec<String>,
 }
 
 /// The secrets `audit verify` needs from the settings.
@@ -169,10 +180,10 @@ pub struct VerifySecrets {
 }
 
 fn verifier_of(
-    args: &VerifyArgs,
+    verifier_key: Option<&String>,
     secrets: &VerifySecrets,
 ) -> Result<Option<NoteVerifier>, CommandError> {
-    if let Some(text) = &args.verifier_key {
+    if let Some(text) = verifier_key {
         return NoteVerifier::parse(text)
             .map(Some)
             .map_err(|e| CommandError::Usage(format!("--verifier-key: {e}")));
@@ -194,16 +205,8 @@ pub async fn verify(
     secrets: &VerifySecrets,
     out: &mut impl Write,
 ) -> Result<(), CommandError> {
-    let mut keys = vec![ChainKey::derive(&secrets.hmac)];
-    for path in &args.previous_key_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            CommandError::Usage(format!("--previous-key-file {}: {e}", path.display()))
-        })?;
-        keys.push(ChainKey::derive(&SecretString::from(
-            text.trim().to_owned(),
-        )));
-    }
-    let verifier = verifier_of(args, secrets)?;
+    let keys = keyring(&secrets.hmac, &args.previous_key_file)?;
+    let verifier = verifier_of(args.verifier_key.as_ref(), secrets)?;
     let mut checkpoints = Vec::new();
     if let Some(path) = &args.checkpoints {
         let Some(verifier) = &verifier else {
@@ -233,13 +236,19 @@ pub async fn verify(
         }
     }
     let policy = Policy {
-        keys: Keyring::new(keys),
+        keys,
         checkpoints,
-        allow_unkeyed: args.allow_unkeyed,
+        allow_unkeyed: args.allow_unkeyed.iter().cloned().collect(),
     };
     let db = AuditDb::open(url, OpenMode::Existing).await?;
     match db.verify(&policy, verifier.as_ref()).await? {
         Ok(intact) => {
+            for chain_id in &intact.unkeyed {
+                writeln!(
+                    out,
+                    "accepted unkeyed chain {chain_id} (--allow-unkeyed): its hashes are plain SHA-256, which anyone can recompute"
+                )?;
+            }
             writeln!(
                 out,
                 "ok, {} events ({} chain{}), checked against {} signed checkpoint{}",
@@ -253,6 +262,20 @@ pub async fn verify(
         }
         Err(finding) => Err(CommandError::Tampered(finding)),
     }
+}
+
+/// The chain keys: AUDIT_HMAC_KEY's and those of `--previous-key-file`s.
+fn keyring(hmac: &SecretString, previous: &[PathBuf]) -> Result<Keyring, CommandError> {
+    let mut keys = vec![ChainKey::derive(hmac)];
+    for path in previous {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CommandError::Usage(format!("--previous-key-file {}: {e}", path.display()))
+        })?;
+        keys.push(ChainKey::derive(&SecretString::from(
+            text.trim().to_owned(),
+        )));
+    }
+    Ok(Keyring::new(keys))
 }
 
 /// Prints a new checkpoint signing key and its verifier key.
@@ -309,11 +332,13 @@ pub async fn export(
 }
 
 /// Deletes events older than the retention, keeping the chains verifiable: each new
-/// prune anchor is tagged with the chain key of `hmac` (AUDIT_HMAC_KEY).
+/// prune anchor is tagged with the chain key of AUDIT_HMAC_KEY. The events are verified
+/// (chain key, signed checkpoints) before they are deleted; `Tampered` names the first
+/// bad one, and nothing of its run is deleted.
 pub async fn prune(
     url: &str,
     args: &PruneArgs,
-    hmac: &SecretString,
+    secrets: &VerifySecrets,
     out: &mut impl Write,
 ) -> Result<(), CommandError> {
     let older_than = time::Duration::try_from(args.older_than)
@@ -321,12 +346,28 @@ pub async fn prune(
     let cutoff = OffsetDateTime::now_utc()
         .checked_sub(older_than)
         .ok_or_else(|| CommandError::Usage("--older-than is too long".into()))?;
+    let policy = Policy {
+        keys: keyring(&secrets.hmac, &args.previous_key_file)?,
+        ..Policy::default()
+    };
+    let verifier = verifier_of(args.verifier_key.as_ref(), secrets)?;
     let db = AuditDb::open(url, OpenMode::Existing).await?;
-    let deleted = db.prune(cutoff, &ChainKey::derive(hmac)).await?;
+    let pruned = db
+        .prune(
+            cutoff,
+            &policy,
+            verifier.as_ref(),
+            &ChainKey::derive(&secrets.hmac),
+        )
+        .await?
+        .map_err(CommandError::Tampered)?;
     writeln!(
         out,
-        "ok, pruned {deleted} events older than {}",
-        cutoff.format(&Rfc3339).unwrap_or_default()
+        "ok, pruned {} events older than {} (verified, checked against {} signed checkpoint{})",
+        pruned.events,
+        cutoff.format(&Rfc3339).unwrap_or_default(),
+        pruned.checkpoints,
+        if pruned.checkpoints == 1 { "" } else { "s" },
     )?;
     Ok(())
 }

@@ -46,6 +46,7 @@ impl SqlAuditStore {
     ) -> Result<Self, StoreError> {
         let db = AuditDb::open(url, OpenMode::Create).await?;
         db.migrate().await?;
+        db.check_schema().await?;
         Ok(Self::with_db_reporting(db, keys, config, metrics))
     }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::db::{AuditDb, ChainState, LookupPass, StoreError};
+use super::db::{Appended, AuditDb, ChainConflict, ChainState, LookupPass, StoreError};
 use super::keys::{ChainKey, NoteSigner};
 use super::{AuditError, AuditEvent, Link};
 use crate::metrics::AuditWriterMetrics;
@@ -149,7 +149,8 @@ struct Checkpointer {
     signer: Option<Arc<NoteSigner>>,
     every: Duration,
     timeout: Duration,
-    /// The head the last stored checkpoint signed.
+    /// The chain and head the last stored checkpoint signed.
+    signed_chain: String,
     signed_seq: i64,
     next_due: Instant,
 }
@@ -157,7 +158,10 @@ struct Checkpointer {
 impl Checkpointer {
     /// Whether the chain has committed events no checkpoint signed yet.
     fn dirty(&self, chain: &ChainState) -> bool {
-        self.signer.is_some() && chain.known && chain.head_seq > self.signed_seq
+        self.signer.is_some()
+            && chain.known
+            && chain.head_seq > 0
+            && (chain.head_seq > self.signed_seq || chain.id != self.signed_chain)
     }
 
     /// Signs and stores the head (also on the `audit` log target); a failure only
@@ -171,6 +175,7 @@ impl Checkpointer {
         match tokio::time::timeout(self.timeout, db.write_checkpoint(chain, signer)).await {
             Ok(Ok(note)) => {
                 self.signed_seq = chain.head_seq;
+                self.signed_chain.clone_from(&chain.id);
                 tracing::info!(
                     target: "audit",
                     chain_id = %chain.id,
@@ -199,6 +204,7 @@ async fn run(
         signer: keys.signer,
         every: config.checkpoint_every,
         timeout: config.commit_timeout,
+        signed_chain: chain.id.clone(),
         signed_seq: 0,
         next_due: Instant::now() + config.checkpoint_every,
     };
@@ -269,18 +275,22 @@ async fn commit(
     metrics: &AuditWriterMetrics,
 ) -> bool {
     let events: Vec<&AuditEvent> = batch.iter().map(|p| &p.event).collect();
-    let first_seq = chain.head_seq + 1;
     let started = Instant::now();
-    let result = match tokio::time::timeout(config.commit_timeout, db.append(chain, &events)).await
-    {
-        Ok(Ok(hashes)) => Ok(hashes),
-        Ok(Err(e)) => Err(AuditError::Unavailable(e.to_string())),
-        Err(_) => Err(AuditError::Timeout),
-    };
+    let mut result = append(db, chain, &events, config).await;
+    if let Err(Failure::Conflict(conflict)) = &result {
+        // The batch did not commit: it goes on a new chain, after the event that
+        // records the conflict.
+        chain_conflict(chain, conflict, metrics);
+        result = append(db, chain, &events, config).await;
+    }
+    let result = result.map_err(|f| match f {
+        Failure::Conflict(c) => AuditError::Unavailable(c.to_string()),
+        Failure::Other(e) => e,
+    });
     metrics.commit(batch.len(), started.elapsed(), result.is_ok());
     match &result {
         Err(e) => {
-            // The commit may or may not have happened: learn the head again.
+            // The commit may or may not have happened: check the head first next time.
             chain.known = false;
             if !failing.swap(true, Ordering::Relaxed) {
                 tracing::error!(error = %e, events = batch.len(), "audit commit failed; refusing tokens until the store is back");
@@ -294,8 +304,12 @@ async fn commit(
     }
     let chain_id: Arc<str> = Arc::from(chain.id.as_str());
     match result {
-        Ok(hashes) => {
-            for ((p, hash), seq) in batch.into_iter().zip(hashes).zip(first_seq..) {
+        Ok(appended) => {
+            for ((p, hash), seq) in batch
+                .into_iter()
+                .zip(appended.hashes)
+                .zip(appended.first_seq..)
+            {
                 let _ = p.done.send(Ok(Link {
                     chain_id: chain_id.clone(),
                     seq,
@@ -311,6 +325,45 @@ async fn commit(
             false
         }
     }
+}
+
+enum Failure {
+    Conflict(Box<ChainConflict>),
+    Other(AuditError),
+}
+
+async fn append(
+    db: &AuditDb,
+    chain: &mut ChainState,
+    events: &[&AuditEvent],
+    config: &WriterConfig,
+) -> Result<Appended, Failure> {
+    match tokio::time::timeout(config.commit_timeout, db.append(chain, events)).await {
+        Ok(Ok(appended)) => Ok(appended),
+        Ok(Err(StoreError::ChainConflict(c))) => Err(Failure::Conflict(c)),
+        Ok(Err(e)) => Err(Failure::Other(AuditError::Unavailable(e.to_string()))),
+        Err(_) => Err(Failure::Other(AuditError::Timeout)),
+    }
+}
+
+/// The chain's stored head is not one this writer wrote: someone removed or rewrote
+/// events under the running service. Reported loudly; the writer goes on with a new
+/// chain whose first event records the conflict (the old chain stays as found, for
+/// `audit verify` and the signed checkpoints to judge).
+fn chain_conflict(chain: &mut ChainState, conflict: &ChainConflict, metrics: &AuditWriterMetrics) {
+    metrics.chain_conflict();
+    let next = ChainState::after_conflict(chain.key.clone(), conflict);
+    tracing::error!(
+        target: "audit",
+        chain_id = %conflict.chain_id,
+        expected_seq = conflict.expected.0,
+        expected_hash = %conflict.expected.1,
+        found_seq = conflict.found.as_ref().map(|f| f.0),
+        found_hash = conflict.found.as_ref().map(|f| f.1.as_str()),
+        new_chain_id = %next.id,
+        "audit chain conflict: the chain's head in the database is not the one this service wrote (events removed or rewritten under it); continuing on a new chain"
+    );
+    *chain = next;
 }
 
 /// Events committed since SQLite's lookup table was last brought up to date, after

@@ -1,6 +1,7 @@
 //! `token-vendor dev`: everything a newcomer needs on loopback, with nothing to set.
 
 pub mod api_standin;
+pub mod audit_keys;
 pub mod auth_standin;
 pub mod demo;
 
@@ -118,6 +119,7 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
             allowed_origins.push(origin.clone());
         }
     }
+    let audit_keys = audit_keys::DevAuditKeys::load_or_create(&loaded.database_url)?;
     let settings = Settings {
         listen_addr: loaded.listen_addr,
         database_url: loaded.database_url.clone(),
@@ -127,12 +129,8 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
         corti_client_id: Some("token-vendor-dev".into()),
         corti_client_secret: Some(SecretString::from(client_secret)),
         session_jwt_secret: Some(session_secret.clone()),
-        audit_hmac_key: Some(SecretString::from(random_hex(32))),
-        audit_signing_key: Some(
-            crate::audit::keys::NoteSigner::generate("token-vendor-dev")
-                .map_err(|e| StartupError::Audit(e.to_string()))?
-                .private_text(),
-        ),
+        audit_hmac_key: Some(audit_keys.hmac.clone()),
+        audit_signing_key: Some(audit_keys.signing.clone()),
         token_reuse_min_ttl: loaded.token_reuse_min_ttl,
         rate_limit_per_user: loaded.rate_limit_per_user,
         rate_limit_per_ip: loaded.rate_limit_per_ip,
@@ -175,6 +173,8 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
     let lifetime_setting = DEV_TOKEN_LIFETIME.name;
     let origins = settings.allowed_origins.join(", ");
     let database = &settings.database_url;
+    let keys = audit_keys.path.display();
+    let verify = audit_keys.verify_command();
     let banner = format!(
         "token-vendor dev: a local demo. It NEVER talks to the real Corti.
   service:          {base}
@@ -186,6 +186,9 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
   token reuse:      while at least {reuse}s are left (TOKEN_REUSE_MIN_TTL)
   allowed origins:  {origins}
   audit store:      {database}
+  audit keys:       {keys} (kept for this database)
+  verify the audit log (after stopping, or while it runs):
+    {verify}
   session token (user demo-user, valid 8h):
     {session}
   vend a token:

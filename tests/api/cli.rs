@@ -21,6 +21,7 @@ fn full_settings(secret: &str) -> Vec<(&'static str, String)> {
             format!("{secret}-session-0123456789abcdef"),
         ),
         ("AUDIT_HMAC_KEY", format!("{secret}-audit")),
+        ("AUDIT_ALLOW_UNSIGNED", "true".into()),
     ]
 }
 
@@ -217,7 +218,8 @@ fn secrets_can_come_from_files_and_a_toml_config() {
     std::fs::write(
         &config,
         "corti_environment = \"us\"\ncorti_tenant = \"fromfile\"\ncorti_client_id = \"client\"\n\
-         session_jwt_secret = \"fake-session-secret-0123456789abcdef\"\naudit_hmac_key = \"fake-audit-key-0123\"\n",
+         session_jwt_secret = \"fake-session-secret-0123456789abcdef\"\naudit_hmac_key = \"fake-audit-key-0123\"\n\
+         audit_allow_unsigned = true\n",
     )
     .unwrap();
     let out = run(
@@ -441,7 +443,8 @@ fn check_config_lists_every_tenant_with_its_secret_redacted() {
     let tenants = format!(
         "default_tenant = \"base\"\n\
          session_jwt_secret = \"fake-session-secret-0123456789abcdef\"\n\
-         audit_hmac_key = \"fake-audit-key-0123\"\n\n\
+         audit_hmac_key = \"fake-audit-key-0123\"\n\
+         audit_allow_unsigned = true\n\n\
          [[tenants]]\nname = \"base\"\nenvironment = \"eu\"\nclient_id = \"base-client\"\nclient_secret = \"{base_secret}\"\n\n\
          [[tenants]]\nname = \"acme\"\nenvironment = \"us\"\nclient_id = \"acme-client\"\nclient_secret_file = \"{}\"\n",
         secret_file.display()
@@ -482,4 +485,36 @@ fn check_config_lists_every_tenant_with_its_secret_redacted() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("tenants[acme].environment"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_signing_key_unless_told_to() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let db = std::env::temp_dir().join(format!("tv-unsigned-{}.db", uuid::Uuid::new_v4()));
+    let database = format!("sqlite://{}", db.display());
+    let mut env: Vec<(&str, String)> = full_settings(&secret)
+        .into_iter()
+        .filter(|(k, _)| *k != "AUDIT_ALLOW_UNSIGNED")
+        .collect();
+    env.push(("LISTEN_ADDR", "127.0.0.1:0".into()));
+    env.push(("DATABASE_URL", database));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for command in ["serve", "check-config"] {
+        let out = run(&[command], &env_refs);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("AUDIT_SIGNING_KEY") && stderr.contains("AUDIT_ALLOW_UNSIGNED=true"),
+            "{command}: {stderr}"
+        );
+    }
+    let mut allowed = env_refs.clone();
+    allowed.push(("AUDIT_ALLOW_UNSIGNED", "true"));
+    let out = run(&["check-config"], &allowed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(&db);
 }

@@ -110,3 +110,85 @@ fn which(program: &str) -> bool {
         .map(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
         .unwrap_or(false)
 }
+
+/// Vends one token with the curl line `dev` printed (replayed with reqwest).
+async fn vend_with_printed_curl(lines: &[String]) {
+    let curl = lines
+        .iter()
+        .find(|l| l.contains("curl "))
+        .expect("a curl line");
+    let url = curl
+        .split_whitespace()
+        .find(|w| w.starts_with("http"))
+        .unwrap();
+    let bearer = curl
+        .split("Bearer ")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    let status = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(bearer)
+        .header("Content-Type", "application/json")
+        .body(r#"{"scope":"transcribe"}"#)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+}
+
+/// Runs the `audit verify` line `dev` printed, with this build's binary.
+fn run_printed_verify(lines: &[String]) -> (bool, String) {
+    let line = lines
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with("token-vendor ") && l.ends_with("audit verify"))
+        .expect("a verify line");
+    let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_token-vendor"))
+        .args(&args)
+        .env_clear()
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn dev_keeps_its_audit_keys_beside_its_database_and_the_log_verifies() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("tv-dev-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("audit.db");
+    let keys = dir.join("audit.db.audit-keys.toml");
+
+    let (running, lines) = start_dev(&db);
+    vend_with_printed_curl(&lines).await;
+    drop(running);
+    let mode = std::fs::metadata(&keys)
+        .expect("the keys file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let kept = std::fs::read_to_string(&keys).unwrap();
+    let (ok, out) = run_printed_verify(&lines);
+    assert!(ok && out.starts_with("ok, 1 events"), "{out}");
+
+    // The next start on the same database takes the same keys: both runs verify.
+    let (running, lines) = start_dev(&db);
+    vend_with_printed_curl(&lines).await;
+    drop(running);
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), kept);
+    let (ok, out) = run_printed_verify(&lines);
+    assert!(ok && out.starts_with("ok, 2 events (2 chains)"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

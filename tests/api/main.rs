@@ -27,6 +27,7 @@ mod audit {
     mod outage;
     mod reading;
     mod tamper;
+    mod trail;
 }
 
 /// Rate limits, token reuse, single-flight and the resilient upstream.

@@ -148,6 +148,7 @@ fn an_unreadable_deny_list_stops_start_up() {
         .env("CORTI_CLIENT_SECRET", "fake-client-secret-for-start-up")
         .env("SESSION_JWT_SECRET", "fake-session-secret-".repeat(3))
         .env("AUDIT_HMAC_KEY", audit_key())
+        .env("AUDIT_ALLOW_UNSIGNED", "true")
         .env(
             "DATABASE_URL",
             format!("sqlite://{}", dir.0.join("audit.db").display()),
@@ -466,6 +467,7 @@ fn check_config_shows_the_new_settings_with_secrets_redacted() {
         .env("SESSION_JWT_PREVIOUS_SECRET", &previous)
         .env("SESSION_JWT_ROTATION_GRACE", "90s")
         .env("AUDIT_HMAC_KEY", audit_key())
+        .env("AUDIT_ALLOW_UNSIGNED", "true")
         .env("DENY_LIST_FILE", &list)
         .output()
         .expect("run check-config");
@@ -494,6 +496,7 @@ fn check_config_shows_the_new_settings_with_secrets_redacted() {
         .env("CORTI_CLIENT_SECRET", "fake-client-secret-for-check")
         .env("SESSION_JWT_SECRET", "fake-session-secret-".repeat(3))
         .env("AUDIT_HMAC_KEY", audit_key())
+        .env("AUDIT_ALLOW_UNSIGNED", "true")
         .env("DENY_LIST_FILE", &list)
         .output()
         .expect("run check-config");

@@ -131,6 +131,7 @@ pub fn serve_env(
             "AUDIT_HMAC_KEY",
             format!("fake-audit-key-{}", random_hex(16)),
         ),
+        ("AUDIT_ALLOW_UNSIGNED", "true".to_owned()),
         ("ALLOWED_ORIGINS", ORIGIN.to_owned()),
         ("TRUSTED_PROXIES", "127.0.0.1/32".to_owned()),
         ("RATE_LIMIT_PER_USER", "100000/second".to_owned()),

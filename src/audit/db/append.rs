@@ -22,10 +22,11 @@ impl AuditDb {
         &self,
         chain: &mut ChainState,
         events: &[&AuditEvent],
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Appended, StoreError> {
         if let Some(pg) = &self.pg_writer {
             return append_postgres(pg, chain, events).await;
         }
+        chain.tried = None;
         let mut tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
         if !chain.known {
             let head = sqlx::query(HEAD_SQL)
@@ -34,7 +35,10 @@ impl AuditDb {
                 .await?
                 .map(|r| Ok::<_, sqlx::Error>((r.try_get("head_seq")?, r.try_get("head_hash")?)))
                 .transpose()?;
-            chain.set_head(head);
+            if let Err(conflict) = chain.check_head(head) {
+                tx.rollback().await?;
+                return Err(StoreError::ChainConflict(Box::new(conflict)));
+            }
         }
         if !chain.registered {
             sqlx::query(REGISTER_SQL)
@@ -45,7 +49,10 @@ impl AuditDb {
                 .execute(tx.conn())
                 .await?;
         }
-        let (linked, seq, prev) = link(chain, events);
+        let opening = chain.opening.clone();
+        let all: Vec<&AuditEvent> = opening.iter().chain(events.iter().copied()).collect();
+        let (linked, seq, prev) = link(chain, &all);
+        chain.tried = Some((seq, prev.clone()));
         // SQLite: multi-row INSERTs (PostgreSQL batches went to `append_postgres`).
         let mut rest = linked.as_slice();
         while !rest.is_empty() {
@@ -70,17 +77,27 @@ impl AuditDb {
             q.execute(tx.conn()).await?;
             rest = tail;
         }
-        sqlx::query(ADVANCE_SQL)
+        let advanced = sqlx::query(ADVANCE_SQL)
             .bind(seq)
             .bind(prev.as_str())
             .bind(chain.id.as_str())
+            .bind(chain.head_seq)
+            .bind(chain.head_hash.as_str())
             .execute(tx.conn())
             .await?;
+        if advanced.rows_affected() != 1 {
+            let found = sqlx::query(HEAD_SQL)
+                .bind(chain.id.as_str())
+                .fetch_optional(tx.conn())
+                .await?
+                .map(|r| Ok::<_, sqlx::Error>((r.try_get("head_seq")?, r.try_get("head_hash")?)))
+                .transpose()?;
+            tx.rollback().await?;
+            chain.tried = None;
+            return Err(StoreError::ChainConflict(Box::new(chain.conflict(found))));
+        }
         tx.commit().await?;
-        chain.registered = true;
-        chain.head_seq = seq;
-        chain.head_hash = prev;
-        Ok(linked.into_iter().map(|(_, _, _, hash)| hash).collect())
+        Ok(chain.advanced(seq, prev, linked))
     }
 
     /// Signs the chain's committed head and stores the checkpoint; returns its note.
@@ -120,8 +137,9 @@ async fn append_postgres(
     pool: &sqlx::PgPool,
     chain: &mut ChainState,
     events: &[&AuditEvent],
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Appended, StoreError> {
     use sqlx::Executor as _;
+    chain.tried = None;
     let mut conn = PgTransaction {
         conn: pool.acquire().await?,
         ended: false,
@@ -135,7 +153,11 @@ async fn append_postgres(
             .await?
             .map(|r| Ok::<_, sqlx::Error>((r.try_get("head_seq")?, r.try_get("head_hash")?)))
             .transpose()?;
-        chain.set_head(head);
+        if let Err(conflict) = chain.check_head(head) {
+            c.execute("ROLLBACK").await?;
+            conn.ended = true;
+            return Err(StoreError::ChainConflict(Box::new(conflict)));
+        }
     }
     if !chain.registered {
         sqlx::query(REGISTER_SQL)
@@ -146,7 +168,10 @@ async fn append_postgres(
             .execute(&mut *c)
             .await?;
     }
-    let (linked, seq, prev) = link(chain, events);
+    let opening = chain.opening.clone();
+    let all: Vec<&AuditEvent> = opening.iter().chain(events.iter().copied()).collect();
+    let (linked, seq, prev) = link(chain, &all);
+    chain.tried = Some((seq, prev.clone()));
     let mut copy = c
         .copy_in_raw(&format!(
             "COPY audit_events ({}) FROM STDIN",
@@ -156,18 +181,29 @@ async fn append_postgres(
     copy.send(rows_copy_text(&chain.id, &linked).into_bytes())
         .await?;
     copy.finish().await?;
-    sqlx::query(ADVANCE_SQL)
+    let advanced = sqlx::query(ADVANCE_SQL)
         .bind(seq)
         .bind(prev.as_str())
         .bind(chain.id.as_str())
+        .bind(chain.head_seq)
+        .bind(chain.head_hash.as_str())
         .execute(&mut *c)
         .await?;
+    if advanced.rows_affected() != 1 {
+        let found = sqlx::query(HEAD_SQL)
+            .bind(chain.id.as_str())
+            .fetch_optional(&mut *c)
+            .await?
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get("head_seq")?, r.try_get("head_hash")?)))
+            .transpose()?;
+        c.execute("ROLLBACK").await?;
+        conn.ended = true;
+        chain.tried = None;
+        return Err(StoreError::ChainConflict(Box::new(chain.conflict(found))));
+    }
     c.execute("COMMIT").await?;
     conn.ended = true;
-    chain.registered = true;
-    chain.head_seq = seq;
-    chain.head_hash = prev;
-    Ok(linked.into_iter().map(|(_, _, _, hash)| hash).collect())
+    Ok(chain.advanced(seq, prev, linked))
 }
 
 /// A native PostgreSQL connection inside a plain `BEGIN`/`COMMIT`; closed on drop
@@ -224,13 +260,25 @@ fn rows_copy_text(chain_id: &str, linked: &[(&AuditEvent, i64, String, String)])
 }
 
 const HEAD_SQL: &str = "SELECT head_seq, head_hash FROM audit_chains WHERE chain_id = $1";
-const ADVANCE_SQL: &str =
-    "UPDATE audit_chains SET head_seq = $1, head_hash = $2 WHERE chain_id = $3";
+/// Moves the head only from where this writer left it: a head moved under the writer
+/// (events removed, the chain cut back) is a conflict, never silently built upon.
+const ADVANCE_SQL: &str = "UPDATE audit_chains SET head_seq = $1, head_hash = $2 \
+    WHERE chain_id = $3 AND head_seq = $4 AND head_hash = $5";
 const REGISTER_SQL: &str = "INSERT INTO audit_chains \
     (chain_id, created_us, head_seq, head_hash, anchor_seq, anchor_hash, key_id) \
     VALUES ($1, $2, 0, $3, 0, $3, $4)";
 
-/// The group-commit writer's chain, owned by exactly one writer.
+/// What one append committed.
+pub(crate) struct Appended {
+    /// Where the caller's first event sits in the chain.
+    pub first_seq: i64,
+    /// The hash of each of the caller's events.
+    pub hashes: Vec<String>,
+}
+
+/// The group-commit writer's chain, owned by exactly one writer. Its head is the one
+/// this writer last committed, kept in memory: the database's copy is only checked
+/// against it, never adopted (see [`ChainState::check_head`]).
 #[derive(Debug, Clone)]
 pub(crate) struct ChainState {
     pub id: String,
@@ -238,18 +286,71 @@ pub(crate) struct ChainState {
     pub head_hash: String,
     /// Whether the chain's row exists in `audit_chains`.
     pub registered: bool,
-    /// False after a failed commit, whose effect is unknown: reload the head first.
+    /// False after a failed commit, whose effect is unknown: check the stored head first.
     pub known: bool,
+    /// The head the last attempted transaction would have made, until it is known
+    /// whether it committed.
+    pub tried: Option<(i64, String)>,
+    /// The event that opens this chain, recording the conflict that ended the one
+    /// before it; written first by the next append.
+    pub opening: Option<AuditEvent>,
     /// The key the chain's hashes are keyed with.
     pub key: ChainKey,
 }
 
 impl ChainState {
-    /// The head as stored (`None`: the chain has no row yet, so it starts at genesis).
-    fn set_head(&mut self, head: Option<(i64, String)>) {
-        self.registered = head.is_some();
-        (self.head_seq, self.head_hash) = head.unwrap_or_else(|| (0, GENESIS.to_owned()));
+    /// After a commit whose outcome is unknown: the stored head must be the one this
+    /// writer last committed, or the one the attempted transaction would have made (it
+    /// committed after all). Anything else was written by someone else.
+    fn check_head(&mut self, found: Option<(i64, String)>) -> Result<(), ChainConflict> {
+        let ours = (self.head_seq, self.head_hash.clone());
+        match &found {
+            None if !self.registered => {}
+            Some(head) if self.registered && *head == ours => {}
+            Some(head) if self.tried.as_ref() == Some(head) => {
+                (self.head_seq, self.head_hash) = head.clone();
+                self.registered = true;
+                self.opening = None;
+            }
+            _ => return Err(self.conflict(found)),
+        }
         self.known = true;
+        self.tried = None;
+        Ok(())
+    }
+
+    fn conflict(&self, found: Option<(i64, String)>) -> ChainConflict {
+        ChainConflict {
+            chain_id: self.id.clone(),
+            expected: (self.head_seq, self.head_hash.clone()),
+            tried: self.tried.clone(),
+            found,
+        }
+    }
+
+    /// The chain after a committed append of `linked` (the opening event first, if
+    /// there was one).
+    fn advanced(
+        &mut self,
+        seq: i64,
+        hash: String,
+        linked: Vec<(&AuditEvent, i64, String, String)>,
+    ) -> Appended {
+        let skip = usize::from(self.opening.take().is_some());
+        self.registered = true;
+        self.known = true;
+        self.tried = None;
+        self.head_seq = seq;
+        self.head_hash = hash;
+        let first_seq = linked.get(skip).map_or(seq + 1, |l| l.1);
+        Appended {
+            first_seq,
+            hashes: linked
+                .into_iter()
+                .skip(skip)
+                .map(|(_, _, _, hash)| hash)
+                .collect(),
+        }
     }
 
     pub fn new(key: ChainKey) -> Self {
@@ -260,6 +361,54 @@ impl ChainState {
             head_hash: GENESIS.to_owned(),
             registered: false,
             known: true,
+            tried: None,
+            opening: None,
+        }
+    }
+
+    /// A new chain to go on with after `conflict`, opened by an event recording it.
+    pub fn after_conflict(key: ChainKey, conflict: &ChainConflict) -> Self {
+        let mut chain = Self::new(key);
+        let mut event = AuditEvent::begin(CONFLICT_REQUEST_ID, "-", "-");
+        event.outcome = crate::audit::Outcome::Unavailable;
+        event.status = 0;
+        event.detail = Some(format!(
+            "{conflict}; chain {} continues the trail",
+            chain.id
+        ));
+        chain.opening = Some(event);
+        chain
+    }
+}
+
+/// `request_id` of the event that opens a chain after a chain conflict.
+pub const CONFLICT_REQUEST_ID: &str = "audit-chain-conflict";
+
+/// The stored head of the writer's chain is not one this writer wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainConflict {
+    pub chain_id: String,
+    /// The head this writer last committed.
+    pub expected: (i64, String),
+    /// The head of the transaction whose outcome was unknown, if any.
+    pub tried: Option<(i64, String)>,
+    /// The head found in the database (`None`: the chain's row is gone).
+    pub found: Option<(i64, String)>,
+}
+
+impl std::fmt::Display for ChainConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "chain conflict: chain {} was expected at #{} ({})",
+            self.chain_id, self.expected.0, self.expected.1
+        )?;
+        if let Some((seq, hash)) = &self.tried {
+            write!(f, " or #{seq} ({hash})")?;
+        }
+        match &self.found {
+            Some((seq, hash)) => write!(f, " but the database holds #{seq} ({hash})"),
+            None => write!(f, " but its row is gone from the database"),
         }
     }
 }

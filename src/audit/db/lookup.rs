@@ -74,6 +74,11 @@ impl AuditDb {
             return Ok(None);
         }
         let mut conn = self.lookups.acquire().await?;
+        // A missing state row (deleted) means nothing is known to be indexed: queries
+        // scan every event until the table is rebuilt from the start.
+        sqlx::query("INSERT OR IGNORE INTO audit_lookup_state (id, indexed_seq) VALUES (1, 0)")
+            .execute(&mut *conn)
+            .await?;
         let row = sqlx::query(
             "SELECT indexed_seq, (SELECT COALESCE(MAX(seq), 0) FROM audit_events) AS last_seq \
              FROM audit_lookup_state WHERE id = 1",
@@ -214,7 +219,8 @@ pub(crate) fn lookup_clause(by: LookupBy, marks: &[String]) -> String {
          SELECT seq FROM audit_lookup WHERE key IN ({keys}) \
          UNION ALL \
          SELECT seq FROM audit_events WHERE seq > \
-         (SELECT indexed_seq FROM audit_lookup_state WHERE id = 1) AND {column} IN ({list}))"
+         COALESCE((SELECT indexed_seq FROM audit_lookup_state WHERE id = 1), 0) \
+         AND {column} IN ({list}))"
     )
 }
 

@@ -1,11 +1,21 @@
 //! Maintenance: pruning past the retention period, keeping every chain verifiable.
+//!
+//! Nothing a prune deletes is chosen by what the rows say alone: each transaction
+//! first verifies the run it would delete, from the chain's (keyed) prune anchor
+//! through the cut, against the chain key and the signed checkpoints, and takes the
+//! cut from those verified events' times. Someone who can write the database but holds
+//! no key cannot backdate events into the run, nor move the anchor over a gap.
 
+use sqlx::any::AnyRow;
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::{not_migrated, AuditDb, Backend, RawTransaction, StoreError};
-use crate::audit::chain;
-use crate::audit::keys::ChainKey;
+use super::{
+    event_columns, event_from_row, not_migrated, AuditDb, Backend, RawTransaction, StoreError,
+};
+use crate::audit::chain::{self, ChainRecord, Finding, Linked, Policy, Verifier};
+use crate::audit::checkpoint::Checkpoint;
+use crate::audit::keys::{ChainKey, NoteVerifier};
 
 /// SQLite: the lookup entries of a chain's events `$2 < chain_seq <= $3` (see
 /// [`super::lookup`]), found by key and by the events' global `seq` range.
@@ -20,95 +30,271 @@ const PRUNE_LOOKUPS_SQL: &str = "\
       AND seq <= (SELECT MAX(seq) FROM audit_events WHERE chain_id = $1 AND chain_seq > $2 AND chain_seq <= $3) \
       AND seq IN (SELECT seq FROM audit_events WHERE chain_id = $1 AND chain_seq > $2 AND chain_seq <= $3)";
 
+/// Events verified and deleted per transaction.
+const PER_TRANSACTION: i64 = 5000;
+
+/// What a prune did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    pub events: u64,
+    /// Signed checkpoints the deleted runs were checked against.
+    pub checkpoints: u64,
+}
+
+/// The chain's bookkeeping row; on PostgreSQL locked until the transaction ends, so
+/// the writer cannot move the head between it and the events read after it.
+fn chain_record_sql(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "SELECT chain_id, head_seq, head_hash, anchor_seq, anchor_hash, key_id, \
+             anchor_key_id, anchor_mac FROM audit_chains WHERE chain_id = $1"
+        }
+        Backend::Postgres => {
+            "SELECT chain_id, head_seq, head_hash, anchor_seq, anchor_hash, key_id, \
+             anchor_key_id, anchor_mac FROM audit_chains WHERE chain_id = $1 FOR UPDATE"
+        }
+    }
+}
+
+pub(super) fn chain_record(r: &AnyRow) -> Result<ChainRecord, sqlx::Error> {
+    Ok(ChainRecord {
+        chain_id: r.try_get("chain_id")?,
+        head_seq: r.try_get("head_seq")?,
+        head_hash: r.try_get("head_hash")?,
+        anchor_seq: r.try_get("anchor_seq")?,
+        anchor_hash: r.try_get("anchor_hash")?,
+        key_id: r.try_get("key_id")?,
+        anchor_key_id: r.try_get("anchor_key_id")?,
+        anchor_mac: r.try_get("anchor_mac")?,
+    })
+}
+
+pub(super) fn linked(row: &AnyRow) -> Result<Linked, StoreError> {
+    Ok(Linked {
+        event: event_from_row(row)?,
+        chain_id: row.try_get("chain_id")?,
+        chain_seq: row.try_get("chain_seq")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
 impl AuditDb {
     /// Deletes events older than `cutoff`, keeping each chain verifiable: per chain,
-    /// only the leading run of old events goes, and its last hash becomes the anchor.
-    /// The new anchor is tagged with `key`, so that `audit verify` can tell it from an
-    /// anchor moved by someone who deleted events without the key.
-    pub async fn prune(&self, cutoff: OffsetDateTime, key: &ChainKey) -> Result<u64, StoreError> {
-        const PER_TRANSACTION: i64 = 5000;
-        let cutoff_us = chain::to_micros(cutoff);
-        let chains: Vec<(String, i64)> =
-            sqlx::query("SELECT chain_id, anchor_seq FROM audit_chains ORDER BY chain_id")
+    /// only the leading run of old events goes, and its last hash becomes the anchor,
+    /// tagged with `key` so that `audit verify` can tell it from an anchor moved by
+    /// someone without the key. Each run is verified first (see the module); the first
+    /// sign of tampering stops the prune, with nothing of that run deleted.
+    ///
+    /// The database's signed checkpoints are checked with `signer`; without one, a
+    /// database that holds checkpoints is refused, as `audit verify` refuses it.
+    pub async fn prune(
+        &self,
+        cutoff: OffsetDateTime,
+        policy: &Policy,
+        signer: Option<&NoteVerifier>,
+        key: &ChainKey,
+    ) -> Result<Result<Pruned, Finding>, StoreError> {
+        let chains: Vec<String> =
+            sqlx::query("SELECT chain_id FROM audit_chains ORDER BY chain_id")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(not_migrated)?
                 .iter()
-                .map(|r| Ok((r.try_get("chain_id")?, r.try_get("anchor_seq")?)))
+                .map(|r| r.try_get("chain_id"))
                 .collect::<Result<_, sqlx::Error>>()?;
-        let mut deleted = 0u64;
-        for (chain_id, mut anchor) in chains {
-            // The first event young enough to keep bounds the prunable run; a slow
-            // request may have an older time than an event before it, and stays.
-            let keep_from: Option<i64> = sqlx::query(
-                "SELECT MIN(chain_seq) AS n FROM audit_events WHERE chain_id = $1 AND time_us >= $2",
-            )
-            .bind(chain_id.as_str())
-            .bind(cutoff_us)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("n")?;
-            let through = match keep_from {
-                Some(k) => k - 1,
-                None => {
-                    let last: Option<i64> = sqlx::query(
-                        "SELECT MAX(chain_seq) AS n FROM audit_events WHERE chain_id = $1",
-                    )
-                    .bind(chain_id.as_str())
-                    .fetch_one(&self.pool)
+        if signer.is_none() {
+            let signed: Option<String> =
+                sqlx::query("SELECT chain_id FROM audit_checkpoints LIMIT 1")
+                    .fetch_optional(&self.pool)
                     .await?
-                    .try_get("n")?;
-                    match last {
-                        Some(n) => n,
-                        None => continue,
+                    .map(|r| r.try_get("chain_id"))
+                    .transpose()?;
+            if signed.is_some() {
+                return Err(StoreError::Usage(
+                    "the database holds signed checkpoints: give their verifier key \
+                     (--verifier-key, or AUDIT_SIGNING_KEY to derive it) so that the \
+                     events are checked against them before they are deleted"
+                        .into(),
+                ));
+            }
+        }
+        let mut pruned = Pruned::default();
+        for chain_id in chains {
+            loop {
+                match self
+                    .prune_step(&chain_id, cutoff, policy, signer, key)
+                    .await?
+                {
+                    Err(finding) => return Ok(Err(finding)),
+                    Ok(step) => {
+                        pruned.events += step.events;
+                        pruned.checkpoints += step.checkpoints;
+                        if !step.more {
+                            break;
+                        }
                     }
                 }
-            };
-            while anchor < through {
-                let step = through.min(anchor + PER_TRANSACTION);
-                let mut tx = RawTransaction::begin(&self.pool, self.backend.begin_write()).await?;
-                let hash: String = sqlx::query(
-                    "SELECT hash FROM audit_events WHERE chain_id = $1 AND chain_seq = $2",
-                )
-                .bind(chain_id.as_str())
-                .bind(step)
-                .fetch_one(tx.conn())
-                .await?
-                .try_get("hash")?;
-                if self.backend == Backend::Sqlite {
-                    // Their lookup entries first, while the events still name them.
-                    sqlx::query(PRUNE_LOOKUPS_SQL)
-                        .bind(chain_id.as_str())
-                        .bind(anchor)
-                        .bind(step)
-                        .execute(tx.conn())
-                        .await?;
+            }
+        }
+        Ok(Ok(pruned))
+    }
+
+    /// One transaction: verifies up to [`PER_TRANSACTION`] events after the chain's
+    /// anchor and deletes the verified ones older than `cutoff` before the first
+    /// younger one.
+    async fn prune_step(
+        &self,
+        chain_id: &str,
+        cutoff: OffsetDateTime,
+        policy: &Policy,
+        signer: Option<&NoteVerifier>,
+        key: &ChainKey,
+    ) -> Result<Result<Step, Finding>, StoreError> {
+        let mut tx = RawTransaction::begin(&self.pool, self.backend.begin_write()).await?;
+        let Some(record) = sqlx::query(chain_record_sql(self.backend))
+            .bind(chain_id)
+            .fetch_optional(tx.conn())
+            .await?
+            .map(|r| chain_record(&r))
+            .transpose()?
+        else {
+            tx.rollback().await?;
+            return Ok(Ok(Step::default()));
+        };
+        let anchor = record.anchor_seq;
+        let mut policy = Policy {
+            checkpoints: policy
+                .checkpoints
+                .iter()
+                .filter(|c| c.chain_id == chain_id)
+                .cloned()
+                .collect(),
+            ..policy.clone()
+        };
+        if let Some(signer) = signer {
+            // The checkpoints over the events this step may delete, and the chain's
+            // latest (a tail cut back under it shows there).
+            let notes: Vec<String> = sqlx::query(
+                "SELECT note FROM audit_checkpoints WHERE chain_id = $1 AND \
+                 ((seq > $2 AND seq <= $3) OR seq = (SELECT MAX(seq) FROM audit_checkpoints \
+                 WHERE chain_id = $1))",
+            )
+            .bind(chain_id)
+            .bind(anchor)
+            .bind(anchor + PER_TRANSACTION)
+            .fetch_all(tx.conn())
+            .await?
+            .iter()
+            .map(|r| r.try_get("note"))
+            .collect::<Result<_, sqlx::Error>>()?;
+            for note in notes {
+                match Checkpoint::open(&note, signer) {
+                    Ok(cp) if cp.chain_id == chain_id => policy.checkpoints.push(cp),
+                    Ok(cp) => {
+                        tx.rollback().await?;
+                        return Ok(Err(Finding::BadCheckpoint {
+                            why: format!(
+                                "a checkpoint stored for chain {chain_id} signs chain {}",
+                                cp.chain_id
+                            ),
+                        }));
+                    }
+                    Err(e) => {
+                        tx.rollback().await?;
+                        return Ok(Err(Finding::BadCheckpoint { why: e.to_string() }));
+                    }
                 }
-                let done = sqlx::query(
-                    "DELETE FROM audit_events WHERE chain_id = $1 AND chain_seq > $2 AND chain_seq <= $3",
-                )
-                .bind(chain_id.as_str())
+            }
+        }
+        let checkpoints = policy.checkpoints.len() as u64;
+        let mut verifier = match Verifier::new([record.clone()], &policy) {
+            Ok(v) => v,
+            Err(finding) => {
+                tx.rollback().await?;
+                return Ok(Err(finding));
+            }
+        };
+        let sql = format!(
+            "SELECT {} FROM audit_events WHERE chain_id = $1 AND chain_seq > $2 \
+             ORDER BY chain_seq LIMIT {PER_TRANSACTION}",
+            event_columns()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(chain_id)
+            .bind(anchor)
+            .fetch_all(tx.conn())
+            .await?;
+        let mut through: Option<(i64, String)> = None;
+        let mut young = false;
+        for row in &rows {
+            let row = linked(row)?;
+            if let Err(finding) = verifier.check(&row) {
+                tx.rollback().await?;
+                return Ok(Err(finding));
+            }
+            // Its time is verified now: the hash covers it.
+            if row.event.time >= cutoff {
+                young = true;
+                break;
+            }
+            through = Some((row.chain_seq, row.hash));
+        }
+        let whole = !young && (rows.len() as i64) < PER_TRANSACTION;
+        if whole {
+            // Every event after the anchor was read: the end must be the chain's head.
+            if let Err(finding) = verifier.finish() {
+                tx.rollback().await?;
+                return Ok(Err(finding));
+            }
+        }
+        let Some((step, hash)) = through else {
+            tx.rollback().await?;
+            return Ok(Ok(Step::default()));
+        };
+        if self.backend == Backend::Sqlite {
+            // Their lookup entries first, while the events still name them.
+            sqlx::query(PRUNE_LOOKUPS_SQL)
+                .bind(chain_id)
                 .bind(anchor)
                 .bind(step)
                 .execute(tx.conn())
                 .await?;
-                sqlx::query(
-                    "UPDATE audit_chains SET anchor_seq = $1, anchor_hash = $2, pruned_us = $3, \
-                     anchor_key_id = $4, anchor_mac = $5 WHERE chain_id = $6",
-                )
-                .bind(step)
-                .bind(hash.as_str())
-                .bind(chain::to_micros(OffsetDateTime::now_utc()))
-                .bind(key.id())
-                .bind(key.anchor_mac(&chain_id, step, &hash))
-                .bind(chain_id.as_str())
-                .execute(tx.conn())
-                .await?;
-                tx.commit().await?;
-                deleted += done.rows_affected();
-                anchor = step;
-            }
         }
-        Ok(deleted)
+        let done = sqlx::query(
+            "DELETE FROM audit_events WHERE chain_id = $1 AND chain_seq > $2 AND chain_seq <= $3",
+        )
+        .bind(chain_id)
+        .bind(anchor)
+        .bind(step)
+        .execute(tx.conn())
+        .await?;
+        sqlx::query(
+            "UPDATE audit_chains SET anchor_seq = $1, anchor_hash = $2, pruned_us = $3, \
+             anchor_key_id = $4, anchor_mac = $5 WHERE chain_id = $6",
+        )
+        .bind(step)
+        .bind(hash.as_str())
+        .bind(chain::to_micros(OffsetDateTime::now_utc()))
+        .bind(key.id())
+        .bind(key.anchor_mac(chain_id, step, &hash))
+        .bind(chain_id)
+        .execute(tx.conn())
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(Step {
+            events: done.rows_affected(),
+            checkpoints,
+            more: !young && !whole,
+        }))
     }
+}
+
+/// What one prune transaction did.
+#[derive(Default)]
+struct Step {
+    events: u64,
+    checkpoints: u64,
+    /// Whether the chain may have more old events after this step's.
+    more: bool,
 }

@@ -20,9 +20,11 @@ use super::AuditEvent;
 mod append;
 mod lookup;
 mod maintain;
+pub use maintain::Pruned;
 mod read;
 
-pub(crate) use append::ChainState;
+pub(crate) use append::{Appended, ChainState};
+pub use append::{ChainConflict, CONFLICT_REQUEST_ID};
 pub(crate) use lookup::{lookup_clause, LookupBy, LookupPass};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -87,6 +89,15 @@ pub enum StoreError {
     Timeout,
     #[error("{0}")]
     Usage(String),
+    #[error(
+        "the audit database holds what token-vendor did not create: {0}; it could hide \
+         or drop audit events, so the service does not start on it (remove it, or keep \
+         other objects in another database or schema)"
+    )]
+    Foreign(String),
+    /// The writer's chain was moved under it (see `ChainState`).
+    #[error("{0}")]
+    ChainConflict(Box<ChainConflict>),
 }
 
 /// Whether opening may create the SQLite file.
@@ -193,6 +204,48 @@ impl AuditDb {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         self.backend.migrator().run(&self.pool).await?;
         Ok(())
+    }
+
+    /// Refuses a database holding triggers, views, rules, row policies or tables the
+    /// migrations did not create: any of them can hide or drop events (a trigger that
+    /// ignores inserts into the lookup table, a view or policy in front of the events)
+    /// while every row the service reads still verifies.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        const OURS: [&str; 6] = [
+            "audit_events",
+            "audit_chains",
+            "audit_checkpoints",
+            "audit_lookup",
+            "audit_lookup_state",
+            "_sqlx_migrations",
+        ];
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT type AS kind, name FROM sqlite_master                  WHERE type IN ('trigger', 'view', 'table') AND name NOT LIKE 'sqlite_%'"
+            }
+            Backend::Postgres => {
+                "SELECT 'trigger' AS kind, t.tgname::text || ' on ' || c.relname::text AS name                    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid                    WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace                  UNION ALL SELECT 'view', table_name::text FROM information_schema.views                    WHERE table_schema = current_schema()                  UNION ALL SELECT 'rule', rulename::text || ' on ' || tablename::text FROM pg_rules                    WHERE schemaname = current_schema()                  UNION ALL SELECT 'row policy', policyname::text || ' on ' || tablename::text                    FROM pg_policies WHERE schemaname = current_schema()                  UNION ALL SELECT 'table', table_name::text FROM information_schema.tables                    WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+            }
+        };
+        let foreign: Vec<String> = sqlx::query(sql)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("kind")?,
+                    r.try_get::<String, _>("name")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+            .into_iter()
+            .filter(|(kind, name)| kind != "table" || !OURS.contains(&name.as_str()))
+            .map(|(kind, name)| format!("{kind} {name}"))
+            .collect();
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::Foreign(foreign.join(", ")))
     }
 
     /// Proves the database answers a read, without taking any lock a writer needs.

@@ -158,9 +158,57 @@ impl AuditDb {
             }
             verdict
         };
+        let verdict = match verdict {
+            Some(v) => v,
+            None => match verifier.finish() {
+                Ok(intact) if self.backend == Backend::Sqlite => {
+                    match lookup_mismatch(&mut tx).await? {
+                        Some(why) => Err(Finding::Lookup { why }),
+                        None => Ok(intact),
+                    }
+                }
+                other => other,
+            },
+        };
         tx.rollback().await?;
-        Ok(verdict.unwrap_or_else(|| verifier.finish()))
+        Ok(verdict)
     }
+}
+
+/// SQLite: the lookup table against the events it indexes (every event up to
+/// `indexed_seq` has its entries, and every entry names an event with that key).
+async fn lookup_mismatch(tx: &mut RawTransaction) -> Result<Option<String>, StoreError> {
+    let missing = sqlx::query(
+        "SELECT id, subject, token_fingerprint FROM audit_events e \
+         WHERE e.seq <= COALESCE((SELECT indexed_seq FROM audit_lookup_state WHERE id = 1), 0) \
+           AND ((e.subject IS NOT NULL AND NOT EXISTS (SELECT 1 FROM audit_lookup l \
+                  WHERE l.key = 's:' || e.subject AND l.seq = e.seq)) \
+             OR (e.token_fingerprint IS NOT NULL AND NOT EXISTS (SELECT 1 FROM audit_lookup l \
+                  WHERE l.key = 'f:' || substr(e.token_fingerprint, -16) AND l.seq = e.seq))) \
+         ORDER BY e.seq LIMIT 1",
+    )
+    .fetch_optional(tx.conn())
+    .await?;
+    if let Some(row) = missing {
+        let id: String = row.try_get("id")?;
+        return Ok(Some(format!(
+            "event {id} has no entry in the lookup table, though it is marked indexed"
+        )));
+    }
+    let stray = sqlx::query(
+        "SELECT key, seq FROM audit_lookup l WHERE NOT EXISTS (SELECT 1 FROM audit_events e \
+         WHERE e.seq = l.seq AND (l.key = 's:' || e.subject \
+           OR l.key = 'f:' || substr(e.token_fingerprint, -16))) LIMIT 1",
+    )
+    .fetch_optional(tx.conn())
+    .await?;
+    if let Some(row) = stray {
+        let seq: i64 = row.try_get("seq")?;
+        return Ok(Some(format!(
+            "the lookup table has an entry for event seq {seq} that no event matches"
+        )));
+    }
+    Ok(None)
 }
 
 fn bind_args<'q>(

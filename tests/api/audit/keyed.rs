@@ -349,3 +349,120 @@ async fn keygen_makes_a_key_the_service_signs_with(backend: Backend) {
     db.cleanup().await;
 }
 both_backends!(keygen_makes_a_key_the_service_signs_with);
+
+/// Rows' times are whatever the database says: backdating recent events must not make
+/// the routine prune delete them (and cover them with a valid anchor).
+async fn prune_refuses_backdated_events_and_deletes_nothing(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let (app, verifier) = signing_app(&db).await;
+    for i in 0..20 {
+        app.vend_token(&format!("user-{i}")).await;
+    }
+    let before = rows(&db).await;
+    assert_eq!(before.len(), 20);
+    exec(
+        &db,
+        "UPDATE audit_events SET time_us = 1577836800000000 + chain_seq WHERE chain_seq <= 15",
+    )
+    .await;
+
+    let out = cli(
+        &db.url,
+        &[
+            "audit",
+            "prune",
+            "--older-than",
+            "90d",
+            "--verifier-key",
+            &verifier,
+        ],
+        &[],
+    );
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("TAMPERED"), "{said}");
+    assert!(
+        said.contains("altered") && said.contains(&before[0].2),
+        "{said}"
+    );
+    assert_eq!(rows(&db).await, before, "nothing was deleted");
+    let (ok, report) = verify(&db, &["--verifier-key", &verifier]);
+    assert!(!ok && report.contains(&before[0].2), "{report}");
+    db.cleanup().await;
+}
+both_backends!(prune_refuses_backdated_events_and_deletes_nothing);
+
+/// An event removed from the middle of the run a prune would delete is reported, not
+/// pruned over.
+async fn prune_refuses_a_gap_in_the_run_it_would_delete(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
+    for i in 0..6 {
+        app.vend_token(&format!("user-{i}")).await;
+    }
+    let before = rows(&db).await;
+    exec(&db, "DELETE FROM audit_events WHERE chain_seq = 3").await;
+    let out = cli(&db.url, &["audit", "prune", "--older-than", "0s"], &[]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("removed") && said.contains("#3..#3"),
+        "{said}"
+    );
+    assert_eq!(
+        rows(&db).await.len(),
+        before.len() - 1,
+        "nothing else was deleted"
+    );
+    db.cleanup().await;
+}
+both_backends!(prune_refuses_a_gap_in_the_run_it_would_delete);
+
+/// A keyed chain downgraded to plain SHA-256 (events dropped, `key_id` cleared, hashes
+/// recomputed, the database's checkpoints dropped) is accepted only when named, and
+/// then said so.
+async fn allow_unkeyed_names_each_chain_it_accepts(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .spawn()
+        .await;
+    for i in 0..5 {
+        app.vend_token(&format!("user-{i}")).await;
+    }
+    let chain_id = rows(&db).await[0].0.clone();
+    delete_and_recompute(&db, 2, None, true).await;
+    exec(&db, "DELETE FROM audit_checkpoints").await;
+
+    let (ok, out) = verify(&db, &["--allow-unkeyed"]);
+    assert!(
+        !ok,
+        "a blanket --allow-unkeyed is no longer accepted: {out}"
+    );
+    let (ok, out) = verify(&db, &["--allow-unkeyed", "some-other-chain"]);
+    assert!(
+        !ok && out.contains("unkeyed") && out.contains(&chain_id),
+        "{out}"
+    );
+    let (ok, out) = verify(&db, &["--allow-unkeyed", &chain_id]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("accepted unkeyed chain {chain_id}")),
+        "{out}"
+    );
+    db.cleanup().await;
+}
+both_backends!(allow_unkeyed_names_each_chain_it_accepts);
