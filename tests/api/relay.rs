@@ -69,6 +69,8 @@ impl SpeechUpstream {
     }
 }
 
+// The handshake callback's error type is tungstenite's.
+#[allow(clippy::result_large_err)]
 async fn serve(tcp: TcpStream, behaviour: Behaviour, record: Arc<Mutex<Vec<Seen>>>) {
     let index = {
         let mut seen = record.lock().unwrap();
