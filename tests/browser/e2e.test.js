@@ -366,4 +366,39 @@ describe("token-vendor in a real browser", { skip: missing ?? false }, () => {
     await h.screenshot(page, "ops-audit-fingerprint.png");
     await page.close();
   });
+
+  it("g. relay mode: the demo streams through token-vendor and the page never holds a Corti token", async () => {
+    const page = await context.newPage();
+    const sockets = [];
+    const tokenRequests = [];
+    page.on("websocket", (ws) => sockets.push(ws.url()));
+    page.on("request", (r) => {
+      if (r.url().includes("/v1/tokens")) tokenRequests.push(r.url());
+    });
+    await page.goto(`${service.base}/`);
+    await page.waitForSelector("body[data-ready=true]");
+    await page.waitForSelector("#who.ok");
+    await page.selectOption("#mode", "relay");
+    await page.selectOption("#scope", "transcribe");
+    await page.selectOption("#endpoint", "transcribe");
+    await page.click("#start");
+    await page.waitForSelector("#steps li.ok:has-text('CONFIG_ACCEPTED')", { timeout: 15000 });
+    await page.waitForSelector("#transcript p", { timeout: 15000 });
+    assert.deepEqual(tokenRequests, [], "relay mode fetches no token");
+    const relayBase = `${service.base.replace(/^http/, "ws")}/v1/relay/transcribe`;
+    assert.ok(sockets.length >= 1 && sockets.every((u) => u === relayBase), JSON.stringify(sockets));
+    const opened = await h.waitFor("the relay upgrade's audit event", () =>
+      audit().find((e) => e.outcome === "issued" && /relay upgrade/.test(e.detail ?? "")));
+    assert.equal(opened.subject, "demo-user");
+    assert.equal(opened.origin, service.base);
+    assert.match(opened.token_fingerprint, /^hmac-sha256:[0-9a-f]{64}$/);
+    await page.click("#stop");
+    const ended = await h.waitFor("the stream_ended event", () =>
+      audit().find((e) => e.outcome === "stream_ended" && e.request_id === opened.request_id));
+    const detail = JSON.parse(ended.detail);
+    // The demo ends with {"type":"end"}: the stand-in answers ENDED and closes first.
+    assert.ok(["client", "upstream"].includes(detail.ended_by), ended.detail);
+    assert.ok(detail.frames_up > 1 && detail.frames_down > 1, ended.detail);
+    await page.close();
+  });
 });

@@ -177,7 +177,8 @@ function renderCountdown() {
 
 async function tick() {
   renderCountdown();
-  if (!state.running || state.refreshing) return;
+  // Relay mode: token-vendor holds the token; the page has none to refresh.
+  if (!state.running || state.refreshing || state.relay) return;
   state.refreshing = true;
   try {
     await currentToken();
@@ -387,6 +388,7 @@ $("start").addEventListener("click", async () => {
   const scope = $("scope").value;
   const endpoint = $("endpoint").value;
   const mode = $("mode").value;
+  state.relay = mode === "relay";
   state.source = createTokenSource({
     url: cfg.tokenUrl,
     scope,
