@@ -10,6 +10,7 @@
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import fs from "node:fs";
 import path from "node:path";
 
 import * as h from "./support/harness.js";
@@ -28,6 +29,10 @@ const readmeCopy = (name) =>
   process.env.UPDATE_README_SCREENSHOTS === "1" ? path.join(h.repoRoot, "docs", "img", name) : undefined;
 
 const enc = encodeURIComponent;
+
+/** Test h needs @corti/sdk's ESM build from clients/js (`npm ci` there). */
+const sdkSkip = fs.existsSync(h.sdkEsmDir) ? false : `@corti/sdk is not installed in clients/js (run \`npm ci\` there)`;
+if (sdkSkip && h.inCi) throw new Error(`the browser tests must run under CI=true, but ${sdkSkip}`);
 
 /** The Corti token in a speech socket URL (`token=Bearer …`). */
 const tokenIn = (url) => new URL(url).searchParams.get("token").replace(/^Bearer /, "");
@@ -399,6 +404,26 @@ describe("token-vendor in a real browser", { skip: missing ?? false }, () => {
     // The demo ends with {"type":"end"}: the stand-in answers ENDED and closes first.
     assert.ok(["client", "upstream"].includes(detail.ended_by), ended.detail);
     assert.ok(detail.frames_up > 1 && detail.frames_down > 1, ended.detail);
+    await page.close();
+  });
+
+  it("h. @corti/sdk's proxy client, unmodified, streams through the relay in Chromium", { skip: sdkSkip }, async () => {
+    const page = await context.newPage();
+    let protocols = null;
+    page.on("request", (r) => {
+      if (r.url().includes("/v1/relay/")) protocols = r.headers()["sec-websocket-protocol"] ?? null;
+    });
+    const url = `${appUrl(allowedApp, "sdk-relay.html")}&session=${enc(service.sessionToken)}`;
+    await page.goto(url);
+    await page.waitForSelector("body[data-done=true]", { timeout: 20000 });
+    const result = await page.evaluate(() => window.appResult);
+    assert.equal(result.error, undefined, JSON.stringify(result));
+    assert.deepEqual(result.steps, ["CONFIG_ACCEPTED", "transcript"]);
+    assert.ok(result.transcript.length > 0);
+    const opened = await h.waitFor("the SDK relay upgrade's audit event", () =>
+      audit().find((e) => e.outcome === "issued" && e.origin === allowedApp.origin && /relay upgrade/.test(e.detail ?? "")));
+    assert.equal(opened.subject, "demo-user");
+    if (protocols !== null) assert.match(protocols, /^Authorization, Bearer%20/);
     await page.close();
   });
 });
