@@ -1373,6 +1373,23 @@ impl Settings {
                 &SHUTDOWN_GRACE,
                 humantime::format_duration(self.shutdown_grace),
             ),
+            opt(
+                &CORTI_API_URL,
+                self.relay
+                    .api_url
+                    .clone()
+                    .or_else(|| self.corti_environment.map(corti_api_url_for)),
+            ),
+            line(&RELAY_MAX_STREAMS_PER_USER, self.relay.max_streams_per_user),
+            line(&RELAY_MAX_STREAMS, self.relay.max_streams),
+            line(
+                &RELAY_MAX_DURATION,
+                humantime::format_duration(self.relay.max_duration),
+            ),
+            line(
+                &RELAY_IDLE_TIMEOUT,
+                humantime::format_duration(self.relay.idle_timeout),
+            ),
             secret(&AUDIT_HMAC_KEY, &self.audit_hmac_key),
             secret(&AUDIT_SIGNING_KEY, &self.audit_signing_key),
             line(&AUDIT_READER_ROLE, &self.audit_reader_role),
