@@ -650,3 +650,79 @@ async fn the_replica_limit_refuses_with_503() {
     assert_eq!(status, 503, "{body}");
     assert_outcome(&app, &request_id, Outcome::Unavailable, 503);
 }
+
+#[tokio::test]
+async fn sigterm_drains_the_real_binary_open_streams_get_1012_and_a_stream_ended_event() {
+    use crate::support::serve_process::ServeProcess;
+    use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
+
+    let upstream = SpeechUpstream::start(Behaviour::Echo).await;
+    let client_secret = format!("client-secret-{}", token_vendor::dev::random_hex(8));
+    let session_secret = token_vendor::dev::random_hex(32);
+    let standin = AuthStandIn::start(StandInConfig {
+        client_id: "test-client".into(),
+        client_secret: client_secret.clone(),
+        token_lifetime: Duration::from_secs(300),
+    })
+    .expect("stand-in starts");
+    let dir = std::env::temp_dir().join(format!("tv-relay-{}", token_vendor::dev::random_hex(8)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut service = ServeProcess::start(&[
+        ("LISTEN_ADDR", "127.0.0.1:0".into()),
+        ("CORTI_ENVIRONMENT", "eu".into()),
+        ("CORTI_AUTH_URL", standin.base_url().to_owned()),
+        ("CORTI_API_URL", upstream.url.clone()),
+        ("CORTI_CLIENT_ID", "test-client".into()),
+        ("CORTI_CLIENT_SECRET", client_secret),
+        ("SESSION_JWT_SECRET", session_secret.clone()),
+        ("AUDIT_HMAC_KEY", audit_key().to_owned()),
+        ("AUDIT_ALLOW_UNSIGNED", "true".into()),
+        ("SHUTDOWN_GRACE", "2s".into()),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("audit.db").display()),
+        ),
+    ]);
+    let session = SessionSigner::new(&session_secret).session("alice");
+    let url = format!(
+        "{}/v1/relay/transcribe",
+        service.address.replacen("http", "ws", 1)
+    );
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Bearer {session}")).unwrap(),
+    );
+    let (mut client, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade accepted");
+    client.send(Message::text("a")).await.unwrap();
+    assert_eq!(client.next().await.unwrap().unwrap(), Message::text("a"));
+
+    let signalled = Instant::now();
+    service.sigterm();
+    let (code, _) = close_of(&mut client, Duration::from_secs(5))
+        .await
+        .expect("a close frame");
+    assert_eq!(code, 1012, "service restart: clients reconnect elsewhere");
+    let took = signalled.elapsed();
+    // The stream keeps going through most of the grace, then is closed before the
+    // server stops waiting for it (a little slack for a loaded machine).
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "closed near the end of SHUTDOWN_GRACE (2 s): {took:?}"
+    );
+    let exit = tokio::task::spawn_blocking(move || {
+        let exit = service.wait_exit(Duration::from_secs(10));
+        (exit, service)
+    })
+    .await
+    .unwrap();
+    let (status, service) = (exit.0.expect("the service stops").0, exit.1);
+    assert!(status.success(), "{status:?}");
+    assert!(
+        service.log_has("\"stream_ended\""),
+        "the stream's end is audited before the process exits"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -221,10 +221,14 @@ describe("token-vendor in a real browser", { skip: missing ?? false }, () => {
     const latest = await page.$$eval("#transcript p", (ps) => Math.max(...ps.map((p) => Number(p.dataset.at))));
     assert.ok(latest > firstExpiry, "transcripts arrived after the first token expired");
     // Every 10 s another refresh (40 s tokens, 30 s margin), each before its expiry.
-    const refreshes = Number(await page.textContent("#t-refreshes"));
+    // Read together: a refresh may land between two separate reads.
+    const { refreshes, count, allLeft } = await page.evaluate(() => ({
+      refreshes: Number(document.querySelector("#t-refreshes").textContent),
+      count: Number(document.querySelector("#t-count").textContent),
+      allLeft: [...document.querySelectorAll("#steps li[data-kind=refresh]")].map((li) => Number(li.dataset.leftMs)),
+    }));
     assert.ok(refreshes >= 1);
-    assert.equal(Number(await page.textContent("#t-count")), refreshes + 1);
-    const allLeft = await page.$$eval("#steps li[data-kind=refresh]", (lis) => lis.map((li) => Number(li.dataset.leftMs)));
+    assert.equal(count, refreshes + 1);
     assert.equal(allLeft.length, refreshes);
     assert.ok(allLeft.every((ms) => ms > 0), `every refresh came before expiry: ${allLeft}`);
     assert.equal(await page.locator("#steps li.fail").count(), 0, await page.textContent("#steps"));
