@@ -33,6 +33,10 @@ pub enum ProblemType {
     MethodNotAllowed,
     UnknownDemoUser,
     SignInFailed,
+    TooManyStreams,
+    RelayFull,
+    SpeechUpstreamError,
+    SpeechUpstreamTimeout,
 }
 
 impl ProblemType {
@@ -71,6 +75,12 @@ impl ProblemType {
             P::MethodNotAllowed => (405, "method-not-allowed", "Method not allowed"),
             P::UnknownDemoUser => (400, "unknown-demo-user", "Unknown demo user"),
             P::SignInFailed => (503, "sign-in-failed", "Sign-in failed"),
+            P::TooManyStreams => (429, "too-many-streams", "Too many open relay streams"),
+            P::RelayFull => (503, "relay-full", "Relay at capacity"),
+            P::SpeechUpstreamError => (502, "speech-upstream-error", "Corti speech API error"),
+            P::SpeechUpstreamTimeout => {
+                (504, "speech-upstream-timeout", "Corti speech API timed out")
+            }
         }
     }
 

@@ -406,6 +406,64 @@ pub const DENY_LIST_FILE: Setting<PathBuf> = Setting::plain("DENY_LIST_FILE", fr
 pub const AUDIT_READER_ROLE: Setting<String> =
     Setting::plain("AUDIT_READER_ROLE", text).or("token-vendor:audit-reader");
 pub const TRUSTED_PROXIES: Setting<Vec<IpNet>> = Setting::plain("TRUSTED_PROXIES", cidrs);
+/// Corti's speech API base for relay mode (`wss://api.{env}.corti.app` by default).
+pub const CORTI_API_URL: Setting<String> = Setting::plain("CORTI_API_URL", ws_url);
+pub const RELAY_MAX_STREAMS_PER_USER: Setting<u32> =
+    Setting::plain("RELAY_MAX_STREAMS_PER_USER", positive_count).or("4");
+pub const RELAY_MAX_STREAMS: Setting<u32> =
+    Setting::plain("RELAY_MAX_STREAMS", positive_count).or("1000");
+pub const RELAY_MAX_DURATION: Setting<Duration> =
+    Setting::plain("RELAY_MAX_DURATION", positive_duration).or("4h");
+pub const RELAY_IDLE_TIMEOUT: Setting<Duration> =
+    Setting::plain("RELAY_IDLE_TIMEOUT", positive_duration).or("60s");
+
+/// Relay mode: where Corti's speech API is and the limits of relayed streams.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// `CORTI_API_URL`, for the tenant the `CORTI_*` settings describe.
+    pub api_url: Option<String>,
+    pub max_streams_per_user: u32,
+    pub max_streams: u32,
+    pub max_duration: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl RelaySettings {
+    fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        Ok(Self {
+            api_url: CORTI_API_URL.read(sources)?,
+            max_streams_per_user: RELAY_MAX_STREAMS_PER_USER.read_defaulted(sources)?,
+            max_streams: RELAY_MAX_STREAMS.read_defaulted(sources)?,
+            max_duration: RELAY_MAX_DURATION.read_defaulted(sources)?,
+            idle_timeout: RELAY_IDLE_TIMEOUT.read_defaulted(sources)?,
+        })
+    }
+}
+
+fn positive_count(raw: &str) -> Result<u32, String> {
+    match raw.parse::<u32>() {
+        Ok(0) => Err("must be more than 0".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn ws_url(raw: &str) -> Result<String, String> {
+    let url = parse_url(raw, &["wss", "ws"])?;
+    // The token travels in the URL's query: plain ws only to this machine.
+    match reqwest::Url::parse(&url) {
+        Ok(u) if u.scheme() == "ws" && !is_loopback_host(&u) => {
+            Err("must use wss (ws is accepted only for loopback hosts)".into())
+        }
+        _ => Ok(url),
+    }
+}
+
+/// Corti's own speech API base for an environment.
+pub fn corti_api_url_for(environment: Environment) -> String {
+    format!("wss://api.{}.corti.app", environment.as_str())
+}
+
 /// Read by `dev` only: how long the stand-in's tokens live (Corti's own by default).
 pub const DEV_TOKEN_LIFETIME: Setting<Duration> =
     Setting::plain("DEV_TOKEN_LIFETIME", setting_duration).or("300");
@@ -459,6 +517,7 @@ pub struct Settings {
     pub deny_list_file: Option<PathBuf>,
     /// The files the secrets re-read on SIGHUP were read from (their `NAME_FILE`).
     pub secret_files: SecretFiles,
+    pub relay: RelaySettings,
 }
 
 /// Where reloadable secrets were read from, when they came from `NAME_FILE`.
@@ -805,16 +864,19 @@ pub struct CortiSettings {
     pub client_secret_setting: String,
     /// The configured `CORTI_AUTH_URL` (or `auth_url`) or Corti's own for the environment.
     pub auth_url: String,
+    /// The configured `CORTI_API_URL` (or `api_url`) or Corti's own: relay mode's upstream.
+    pub api_url: String,
 }
 
 /// The keys a `[[tenants]]` table may have.
-const TENANT_KEYS: [&str; 6] = [
+const TENANT_KEYS: [&str; 7] = [
     "name",
     "environment",
     "client_id",
     "client_secret",
     "client_secret_file",
     "auth_url",
+    "api_url",
 ];
 
 /// Reads the `[[tenants]]` tables, each on its own; how they fit together (duplicates,
@@ -893,7 +955,12 @@ fn tenant_table(index: usize, table: &toml::Table) -> Result<CortiSettings, Conf
         Some(url) => http_url(&url).map_err(fail("auth_url"))?,
         None => corti_auth_url_for(environment),
     };
+    let api_url = match text("api_url").map_err(fail("api_url"))? {
+        Some(url) => ws_url(&url).map_err(fail("api_url"))?,
+        None => corti_api_url_for(environment),
+    };
     Ok(CortiSettings {
+        api_url,
         environment,
         client_id,
         client_secret,
@@ -939,6 +1006,11 @@ impl Settings {
                 .corti_auth_url
                 .clone()
                 .unwrap_or_else(|| corti_auth_url_for(environment)),
+            api_url: self
+                .relay
+                .api_url
+                .clone()
+                .unwrap_or_else(|| corti_api_url_for(environment)),
         }))
     }
 
@@ -1009,6 +1081,7 @@ pub struct ServeSettings {
     pub audit_signing_key: Option<SecretString>,
     pub audit_reader_role: String,
     pub trusted_proxies: Vec<IpNet>,
+    pub relay: RelaySettings,
 }
 
 impl ServeSettings {
@@ -1076,6 +1149,7 @@ impl Settings {
                 session_jwt_previous_secret: sources.secret_file(SESSION_JWT_PREVIOUS_SECRET.name),
                 audit_hmac_key: sources.secret_file(AUDIT_HMAC_KEY.name),
             },
+            relay: RelaySettings::load(sources)?,
         })
     }
 
@@ -1199,6 +1273,7 @@ impl Settings {
             audit_signing_key: self.audit_signing_key,
             audit_reader_role: self.audit_reader_role,
             trusted_proxies: self.trusted_proxies,
+            relay: self.relay,
         })
     }
 
@@ -1316,6 +1391,23 @@ impl Settings {
             line(
                 &SHUTDOWN_GRACE,
                 humantime::format_duration(self.shutdown_grace),
+            ),
+            opt(
+                &CORTI_API_URL,
+                self.relay
+                    .api_url
+                    .clone()
+                    .or_else(|| self.corti_environment.map(corti_api_url_for)),
+            ),
+            line(&RELAY_MAX_STREAMS_PER_USER, self.relay.max_streams_per_user),
+            line(&RELAY_MAX_STREAMS, self.relay.max_streams),
+            line(
+                &RELAY_MAX_DURATION,
+                humantime::format_duration(self.relay.max_duration),
+            ),
+            line(
+                &RELAY_IDLE_TIMEOUT,
+                humantime::format_duration(self.relay.idle_timeout),
             ),
             secret(&AUDIT_HMAC_KEY, &self.audit_hmac_key),
             secret(&AUDIT_SIGNING_KEY, &self.audit_signing_key),

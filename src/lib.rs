@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod redis_link;
+pub mod relay;
 pub mod reload;
 pub mod reuse;
 pub mod scope;

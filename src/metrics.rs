@@ -275,6 +275,7 @@ pub struct Metrics {
     token_cache_fallbacks: Counter,
     deny_list_entries: Gauge,
     denied_vends: Counter,
+    relay: crate::relay::metrics::RelayMetrics,
 }
 
 impl Default for Metrics {
@@ -393,6 +394,8 @@ impl Metrics {
             "POST /v1/tokens attempts refused because the subject is on the deny list",
             denied_vends.clone(),
         );
+        let relay = crate::relay::metrics::RelayMetrics::default();
+        relay.register(registry);
         Self {
             registry: root,
             vends,
@@ -413,7 +416,13 @@ impl Metrics {
             token_cache_fallbacks,
             deny_list_entries,
             denied_vends,
+            relay,
         }
+    }
+
+    /// The relay's metrics, to share with its streams.
+    pub fn relay(&self) -> crate::relay::metrics::RelayMetrics {
+        self.relay.clone()
     }
 
     /// The whole registry in the OpenMetrics text format.

@@ -23,6 +23,7 @@ use crate::http::{self, AppState};
 use crate::lifecycle::{stop_signal, Draining};
 use crate::limits::{LimitRates, Limits, RedisLimits};
 use crate::metrics::Metrics;
+use crate::relay::Relay;
 use crate::reload::Reloader;
 use crate::reuse::{FleetCache, TokenReuse};
 use crate::session::SessionVerifier;
@@ -45,6 +46,9 @@ pub enum StartupError {
     #[error("audit store: {0}")]
     Audit(String),
 }
+
+/// The least time allowed to open Corti's speech socket (TCP, TLS, HTTP upgrade).
+const RELAY_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often files behind reloadable settings are checked for a change.
 const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -117,6 +121,7 @@ impl Application {
         let extra = options.extra_routes;
         let server_state = state.clone();
         let draining = state.draining.clone();
+        let relay = state.relay.clone();
         let grace = settings.shutdown_grace;
         let server = HttpServer::new(move || {
             let extra = extra.clone();
@@ -143,6 +148,7 @@ impl Application {
         .shutdown_signal(async move {
             stop_signal().await;
             draining.begin();
+            relay.drain(grace);
             tracing::info!(
                 grace_ms = grace.as_millis() as u64,
                 "stop signal: not ready, no new connections, draining in-flight requests"
@@ -293,11 +299,22 @@ fn app_state(
         ),
         reuse: TokenReuse::new(settings.token_reuse_min_ttl).with_fleet(fleet),
         deny: deny.clone(),
-        metrics,
+        metrics: metrics.clone(),
     };
+    let relay_metrics = metrics.relay();
     let vendor = Arc::new(vendor);
+    let relay = Arc::new(Relay::new(
+        &settings.relay,
+        &settings.tenants,
+        settings.upstream_timeout.max(RELAY_CONNECT_TIMEOUT),
+        relay_metrics,
+    ));
     let weak = Arc::downgrade(&vendor);
+    let weak_relay = Arc::downgrade(&relay);
     deny.on_newly_denied(move |denied| {
+        if let Some(relay) = weak_relay.upgrade() {
+            relay.deny(&denied);
+        }
         let (Some(vendor), Ok(runtime)) = (weak.upgrade(), tokio::runtime::Handle::try_current())
         else {
             return;
@@ -313,6 +330,7 @@ fn app_state(
         audit_reader_role: settings.audit_reader_role.clone(),
         draining: Draining::default(),
         reloader,
+        relay,
     })
 }
 

@@ -9,9 +9,20 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// The filter: `RUST_LOG` when set, else `info` for this service and warnings elsewhere.
+/// Whatever it says, the WebSocket client's handshake is never traced: its trace line
+/// is the raw request, whose URL carries a relayed stream's Corti token.
 pub fn env_filter(default: &str) -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    NEVER_TRACED
+        .iter()
+        .fold(filter, |filter, directive| match directive.parse() {
+            Ok(d) => filter.add_directive(d),
+            Err(_) => filter,
+        })
 }
+
+/// Targets held at `info` or less, since their debug or trace lines can hold secrets.
+const NEVER_TRACED: [&str; 2] = ["tungstenite=info", "tokio_tungstenite=info"];
 
 /// Installs the global JSON subscriber writing to `writer`. Returns false if one was
 /// already installed (tests install one per process).

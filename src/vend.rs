@@ -54,13 +54,30 @@ pub struct Caller {
     pub origin: Option<String>,
 }
 
-/// Everything the HTTP edge knows about one `POST /v1/tokens`.
+/// Everything the HTTP edge knows about one `POST /v1/tokens` or relay upgrade.
 pub struct Attempt {
     pub caller: Caller,
     pub credentials: Credentials,
-    pub content_type: Option<String>,
-    /// The body, or why it could not be read.
-    pub body: Result<Vec<u8>, BodyError>,
+    pub ask: Ask,
+}
+
+/// What is asked for, and where it was said.
+pub enum Ask {
+    /// `POST /v1/tokens`: the JSON body names the scope and the tenant.
+    Body {
+        content_type: Option<String>,
+        /// The body, or why it could not be read.
+        body: Result<Vec<u8>, BodyError>,
+    },
+    /// A relay upgrade: the path names the scope, the query the tenant; or why the
+    /// request cannot be read (answered, like a bad body, once the user's quota is spent).
+    Relay(Result<RelayAsk, String>),
+}
+
+/// The scope and tenant a relay upgrade asks for.
+pub struct RelayAsk {
+    pub scope: &'static str,
+    pub tenant: Option<String>,
 }
 
 /// Where the session JWT came from; a cookie needs an allowed `Origin` (CSRF).
@@ -112,6 +129,14 @@ pub enum VendError {
     Upstream(#[from] UpstreamError),
     #[error("audit store unavailable")]
     AuditUnavailable,
+    #[error("too many open relay streams ({})", if *.per_user { "per user" } else { "on this replica" })]
+    TooManyStreams { per_user: bool },
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("Corti's speech API refused or failed the connection: {0}")]
+    SpeechUpstream(String),
+    #[error("Corti's speech API did not accept the connection in time")]
+    SpeechUpstreamTimeout,
 }
 
 /// How a failed vend is answered and audited, decided in one place.
@@ -206,6 +231,36 @@ impl VendError {
                 "no token is issued while the audit store cannot record it".into(),
                 Some(TRY_AGAIN_SOON),
             ),
+            VendError::TooManyStreams { per_user: true } => (
+                P::TooManyStreams,
+                Outcome::RateLimited,
+                own(),
+                Some(TRY_AGAIN_SOON),
+            ),
+            VendError::TooManyStreams { per_user: false } => (
+                P::RelayFull,
+                Outcome::Unavailable,
+                own(),
+                Some(TRY_AGAIN_SOON),
+            ),
+            VendError::ShuttingDown => (
+                P::NotReady,
+                Outcome::Unavailable,
+                "this replica is shutting down; connect again".into(),
+                Some(TRY_AGAIN_SOON),
+            ),
+            VendError::SpeechUpstream(_) => (
+                P::SpeechUpstreamError,
+                Outcome::UpstreamError,
+                "Corti's speech API refused or failed the connection".into(),
+                None,
+            ),
+            VendError::SpeechUpstreamTimeout => (
+                P::SpeechUpstreamTimeout,
+                Outcome::UpstreamError,
+                own(),
+                None,
+            ),
         };
         Class {
             problem,
@@ -274,6 +329,19 @@ struct Trail {
     tenant: Option<Tenant>,
 }
 
+/// An attempt whose checks have run and whose event is not recorded yet.
+pub struct Prepared {
+    started: Instant,
+    trail: Trail,
+}
+
+impl Prepared {
+    /// What the attempt's audit event says when it succeeds (a relay's endpoint).
+    pub fn note(&mut self, detail: impl Into<String>) {
+        self.trail.event.detail = Some(detail.into());
+    }
+}
+
 /// The end of one attempt: its result, its audit event and the limits it was
 /// checked against (for the `RateLimit` headers).
 pub struct Handled {
@@ -287,6 +355,21 @@ impl Vendor {
     /// audit event was stored.
     #[tracing::instrument(name = "vend", skip_all)]
     pub async fn handle(&self, attempt: Attempt) -> Handled {
+        let (prepared, result) = self.prepare(attempt, |_, _| Ok(())).await;
+        self.conclude(prepared, result.map(|(vended, ())| vended))
+            .await
+    }
+
+    /// Runs every check of an attempt and gets its token, without auditing it yet:
+    /// the caller may still fail it (a relay's upstream connection) before
+    /// [`Vendor::conclude`] records the one event. `admit_stream` runs once the user may have
+    /// this scope at this tenant and before any token is fetched; what it returns
+    /// (a held stream slot) comes back with the token.
+    pub async fn prepare<G>(
+        &self,
+        attempt: Attempt,
+        admit_stream: impl FnOnce(&Session, &Tenant) -> Result<G, VendError>,
+    ) -> (Prepared, Result<(Vended, G), VendError>) {
         let started = Instant::now();
         let mut trail = Trail {
             event: self.begin_event(&attempt.caller),
@@ -294,7 +377,14 @@ impl Vendor {
             scope: None,
             tenant: None,
         };
-        let result = self.run(attempt, &mut trail).await;
+        let result = self.run(attempt, &mut trail, admit_stream).await;
+        (Prepared { started, trail }, result)
+    }
+
+    /// Audits a prepared attempt with its final result; a token is returned only if
+    /// its audit event was stored.
+    pub async fn conclude(&self, prepared: Prepared, result: Result<Vended, VendError>) -> Handled {
+        let Prepared { started, trail } = prepared;
         let Trail {
             mut event,
             rate_limits,
@@ -351,12 +441,16 @@ impl Vendor {
         event
     }
 
-    async fn run(&self, attempt: Attempt, trail: &mut Trail) -> Result<Vended, VendError> {
+    async fn run<G>(
+        &self,
+        attempt: Attempt,
+        trail: &mut Trail,
+        admit_stream: impl FnOnce(&Session, &Tenant) -> Result<G, VendError>,
+    ) -> Result<(Vended, G), VendError> {
         let Attempt {
             caller,
             credentials,
-            content_type,
-            body,
+            ask,
         } = attempt;
         // Before any signature is checked, so a flood of garbage costs little.
         if let Some(ip) = caller.client_ip {
@@ -385,7 +479,14 @@ impl Vendor {
         self.check_not_denied(&session)?;
         // The body is read first only to learn whose quota this is: each tenant's is
         // the user's own. Its errors are answered after the quota is spent, as before.
-        let parsed = read_body(content_type.as_deref(), body);
+        let parsed = match ask {
+            Ask::Body { content_type, body } => read_body(content_type.as_deref(), body),
+            Ask::Relay(Ok(RelayAsk { scope, tenant })) => Ok(VendBody {
+                scope: scope.to_owned(),
+                tenant,
+            }),
+            Ask::Relay(Err(detail)) => Err(VendError::InvalidRequest(detail)),
+        };
         let quota_tenant = parsed
             .as_ref()
             .ok()
@@ -415,6 +516,7 @@ impl Vendor {
             self.tenants.default_route().tenant(),
         )?;
         check_user_may_have(&session, &scope)?;
+        let admitted = admit_stream(&session, route.tenant())?;
 
         let vended = self
             .token_for(&session, scope, &route, &mut trail.event)
@@ -424,7 +526,7 @@ impl Vendor {
             self.reuse.forget(&session.subject, route.tenant()).await;
             return Err(denied);
         }
-        Ok(vended)
+        Ok((vended, admitted))
     }
 
     /// The configured tenant the body names (the default when it names none); the

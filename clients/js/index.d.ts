@@ -130,9 +130,24 @@ export interface SpeechSocketClosed {
   error: Error | null;
 }
 
+/** Relay mode: the socket goes through token-vendor, which holds the Corti token. */
+export interface RelayOptions {
+  /** token-vendor's base URL (`https://…` or `wss://…`). */
+  url: string;
+  /**
+   * Subprotocols to offer, e.g. `["Authorization", "Bearer%20" + sessionJwt]` when the
+   * session is not a cookie. token-vendor echoes the first that is not a credential.
+   */
+  protocols?: string[];
+  /** A configured tenant other than the default (`?tenant=`). */
+  tenant?: string;
+}
+
 export interface SpeechSocketOptions {
-  /** Where tokens come from; a fresh one is asked for on every (re)connect. */
-  tokens: TokenSource;
+  /** Where tokens come from; a fresh one is asked for on every (re)connect. Not used in relay mode. */
+  tokens?: TokenSource;
+  /** Relay mode: connect through token-vendor; no token is fetched. */
+  relay?: RelayOptions;
   /** Default "transcribe". */
   endpoint?: "transcribe" | "streams";
   /** Required for "streams". */
@@ -148,9 +163,9 @@ export interface SpeechSocketOptions {
   /** Called on every state change. */
   onStateChange?: (state: SpeechSocketState) => void;
   /** Before each WebSocket is created, with the token and URL it uses. */
-  onConnecting?: (event: { attempt: number; token: TokenResponse; url: string }) => void;
+  onConnecting?: (event: { attempt: number; token: TokenResponse | null; url: string }) => void;
   /** After CONFIG_ACCEPTED, on the first connect and every reconnect. */
-  onOpen?: (event: { attempt: number; reconnected: boolean; token: TokenResponse; url: string }) => void;
+  onOpen?: (event: { attempt: number; reconnected: boolean; token: TokenResponse | null; url: string }) => void;
   /** Every message: parsed JSON, or the raw data when it is not JSON. */
   onMessage?: (message: any) => void;
   /** Before waiting `delayMs` to reconnect after an abnormal close (or a failed token request). */
@@ -183,6 +198,8 @@ export interface SpeechSocket {
  * config, close(), 401/403 from token-vendor, or after maxAttempts failures in a row.
  */
 export function connectSpeechSocket(options: SpeechSocketOptions): SpeechSocket;
+/** token-vendor's relay URL for an endpoint (`/v1/relay/transcribe` or `/v1/relay/streams/{id}`). */
+export function relayUrl(relay: RelayOptions, endpoint?: "transcribe" | "streams", interactionId?: string): string;
 /** connectSpeechSocket for `/audio-bridge/v2/transcribe`. */
 export function openTranscribeSocket(
   tokens: TokenSource,

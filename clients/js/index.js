@@ -309,6 +309,7 @@ const CONFIG_REFUSED = new Set(["CONFIG_DENIED", "CONFIG_TIMEOUT", "CONFIG_MISSI
 export function connectSpeechSocket(options) {
   const {
     tokens,
+    relay,
     endpoint = "transcribe",
     interactionId,
     configuration,
@@ -325,8 +326,11 @@ export function connectSpeechSocket(options) {
     onClose,
   } = options ?? {};
   const WS = options?.WebSocket ?? globalThis.WebSocket;
-  if (!tokens || typeof tokens.getToken !== "function") {
-    throw new TypeError("connectSpeechSocket: `tokens` (from createTokenSource) is required");
+  if (relay != null && (typeof relay !== "object" || typeof relay.url !== "string" || relay.url === "")) {
+    throw new TypeError("connectSpeechSocket: `relay.url` (token-vendor's base URL) is required in relay mode");
+  }
+  if (!relay && (!tokens || typeof tokens.getToken !== "function")) {
+    throw new TypeError("connectSpeechSocket: `tokens` (from createTokenSource) or `relay` is required");
   }
   if (endpoint !== "transcribe" && endpoint !== "streams") {
     throw new TypeError('connectSpeechSocket: `endpoint` must be "transcribe" or "streams"');
@@ -371,6 +375,7 @@ export function connectSpeechSocket(options) {
   }
 
   function url() {
+    if (relay) return relayUrl(relay, endpoint, interactionId);
     return endpoint === "streams" ? tokens.streamsUrl(interactionId) : tokens.transcribeUrl();
   }
 
@@ -379,7 +384,8 @@ export function connectSpeechSocket(options) {
     let target;
     let token;
     try {
-      token = await tokens.getToken();
+      // Relay mode: token-vendor holds the Corti token; the browser fetches none.
+      token = relay ? null : await tokens.getToken();
       target = await url();
     } catch (error) {
       return { tokenError: error };
@@ -393,7 +399,7 @@ export function connectSpeechSocket(options) {
       let refused = null;
       setState("connecting");
       call(onConnecting, { attempt: n, token, url: target });
-      const socket = new WS(target);
+      const socket = relay?.protocols ? new WS(target, relay.protocols) : new WS(target);
       socket.binaryType = "arraybuffer";
       ws = socket;
       socket.onopen = () => {
@@ -496,6 +502,20 @@ export function connectSpeechSocket(options) {
     /** Resolves once the socket is closed for good, with { code, reason, error }. */
     closed,
   };
+}
+
+/**
+ * token-vendor's relay endpoint for `endpoint`: `/v1/relay/transcribe` or
+ * `/v1/relay/streams/{interactionId}`, with `?tenant=` when `relay.tenant` is set.
+ * An `http(s)` base becomes `ws(s)`.
+ */
+export function relayUrl(relay, endpoint = "transcribe", interactionId) {
+  const base = String(relay.url).replace(/\/+$/, "").replace(/^http(s?):\/\//i, "ws$1://");
+  const path = endpoint === "streams"
+    ? `/v1/relay/streams/${encodeURIComponent(String(interactionId))}`
+    : "/v1/relay/transcribe";
+  const query = relay.tenant ? `?tenant=${encodeURIComponent(relay.tenant)}` : "";
+  return `${base}${path}${query}`;
 }
 
 /** `connectSpeechSocket` for `/audio-bridge/v2/transcribe`. */

@@ -40,10 +40,12 @@ pub enum Outcome {
     RateLimited,
     UpstreamError,
     Unavailable,
+    /// The end of a relayed stream; `detail` says how it went.
+    StreamEnded,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Issued,
         Outcome::Reused,
         Outcome::InvalidRequest,
@@ -52,6 +54,7 @@ impl Outcome {
         Outcome::RateLimited,
         Outcome::UpstreamError,
         Outcome::Unavailable,
+        Outcome::StreamEnded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl Outcome {
             Outcome::RateLimited => "rate_limited",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Unavailable => "unavailable",
+            Outcome::StreamEnded => "stream_ended",
         }
     }
 

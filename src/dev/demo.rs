@@ -85,14 +85,23 @@ pub fn routes(demo: Demo) -> ExtraRoutes {
     })
 }
 
-async fn page(demo: web::Data<Demo>) -> HttpResponse {
+async fn page(req: HttpRequest, demo: web::Data<Demo>) -> HttpResponse {
     // Everything is same-origin but the speech stand-in: its WebSocket, and its
     // `POST /dev/drop-connections` behind the demo's "Drop the connection" button.
+    // The relay's socket is this origin's, named as ws:// for browsers whose 'self'
+    // does not cover it.
     let ws = &demo.api_base_url;
     let http = ws.replacen("ws://", "http://", 1);
+    let host: String = req
+        .connection_info()
+        .host()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '[' | ']'))
+        .collect();
+    let own_ws = format!("ws://{host}");
     let csp = format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self' {ws} {http}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+         connect-src 'self' {own_ws} {ws} {http}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     );
     html_page(DEMO_HTML, &csp)
 }

@@ -13,7 +13,9 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use crate::config::{ConfigError, Environment, Settings, DEV_TOKEN_LIFETIME, LISTEN_ADDR};
+use crate::config::{
+    ConfigError, Environment, RelaySettings, Settings, DEV_TOKEN_LIFETIME, LISTEN_ADDR,
+};
 use crate::startup::{Application, Options, StartupError};
 
 use api_standin::ApiStandIn;
@@ -120,8 +122,17 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
         }
     }
     let audit_keys = audit_keys::DevAuditKeys::load_or_create(&loaded.database_url)?;
+    // The speech stand-in first: relay mode's upstream is its address.
+    let dev_tenant = Settings::default().corti_tenant;
+    let api = ApiStandIn::start(standin.clone(), dev_tenant.as_str().to_owned())
+        .map_err(bind_error("127.0.0.1:0 (speech API stand-in)"))?;
     let settings = Settings {
         listen_addr: loaded.listen_addr,
+        corti_tenant: dev_tenant,
+        relay: RelaySettings {
+            api_url: Some(api.base_url()),
+            ..loaded.relay.clone()
+        },
         database_url: loaded.database_url.clone(),
         allowed_origins,
         corti_environment: Some(Environment::Eu),
@@ -137,8 +148,6 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
         ..Settings::default()
     }
     .for_serve()?;
-    let api = ApiStandIn::start(standin.clone(), settings.corti().tenant.as_str().to_owned())
-        .map_err(bind_error("127.0.0.1:0 (speech API stand-in)"))?;
     let demo = demo::Demo {
         session_secret: session_secret.clone(),
         reader_role: settings.audit_reader_role.clone(),
@@ -168,6 +177,7 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
     .map_err(|e| StartupError::Audit(format!("cannot sign the demo session: {e}")))?;
     let auth = standin.base_url();
     let api_url = api.base_url();
+    let relay = base.replacen("http", "ws", 1);
     let lifetime = token_lifetime.as_secs();
     let reuse = settings.token_reuse_min_ttl.as_secs();
     let lifetime_setting = DEV_TOKEN_LIFETIME.name;
@@ -182,6 +192,7 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
   ops audit page:   {base}/ops/audit
   Corti auth:       {auth} (DEVELOPMENT STAND-IN, loopback only)
   Corti speech API: {api_url} (DEVELOPMENT STAND-IN, loopback only)
+  relay mode:       {relay}/v1/relay/transcribe (the browser never holds a Corti token)
   token lifetime:   {lifetime}s ({lifetime_setting})
   token reuse:      while at least {reuse}s are left (TOKEN_REUSE_MIN_TTL)
   allowed origins:  {origins}

@@ -35,6 +35,8 @@ pub struct AppState {
     pub draining: Draining,
     /// Files re-read on change and on SIGHUP (deny list, `_FILE` secrets).
     pub reloader: Reloader,
+    /// Relay mode's live streams and limits.
+    pub relay: Arc<crate::relay::Relay>,
 }
 
 /// Every resource is named by its path; the names are the `route` label of the
@@ -42,6 +44,8 @@ pub struct AppState {
 pub const ROUTES: &[&str] = &[
     "/v1/tokens",
     "/v1/audit/events",
+    "/v1/relay/transcribe",
+    "/v1/relay/streams/{interactionId}",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -83,6 +87,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(audit::list_events))
             .default_service(web::to(problem::method_not_allowed("GET"))),
     )
+    .service(get_only(
+        "/v1/relay/transcribe",
+        crate::relay::endpoint::transcribe,
+    ))
+    .service(get_only(
+        "/v1/relay/streams/{interactionId}",
+        crate::relay::endpoint::streams,
+    ))
     .service(get_only("/healthz", ops::healthz))
     .service(get_only("/readyz", ops::readyz))
     .service(get_only("/metrics", ops::metrics))

@@ -5,7 +5,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
-use crate::vend::{Attempt, BodyError, Credentials, MAX_BODY_BYTES};
+use crate::vend::{Ask, Attempt, BodyError, Credentials, MAX_BODY_BYTES};
 
 use super::context::{caller, header_text};
 use super::problem::Problem;
@@ -22,8 +22,10 @@ pub async fn post_tokens(
     let attempt = Attempt {
         caller,
         credentials: credentials(&req, &state.cookie_name),
-        content_type: content_type(&req),
-        body: read_body(&req, payload).await,
+        ask: Ask::Body {
+            content_type: content_type(&req),
+            body: read_body(&req, payload).await,
+        },
     };
     let handled = state.vendor.handle(attempt).await;
     let mut response = match handled.result {
@@ -55,7 +57,7 @@ fn content_type(req: &HttpRequest) -> Option<String> {
 /// one `Authorization` header, is an error, not a reason to fall back to the cookie.
 /// Every session cookie of the configured name is a candidate: a cookie set by a
 /// sibling subdomain or for a narrower path is sent first and must not lock the user out.
-pub(super) fn credentials(req: &HttpRequest, cookie_name: &str) -> Credentials {
+pub(crate) fn credentials(req: &HttpRequest, cookie_name: &str) -> Credentials {
     let mut authorization = req.headers().get_all(header::AUTHORIZATION);
     if let Some(value) = authorization.next() {
         if authorization.next().is_some() {

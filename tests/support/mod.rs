@@ -645,6 +645,7 @@ impl TestAppBuilder {
         let draining = app.state().draining.clone();
         let reloader = app.state().reloader.clone();
         let auditor = app.state().auditor.clone();
+        let relay = app.state().relay.clone();
         tokio::spawn(app.run_until_stopped());
         TestApp {
             address,
@@ -664,6 +665,7 @@ impl TestAppBuilder {
             draining,
             auditor,
             reloader,
+            relay,
         }
     }
 }
@@ -688,6 +690,8 @@ pub struct TestApp {
     pub auditor: token_vendor::audit::Auditor,
     /// What SIGHUP runs: `reloader.reload_all()` re-reads every `_FILE` secret.
     pub reloader: token_vendor::reload::Reloader,
+    /// Relay mode's streams; what SIGTERM drains.
+    pub relay: Arc<token_vendor::relay::Relay>,
 }
 
 impl TestApp {

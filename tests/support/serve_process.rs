@@ -61,6 +61,20 @@ impl ServeProcess {
         service
     }
 
+    /// The process's resident memory now (Linux), in bytes.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(mut self) {
         self.kill();

@@ -65,8 +65,9 @@ export function fakeSleep() {
 export function fakeWebSocketClass() {
   const instances = [];
   class FakeWebSocket {
-    constructor(url) {
+    constructor(url, protocols) {
       this.url = url;
+      this.protocols = protocols;
       this.readyState = 0;
       this.sent = [];
       instances.push(this);

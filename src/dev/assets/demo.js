@@ -177,7 +177,8 @@ function renderCountdown() {
 
 async function tick() {
   renderCountdown();
-  if (!state.running || state.refreshing) return;
+  // Relay mode: token-vendor holds the token; the page has none to refresh.
+  if (!state.running || state.refreshing || state.relay) return;
   state.refreshing = true;
   try {
     await currentToken();
@@ -270,10 +271,12 @@ function onMessage(msg) {
 }
 
 /** Opens the socket through the JS client's reconnecting helper. */
-async function connect(endpoint) {
-  const token = await currentToken();
+async function connect(endpoint, mode) {
+  const relay = mode === "relay";
+  // Relay mode: token-vendor holds the Corti token; the page's session cookie is enough.
+  const token = relay ? null : await currentToken();
   const socket = connectSpeechSocket({
-    tokens: state.source,
+    ...(relay ? { relay: { url: location.origin } } : { tokens: state.source }),
     endpoint,
     interactionId: endpoint === "streams" ? crypto.randomUUID() : undefined,
     configuration: configFor(endpoint).configuration,
@@ -289,7 +292,9 @@ async function connect(endpoint) {
     },
     onOpen: ({ reconnected, token: used }) => {
       const li = step("ok", "The speech API answered ", { code: "CONFIG_ACCEPTED" },
-        reconnected ? `: streaming again (reconnected with a token valid ${used.expiresIn} s more)` : ": streaming audio");
+        reconnected
+          ? (used ? `: streaming again (reconnected with a token valid ${used.expiresIn} s more)` : ": streaming again through the relay")
+          : ": streaming audio");
       if (reconnected) {
         li.dataset.kind = "reconnected";
         state.reconnects += 1;
@@ -308,7 +313,10 @@ async function connect(endpoint) {
       if (state.socket !== socket) return;
       stopAudio();
       state.socket = null;
-      if (error && /handshake/.test(error.message)) {
+      if (error && relay && /handshake/.test(error.message)) {
+        step("fail", "token-vendor refused the relay upgrade (the audit log says why)");
+        wsState("refused", "refused");
+      } else if (error && /handshake/.test(error.message)) {
         const needed = endpoint === "streams" ? "streams" : "transcribe";
         const has = token.scope.split(" ").includes(needed);
         step(
@@ -379,6 +387,8 @@ $("start").addEventListener("click", async () => {
   await stop("restart");
   const scope = $("scope").value;
   const endpoint = $("endpoint").value;
+  const mode = $("mode").value;
+  state.relay = mode === "relay";
   state.source = createTokenSource({
     url: cfg.tokenUrl,
     scope,
@@ -392,9 +402,13 @@ $("start").addEventListener("click", async () => {
   $("start").disabled = true;
   $("stop").disabled = false;
   $("drop").disabled = false;
-  step("info", "Asking token-vendor (", { code: `POST ${cfg.tokenUrl}` }, ") for scope ", { code: scope });
+  if (mode === "relay") {
+    step("info", "Relay mode: the page fetches no token; token-vendor opens Corti's socket");
+  } else {
+    step("info", "Asking token-vendor (", { code: `POST ${cfg.tokenUrl}` }, ") for scope ", { code: scope });
+  }
   try {
-    await connect(endpoint);
+    await connect(endpoint, mode);
   } catch (e) {
     onStartError(e);
   }

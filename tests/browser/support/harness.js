@@ -131,7 +131,13 @@ const APP_FILES = {
   "/app.js": ["app/app.js", "text/javascript; charset=utf-8"],
   "/csrf.html": ["app/csrf.html", "text/html; charset=utf-8"],
   "/csrf.js": ["app/csrf.js", "text/javascript; charset=utf-8"],
+  "/sdk-relay.html": ["app/sdk-relay.html", "text/html; charset=utf-8"],
+  "/sdk-relay.js": ["app/sdk-relay.js", "text/javascript; charset=utf-8"],
+  "/ws-shim.mjs": ["app/ws-shim.mjs", "text/javascript; charset=utf-8"],
 };
+
+/** @corti/sdk's ESM build, as installed for clients/js (`npm ci` there). */
+export const sdkEsmDir = path.join(repoRoot, "clients/js/node_modules/@corti/sdk/dist/esm");
 
 /**
  * A tiny web server for the "app" pages, on its own loopback port (so its own origin).
@@ -145,6 +151,12 @@ export async function startAppServer() {
     if (url.pathname === "/token-vendor.js") {
       file = path.join(repoRoot, "clients/js/index.js");
       type = "text/javascript; charset=utf-8";
+    } else if (url.pathname.startsWith("/sdk/") && url.pathname.endsWith(".mjs")) {
+      const candidate = path.resolve(sdkEsmDir, `.${url.pathname.slice("/sdk".length)}`);
+      if (candidate.startsWith(sdkEsmDir + path.sep) && fs.existsSync(candidate)) {
+        file = candidate;
+        type = "text/javascript; charset=utf-8";
+      }
     } else if (APP_FILES[url.pathname]) {
       file = path.join(browserTestsDir, APP_FILES[url.pathname][0]);
       type = APP_FILES[url.pathname][1];
