@@ -518,6 +518,7 @@ async fn a_denied_subject_has_its_live_stream_closed_within_2_s_and_the_event_sa
     std::fs::rename(&tmp, &deny).unwrap();
     let close = close_of(&mut alice, Duration::from_secs(5)).await;
     let took = edited.elapsed();
+    println!("deny list edit to close frame: {took:?}");
     let (code, reason) = close.expect("a close frame");
     assert_eq!(
         code, 1000,

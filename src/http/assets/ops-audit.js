@@ -11,6 +11,7 @@ const OUTCOMES = [
   ["rate_limited", "#e07b24"],
   ["upstream_error", "#2f5bea"],
   ["unavailable", "#6b7280"],
+  ["stream_ended", "#0e7490"],
 ];
 const COLOR = Object.fromEntries(OUTCOMES);
 const PAGE_MAX = 1000; // the API's largest page
