@@ -263,6 +263,14 @@ fn app_state(
     let origins = OriginPolicy::new(settings.allowed_origins.iter().cloned());
     if let Some(cache) = sessions.jwks() {
         metrics.watch_jwks("session", None, cache.stale_gauge());
+        // Fetch at once, so a wrong SESSION_JWKS_URL is in the log at start-up and
+        // readiness does not wait for the first probe; a failure is logged by the fetch.
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            if let Ok(keys) = cache.refresh_now().await {
+                tracing::info!(jwks_url = %cache.url(), keys, "session keys loaded");
+            }
+        });
     }
     for t in tenants.iter() {
         if let Some(cache) = t.client().keys().jwks() {

@@ -11,6 +11,7 @@ mod dev_demo;
 mod observability;
 mod operator;
 mod ops;
+mod probe;
 mod session;
 mod session_introspection;
 mod tenants;

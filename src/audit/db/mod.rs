@@ -87,6 +87,71 @@ pub enum StoreError {
     Timeout,
     #[error("{0}")]
     Usage(String),
+    /// No connection to the database: `target` is the URL without its password,
+    /// `cause` what the connection attempt met ("connection refused", a login error).
+    #[error("cannot connect to {target}: {cause}")]
+    Unreachable { target: String, cause: String },
+}
+
+/// Longest one direct connection attempt may take when finding out why the pool has
+/// no connection.
+const DIAGNOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A database URL as it may be shown: without its password (in the authority or the
+/// query), so an error or a log line can name the target.
+pub fn display_target(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return url.split('@').next_back().unwrap_or_default().to_owned();
+    };
+    let _ = parsed.set_password(None);
+    if parsed.query().is_some() {
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(k, _)| !k.to_ascii_lowercase().contains("password"))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        parsed.set_query(None);
+        if !kept.is_empty() {
+            parsed.query_pairs_mut().extend_pairs(kept);
+        }
+    }
+    parsed.to_string()
+}
+
+/// What a failed connection attempt met, in an operator's words.
+fn connect_cause(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused (nothing listens at this host and port)".into()
+        }
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Database(d) => d.message().to_owned(),
+        sqlx::Error::Tls(t) => format!("TLS: {t}"),
+        other => other.to_string(),
+    }
+}
+
+/// Makes one connection to `url`, outside any pool, so a failure says what it met:
+/// a pool only reports that it timed out while a refused connection was retried.
+pub async fn reach(url: &str) -> Result<(), StoreError> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    sqlx::any::install_default_drivers();
+    let unreachable = |cause: String| StoreError::Unreachable {
+        target: display_target(url),
+        cause,
+    };
+    let options = AnyConnectOptions::from_str(url).map_err(|e| unreachable(connect_cause(&e)))?;
+    match tokio::time::timeout(DIAGNOSE_TIMEOUT, options.connect()).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(unreachable(connect_cause(&e))),
+        Err(_) => Err(unreachable(format!(
+            "no answer within {}s",
+            DIAGNOSE_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// Whether opening may create the SQLite file.
