@@ -279,3 +279,37 @@ async fn serve_is_not_ready_while_no_session_key_was_ever_loaded() {
     );
     upstream.standin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_store_port_is_named_connection_refused_with_the_target_and_no_password() {
+    let upstream = upstream();
+    let port = closed_port();
+    let url = format!("postgres://token_vendor:fake-db-password@127.0.0.1:{port}/token_vendor");
+    let env = with(
+        settings(&upstream),
+        &[
+            ("DATABASE_URL", url.clone()),
+            ("LISTEN_ADDR", "127.0.0.1:0".into()),
+        ],
+    );
+    for args in [&["serve"][..], &["audit", "query"], &["migrate"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_token-vendor"))
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("binary runs");
+        let stderr = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("connection refused"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "postgres://token_vendor@127.0.0.1:{port}/token_vendor"
+            )),
+            "{args:?}: the target without its password: {stderr}"
+        );
+        assert!(!stderr.contains("fake-db-password"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("pool timed out"), "{args:?}: {stderr}");
+    }
+    upstream.standin.stop().await;
+}

@@ -131,6 +131,21 @@ fn connect_cause(e: &sqlx::Error) -> String {
     }
 }
 
+/// A pool that could not open its first connection, explained: the pool retries a
+/// refused connection until its timeout and then only says that it timed out.
+async fn connect_failure(e: sqlx::Error, url: &str) -> StoreError {
+    match e {
+        sqlx::Error::PoolTimedOut => match reach(url).await {
+            Err(found) => found,
+            Ok(()) => StoreError::Timeout,
+        },
+        other => StoreError::Unreachable {
+            target: display_target(url),
+            cause: connect_cause(&other),
+        },
+    }
+}
+
 /// Makes one connection to `url`, outside any pool, so a failure says what it met:
 /// a pool only reports that it timed out while a refused connection was retried.
 pub async fn reach(url: &str) -> Result<(), StoreError> {
@@ -174,6 +189,9 @@ pub struct AuditDb {
     /// PostgreSQL: the writer's batches on a native connection, for `COPY`.
     pg_writer: Option<sqlx::PgPool>,
     backend: Backend,
+    /// The URL connected to, to find out why connections fail (never shown: it may
+    /// hold a password; see [`display_target`]).
+    url: std::sync::Arc<str>,
 }
 
 /// Columns of a stored event after its [`FIELDS`]: its place in its chain.
@@ -206,13 +224,15 @@ impl AuditDb {
                 .connect_with(options.clone())
                 .await
                 .map_err(|e| with_sqlite_hint(e, &url, mode))?,
-            Backend::Postgres => {
-                AnyPoolOptions::new()
-                    .max_connections(10)
-                    .acquire_timeout(Duration::from_secs(3))
-                    .connect_with(options.clone())
-                    .await?
-            }
+            Backend::Postgres => match AnyPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_with(options.clone())
+                .await
+            {
+                Ok(pool) => pool,
+                Err(e) => return Err(connect_failure(e, &url).await),
+            },
         };
         // The group-commit writer's own connection, opened on first use. With SQLite,
         // a connection whose page cache another connection's writes invalidated must
@@ -247,6 +267,7 @@ impl AuditDb {
             lookups,
             pg_writer,
             backend,
+            url: url.into(),
         })
     }
 
@@ -265,8 +286,20 @@ impl AuditDb {
         let probe =
             sqlx::query("SELECT head_seq FROM audit_chains LIMIT 1").fetch_optional(&self.pool);
         match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => Err(self.why_no_answer().await),
             Ok(r) => r.map(|_| ()).map_err(not_migrated),
-            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    /// Why the database did not answer: for PostgreSQL, what one direct connection
+    /// meets (a stopped server refuses it), else that it did not answer in time.
+    async fn why_no_answer(&self) -> StoreError {
+        match self.backend {
+            Backend::Postgres => match reach(&self.url).await {
+                Err(found) => found,
+                Ok(()) => StoreError::Timeout,
+            },
+            Backend::Sqlite => StoreError::Timeout,
         }
     }
 
@@ -282,8 +315,8 @@ impl AuditDb {
             Ok::<(), sqlx::Error>(())
         };
         match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => Err(self.why_no_answer().await),
             Ok(r) => r.map_err(not_migrated),
-            Err(_) => Err(StoreError::Timeout),
         }
     }
 }
