@@ -167,6 +167,7 @@ pub struct JwtVerifier {
     keys: KeySource,
     issuer: Option<String>,
     audience: Option<String>,
+    leeway: std::time::Duration,
 }
 
 impl JwtVerifier {
@@ -225,7 +226,10 @@ impl JwtVerifier {
             SessionKeys::Jwks(url) => KeySource::Jwks(Keys::Jwks(JwksCache::new(
                 url.clone(),
                 http,
-                JwksPolicy::default(),
+                JwksPolicy {
+                    refresh_after: settings.jwks_refresh_interval,
+                    ..JwksPolicy::default()
+                },
             ))),
             SessionKeys::Introspection(_) => {
                 return Err(ConfigError::new(
@@ -238,6 +242,7 @@ impl JwtVerifier {
             keys,
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
+            leeway: settings.leeway,
         })
     }
 
@@ -251,6 +256,7 @@ impl JwtVerifier {
             audience: self.audience.as_deref(),
             required: &["sub"],
             check_nbf: true,
+            leeway: Some(self.leeway),
         };
         let verified = match &self.keys {
             KeySource::Configured(keys) => keys.verify(token, &rules).await,

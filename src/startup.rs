@@ -324,8 +324,9 @@ fn app_state(
     })
 }
 
-/// What SIGHUP and a changed file re-read: the deny list, the session key files, the
-/// introspection client secret and the audit fingerprint key file.
+/// What SIGHUP and a changed file re-read: the deny list, the session key files (or,
+/// on SIGHUP, the session JWKS), the introspection client secret and the audit
+/// fingerprint key file.
 fn register_reloadables(
     settings: &ServeSettings,
     reloader: &Reloader,
@@ -338,6 +339,9 @@ fn register_reloadables(
     }
     if let Some(introspector) = sessions.introspector() {
         reloader.register(introspector.clone());
+    }
+    if let Some(cache) = sessions.jwks() {
+        reloader.register(Arc::new(crate::jwks::RefetchOnReload(cache.clone())));
     }
     if let Some(keys) = sessions.reloadable() {
         use crate::reload::Reloadable;
