@@ -90,6 +90,19 @@ struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+/// The commit the binary was built from: `TOKEN_VENDOR_COMMIT` at build time (the
+/// image build passes it), else `unknown`.
+pub const BUILD_COMMIT: &str = match option_env!("TOKEN_VENDOR_COMMIT") {
+    Some(commit) => commit,
+    None => "unknown",
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -251,6 +264,7 @@ pub struct Metrics {
     token_cache_fallbacks: Counter,
     deny_list_entries: Gauge,
     denied_vends: Counter,
+    reloads_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -369,6 +383,24 @@ impl Metrics {
             "POST /v1/tokens attempts refused because the subject is on the deny list",
             denied_vends.clone(),
         );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: BUILD_COMMIT,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the labels say which build runs (version, commit)",
+            build_info,
+        );
+        let reloads_refused = Counter::default();
+        registry.register(
+            "reloads_refused",
+            "Reloads (SIGHUP or a changed file) whose new value was refused; the old one stays in force",
+            reloads_refused.clone(),
+        );
         Self {
             registry: root,
             vends,
@@ -389,6 +421,7 @@ impl Metrics {
             token_cache_fallbacks,
             deny_list_entries,
             denied_vends,
+            reloads_refused,
         }
     }
 
@@ -480,6 +513,11 @@ impl Metrics {
     /// Entries in force in the deny list.
     pub fn deny_list_entries(&self, entries: usize) {
         self.deny_list_entries.set(entries as i64);
+    }
+
+    /// A reload refused its new value (the log line names the setting).
+    pub fn reload_refused(&self) {
+        self.reloads_refused.inc();
     }
 
     /// One vend refused by the deny list.

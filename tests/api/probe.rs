@@ -313,3 +313,79 @@ async fn a_wrong_store_port_is_named_connection_refused_with_the_target_and_no_p
     }
     upstream.standin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_logs_what_the_replica_runs_on_and_metrics_say_which_build() {
+    let upstream = upstream();
+    let dir = std::env::temp_dir().join(format!("tv-start-{}", random_hex(8)));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let deny = dir.join("deny");
+    std::fs::write(&deny, "# blocked\nmallory\ntrudy\n").expect("write");
+    let signer = token_vendor::audit::keys::NoteSigner::generate("ops-test").expect("key");
+    let signing_key = secrecy::ExposeSecret::expose_secret(&signer.private_text()).to_owned();
+    let env = with(
+        settings(&upstream),
+        &[
+            ("LISTEN_ADDR", "127.0.0.1:0".into()),
+            ("DENY_LIST_FILE", deny.display().to_string()),
+            ("AUDIT_SIGNING_KEY", signing_key.clone()),
+        ],
+    );
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+
+    let service = ServeProcess::start(&env);
+
+    assert!(service.log_has("token-vendor starting"));
+    for expected in [
+        "base (eu, default)",
+        "\"store\":\"sqlite://",
+        "\"redis\":\"off\"",
+        "\"token_reuse\":\"per replica\"",
+        "\"audit_signing_key\":\"ops-test+",
+        "(2 entries)",
+        "\"commit\":",
+    ] {
+        assert!(service.log_has(expected), "start-up line lacks {expected}");
+    }
+    assert!(
+        !service.log_has(&signing_key),
+        "the signing key itself is never logged"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", service.address))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let build = metrics
+        .lines()
+        .find(|l| l.starts_with("token_vendor_build_info{"))
+        .unwrap_or_else(|| panic!("no build_info: {metrics}"));
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && build.contains("commit=\"")
+            && build.ends_with(" 1"),
+        "{build}"
+    );
+    upstream.standin.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_is_counted() {
+    let dir = std::env::temp_dir().join(format!("tv-reload-{}", random_hex(8)));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let deny = dir.join("deny");
+    std::fs::write(&deny, "mallory\n").expect("write");
+    let app = TestApp::builder()
+        .env("DENY_LIST_FILE", deny.display().to_string())
+        .spawn()
+        .await;
+    assert_eq!(app.metric("token_vendor_reloads_refused_total").await, 0.0);
+
+    std::fs::remove_file(&deny).expect("remove");
+    app.reloader.reload_all();
+
+    assert_eq!(app.metric("token_vendor_reloads_refused_total").await, 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

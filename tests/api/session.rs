@@ -348,3 +348,33 @@ async fn a_withdrawn_session_key_is_refused_within_the_refresh_interval() {
     .await;
     assert!(refused, "withdrawn within the refresh interval");
 }
+
+#[tokio::test]
+async fn a_session_refused_on_its_clock_says_by_how_much_and_the_leeway_is_a_setting() {
+    let app = TestApp::builder()
+        .env("SESSION_LEEWAY", "10s")
+        .spawn()
+        .await;
+
+    // Within the default 30 s but not within 10 s.
+    let expired = app.session_with(json!({"sub": "eve", "exp": now() - 20}));
+    let response = app.vend(&expired, BODY).await;
+    let (_, id) = problem(response, 401).await;
+    let event = assert_outcome(&app, &id, Outcome::Unauthenticated, 401);
+    let detail = event.detail.unwrap_or_default();
+    assert!(
+        detail.contains("expired 2") && detail.contains("s ago (exp), beyond the 10 s leeway"),
+        "{detail}"
+    );
+
+    let early = app.session_with(json!({"sub": "eve", "exp": now() + 600, "nbf": now() + 120}));
+    let (_, id) = problem(app.vend(&early, BODY).await, 401).await;
+    let detail = assert_outcome(&app, &id, Outcome::Unauthenticated, 401)
+        .detail
+        .unwrap_or_default();
+    assert!(
+        detail.contains("not valid for another 1")
+            && detail.contains("(nbf), beyond the 10 s leeway"),
+        "{detail}"
+    );
+}
