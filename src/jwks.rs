@@ -342,6 +342,33 @@ fn verifying_key(jwk: &Jwk) -> Option<(Option<String>, VerifyingKey)> {
     Some((jwk.common.key_id.clone(), VerifyingKey { key, algorithms }))
 }
 
+/// SIGHUP fetches the key set at once, so a key the identity provider withdrew stops
+/// being accepted without waiting for the refresh interval.
+pub struct RefetchOnReload(pub Arc<JwksCache>);
+
+impl crate::reload::Reloadable for RefetchOnReload {
+    fn name(&self) -> String {
+        "SESSION_JWKS_URL".into()
+    }
+
+    fn paths(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+
+    /// Starts the fetch and returns: its outcome is logged by the fetch itself.
+    fn reload(&self) -> Result<(), String> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "no runtime to fetch the key set on".to_owned())?;
+        let cache = self.0.clone();
+        runtime.spawn(async move {
+            if let Ok(keys) = cache.refresh_now().await {
+                tracing::info!(jwks_url = %cache.url(), keys, "session keys fetched again");
+            }
+        });
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,32 +585,5 @@ mod tests {
             cache.key(Some("k1")).await,
             Err(JwksError::Unavailable(_))
         ));
-    }
-}
-
-/// SIGHUP fetches the key set at once, so a key the identity provider withdrew stops
-/// being accepted without waiting for the refresh interval.
-pub struct RefetchOnReload(pub Arc<JwksCache>);
-
-impl crate::reload::Reloadable for RefetchOnReload {
-    fn name(&self) -> String {
-        "SESSION_JWKS_URL".into()
-    }
-
-    fn paths(&self) -> Vec<std::path::PathBuf> {
-        Vec::new()
-    }
-
-    /// Starts the fetch and returns: its outcome is logged by the fetch itself.
-    fn reload(&self) -> Result<(), String> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| "no runtime to fetch the key set on".to_owned())?;
-        let cache = self.0.clone();
-        runtime.spawn(async move {
-            if let Ok(keys) = cache.refresh_now().await {
-                tracing::info!(jwks_url = %cache.url(), keys, "session keys fetched again");
-            }
-        });
-        Ok(())
     }
 }
