@@ -24,6 +24,9 @@ COPY src ./src
 COPY migrations ./migrations
 COPY openapi.yaml ./
 COPY clients/js/index.js ./clients/js/index.js
+# The commit `token_vendor_build_info` reports (`unknown` when not given).
+ARG VCS_REF=unknown
+ENV TOKEN_VENDOR_COMMIT=${VCS_REF}
 RUN scripts/image-build.sh app /out
 
 FROM gcr.io/distroless/cc-debian12

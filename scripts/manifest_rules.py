@@ -9,7 +9,9 @@ import sys
 
 import yaml
 
-SECRETS = ["CORTI_CLIENT_SECRET", "SESSION_JWT_SECRET", "AUDIT_HMAC_KEY", "AUDIT_SIGNING_KEY"]
+SECRETS = ["CORTI_CLIENT_SECRET", "SESSION_JWT_SECRET", "AUDIT_HMAC_KEY", "AUDIT_SIGNING_KEY", "TOKEN_CACHE_KEY"]
+# What the production set-up wires, so `serve` starts without a warning.
+PRODUCTION = ["AUDIT_SIGNING_KEY_FILE", "TOKEN_CACHE_KEY_FILE", "DENY_LIST_FILE"]
 errors = []
 
 
@@ -60,7 +62,7 @@ def kubernetes(uid, gid):
         for doc in yaml.safe_load_all(open(path)):
             if doc:
                 docs.setdefault(doc["kind"], []).append(doc)
-    for kind in ["Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap", "Secret", "Job"]:
+    for kind in ["Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap", "Secret", "Job", "CronJob"]:
         check(kind in docs, f"deploy/kubernetes: no {kind}")
     if errors:
         return
@@ -82,6 +84,19 @@ def kubernetes(uid, gid):
     probe("readinessProbe", "/readyz")
     env = {e["name"] for e in c.get("env", [])}
     check("LISTEN_ADDR" in env, "Deployment: LISTEN_ADDR must bind the pod address (0.0.0.0:PORT)")
+    for name in PRODUCTION:
+        check(name in env, f"Deployment: {name} is not wired")
+    secret_keys = set(docs["Secret"][0].get("stringData", {}))
+    for volume in pod.get("volumes", []):
+        for item in volume.get("secret", {}).get("items", []):
+            check(item["key"] in secret_keys, f"Deployment: secret key {item['key']} is not in the Secret")
+    for job in docs["CronJob"]:
+        where = f"CronJob {job['metadata']['name']}"
+        jpod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        pod_rules(where, jpod, uid, gid)
+        jenv = {e["name"] for e in jpod["containers"][0].get("env", [])}
+        check("DATABASE_URL" in jenv, f"{where}: no DATABASE_URL")
+        check("AUDIT_HMAC_KEY_FILE" in jenv or "AUDIT_HMAC_KEY" in jenv, f"{where}: audit commands need AUDIT_HMAC_KEY")
     check(any("secret" in v for v in pod.get("volumes", [])), "Deployment: no secret volume")
     replicas = dep["spec"].get("replicas", 1)
     check(replicas >= 2, "Deployment: a replicated deployment has at least 2 replicas")
@@ -116,6 +131,8 @@ def compose(uid, gid):
     env = tv.get("environment", {})
     check(str(env.get("DATABASE_URL", "")).startswith("postgres://"), "compose: DATABASE_URL must be PostgreSQL")
     check("RATE_LIMIT_REDIS_URL" in env or "REDIS_URL" in env, "compose: limits must be shared through Redis")
+    for name in PRODUCTION:
+        check(name in env, f"compose: {name} is not wired")
     for s in SECRETS:
         check(s not in env, f"compose: {s} must come from a secret file ({s}_FILE)")
         path = env.get(f"{s}_FILE")

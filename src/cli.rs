@@ -32,6 +32,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the service.
@@ -41,7 +43,13 @@ pub enum Command {
     /// Apply the audit database migrations (DATABASE_URL).
     Migrate,
     /// Print the effective settings (secrets redacted) and check them.
-    CheckConfig,
+    CheckConfig {
+        /// Also try each dependency once: connect to the audit store, ping Redis,
+        /// fetch the session keys and make one token call per tenant; one line per
+        /// check, exit 1 when one fails.
+        #[arg(long)]
+        probe: bool,
+    },
     /// Exit 0 when the local service answers `/healthz` at LISTEN_ADDR (for a HEALTHCHECK).
     Healthcheck,
     /// Work with the audit log.
@@ -247,7 +255,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             ))?;
             Ok(())
         }
-        Command::CheckConfig => {
+        Command::CheckConfig { probe } => {
             let settings = load(&cli)?;
             for line in settings
                 .redacted_lines()
@@ -277,6 +285,20 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     .map_err(|e| ConfigError::new(crate::deny::SETTING, e))?;
             }
             println!("ok: settings are complete for `serve`");
+            if *probe {
+                let verdicts = runtime()?.block_on(crate::probe::run(&settings));
+                for v in &verdicts {
+                    println!("{v}");
+                }
+                let failed = verdicts.iter().filter(|v| !v.ok).count();
+                if failed > 0 {
+                    return Err(Failure::Other(format!(
+                        "probe: {failed} of {} checks failed",
+                        verdicts.len()
+                    )));
+                }
+                println!("ok: every probe passed");
+            }
             Ok(())
         }
         Command::Healthcheck => {

@@ -337,6 +337,41 @@ pub const SESSION_JWT_ROTATION_GRACE: Setting<Duration> =
 pub const SESSION_JWT_PUBLIC_KEY_FILE: Setting<PathBuf> =
     Setting::plain("SESSION_JWT_PUBLIC_KEY_FILE", from_str);
 pub const SESSION_JWKS_URL: Setting<String> = Setting::plain("SESSION_JWKS_URL", http_url);
+/// How old the cached session JWKS may get before it is fetched again (behind a session
+/// check, which is still answered with the cached keys): so also how long a key removed
+/// from the JWKS can stay accepted. SIGHUP fetches it at once.
+pub const SESSION_JWKS_REFRESH_INTERVAL: Setting<Duration> =
+    Setting::plain("SESSION_JWKS_REFRESH_INTERVAL", jwks_refresh_interval).or("5m");
+/// The most [`SESSION_JWKS_REFRESH_INTERVAL`] may be: cached keys are used at most an
+/// hour without a successful fetch.
+pub const MAX_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
+/// Clock skew tolerated on a session JWT's `exp` and `nbf`.
+pub const SESSION_LEEWAY: Setting<Duration> =
+    Setting::plain("SESSION_LEEWAY", session_leeway).or("30s");
+/// The most [`SESSION_LEEWAY`] may be: a wider one keeps expired sessions alive.
+pub const MAX_SESSION_LEEWAY: Duration = Duration::from_secs(300);
+
+fn jwks_refresh_interval(raw: &str) -> Result<Duration, String> {
+    let d = positive_duration(raw)?;
+    if d > MAX_JWKS_REFRESH_INTERVAL {
+        return Err(format!(
+            "must be at most {}s: cached keys are used at most that long without a fetch",
+            MAX_JWKS_REFRESH_INTERVAL.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
+fn session_leeway(raw: &str) -> Result<Duration, String> {
+    let d = setting_duration(raw)?;
+    if d > MAX_SESSION_LEEWAY {
+        return Err(format!(
+            "must be at most {}s: it keeps expired sessions accepted",
+            MAX_SESSION_LEEWAY.as_secs()
+        ));
+    }
+    Ok(d)
+}
 pub const SESSION_JWT_ISSUER: Setting<String> = Setting::plain("SESSION_JWT_ISSUER", text);
 pub const SESSION_JWT_AUDIENCE: Setting<String> = Setting::plain("SESSION_JWT_AUDIENCE", text);
 /// The opt-out from [`Settings::for_serve`]'s rule that a public session key needs
@@ -488,6 +523,8 @@ pub struct Settings {
     pub session_jwt_rotation_grace: Duration,
     pub session_jwt_public_key_file: Option<PathBuf>,
     pub session_jwks_url: Option<String>,
+    pub session_jwks_refresh_interval: Duration,
+    pub session_leeway: Duration,
     pub session_jwt_issuer: Option<String>,
     pub session_jwt_audience: Option<String>,
     pub session_jwt_unchecked_claims: UncheckedClaims,
@@ -836,6 +873,10 @@ pub struct SessionSettings {
     pub audience: Option<String>,
     pub cookie_name: String,
     pub rotation: SessionRotation,
+    /// How old the cached JWKS may get before it is fetched again.
+    pub jwks_refresh_interval: Duration,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
 }
 
 /// How a configured session key is rotated without a restart.
@@ -1115,6 +1156,8 @@ impl Settings {
             session_jwt_rotation_grace: SESSION_JWT_ROTATION_GRACE.read_defaulted(sources)?,
             session_jwt_public_key_file: SESSION_JWT_PUBLIC_KEY_FILE.read(sources)?,
             session_jwks_url: SESSION_JWKS_URL.read(sources)?,
+            session_jwks_refresh_interval: SESSION_JWKS_REFRESH_INTERVAL.read_defaulted(sources)?,
+            session_leeway: SESSION_LEEWAY.read_defaulted(sources)?,
             session_jwt_issuer: SESSION_JWT_ISSUER.read(sources)?,
             session_jwt_audience: SESSION_JWT_AUDIENCE.read(sources)?,
             session_jwt_unchecked_claims: SESSION_JWT_UNCHECKED_CLAIMS.read_or_default(sources)?,
@@ -1250,6 +1293,8 @@ impl Settings {
                 issuer: self.session_jwt_issuer,
                 audience: self.session_jwt_audience,
                 cookie_name: self.session_cookie_name,
+                jwks_refresh_interval: self.session_jwks_refresh_interval,
+                leeway: self.session_leeway,
                 rotation: SessionRotation {
                     secret_file: self.secret_files.session_jwt_secret,
                     previous_secret: self.session_jwt_previous_secret,
@@ -1344,6 +1389,14 @@ impl Settings {
                     .map(|p| p.display()),
             ),
             opt(&SESSION_JWKS_URL, self.session_jwks_url.as_ref()),
+            line(
+                &SESSION_JWKS_REFRESH_INTERVAL,
+                humantime::format_duration(self.session_jwks_refresh_interval),
+            ),
+            line(
+                &SESSION_LEEWAY,
+                humantime::format_duration(self.session_leeway),
+            ),
             opt(&SESSION_JWT_ISSUER, self.session_jwt_issuer.as_ref()),
             opt(&SESSION_JWT_AUDIENCE, self.session_jwt_audience.as_ref()),
             opt(

@@ -1,6 +1,7 @@
 //! A cached JSON Web Key Set: used for the app's identity provider (session JWTs)
 //! and for the Corti realm's keys (checking granted tokens).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,8 @@ pub struct JwksCache {
     last_attempt: Mutex<Option<Instant>>,
     /// 1 while the last refresh failed and the last good keys are in use.
     stale: Gauge,
+    /// Whether a fetch ever gave usable keys: until then nothing can be verified.
+    ever_loaded: AtomicBool,
 }
 
 impl JwksCache {
@@ -70,7 +73,35 @@ impl JwksCache {
             cached: RwLock::new(None),
             last_attempt: Mutex::new(None),
             stale: Gauge::default(),
+            ever_loaded: AtomicBool::new(false),
         })
+    }
+
+    /// Whether some fetch has ever given usable keys (a JWKS URL that answers 404 from
+    /// the start never does: the service is then not ready).
+    pub fn ever_loaded(&self) -> bool {
+        self.ever_loaded.load(Ordering::Acquire)
+    }
+
+    /// The URL the keys are fetched from.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Fetches the key set now, whatever its age and however recently it was fetched
+    /// (SIGHUP, start-up, `check-config --probe`); returns how many usable keys it has.
+    pub async fn refresh_now(&self) -> Result<usize, JwksError> {
+        let mut last = self.last_attempt.lock().await;
+        *last = None;
+        self.refetch_locked(&mut last).await?;
+        let guard = self.cached.read().await;
+        let count = guard.as_ref().map_or(0, |c| c.keys.len());
+        if count == 0 {
+            return Err(JwksError::Unavailable(
+                "the key set has no usable key".into(),
+            ));
+        }
+        Ok(count)
     }
 
     /// The "serving stale keys" flag, for `/metrics`.
@@ -167,6 +198,9 @@ impl JwksCache {
         let set = self.fetch().await;
         match set {
             Ok(keys) => {
+                if !keys.is_empty() {
+                    self.ever_loaded.store(true, Ordering::Release);
+                }
                 *self.cached.write().await = Some(Cached {
                     keys,
                     fetched_at: Instant::now(),
@@ -175,7 +209,11 @@ impl JwksCache {
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(jwks_url = %self.url, error = %e, "could not refresh JWKS; keeping the last good keys");
+                if self.ever_loaded() {
+                    tracing::warn!(jwks_url = %self.url, error = %e, "could not refresh JWKS; keeping the last good keys");
+                } else {
+                    tracing::error!(jwks_url = %self.url, error = %e, "could not fetch JWKS; no key has been loaded yet, so no token it signs can be checked");
+                }
                 self.stale.set(1);
                 Err(e)
             }
@@ -302,6 +340,33 @@ fn verifying_key(jwk: &Jwk) -> Option<(Option<String>, VerifyingKey)> {
         None => family_algs,
     };
     Some((jwk.common.key_id.clone(), VerifyingKey { key, algorithms }))
+}
+
+/// SIGHUP fetches the key set at once, so a key the identity provider withdrew stops
+/// being accepted without waiting for the refresh interval.
+pub struct RefetchOnReload(pub Arc<JwksCache>);
+
+impl crate::reload::Reloadable for RefetchOnReload {
+    fn name(&self) -> String {
+        "SESSION_JWKS_URL".into()
+    }
+
+    fn paths(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+
+    /// Starts the fetch and returns: its outcome is logged by the fetch itself.
+    fn reload(&self) -> Result<(), String> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "no runtime to fetch the key set on".to_owned())?;
+        let cache = self.0.clone();
+        runtime.spawn(async move {
+            if let Ok(keys) = cache.refresh_now().await {
+                tracing::info!(jwks_url = %cache.url(), keys, "session keys fetched again");
+            }
+        });
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -54,6 +54,8 @@ pub struct Rules<'a> {
     pub required: &'a [&'a str],
     /// Whether `nbf` is checked.
     pub check_nbf: bool,
+    /// Clock skew tolerated on `exp` and `nbf`; [`LEEWAY_SECS`] when `None`.
+    pub leeway: Option<std::time::Duration>,
 }
 
 /// Why a token was not accepted.
@@ -94,7 +96,7 @@ pub async fn verify<C: DeserializeOwned>(
     }
     let mut validation = Validation::new(header.alg);
     validation.algorithms = key.algorithms.clone();
-    validation.leeway = LEEWAY_SECS;
+    validation.leeway = rules.leeway.map_or(LEEWAY_SECS, |d| d.as_secs());
     validation.validate_nbf = rules.check_nbf;
     let mut required = vec!["exp"];
     required.extend_from_slice(rules.required);

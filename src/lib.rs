@@ -18,6 +18,7 @@ pub mod jwt_crypto;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+pub mod probe;
 pub mod redis_link;
 pub mod relay;
 pub mod reload;

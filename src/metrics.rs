@@ -90,6 +90,19 @@ struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+/// The commit the binary was built from: `TOKEN_VENDOR_COMMIT` at build time (the
+/// image build passes it), else `unknown`.
+pub const BUILD_COMMIT: &str = match option_env!("TOKEN_VENDOR_COMMIT") {
+    Some(commit) => commit,
+    None => "unknown",
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -276,6 +289,7 @@ pub struct Metrics {
     deny_list_entries: Gauge,
     denied_vends: Counter,
     relay: crate::relay::metrics::RelayMetrics,
+    reloads_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -396,6 +410,24 @@ impl Metrics {
         );
         let relay = crate::relay::metrics::RelayMetrics::default();
         relay.register(registry);
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: BUILD_COMMIT,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the labels say which build runs (version, commit)",
+            build_info,
+        );
+        let reloads_refused = Counter::default();
+        registry.register(
+            "reloads_refused",
+            "Reloads (SIGHUP or a changed file) whose new value was refused; the old one stays in force",
+            reloads_refused.clone(),
+        );
         Self {
             registry: root,
             vends,
@@ -417,6 +449,7 @@ impl Metrics {
             deny_list_entries,
             denied_vends,
             relay,
+            reloads_refused,
         }
     }
 
@@ -513,6 +546,11 @@ impl Metrics {
     /// Entries in force in the deny list.
     pub fn deny_list_entries(&self, entries: usize) {
         self.deny_list_entries.set(entries as i64);
+    }
+
+    /// A reload refused its new value (the log line names the setting).
+    pub fn reload_refused(&self) {
+        self.reloads_refused.inc();
     }
 
     /// One vend refused by the deny list.

@@ -77,7 +77,11 @@ impl Entry {
 #[derive(Clone, Default)]
 pub struct Reloader {
     entries: Arc<Mutex<Vec<Entry>>>,
+    /// Told the item's name whenever a reload refuses a new value (a metric).
+    on_refused: Arc<Mutex<Option<RefusedHook>>>,
 }
+
+type RefusedHook = Box<dyn Fn(&str) + Send + Sync>;
 
 /// How one reload went, per item name: `Ok` or why the new value was refused.
 pub type ReloadReport = Vec<(String, Result<(), String>)>;
@@ -85,6 +89,19 @@ pub type ReloadReport = Vec<(String, Result<(), String>)>;
 impl Reloader {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Calls `hook` with the item's name each time a reload refuses a new value.
+    pub fn on_refused(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        *crate::background::lock(&self.on_refused) = Some(Box::new(hook));
+    }
+
+    fn report(&self, outcome: &(String, Result<(), String>)) {
+        if outcome.1.is_err() {
+            if let Some(hook) = &*crate::background::lock(&self.on_refused) {
+                hook(&outcome.0);
+            }
+        }
     }
 
     pub fn register(&self, item: Arc<dyn Reloadable>) {
@@ -101,7 +118,14 @@ impl Reloader {
             });
             entries.iter().map(|e| e.item.clone()).collect()
         };
-        items.iter().map(|item| run(item.as_ref())).collect()
+        items
+            .iter()
+            .map(|item| {
+                let outcome = run(item.as_ref());
+                self.report(&outcome);
+                outcome
+            })
+            .collect()
     }
 
     /// Reloads the items whose files changed since the last poll.
@@ -113,7 +137,14 @@ impl Reloader {
                 .filter_map(|e| e.changed().then(|| e.item.clone()))
                 .collect()
         };
-        items.iter().map(|item| run(item.as_ref())).collect()
+        items
+            .iter()
+            .map(|item| {
+                let outcome = run(item.as_ref());
+                self.report(&outcome);
+                outcome
+            })
+            .collect()
     }
 
     /// Polls the files every `interval` and reloads everything on SIGHUP, while `owner`

@@ -70,6 +70,9 @@ pub enum SessionError {
     Invalid(&'static str),
     #[error("session keys unavailable")]
     KeysUnavailable,
+    /// Refused on `exp` or `nbf`: says by how much, so clock skew shows in the audit log.
+    #[error("invalid session token: {0}")]
+    Clock(String),
 }
 
 #[derive(Deserialize)]
@@ -167,6 +170,7 @@ pub struct JwtVerifier {
     keys: KeySource,
     issuer: Option<String>,
     audience: Option<String>,
+    leeway: std::time::Duration,
 }
 
 impl JwtVerifier {
@@ -225,7 +229,10 @@ impl JwtVerifier {
             SessionKeys::Jwks(url) => KeySource::Jwks(Keys::Jwks(JwksCache::new(
                 url.clone(),
                 http,
-                JwksPolicy::default(),
+                JwksPolicy {
+                    refresh_after: settings.jwks_refresh_interval,
+                    ..JwksPolicy::default()
+                },
             ))),
             SessionKeys::Introspection(_) => {
                 return Err(ConfigError::new(
@@ -238,6 +245,7 @@ impl JwtVerifier {
             keys,
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
+            leeway: settings.leeway,
         })
     }
 
@@ -251,12 +259,21 @@ impl JwtVerifier {
             audience: self.audience.as_deref(),
             required: &["sub"],
             check_nbf: true,
+            leeway: Some(self.leeway),
         };
         let verified = match &self.keys {
             KeySource::Configured(keys) => keys.verify(token, &rules).await,
             KeySource::Jwks(keys) => jwt::verify(token, keys, &rules).await,
         };
         let claims: Claims = verified.map_err(|e| {
+            if let JwtError::Rejected(
+                kind @ (ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature),
+            ) = &e
+            {
+                if let Some(why) = clock_refusal(token, kind, self.leeway) {
+                    return SessionError::Clock(why);
+                }
+            }
             SessionError::Invalid(match e {
                 JwtError::Malformed => "malformed",
                 JwtError::UnknownKey => "unknown kid",
@@ -281,6 +298,36 @@ impl JwtVerifier {
             allowed_scopes: claims.corti_scopes.map(StringOrList::into_vec),
             allowed_tenants: claims.corti_tenants.map(StringOrList::into_vec),
         })
+    }
+}
+
+/// How far outside its time window a token whose signature verified is: "expired 90 s
+/// ago" or "not valid for another 120 s (nbf)", with the leeway already allowed.
+fn clock_refusal(token: &str, kind: &ErrorKind, leeway: std::time::Duration) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let leeway = leeway.as_secs();
+    match kind {
+        ErrorKind::ExpiredSignature => {
+            let exp = claims.get("exp")?.as_i64()?;
+            Some(format!(
+                "expired {} s ago (exp), beyond the {leeway} s leeway: check the clocks if sessions are fresh",
+                now.saturating_sub(exp)
+            ))
+        }
+        ErrorKind::ImmatureSignature => {
+            let nbf = claims.get("nbf")?.as_i64()?;
+            Some(format!(
+                "not valid for another {} s (nbf), beyond the {leeway} s leeway: this host's clock may be behind",
+                nbf.saturating_sub(now)
+            ))
+        }
+        _ => None,
     }
 }
 

@@ -243,6 +243,8 @@ fn app_state(
         return Err(ConfigError::new(TENANTS_KEY, "no Corti tenant is configured").into());
     }
     let reloader = Reloader::new();
+    let refused = metrics.clone();
+    reloader.on_refused(move |_item| refused.reload_refused());
     let tenants = Tenants::build(
         &settings.tenants,
         UpstreamPolicy::with_deadline(settings.upstream_timeout),
@@ -269,6 +271,14 @@ fn app_state(
     let origins = OriginPolicy::new(settings.allowed_origins.iter().cloned());
     if let Some(cache) = sessions.jwks() {
         metrics.watch_jwks("session", None, cache.stale_gauge());
+        // Fetch at once, so a wrong SESSION_JWKS_URL is in the log at start-up and
+        // readiness does not wait for the first probe; a failure is logged by the fetch.
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            if let Ok(keys) = cache.refresh_now().await {
+                tracing::info!(jwks_url = %cache.url(), keys, "session keys loaded");
+            }
+        });
     }
     for t in tenants.iter() {
         if let Some(cache) = t.client().keys().jwks() {
@@ -282,6 +292,7 @@ fn app_state(
         .transpose()
         .map_err(|e| ConfigError::new(RATE_LIMIT_REDIS_URL.name, e.to_string()))?;
     let fleet = fleet_cache(settings, &metrics)?;
+    log_start(settings, &deny, fleet.is_some(), &fingerprinter);
     let vendor = Vendor {
         sessions,
         origins: origins.clone(),
@@ -334,8 +345,9 @@ fn app_state(
     })
 }
 
-/// What SIGHUP and a changed file re-read: the deny list, the session key files, the
-/// introspection client secret and the audit fingerprint key file.
+/// What SIGHUP and a changed file re-read: the deny list, the session key files (or,
+/// on SIGHUP, the session JWKS), the introspection client secret and the audit
+/// fingerprint key file.
 fn register_reloadables(
     settings: &ServeSettings,
     reloader: &Reloader,
@@ -349,6 +361,9 @@ fn register_reloadables(
     if let Some(introspector) = sessions.introspector() {
         reloader.register(introspector.clone());
     }
+    if let Some(cache) = sessions.jwks() {
+        reloader.register(Arc::new(crate::jwks::RefetchOnReload(cache.clone())));
+    }
     if let Some(keys) = sessions.reloadable() {
         use crate::reload::Reloadable;
         if !keys.paths().is_empty() {
@@ -361,4 +376,69 @@ fn register_reloadables(
             fingerprinter: fingerprinter.clone(),
         }));
     }
+}
+
+/// One line at start with what this replica runs on, so a wrong tenant, store, key or
+/// deny list shows before the first vend does.
+fn log_start(
+    settings: &ServeSettings,
+    deny: &DenyList,
+    fleet: bool,
+    fingerprinter: &Fingerprinter,
+) {
+    let tenants: Vec<String> = settings
+        .tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let default = if i == 0 { ", default" } else { "" };
+            format!("{} ({}{default})", t.tenant, t.environment.as_str())
+        })
+        .collect();
+    let signing_key = match &settings.audit_signing_key {
+        // `name+id`: the public part of the key's text, as in `audit keygen`'s verifier.
+        Some(key) => NoteSigner::parse(key)
+            .map(|s| {
+                s.verifier()
+                    .text()
+                    .splitn(3, '+')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join("+")
+            })
+            .unwrap_or_else(|_| "unreadable".into()),
+        None => "none (checkpoints unsigned)".into(),
+    };
+    let session_keys = match &settings.session.keys {
+        crate::config::SessionKeys::Secret(_) => "SESSION_JWT_SECRET".to_owned(),
+        crate::config::SessionKeys::PublicKeyFile(p) => {
+            format!("SESSION_JWT_PUBLIC_KEY_FILE {}", p.display())
+        }
+        crate::config::SessionKeys::Jwks(url) => format!("SESSION_JWKS_URL {url}"),
+        crate::config::SessionKeys::Introspection(i) => {
+            format!("SESSION_INTROSPECTION_URL {}", i.url)
+        }
+    };
+    let redis = settings
+        .rate_limit_redis_url
+        .as_deref()
+        .map_or_else(|| "off".to_owned(), crate::config::redact_url_password);
+    let deny_list = match &settings.deny_list_file {
+        Some(path) => format!("{} ({} entries)", path.display(), deny.current().len()),
+        None => "none".into(),
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        commit = crate::metrics::BUILD_COMMIT,
+        tenants = %tenants.join(", "),
+        store = %crate::audit::db::display_target(&settings.database_url),
+        redis = %redis,
+        shared_limits = settings.rate_limit_redis_url.is_some(),
+        token_reuse = if settings.token_reuse_min_ttl.is_zero() { "off" } else if fleet { "fleet-wide (Redis)" } else { "per replica" },
+        session_keys = %session_keys,
+        audit_signing_key = %signing_key,
+        audit_hmac_key_id = %fingerprinter.key_id(),
+        deny_list = %deny_list,
+        "token-vendor starting"
+    );
 }

@@ -540,6 +540,10 @@ impl Vendor {
             None => self.tenants.default_route(),
             Some(name) => {
                 // Checked before the name reaches a log line or the audit detail.
+                // Until a configured tenant is found, the event records what was asked
+                // (clipped), never the default tenant's name.
+                trail.event.tenant = asked_tenant(name);
+                trail.event.environment = String::new();
                 let tenant = Tenant::parse(name)
                     .map_err(|e| VendError::InvalidRequest(format!("tenant {e}")))?;
                 self.tenants
@@ -752,4 +756,20 @@ pub fn is_json(content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return false };
     let essence = ct.split(';').next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case("application/json")
+}
+
+/// A tenant name as asked, fit for the audit record: at most 64 characters, and any
+/// character a tenant name cannot hold (a control or bidirectional mark, a slash)
+/// shown as U+FFFD, so the record cannot read differently than it is.
+fn asked_tenant(name: &str) -> String {
+    name.chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '\u{FFFD}'
+            }
+        })
+        .collect()
 }

@@ -48,6 +48,14 @@ async fn postgres_store_stopped_gets_503_without_token_then_recovers_when_starte
     app.vend_token("before").await;
     let body = r#"{"scope":"transcribe"}"#;
 
+    // The readiness probe's own connection to the same database, to read its error.
+    let probe = token_vendor::audit::db::AuditDb::open(
+        &db.url,
+        token_vendor::audit::db::OpenMode::Existing,
+    )
+    .await
+    .expect("open");
+    probe.probe_read().await.expect("answers while running");
     let restart = RestartOnDrop;
     run_pg_ctl("stop");
     let started = Instant::now();
@@ -71,6 +79,32 @@ async fn postgres_store_stopped_gets_503_without_token_then_recovers_when_starte
     );
     assert!(problem.get("accessToken").is_none());
     assert_eq!(app.readyz().await, 503);
+    // What the operator reads says why: the server refuses connections, and where.
+    let target = token_vendor::audit::db::display_target(&db.url);
+    let why = probe
+        .probe_read()
+        .await
+        .expect_err("a stopped server does not answer")
+        .to_string();
+    assert!(
+        why.contains("connection refused") && why.contains(&target),
+        "{why}"
+    );
+    let out = cli(&db.url, &["audit", "query"], &[]);
+    let stderr_text = stderr(&out);
+    assert!(
+        !out.status.success() && stderr_text.contains("connection refused"),
+        "{stderr_text}"
+    );
+    assert!(stderr_text.contains(&target), "{stderr_text}");
+    let password = reqwest::Url::parse(&db.url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_owned))
+        .unwrap_or_default();
+    assert!(
+        password.is_empty() || !(why + &stderr_text).contains(&password),
+        "no password shown"
+    );
 
     run_pg_ctl("start");
     drop(restart);

@@ -65,6 +65,9 @@ pub struct QueryArgs {
     /// Only this client address.
     #[arg(long)]
     pub client_ip: Option<String>,
+    /// Only events for this tenant (as configured, or as asked when it was not).
+    #[arg(long)]
+    pub tenant: Option<String>,
     /// From this time on: RFC 3339, or a duration ago (15m, 2h, 7d).
     #[arg(long)]
     pub since: Option<String>,
@@ -125,6 +128,7 @@ pub async fn query(url: &str, args: &QueryArgs, out: &mut impl Write) -> Result<
         scope: args.scope.clone(),
         token_fingerprint: args.token_fingerprint.clone(),
         client_ip: args.client_ip.clone(),
+        tenant: args.tenant.clone(),
         since: args.since.clone(),
         until: args.until.clone(),
         limit: Some(args.limit.to_string()),
@@ -455,6 +459,7 @@ fn write_table(events: &[AuditEvent], out: &mut impl Write) -> io::Result<()> {
         "OUTCOME",
         "STATUS",
         "SUBJECT",
+        "TENANT",
         "CLIENT_IP",
         "SCOPE",
         "COUNT",
@@ -470,7 +475,7 @@ fn write_table(events: &[AuditEvent], out: &mut impl Write) -> io::Result<()> {
             s
         }
     };
-    let rows: Vec<[String; 9]> = events
+    let rows: Vec<[String; 10]> = events
         .iter()
         .map(|e| {
             [
@@ -484,6 +489,7 @@ fn write_table(events: &[AuditEvent], out: &mut impl Write) -> io::Result<()> {
                     .as_deref()
                     .map(|s| clip(s, 32))
                     .unwrap_or_else(dash),
+                clip(&e.tenant, 24),
                 e.client_ip.clone().unwrap_or_else(dash),
                 e.scope.as_deref().map(|s| clip(s, 32)).unwrap_or_else(dash),
                 e.count.to_string(),

@@ -72,6 +72,8 @@ pub struct AuditQuery {
     /// Events with any of these fingerprints (a token fingerprinted under several keys).
     pub token_fingerprint: Vec<String>,
     pub client_ip: Option<String>,
+    /// The tenant the events were for (or asked for, when it was not configured).
+    pub tenant: Option<String>,
     /// Inclusive.
     pub since: Option<OffsetDateTime>,
     /// Exclusive.
@@ -89,6 +91,7 @@ pub struct FilterParams {
     pub scope: Option<String>,
     pub token_fingerprint: Option<String>,
     pub client_ip: Option<String>,
+    pub tenant: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
     pub limit: Option<String>,
@@ -98,7 +101,7 @@ pub struct FilterParams {
 /// How to read `since`/`until`.
 #[derive(Debug, Clone, Copy)]
 pub enum TimeSyntax {
-    /// RFC 3339 only (the HTTP API).
+    /// RFC 3339 only.
     Rfc3339,
     /// RFC 3339, or a duration meaning "that long ago" (`15m`, `2h`, `7d`).
     Rfc3339OrAgo,
@@ -181,6 +184,7 @@ impl AuditQuery {
                 MAX_FINGERPRINTS * 129,
             )?)?,
             client_ip: text("client_ip", &p.client_ip, 64)?,
+            tenant: text("tenant", &p.tenant, 64)?,
             since,
             until,
             limit,
@@ -323,6 +327,9 @@ pub(crate) fn where_clause(q: &AuditQuery, backend: Backend) -> (String, Vec<Arg
             &mut args,
             &mut clauses,
         );
+    }
+    if let Some(t) = &q.tenant {
+        push("tenant = ?", Arg::Text(t.clone()), &mut args, &mut clauses);
     }
     if let Some(t) = q.since {
         push(

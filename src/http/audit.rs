@@ -49,13 +49,13 @@ pub async fn list_events(req: HttpRequest, state: web::Data<AppState>) -> HttpRe
             return Problem::new(
                 ProblemType::InvalidFilter,
                 format!(
-                    "query parameters are subject, outcome, scope, token_fingerprint, client_ip, since, until, limit and cursor ({e})"
+                    "query parameters are subject, outcome, scope, token_fingerprint, client_ip, tenant, since, until, limit and cursor ({e})"
                 ),
             )
             .respond(&request_id)
         }
     };
-    let query = match AuditQuery::parse(&params, TimeSyntax::Rfc3339) {
+    let query = match AuditQuery::parse(&params, TimeSyntax::Rfc3339OrAgo) {
         Ok(q) => q,
         Err(e) => {
             return Problem::new(ProblemType::InvalidFilter, e.to_string()).respond(&request_id)

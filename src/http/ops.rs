@@ -25,11 +25,29 @@ pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     if state.draining.is_draining() {
         Problem::new(ProblemType::NotReady, "the service is shutting down")
             .respond(&request_id(&req))
+    } else if !session_keys_loaded(&state).await {
+        Problem::new(
+            ProblemType::NotReady,
+            "no session key has been loaded yet from SESSION_JWKS_URL",
+        )
+        .respond(&request_id(&req))
     } else if state.auditor.ready().await {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else {
         Problem::new(ProblemType::NotReady, "the audit store cannot be reached")
             .respond(&request_id(&req))
+    }
+}
+
+/// Whether session JWTs can be checked at all: false while a JWKS has never given a
+/// usable key (a wrong URL answering 404 would otherwise look ready and refuse every
+/// vend). Asking fetches the set again (at most every few seconds), so readiness comes
+/// back with the identity provider. Keys loaded once and kept through an outage stay
+/// usable for their grace period, so they do not make the service unready.
+async fn session_keys_loaded(state: &AppState) -> bool {
+    match state.vendor.sessions.jwks() {
+        None => true,
+        Some(cache) => cache.ever_loaded() || cache.ensure_keys().await.is_ok(),
     }
 }
 

@@ -12,6 +12,7 @@ mod observability;
 mod operator;
 mod ops;
 mod relay;
+mod probe;
 mod session;
 mod session_introspection;
 mod tenants;

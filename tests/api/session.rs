@@ -276,3 +276,105 @@ async fn an_identity_provider_outage_is_unavailable_never_signed_out() {
     }
     assert_eq!(app.upstream_token_calls().await, 0);
 }
+
+/// An app whose sessions come from a JWKS that first publishes `first` and `kept`, and
+/// from its second fetch on `kept` only (the identity provider withdrew `first`).
+async fn app_with_withdrawn_key(
+    first: &TestKey,
+    kept: &TestKey,
+    extra: &[(&str, &str)],
+) -> (TestApp, MockServer) {
+    let idp = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"keys": [first.jwk, kept.jwk]})),
+        )
+        .up_to_n_times(1)
+        .mount(&idp)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [kept.jwk]})))
+        .mount(&idp)
+        .await;
+    let app = TestApp::builder()
+        .limits(Limits::Off)
+        .env("SESSION_JWT_SECRET", String::new())
+        .env("SESSION_JWKS_URL", format!("{}/jwks", idp.uri()))
+        .env("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss")
+        .envs(extra.iter().map(|(k, v)| (*k, *v)))
+        .spawn()
+        .await;
+    // The start-up fetch has the first set.
+    assert!(
+        eventually(std::time::Duration::from_secs(3), || async {
+            idp.received_requests().await.unwrap_or_default().len() == 1
+        })
+        .await
+    );
+    (app, idp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_refetches_the_session_jwks_so_a_withdrawn_key_is_refused_at_once() {
+    let (first, kept) = (TestKey::generate(), TestKey::generate());
+    let (app, _idp) = app_with_withdrawn_key(&first, &kept, &[]).await;
+    let claims = json!({"sub": "kim", "exp": now() + 600});
+    assert_eq!(app.vend(&first.sign(&claims), BODY).await.status(), 200);
+
+    app.reloader.reload_all();
+
+    let refused = eventually(std::time::Duration::from_secs(2), || async {
+        app.vend(&first.sign(&claims), BODY).await.status() == 401
+    })
+    .await;
+    assert!(refused, "the withdrawn key is refused after SIGHUP");
+    assert_eq!(app.vend(&kept.sign(&claims), BODY).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_session_key_is_refused_within_the_refresh_interval() {
+    let (first, kept) = (TestKey::generate(), TestKey::generate());
+    let (app, _idp) =
+        app_with_withdrawn_key(&first, &kept, &[("SESSION_JWKS_REFRESH_INTERVAL", "1s")]).await;
+    let claims = json!({"sub": "kim", "exp": now() + 600});
+    assert_eq!(app.vend(&first.sign(&claims), BODY).await.status(), 200);
+
+    // Past the interval, a session check refreshes the set behind its answer.
+    let refused = eventually(std::time::Duration::from_secs(4), || async {
+        app.vend(&first.sign(&claims), BODY).await.status() == 401
+    })
+    .await;
+    assert!(refused, "withdrawn within the refresh interval");
+}
+
+#[tokio::test]
+async fn a_session_refused_on_its_clock_says_by_how_much_and_the_leeway_is_a_setting() {
+    let app = TestApp::builder()
+        .env("SESSION_LEEWAY", "10s")
+        .spawn()
+        .await;
+
+    // Within the default 30 s but not within 10 s.
+    let expired = app.session_with(json!({"sub": "eve", "exp": now() - 20}));
+    let response = app.vend(&expired, BODY).await;
+    let (_, id) = problem(response, 401).await;
+    let event = assert_outcome(&app, &id, Outcome::Unauthenticated, 401);
+    let detail = event.detail.unwrap_or_default();
+    assert!(
+        detail.contains("expired 2") && detail.contains("s ago (exp), beyond the 10 s leeway"),
+        "{detail}"
+    );
+
+    let early = app.session_with(json!({"sub": "eve", "exp": now() + 600, "nbf": now() + 120}));
+    let (_, id) = problem(app.vend(&early, BODY).await, 401).await;
+    let detail = assert_outcome(&app, &id, Outcome::Unauthenticated, 401)
+        .detail
+        .unwrap_or_default();
+    assert!(
+        detail.contains("not valid for another 1")
+            && detail.contains("(nbf), beyond the 10 s leeway"),
+        "{detail}"
+    );
+}

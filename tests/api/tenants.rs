@@ -417,3 +417,59 @@ async fn corti_variables_beside_tenant_tables_are_one_more_tenant() {
     );
     assert!(acme.issued(body["accessToken"].as_str().unwrap()));
 }
+
+/// The audit tools by tenant: a filter in the API (which takes relative times like the
+/// CLI) and in `audit query`, and a vend for a tenant that is not configured recorded
+/// under the name it asked for, not the default tenant's.
+async fn audit_tools_filter_by_tenant(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let t = two_tenants(TestApp::builder().store(Store::db(&db))).await;
+    let session = session_for(&t.app, "tess", Some(json!(["base", "acme", "nope"])));
+    for tenant in ["acme", "base", "nope"] {
+        vend_at(
+            &t.app,
+            &session,
+            json!({"scope": "transcribe", "tenant": tenant}),
+        )
+        .await;
+    }
+
+    let tenants_of = |events: Vec<Value>| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["tenant"].as_str().unwrap_or("-").to_owned())
+            .collect()
+    };
+    let (acme, _) = t.app.events("tenant=acme&since=2h").await;
+    assert_eq!(tenants_of(acme), ["acme"]);
+    let (nope, _) = t.app.events("tenant=nope").await;
+    assert_eq!(tenants_of(nope.clone()), ["nope"], "recorded as asked");
+    assert_eq!(nope[0]["outcome"], "invalid_request");
+    let (base, _) = t.app.events("tenant=base&until=0s").await;
+    assert_eq!(tenants_of(base), ["base"], "not the unknown tenant's vend");
+    let response = t.app.get_events(Some(&t.app.reader()), "since=later").await;
+    problem(response, 400).await;
+
+    let out = cli(
+        &db.url,
+        &["audit", "query", "--tenant", "acme", "--format", "json"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page: Value = serde_json::from_str(&stdout(&out)).expect("json page");
+    assert_eq!(
+        tenants_of(page["events"].as_array().cloned().unwrap_or_default()),
+        ["acme"]
+    );
+    let out = cli(&db.url, &["audit", "query"], &[]);
+    let table = stdout(&out);
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("TENANT")),
+        "{table}"
+    );
+    assert!(table.contains("nope"), "{table}");
+    db.cleanup().await;
+}
+crate::both_backends!(audit_tools_filter_by_tenant);

@@ -98,6 +98,86 @@ pub enum StoreError {
     /// The writer's chain was moved under it (see `ChainState`).
     #[error("{0}")]
     ChainConflict(Box<ChainConflict>),
+    /// No connection to the database: `target` is the URL without its password,
+    /// `cause` what the connection attempt met ("connection refused", a login error).
+    #[error("cannot connect to {target}: {cause}")]
+    Unreachable { target: String, cause: String },
+}
+
+/// Longest one direct connection attempt may take when finding out why the pool has
+/// no connection.
+const DIAGNOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A database URL as it may be shown: without its password (in the authority or the
+/// query), so an error or a log line can name the target.
+pub fn display_target(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return url.split('@').next_back().unwrap_or_default().to_owned();
+    };
+    let _ = parsed.set_password(None);
+    if parsed.query().is_some() {
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(k, _)| !k.to_ascii_lowercase().contains("password"))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        parsed.set_query(None);
+        if !kept.is_empty() {
+            parsed.query_pairs_mut().extend_pairs(kept);
+        }
+    }
+    parsed.to_string()
+}
+
+/// What a failed connection attempt met, in an operator's words.
+fn connect_cause(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused (nothing listens at this host and port)".into()
+        }
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Database(d) => d.message().to_owned(),
+        sqlx::Error::Tls(t) => format!("TLS: {t}"),
+        other => other.to_string(),
+    }
+}
+
+/// A pool that could not open its first connection, explained: the pool retries a
+/// refused connection until its timeout and then only says that it timed out.
+async fn connect_failure(e: sqlx::Error, url: &str) -> StoreError {
+    match e {
+        sqlx::Error::PoolTimedOut => match reach(url).await {
+            Err(found) => found,
+            Ok(()) => StoreError::Timeout,
+        },
+        other => StoreError::Unreachable {
+            target: display_target(url),
+            cause: connect_cause(&other),
+        },
+    }
+}
+
+/// Makes one connection to `url`, outside any pool, so a failure says what it met:
+/// a pool only reports that it timed out while a refused connection was retried.
+pub async fn reach(url: &str) -> Result<(), StoreError> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    sqlx::any::install_default_drivers();
+    let unreachable = |cause: String| StoreError::Unreachable {
+        target: display_target(url),
+        cause,
+    };
+    let options = AnyConnectOptions::from_str(url).map_err(|e| unreachable(connect_cause(&e)))?;
+    match tokio::time::timeout(DIAGNOSE_TIMEOUT, options.connect()).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(unreachable(connect_cause(&e))),
+        Err(_) => Err(unreachable(format!(
+            "no answer within {}s",
+            DIAGNOSE_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// Whether opening may create the SQLite file.
@@ -120,6 +200,9 @@ pub struct AuditDb {
     /// PostgreSQL: the writer's batches on a native connection, for `COPY`.
     pg_writer: Option<sqlx::PgPool>,
     backend: Backend,
+    /// The URL connected to, to find out why connections fail (never shown: it may
+    /// hold a password; see [`display_target`]).
+    url: std::sync::Arc<str>,
 }
 
 /// Columns of a stored event after its [`FIELDS`]: its place in its chain.
@@ -152,13 +235,15 @@ impl AuditDb {
                 .connect_with(options.clone())
                 .await
                 .map_err(|e| with_sqlite_hint(e, &url, mode))?,
-            Backend::Postgres => {
-                AnyPoolOptions::new()
-                    .max_connections(10)
-                    .acquire_timeout(Duration::from_secs(3))
-                    .connect_with(options.clone())
-                    .await?
-            }
+            Backend::Postgres => match AnyPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_with(options.clone())
+                .await
+            {
+                Ok(pool) => pool,
+                Err(e) => return Err(connect_failure(e, &url).await),
+            },
         };
         // The group-commit writer's own connection, opened on first use. With SQLite,
         // a connection whose page cache another connection's writes invalidated must
@@ -193,6 +278,7 @@ impl AuditDb {
             lookups,
             pg_writer,
             backend,
+            url: url.into(),
         })
     }
 
@@ -253,8 +339,20 @@ impl AuditDb {
         let probe =
             sqlx::query("SELECT head_seq FROM audit_chains LIMIT 1").fetch_optional(&self.pool);
         match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => Err(self.why_no_answer().await),
             Ok(r) => r.map(|_| ()).map_err(not_migrated),
-            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    /// Why the database did not answer: for PostgreSQL, what one direct connection
+    /// meets (a stopped server refuses it), else that it did not answer in time.
+    async fn why_no_answer(&self) -> StoreError {
+        match self.backend {
+            Backend::Postgres => match reach(&self.url).await {
+                Err(found) => found,
+                Ok(()) => StoreError::Timeout,
+            },
+            Backend::Sqlite => StoreError::Timeout,
         }
     }
 
@@ -270,8 +368,8 @@ impl AuditDb {
             Ok::<(), sqlx::Error>(())
         };
         match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => Err(self.why_no_answer().await),
             Ok(r) => r.map_err(not_migrated),
-            Err(_) => Err(StoreError::Timeout),
         }
     }
 }

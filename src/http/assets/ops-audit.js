@@ -86,6 +86,7 @@ function filters() {
   const f = new FormData($("filters"));
   return {
     subject: String(f.get("subject") ?? "").trim(),
+    tenant: String(f.get("tenant") ?? "").trim(),
     outcome: String(f.get("outcome") ?? ""),
     scope: String(f.get("scope") ?? ""),
     since: toRfc3339(String(f.get("since") ?? "")),
@@ -104,7 +105,7 @@ function normalizeFingerprint(raw) {
 function saveToUrl() {
   const f = filters();
   const q = new URLSearchParams();
-  for (const k of ["subject", "outcome", "scope"]) if (f[k]) q.set(k, f[k]);
+  for (const k of ["subject", "tenant", "outcome", "scope"]) if (f[k]) q.set(k, f[k]);
   if (state.fingerprint) q.set("fingerprint", state.fingerprint);
   const w = $("window").value;
   if (w !== "3") q.set("hours", w);
@@ -114,7 +115,7 @@ function saveToUrl() {
 function loadFromUrl() {
   const q = new URLSearchParams(location.search);
   const form = $("filters");
-  for (const k of ["subject", "outcome", "scope"]) if (q.get(k)) form.elements[k].value = q.get(k);
+  for (const k of ["subject", "tenant", "outcome", "scope"]) if (q.get(k)) form.elements[k].value = q.get(k);
   if (q.get("fingerprint")) {
     $("fingerprint").value = q.get("fingerprint");
     state.fingerprint = normalizeFingerprint(q.get("fingerprint"));
@@ -171,7 +172,7 @@ function renderTable() {
     const ms = cell(String(e.duration_ms ?? "—"), "mono");
     if (e.upstream_ms != null) ms.title = `upstream ${e.upstream_ms} ms`;
     tr.append(
-      time, outcome, cell(String(e.status), "mono"), cell(e.subject), cell(e.scope), cell(e.origin, "mono"),
+      time, outcome, cell(String(e.status), "mono"), cell(e.subject), cell(e.tenant), cell(e.scope), cell(e.origin, "mono"),
       cell(e.client_ip, "mono"), fp, cell(e.token_expires_at ? timeText(e.token_expires_at) : "—", "mono"), ms,
       cell(e.detail, "detail"),
     );
@@ -181,7 +182,7 @@ function renderTable() {
     const tr = document.createElement("tr");
     tr.className = "empty";
     const td = cell(state.fingerprint ? "No event carries this fingerprint in the range searched." : "No events match these filters.");
-    td.colSpan = 11;
+    td.colSpan = 12;
     tr.append(td);
     tbody.append(tr);
   }
@@ -207,7 +208,7 @@ $("events").addEventListener("click", (ev) => {
   const row = document.createElement("tr");
   row.className = "json";
   const td = document.createElement("td");
-  td.colSpan = 11;
+  td.colSpan = 12;
   const pre = document.createElement("pre");
   pre.textContent = JSON.stringify(event, null, 2);
   td.append(pre);
@@ -241,7 +242,7 @@ async function loadEvents({ append = false } = {}) {
  */
 async function scanFingerprint(f) {
   const fp = state.fingerprint;
-  const base = { subject: f.subject, outcome: f.outcome, scope: f.scope, since: f.since, until: f.until };
+  const base = { subject: f.subject, tenant: f.tenant, outcome: f.outcome, scope: f.scope, since: f.since, until: f.until };
   if (FINGERPRINT.test(fp)) {
     try {
       const page = await fetchEvents({ ...base, token_fingerprint: fp, limit: PAGE_MAX });
@@ -284,7 +285,7 @@ async function loadChart() {
   let capped = false;
   try {
     for (let i = 0; ; i++) {
-      const page = await fetchEvents({ subject: f.subject, scope: f.scope, since: new Date(start).toISOString(), limit: PAGE_MAX, cursor });
+      const page = await fetchEvents({ subject: f.subject, tenant: f.tenant, scope: f.scope, since: new Date(start).toISOString(), limit: PAGE_MAX, cursor });
       for (const e of page.events) {
         const idx = Math.floor((Date.parse(e.time) - start) / 60000);
         if (idx >= 0 && idx < minutes) counts[idx][e.outcome] = (counts[idx][e.outcome] ?? 0) + 1;
