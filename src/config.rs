@@ -1232,7 +1232,7 @@ impl Settings {
             line(&CORTI_TENANT, &self.corti_tenant),
             opt(&CORTI_CLIENT_ID, self.corti_client_id.as_ref()),
             secret(&CORTI_CLIENT_SECRET, &self.corti_client_secret),
-            opt(&CORTI_AUTH_URL, auth_url),
+            opt(&CORTI_AUTH_URL, auth_url.as_deref().map(redact_url)),
             opt(&DEFAULT_TENANT, self.default_tenant.as_ref()),
             secret(&SESSION_JWT_SECRET, &self.session_jwt_secret),
             secret(
@@ -1249,7 +1249,10 @@ impl Settings {
                     .as_ref()
                     .map(|p| p.display()),
             ),
-            opt(&SESSION_JWKS_URL, self.session_jwks_url.as_ref()),
+            opt(
+                &SESSION_JWKS_URL,
+                self.session_jwks_url.as_deref().map(redact_url),
+            ),
             opt(&SESSION_JWT_ISSUER, self.session_jwt_issuer.as_ref()),
             opt(&SESSION_JWT_AUDIENCE, self.session_jwt_audience.as_ref()),
             opt(
@@ -1260,7 +1263,7 @@ impl Settings {
             line(&SESSION_COOKIE_NAME, &self.session_cookie_name),
             opt(
                 &SESSION_INTROSPECTION_URL,
-                self.session_introspection_url.as_ref(),
+                self.session_introspection_url.as_deref().map(redact_url),
             ),
             opt(
                 &SESSION_INTROSPECTION_CLIENT_ID,
@@ -1274,16 +1277,14 @@ impl Settings {
                 &SESSION_INTROSPECTION_CACHE_TTL,
                 humantime::format_duration(self.session_introspection_cache_ttl),
             ),
-            line(&DATABASE_URL, redact_url_password(&self.database_url)),
+            line(&DATABASE_URL, redact_url(&self.database_url)),
             line(&ALLOWED_ORIGINS, self.allowed_origins.join(",")),
             line(&RATE_LIMIT_PER_USER, self.rate_limit_per_user),
             line(&RATE_LIMIT_PER_IP, self.rate_limit_per_ip),
             line(&UPSTREAM_RATE_LIMIT, self.upstream_rate_limit),
             opt(
                 &RATE_LIMIT_REDIS_URL,
-                self.rate_limit_redis_url
-                    .as_deref()
-                    .map(redact_url_password),
+                self.rate_limit_redis_url.as_deref().map(redact_url),
             ),
             secret(&TOKEN_CACHE_KEY, &self.token_cache_key),
             line(
@@ -1325,7 +1326,7 @@ impl Settings {
                 t.tenant,
                 t.environment.as_str(),
                 t.client_id,
-                t.auth_url
+                redact_url(&t.auth_url)
             ));
         }
         lines
@@ -1438,15 +1439,32 @@ fn corti_auth_url_for(environment: Environment) -> String {
     format!("https://auth.{}.corti.app", environment.as_str())
 }
 
-/// Hides the password of a `scheme://user:password@host/…` URL.
-pub fn redact_url_password(raw: &str) -> String {
+/// Hides the userinfo of a `scheme://user:password@host/…` URL: the password, and
+/// the user name too, which some services take as the credential itself.
+pub fn redact_url(raw: &str) -> String {
     match reqwest::Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("redacted"));
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_username("redacted");
+            if url.password().is_some() {
+                let _ = url.set_password(Some("redacted"));
+            }
             url.to_string()
         }
-        _ => raw.to_owned(),
+        Ok(_) => raw.to_owned(),
+        // Not a URL the parser takes: keep only what precedes a possible userinfo.
+        Err(_) => match raw.rsplit_once('@') {
+            Some((before, after)) => match before.split_once("://") {
+                Some((scheme, _)) => format!("{scheme}://redacted@{after}"),
+                None => format!("redacted@{after}"),
+            },
+            None => raw.to_owned(),
+        },
     }
+}
+
+/// Older name of [`redact_url`].
+pub fn redact_url_password(raw: &str) -> String {
+    redact_url(raw)
 }
 
 #[cfg(test)]

@@ -175,7 +175,7 @@ impl JwksCache {
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(jwks_url = %self.url, error = %e, "could not refresh JWKS; keeping the last good keys");
+                tracing::warn!(jwks_url = %crate::config::redact_url(&self.url), error = %e, "could not refresh JWKS; keeping the last good keys");
                 self.stale.set(1);
                 Err(e)
             }
@@ -259,7 +259,7 @@ fn parse_key_set(body: &[u8], url: &str) -> Result<Vec<Jwk>, JwksError> {
                         .collect::<String>()
                 };
                 tracing::warn!(
-                    jwks_url = %url,
+                    jwks_url = %crate::config::redact_url(url),
                     kid = %field("kid"),
                     kty = %field("kty"),
                     crv = %field("crv"),

@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 
 use crate::vend::{Attempt, BodyError, Credentials, MAX_BODY_BYTES};
 
+use super::body_gate::{BodyGate, BODY_DEADLINE};
 use super::context::{caller, header_text};
 use super::problem::Problem;
 use super::rate_limit::add_headers;
@@ -19,11 +20,25 @@ pub async fn post_tokens(
 ) -> HttpResponse {
     let caller = caller(&req, &state.trusted_proxies);
     let request_id = caller.request_id.clone();
+    let gate = req.app_data::<web::Data<BodyGate>>();
+    let permit = match (gate, caller.client_ip) {
+        (Some(gate), Some(ip)) => gate.enter(ip).map(Some).ok_or(BodyError::TooManyUnread),
+        _ => Ok(None),
+    };
+    let body = match permit {
+        // The body stays unread: actix closes the connection after the answer.
+        Err(e) => Err(e),
+        Ok(permit) => {
+            let read = tokio::time::timeout(BODY_DEADLINE, read_body(&req, payload)).await;
+            drop(permit);
+            read.unwrap_or(Err(BodyError::TimedOut))
+        }
+    };
     let attempt = Attempt {
         caller,
         credentials: credentials(&req, &state.cookie_name),
         content_type: content_type(&req),
-        body: read_body(&req, payload).await,
+        body,
     };
     let handled = state.vendor.handle(attempt).await;
     let mut response = match handled.result {

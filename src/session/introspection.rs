@@ -122,7 +122,7 @@ impl Introspector {
             Ok(Verdict::Active(session, _)) => Ok(session),
             Ok(Verdict::Inactive(why)) => Err(SessionError::Invalid(why)),
             Err(e) => {
-                tracing::warn!(introspection_url = %self.url, error = %e, "cannot check an opaque session");
+                tracing::warn!(introspection_url = %crate::config::redact_url(&self.url), error = %e, "cannot check an opaque session");
                 Err(SessionError::KeysUnavailable)
             }
         }

@@ -483,3 +483,42 @@ fn check_config_lists_every_tenant_with_its_secret_redacted() {
     assert!(stderr.contains("tenants[acme].environment"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_config_hides_the_userinfo_of_every_url() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let mut env = full_settings(&secret);
+    env.retain(|(k, _)| *k != "SESSION_JWT_SECRET");
+    env.extend([
+        (
+            "SESSION_INTROSPECTION_URL",
+            format!("http://intro-user:{secret}-intro@127.0.0.1:9/introspect"),
+        ),
+        ("SESSION_INTROSPECTION_CLIENT_ID", "token-vendor".to_owned()),
+        (
+            "SESSION_INTROSPECTION_CLIENT_SECRET",
+            format!("{secret}-client"),
+        ),
+        (
+            "CORTI_AUTH_URL",
+            format!("https://{secret}-tokenasuser@auth.example.test"),
+        ),
+        (
+            "DATABASE_URL",
+            format!("postgres://tv:{secret}-db@127.0.0.1/tv"),
+        ),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run(&["check-config"], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(!stdout.contains(&secret), "{stdout}");
+    assert!(!stderr.contains(&secret), "{stderr}");
+    assert!(
+        stdout.lines().any(
+            |l| l.starts_with("SESSION_INTROSPECTION_URL=http://") && l.contains("127.0.0.1:9")
+        ),
+        "{stdout}"
+    );
+}

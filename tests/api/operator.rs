@@ -548,3 +548,37 @@ async fn a_rotated_session_public_key_file_is_picked_up_and_a_private_key_refuse
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(status_of(&app, &session(&second)).await, 200);
 }
+
+/// Kubernetes removes a Secret's file when its key leaves the Secret: a removed
+/// previous-secret file withdraws that secret as an emptied one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_previous_secret_file_withdraws_the_previous_secret() {
+    let dir = Dir::new();
+    let current = format!("fake-session-secret-{}", random_hex(24));
+    let previous = format!("fake-previous-secret-{}", random_hex(24));
+    let previous_file = dir.put("previous", &previous);
+    let app = TestApp::builder()
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .secrets(Secrets {
+            session: current.clone(),
+            ..Secrets::fresh()
+        })
+        .env(
+            "SESSION_JWT_PREVIOUS_SECRET_FILE",
+            previous_file.display().to_string(),
+        )
+        .spawn()
+        .await;
+    let previous_session = SessionSigner::new(&previous).session("alice");
+    assert_eq!(status_of(&app, &previous_session).await, 200);
+
+    std::fs::remove_file(&previous_file).expect("remove");
+    let withdrawn = eventually(PICKED_UP, || async {
+        status_of(&app, &SessionSigner::new(&previous).session("alice")).await == 401
+    })
+    .await;
+    assert!(withdrawn, "the removed previous secret is still accepted");
+    let current_session = SessionSigner::new(&current).session("alice");
+    assert_eq!(status_of(&app, &current_session).await, 200);
+}

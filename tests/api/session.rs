@@ -276,3 +276,46 @@ async fn an_identity_provider_outage_is_unavailable_never_signed_out() {
     }
     assert_eq!(app.upstream_token_calls().await, 0);
 }
+
+#[tokio::test]
+async fn a_planted_cookie_does_not_turn_a_key_outage_into_a_sign_out() {
+    // Arrange: the IdP's JWKS is down, and a sibling subdomain planted a garbage cookie
+    // of the session cookie's name, sent before the user's own.
+    let idp = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&idp)
+        .await;
+    let app = TestApp::builder()
+        .allowed_origin(APP_ORIGIN)
+        .env("SESSION_JWT_SECRET", String::new())
+        .env("SESSION_JWKS_URL", format!("{}/jwks", idp.uri()))
+        .env("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss")
+        .spawn()
+        .await;
+    let session = TestKey::generate().sign(&json!({"sub": "kim", "exp": now() + 600}));
+
+    for cookie in [
+        format!("session=garbage; session={session}"),
+        format!("session={session}; session=garbage"),
+    ] {
+        let response = app
+            .post_tokens()
+            .header("Cookie", cookie.clone())
+            .header("Origin", APP_ORIGIN)
+            .header("Content-Type", "application/json")
+            .body(BODY)
+            .send()
+            .await
+            .unwrap();
+        let (body, id) = problem(response, 503).await;
+        assert!(
+            body["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("session-keys-unavailable")),
+            "{cookie}: {body}"
+        );
+        assert_outcome(&app, &id, Outcome::Unavailable, 503);
+    }
+}
