@@ -249,24 +249,27 @@ export function createTokenSource(options) {
   }
 
   /**
-   * WebSocket URL for live transcription (`/audio-bridge/v2/transcribe`), with a fresh token.
+   * WebSocket URL for live transcription (`/audio-bridge/v2/transcribe`), with a fresh token
+   * (or the token body given).
+   * @param {object} [token]
    * @returns {Promise<string>}
    */
-  async function transcribeUrl() {
-    const token = await getToken();
+  async function transcribeUrl(token) {
+    token ??= await getToken();
     return `${wsBase(token)}/audio-bridge/v2/transcribe?${query(token)}`;
   }
 
   /**
    * WebSocket URL for an interaction's stream (`/audio-bridge/v2/interactions/{id}/streams`).
    * @param {string} interactionId
+   * @param {object} [token] the token body to use instead of a fresh one
    * @returns {Promise<string>}
    */
-  async function streamsUrl(interactionId) {
+  async function streamsUrl(interactionId, token) {
     if (interactionId == null || String(interactionId) === "") {
       throw new TypeError("streamsUrl: `interactionId` is required");
     }
-    const token = await getToken();
+    token ??= await getToken();
     const id = encodeURIComponent(String(interactionId));
     return `${wsBase(token)}/audio-bridge/v2/interactions/${id}/streams?${query(token)}`;
   }
@@ -370,8 +373,10 @@ export function connectSpeechSocket(options) {
     resolveClosed(info);
   }
 
-  function url() {
-    return endpoint === "streams" ? tokens.streamsUrl(interactionId) : tokens.transcribeUrl();
+  // The URL is built from the token already fetched: a second getToken() could cross a
+  // refresh and report one token while connecting with another.
+  function url(token) {
+    return endpoint === "streams" ? tokens.streamsUrl(interactionId, token) : tokens.transcribeUrl(token);
   }
 
   /** One connection attempt; resolves when it has closed (or could not start). */
@@ -380,7 +385,7 @@ export function connectSpeechSocket(options) {
     let token;
     try {
       token = await tokens.getToken();
-      target = await url();
+      target = await url(token);
     } catch (error) {
       return { tokenError: error };
     }
