@@ -350,6 +350,10 @@ pub const SESSION_INTROSPECTION_URL: Setting<String> =
     Setting::plain("SESSION_INTROSPECTION_URL", http_url);
 pub const SESSION_INTROSPECTION_CLIENT_ID: Setting<String> =
     Setting::plain("SESSION_INTROSPECTION_CLIENT_ID", text);
+/// Which clients' tokens are sessions here: a comma list matched against the answer's
+/// `client_id` and `aud`; `*` (explicitly) accepts a token issued to any client.
+pub const SESSION_INTROSPECTION_AUDIENCE: Setting<String> =
+    Setting::plain("SESSION_INTROSPECTION_AUDIENCE", text);
 pub const SESSION_INTROSPECTION_CLIENT_SECRET: Setting<SecretString> =
     Setting::secret("SESSION_INTROSPECTION_CLIENT_SECRET", secret);
 /// How long an active introspection answer is reused (never past the session's `exp`):
@@ -433,6 +437,7 @@ pub struct Settings {
     pub session_cookie_name: String,
     pub session_introspection_url: Option<String>,
     pub session_introspection_client_id: Option<String>,
+    pub session_introspection_audience: Option<String>,
     pub session_introspection_client_secret: Option<SecretString>,
     /// Where the secret was read from, when `_FILE` was used: re-read on change/SIGHUP.
     pub session_introspection_client_secret_file: Option<PathBuf>,
@@ -759,6 +764,9 @@ pub enum SessionKeys {
 pub struct IntrospectionSettings {
     pub url: String,
     pub client_id: String,
+    /// The `client_id`/`aud` values an active answer must name one of; `None` when the
+    /// operator accepts any client's tokens (`SESSION_INTROSPECTION_AUDIENCE=*`).
+    pub audience: Option<Vec<String>>,
     pub client_secret: SecretString,
     /// Re-read on change and on SIGHUP when the secret came from `_FILE`.
     pub client_secret_file: Option<PathBuf>,
@@ -1044,6 +1052,7 @@ impl Settings {
             session_cookie_name: SESSION_COOKIE_NAME.read_defaulted(sources)?,
             session_introspection_url: SESSION_INTROSPECTION_URL.read(sources)?,
             session_introspection_client_id: SESSION_INTROSPECTION_CLIENT_ID.read(sources)?,
+            session_introspection_audience: SESSION_INTROSPECTION_AUDIENCE.read(sources)?,
             session_introspection_client_secret: SESSION_INTROSPECTION_CLIENT_SECRET
                 .read(sources)?,
             session_introspection_client_secret_file: sources
@@ -1080,6 +1089,7 @@ impl Settings {
         let introspection = introspection_settings(
             self.session_introspection_url,
             self.session_introspection_client_id,
+            self.session_introspection_audience,
             self.session_introspection_client_secret,
             self.session_introspection_client_secret_file,
             self.session_introspection_cache_ttl,
@@ -1269,6 +1279,10 @@ impl Settings {
                 &SESSION_INTROSPECTION_CLIENT_ID,
                 self.session_introspection_client_id.as_ref(),
             ),
+            opt(
+                &SESSION_INTROSPECTION_AUDIENCE,
+                self.session_introspection_audience.as_ref(),
+            ),
             secret(
                 &SESSION_INTROSPECTION_CLIENT_SECRET,
                 &self.session_introspection_client_secret,
@@ -1338,6 +1352,7 @@ impl Settings {
 fn introspection_settings(
     url: Option<String>,
     client_id: Option<String>,
+    audience: Option<String>,
     client_secret: Option<SecretString>,
     client_secret_file: Option<PathBuf>,
     cache_ttl: Duration,
@@ -1345,6 +1360,7 @@ fn introspection_settings(
     let Some(url) = url else {
         for (set, name) in [
             (client_id.is_some(), SESSION_INTROSPECTION_CLIENT_ID.name),
+            (audience.is_some(), SESSION_INTROSPECTION_AUDIENCE.name),
             (
                 client_secret.is_some(),
                 SESSION_INTROSPECTION_CLIENT_SECRET.name,
@@ -1371,9 +1387,30 @@ fn introspection_settings(
             SESSION_INTROSPECTION_URL.name, SESSION_INTROSPECTION_CLIENT_SECRET.name
         ))
     })?;
+    // The endpoint vouches for every active token of its provider, whichever client it
+    // was issued to; as with a public session key, the audience is required unless
+    // explicitly given up.
+    let audience = match audience.as_deref().map(str::trim) {
+        None | Some("") => {
+            return Err(SESSION_INTROSPECTION_AUDIENCE.error(format!(
+                "is required with {}: the client id(s) or audience(s) a session token must \
+                 be issued to (or * to accept a token issued to any client of the provider)",
+                SESSION_INTROSPECTION_URL.name
+            )))
+        }
+        Some("*") => None,
+        Some(list) => Some(
+            list.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+    };
     Ok(Some(IntrospectionSettings {
         url,
         client_id,
+        audience,
         client_secret,
         client_secret_file,
         cache_ttl,
@@ -1576,6 +1613,7 @@ mod tests {
                 "https://id.example.test/introspect".into(),
             ));
             pairs.push(("SESSION_INTROSPECTION_CLIENT_ID", "token-vendor".into()));
+            pairs.push(("SESSION_INTROSPECTION_AUDIENCE", "app".into()));
             pairs.push((
                 "SESSION_INTROSPECTION_CLIENT_SECRET",
                 "fake-introspection-secret".into(),

@@ -495,6 +495,7 @@ fn check_config_hides_the_userinfo_of_every_url() {
             format!("http://intro-user:{secret}-intro@127.0.0.1:9/introspect"),
         ),
         ("SESSION_INTROSPECTION_CLIENT_ID", "token-vendor".to_owned()),
+        ("SESSION_INTROSPECTION_AUDIENCE", "token-vendor".to_owned()),
         (
             "SESSION_INTROSPECTION_CLIENT_SECRET",
             format!("{secret}-client"),
@@ -521,4 +522,32 @@ fn check_config_hides_the_userinfo_of_every_url() {
         ),
         "{stdout}"
     );
+}
+
+#[test]
+fn introspection_needs_an_expected_audience_or_the_explicit_opt_out() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let mut env = full_settings(&secret);
+    env.retain(|(k, _)| *k != "SESSION_JWT_SECRET");
+    env.extend([
+        (
+            "SESSION_INTROSPECTION_URL",
+            "http://127.0.0.1:9/introspect".to_owned(),
+        ),
+        ("SESSION_INTROSPECTION_CLIENT_ID", "token-vendor".to_owned()),
+        (
+            "SESSION_INTROSPECTION_CLIENT_SECRET",
+            format!("{secret}-client"),
+        ),
+    ]);
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run(&["check-config"], &refs);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SESSION_INTROSPECTION_AUDIENCE"));
+    for audience in ["our-app", "*"] {
+        let mut with = refs.clone();
+        with.push(("SESSION_INTROSPECTION_AUDIENCE", audience));
+        let out = run(&["check-config"], &with);
+        assert_eq!(out.status.code(), Some(0), "{audience}: {out:?}");
+    }
 }
