@@ -373,6 +373,21 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 impl Service {
+    /// SIGTERM, then waits (at most 20 s) for the process to exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Like [`Service::spawn`], with the soft open-file limit lowered first (the hard
     /// limit is left as it is), as a container or systemd unit may start the service.
     pub fn spawn_with_soft_nofile(env: Vec<(String, String)>, soft: u32) -> Self {

@@ -262,3 +262,50 @@ async fn the_introspection_warning_does_not_print_url_credentials() {
     assert!(!output.contains(&secret), "{}", tail(&output));
     s.standin.stop().await;
 }
+
+/// SQLite: after a clean stop the audit file alone holds every event, so a plain copy
+/// without its `-wal` file is a whole backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_clean_stop_the_sqlite_file_alone_holds_every_event() {
+    let mut s = setup_with(&[], None);
+    let session = s.key.session("backup-user", &[]);
+    for _ in 0..3 {
+        let r = super::vend(&s, &[("Authorization", &format!("Bearer {session}"))]);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let status = tokio::task::block_in_place(|| s.service.terminate()).expect("exits");
+    assert!(status.success(), "{status:?}");
+    let copy_dir = blackbox::temp_dir("backup-copy");
+    let copy = copy_dir.join("audit.db");
+    std::fs::copy(&s.service.db_path, &copy).expect("plain cp of the audit file");
+    let mut env = s.service.env.clone();
+    env.retain(|(k, _)| k != "DATABASE_URL");
+    env.push((
+        "DATABASE_URL".into(),
+        format!("sqlite://{}", copy.display()),
+    ));
+    let out = std::process::Command::new(blackbox::bin())
+        .args([
+            "audit",
+            "query",
+            "--format",
+            "json",
+            "--subject",
+            "backup-user",
+        ])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("audit query");
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let found = page["events"].as_array().map(Vec::len).unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&copy_dir);
+    assert_eq!(
+        found,
+        3,
+        "events in the copied file: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.standin.stop().await;
+}
