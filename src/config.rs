@@ -373,8 +373,9 @@ fn introspection_ttl(raw: &str) -> Result<Duration, String> {
     }
     Ok(ttl)
 }
+/// Read as a secret (so `DATABASE_URL_FILE` works): the URL may hold credentials.
 pub const DATABASE_URL: Setting<String> =
-    Setting::plain("DATABASE_URL", database_url).or("sqlite://token-vendor.db");
+    Setting::secret("DATABASE_URL", database_url).or("sqlite://token-vendor.db");
 pub const ALLOWED_ORIGINS: Setting<Vec<String>> = Setting::plain("ALLOWED_ORIGINS", origins);
 pub const RATE_LIMIT_PER_USER: Setting<Rate> =
     Setting::plain("RATE_LIMIT_PER_USER", from_str).or("30/minute");
@@ -382,9 +383,11 @@ pub const RATE_LIMIT_PER_IP: Setting<Rate> =
     Setting::plain("RATE_LIMIT_PER_IP", from_str).or("120/minute");
 pub const UPSTREAM_RATE_LIMIT: Setting<Rate> =
     Setting::plain("UPSTREAM_RATE_LIMIT", from_str).or("50/second");
-pub const RATE_LIMIT_REDIS_URL: Setting<String> = Setting::plain("RATE_LIMIT_REDIS_URL", redis_url);
+/// Read as a secret (so `RATE_LIMIT_REDIS_URL_FILE` works): the URL may hold a password.
+pub const RATE_LIMIT_REDIS_URL: Setting<String> =
+    Setting::secret("RATE_LIMIT_REDIS_URL", redis_url);
 /// Another name for `RATE_LIMIT_REDIS_URL`: Redis serves limits and token reuse alike.
-pub const REDIS_URL: Setting<String> = Setting::plain("REDIS_URL", redis_url);
+pub const REDIS_URL: Setting<String> = Setting::secret("REDIS_URL", redis_url);
 /// Encrypts the tokens replicas share through Redis; without it reuse is per replica.
 pub const TOKEN_CACHE_KEY: Setting<SecretString> = Setting::secret("TOKEN_CACHE_KEY", secret);
 /// Default 150 s. The Corti JS SDK counts a token as expired 120 s before its
