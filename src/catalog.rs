@@ -12,6 +12,7 @@ pub const TRY_AGAIN_SOON: Duration = Duration::from_secs(5);
 pub enum ProblemType {
     InvalidRequest,
     PayloadTooLarge,
+    RequestTimeout,
     HeadersTooLarge,
     UnsupportedMediaType,
     Unauthenticated,
@@ -46,6 +47,7 @@ impl ProblemType {
         match self {
             P::InvalidRequest => (400, "invalid-request", "Invalid request"),
             P::PayloadTooLarge => (413, "payload-too-large", "Request body too large"),
+            P::RequestTimeout => (408, "request-timeout", "Request body timed out"),
             P::HeadersTooLarge => (431, "headers-too-large", "Request headers too large"),
             P::UnsupportedMediaType => (415, "unsupported-media-type", "Unsupported media type"),
             P::Unauthenticated => (401, "unauthenticated", "Not signed in"),

@@ -173,6 +173,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 std::io::stdout,
                 traces.as_ref(),
             );
+            crate::startup::raise_open_file_limit();
             let served = runtime.block_on(async {
                 let app = Application::build(settings).await?;
                 let port = app.port();

@@ -385,6 +385,10 @@ pub const SESSION_INTROSPECTION_URL: Setting<String> =
     Setting::plain("SESSION_INTROSPECTION_URL", http_url);
 pub const SESSION_INTROSPECTION_CLIENT_ID: Setting<String> =
     Setting::plain("SESSION_INTROSPECTION_CLIENT_ID", text);
+/// Which clients' tokens are sessions here: a comma list matched against the answer's
+/// `client_id` and `aud`; `*` (explicitly) accepts a token issued to any client.
+pub const SESSION_INTROSPECTION_AUDIENCE: Setting<String> =
+    Setting::plain("SESSION_INTROSPECTION_AUDIENCE", text);
 pub const SESSION_INTROSPECTION_CLIENT_SECRET: Setting<SecretString> =
     Setting::secret("SESSION_INTROSPECTION_CLIENT_SECRET", secret);
 /// How long an active introspection answer is reused (never past the session's `exp`):
@@ -404,8 +408,9 @@ fn introspection_ttl(raw: &str) -> Result<Duration, String> {
     }
     Ok(ttl)
 }
+/// Read as a secret (so `DATABASE_URL_FILE` works): the URL may hold credentials.
 pub const DATABASE_URL: Setting<String> =
-    Setting::plain("DATABASE_URL", database_url).or("sqlite://token-vendor.db");
+    Setting::secret("DATABASE_URL", database_url).or("sqlite://token-vendor.db");
 pub const ALLOWED_ORIGINS: Setting<Vec<String>> = Setting::plain("ALLOWED_ORIGINS", origins);
 pub const RATE_LIMIT_PER_USER: Setting<Rate> =
     Setting::plain("RATE_LIMIT_PER_USER", from_str).or("30/minute");
@@ -413,9 +418,11 @@ pub const RATE_LIMIT_PER_IP: Setting<Rate> =
     Setting::plain("RATE_LIMIT_PER_IP", from_str).or("120/minute");
 pub const UPSTREAM_RATE_LIMIT: Setting<Rate> =
     Setting::plain("UPSTREAM_RATE_LIMIT", from_str).or("50/second");
-pub const RATE_LIMIT_REDIS_URL: Setting<String> = Setting::plain("RATE_LIMIT_REDIS_URL", redis_url);
+/// Read as a secret (so `RATE_LIMIT_REDIS_URL_FILE` works): the URL may hold a password.
+pub const RATE_LIMIT_REDIS_URL: Setting<String> =
+    Setting::secret("RATE_LIMIT_REDIS_URL", redis_url);
 /// Another name for `RATE_LIMIT_REDIS_URL`: Redis serves limits and token reuse alike.
-pub const REDIS_URL: Setting<String> = Setting::plain("REDIS_URL", redis_url);
+pub const REDIS_URL: Setting<String> = Setting::secret("REDIS_URL", redis_url);
 /// Encrypts the tokens replicas share through Redis; without it reuse is per replica.
 pub const TOKEN_CACHE_KEY: Setting<SecretString> = Setting::secret("TOKEN_CACHE_KEY", secret);
 /// Default 150 s. The Corti JS SDK counts a token as expired 120 s before its
@@ -531,6 +538,7 @@ pub struct Settings {
     pub session_cookie_name: String,
     pub session_introspection_url: Option<String>,
     pub session_introspection_client_id: Option<String>,
+    pub session_introspection_audience: Option<String>,
     pub session_introspection_client_secret: Option<SecretString>,
     /// Where the secret was read from, when `_FILE` was used: re-read on change/SIGHUP.
     pub session_introspection_client_secret_file: Option<PathBuf>,
@@ -859,6 +867,9 @@ pub enum SessionKeys {
 pub struct IntrospectionSettings {
     pub url: String,
     pub client_id: String,
+    /// The `client_id`/`aud` values an active answer must name one of; `None` when the
+    /// operator accepts any client's tokens (`SESSION_INTROSPECTION_AUDIENCE=*`).
+    pub audience: Option<Vec<String>>,
     pub client_secret: SecretString,
     /// Re-read on change and on SIGHUP when the secret came from `_FILE`.
     pub client_secret_file: Option<PathBuf>,
@@ -1164,6 +1175,7 @@ impl Settings {
             session_cookie_name: SESSION_COOKIE_NAME.read_defaulted(sources)?,
             session_introspection_url: SESSION_INTROSPECTION_URL.read(sources)?,
             session_introspection_client_id: SESSION_INTROSPECTION_CLIENT_ID.read(sources)?,
+            session_introspection_audience: SESSION_INTROSPECTION_AUDIENCE.read(sources)?,
             session_introspection_client_secret: SESSION_INTROSPECTION_CLIENT_SECRET
                 .read(sources)?,
             session_introspection_client_secret_file: sources
@@ -1202,6 +1214,7 @@ impl Settings {
         let introspection = introspection_settings(
             self.session_introspection_url,
             self.session_introspection_client_id,
+            self.session_introspection_audience,
             self.session_introspection_client_secret,
             self.session_introspection_client_secret_file,
             self.session_introspection_cache_ttl,
@@ -1371,7 +1384,7 @@ impl Settings {
             line(&CORTI_TENANT, &self.corti_tenant),
             opt(&CORTI_CLIENT_ID, self.corti_client_id.as_ref()),
             secret(&CORTI_CLIENT_SECRET, &self.corti_client_secret),
-            opt(&CORTI_AUTH_URL, auth_url),
+            opt(&CORTI_AUTH_URL, auth_url.as_deref().map(redact_url)),
             opt(&DEFAULT_TENANT, self.default_tenant.as_ref()),
             secret(&SESSION_JWT_SECRET, &self.session_jwt_secret),
             secret(
@@ -1388,7 +1401,10 @@ impl Settings {
                     .as_ref()
                     .map(|p| p.display()),
             ),
-            opt(&SESSION_JWKS_URL, self.session_jwks_url.as_ref()),
+            opt(
+                &SESSION_JWKS_URL,
+                self.session_jwks_url.as_deref().map(redact_url),
+            ),
             line(
                 &SESSION_JWKS_REFRESH_INTERVAL,
                 humantime::format_duration(self.session_jwks_refresh_interval),
@@ -1407,11 +1423,15 @@ impl Settings {
             line(&SESSION_COOKIE_NAME, &self.session_cookie_name),
             opt(
                 &SESSION_INTROSPECTION_URL,
-                self.session_introspection_url.as_ref(),
+                self.session_introspection_url.as_deref().map(redact_url),
             ),
             opt(
                 &SESSION_INTROSPECTION_CLIENT_ID,
                 self.session_introspection_client_id.as_ref(),
+            ),
+            opt(
+                &SESSION_INTROSPECTION_AUDIENCE,
+                self.session_introspection_audience.as_ref(),
             ),
             secret(
                 &SESSION_INTROSPECTION_CLIENT_SECRET,
@@ -1421,16 +1441,14 @@ impl Settings {
                 &SESSION_INTROSPECTION_CACHE_TTL,
                 humantime::format_duration(self.session_introspection_cache_ttl),
             ),
-            line(&DATABASE_URL, redact_url_password(&self.database_url)),
+            line(&DATABASE_URL, redact_url(&self.database_url)),
             line(&ALLOWED_ORIGINS, self.allowed_origins.join(",")),
             line(&RATE_LIMIT_PER_USER, self.rate_limit_per_user),
             line(&RATE_LIMIT_PER_IP, self.rate_limit_per_ip),
             line(&UPSTREAM_RATE_LIMIT, self.upstream_rate_limit),
             opt(
                 &RATE_LIMIT_REDIS_URL,
-                self.rate_limit_redis_url
-                    .as_deref()
-                    .map(redact_url_password),
+                self.rate_limit_redis_url.as_deref().map(redact_url),
             ),
             secret(&TOKEN_CACHE_KEY, &self.token_cache_key),
             line(
@@ -1490,7 +1508,7 @@ impl Settings {
                 t.tenant,
                 t.environment.as_str(),
                 t.client_id,
-                t.auth_url
+                redact_url(&t.auth_url)
             ));
         }
         lines
@@ -1502,6 +1520,7 @@ impl Settings {
 fn introspection_settings(
     url: Option<String>,
     client_id: Option<String>,
+    audience: Option<String>,
     client_secret: Option<SecretString>,
     client_secret_file: Option<PathBuf>,
     cache_ttl: Duration,
@@ -1509,6 +1528,7 @@ fn introspection_settings(
     let Some(url) = url else {
         for (set, name) in [
             (client_id.is_some(), SESSION_INTROSPECTION_CLIENT_ID.name),
+            (audience.is_some(), SESSION_INTROSPECTION_AUDIENCE.name),
             (
                 client_secret.is_some(),
                 SESSION_INTROSPECTION_CLIENT_SECRET.name,
@@ -1535,9 +1555,30 @@ fn introspection_settings(
             SESSION_INTROSPECTION_URL.name, SESSION_INTROSPECTION_CLIENT_SECRET.name
         ))
     })?;
+    // The endpoint vouches for every active token of its provider, whichever client it
+    // was issued to; as with a public session key, the audience is required unless
+    // explicitly given up.
+    let audience = match audience.as_deref().map(str::trim) {
+        None | Some("") => {
+            return Err(SESSION_INTROSPECTION_AUDIENCE.error(format!(
+                "is required with {}: the client id(s) or audience(s) a session token must \
+                 be issued to (or * to accept a token issued to any client of the provider)",
+                SESSION_INTROSPECTION_URL.name
+            )))
+        }
+        Some("*") => None,
+        Some(list) => Some(
+            list.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+    };
     Ok(Some(IntrospectionSettings {
         url,
         client_id,
+        audience,
         client_secret,
         client_secret_file,
         cache_ttl,
@@ -1603,15 +1644,32 @@ fn corti_auth_url_for(environment: Environment) -> String {
     format!("https://auth.{}.corti.app", environment.as_str())
 }
 
-/// Hides the password of a `scheme://user:password@host/…` URL.
-pub fn redact_url_password(raw: &str) -> String {
+/// Hides the userinfo of a `scheme://user:password@host/…` URL: the password, and
+/// the user name too, which some services take as the credential itself.
+pub fn redact_url(raw: &str) -> String {
     match reqwest::Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("redacted"));
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_username("redacted");
+            if url.password().is_some() {
+                let _ = url.set_password(Some("redacted"));
+            }
             url.to_string()
         }
-        _ => raw.to_owned(),
+        Ok(_) => raw.to_owned(),
+        // Not a URL the parser takes: keep only what precedes a possible userinfo.
+        Err(_) => match raw.rsplit_once('@') {
+            Some((before, after)) => match before.split_once("://") {
+                Some((scheme, _)) => format!("{scheme}://redacted@{after}"),
+                None => format!("redacted@{after}"),
+            },
+            None => raw.to_owned(),
+        },
     }
+}
+
+/// Older name of [`redact_url`].
+pub fn redact_url_password(raw: &str) -> String {
+    redact_url(raw)
 }
 
 #[cfg(test)]
@@ -1723,6 +1781,7 @@ mod tests {
                 "https://id.example.test/introspect".into(),
             ));
             pairs.push(("SESSION_INTROSPECTION_CLIENT_ID", "token-vendor".into()));
+            pairs.push(("SESSION_INTROSPECTION_AUDIENCE", "app".into()));
             pairs.push((
                 "SESSION_INTROSPECTION_CLIENT_SECRET",
                 "fake-introspection-secret".into(),

@@ -31,10 +31,33 @@ impl Entries {
     /// Reads the file's text: one subject per line, `#` comments, `*` for everyone.
     /// A subject is the whole line without surrounding spaces (subjects may hold
     /// inner spaces); a `#` after a subject is part of it only if not preceded by a
-    /// space, so `alice # left 2026-11` denies `alice`.
+    /// space, so `alice # left 2026-11` denies `alice`. A line that starts with `"` is
+    /// a JSON string naming the subject exactly (`"\u00a0bob # 2 "`), for subjects
+    /// with surrounding spaces, ` #`, or characters that cannot be typed.
     pub fn parse(text: &str) -> Self {
+        Self::parse_reporting(text).0
+    }
+
+    /// [`Entries::parse`], with what an operator should know about the file: lines
+    /// that could not be read, and entries holding invisible or control characters.
+    pub fn parse_reporting(text: &str) -> (Self, Vec<String>) {
         let mut entries = Entries::default();
-        for line in text.lines() {
+        let mut warnings = Vec::new();
+        // An editor's byte-order mark would otherwise become part of the first entry.
+        let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
+        for (number, line) in text.lines().enumerate() {
+            let number = number + 1;
+            if line.trim_start().starts_with('"') {
+                match quoted(line.trim_start()) {
+                    Some(subject) if !subject.is_empty() => {
+                        entries.subjects.insert(subject);
+                    }
+                    _ => warnings.push(format!(
+                        "line {number}: not a JSON string followed by nothing or a # comment; ignored"
+                    )),
+                }
+                continue;
+            }
             let line = match line.find(" #").or_else(|| line.find("\t#")) {
                 Some(at) => &line[..at],
                 None => line,
@@ -45,11 +68,19 @@ impl Entries {
             }
             if line == "*" {
                 entries.everyone = true;
-            } else {
-                entries.subjects.insert(line.to_owned());
+                continue;
             }
+            if line.chars().any(crate::text::is_invisible) {
+                warnings.push(format!(
+                    "line {number}: {:?} holds invisible or control characters ({}); \
+                     write it as a JSON string (\"…\") to name a subject exactly",
+                    line,
+                    crate::text::escape_invisible(line)
+                ));
+            }
+            entries.subjects.insert(line.to_owned());
         }
-        entries
+        (entries, warnings)
     }
 
     /// Lines in force (`*` counts as one).
@@ -189,7 +220,19 @@ impl DenyList {
 fn read(path: &Path) -> Result<Entries, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(Entries::parse(&text))
+    let (entries, warnings) = Entries::parse_reporting(&text);
+    for warning in warnings {
+        tracing::warn!("{SETTING}: {}", crate::text::escape_invisible(&warning));
+    }
+    Ok(entries)
+}
+
+/// The JSON string at the start of `line`, if nothing but a `#` comment follows it.
+fn quoted(line: &str) -> Option<String> {
+    let mut stream = serde_json::Deserializer::from_str(line).into_iter::<String>();
+    let subject = stream.next()?.ok()?;
+    let rest = line[stream.byte_offset()..].trim();
+    (rest.is_empty() || rest.starts_with('#')).then_some(subject)
 }
 
 impl Reloadable for DenyList {
@@ -218,6 +261,17 @@ mod tests {
 
     #[test]
     fn lines_comments_and_the_star() {
+        let (e, warnings) = Entries::parse_reporting(
+            "\u{FEFF}*\n\"\\u00a0nbsp \" # quoted\n\" #hash\"\nzero\u{200B}width\n\"broken\n",
+        );
+        assert!(e.everyone, "a BOM does not hide the first line");
+        assert!(e.subjects.contains("\u{a0}nbsp "));
+        assert!(e.subjects.contains(" #hash"));
+        assert!(e.subjects.contains("zero\u{200B}width"));
+        assert_eq!(e.subjects.len(), 3, "{e:?}");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("line 4") && warnings[0].contains("\\u{200b}"));
+        assert!(warnings[1].contains("line 5"));
         let e = Entries::parse("# ops list\nalice\n\n  bob smith  \ncarol # left\n#dave\n");
         assert_eq!(e.len(), 3);
         for s in ["alice", "bob smith", "carol"] {

@@ -210,9 +210,9 @@ impl JwksCache {
             }
             Err(e) => {
                 if self.ever_loaded() {
-                    tracing::warn!(jwks_url = %self.url, error = %e, "could not refresh JWKS; keeping the last good keys");
+                    tracing::warn!(jwks_url = %crate::config::redact_url(&self.url), error = %e, "could not refresh JWKS; keeping the last good keys");
                 } else {
-                    tracing::error!(jwks_url = %self.url, error = %e, "could not fetch JWKS; no key has been loaded yet, so no token it signs can be checked");
+                    tracing::error!(jwks_url = %crate::config::redact_url(&self.url), error = %e, "could not fetch JWKS; no key has been loaded yet, so no token it signs can be checked");
                 }
                 self.stale.set(1);
                 Err(e)
@@ -297,7 +297,7 @@ fn parse_key_set(body: &[u8], url: &str) -> Result<Vec<Jwk>, JwksError> {
                         .collect::<String>()
                 };
                 tracing::warn!(
-                    jwks_url = %url,
+                    jwks_url = %crate::config::redact_url(url),
                     kid = %field("kid"),
                     kty = %field("kty"),
                     crv = %field("crv"),

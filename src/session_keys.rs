@@ -187,7 +187,21 @@ impl RotatingKeys {
         let Some(path) = &self.previous_file else {
             return Ok(());
         };
-        let secret = read_secret(path)?;
+        // A removed file withdraws the previous secret too: Kubernetes removes a
+        // Secret's file when its key leaves the Secret.
+        let secret = match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut keys = self
+                    .keys
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if keys.previous.take().is_some() {
+                    tracing::info!("previous session secret withdrawn: its file was removed");
+                }
+                return Ok(());
+            }
+            _ => read_secret(path)?,
+        };
         // An emptied file withdraws the previous secret (the safe direction).
         let previous = if secret.is_empty() {
             None

@@ -120,6 +120,7 @@ impl Application {
         })?;
         let extra = options.extra_routes;
         let server_state = state.clone();
+        let body_gate = web::Data::new(http::body_gate::BodyGate::default());
         let draining = state.draining.clone();
         let relay = state.relay.clone();
         let grace = settings.shutdown_grace;
@@ -127,6 +128,7 @@ impl Application {
             let extra = extra.clone();
             App::new()
                 .app_data(server_state.clone())
+                .app_data(body_gate.clone())
                 .wrap(from_fn(http::cors::cors_middleware))
                 .wrap(from_fn(http::head_limit::head_limit_middleware))
                 .wrap(from_fn(http::context::request_id_middleware))
@@ -414,9 +416,14 @@ fn log_start(
         crate::config::SessionKeys::PublicKeyFile(p) => {
             format!("SESSION_JWT_PUBLIC_KEY_FILE {}", p.display())
         }
-        crate::config::SessionKeys::Jwks(url) => format!("SESSION_JWKS_URL {url}"),
+        crate::config::SessionKeys::Jwks(url) => {
+            format!("SESSION_JWKS_URL {}", crate::config::redact_url(url))
+        }
         crate::config::SessionKeys::Introspection(i) => {
-            format!("SESSION_INTROSPECTION_URL {}", i.url)
+            format!(
+                "SESSION_INTROSPECTION_URL {}",
+                crate::config::redact_url(&i.url)
+            )
         }
     };
     let redis = settings
@@ -441,4 +448,44 @@ fn log_start(
         deny_list = %deny_list,
         "token-vendor starting"
     );
+}
+
+/// Raises the soft limit on open files to the hard limit, so connections (each a file
+/// descriptor) run out only where the operator set the ceiling, not at a distribution's
+/// low default soft limit. Returns the limit in force, when it could be read.
+#[cfg(unix)]
+pub fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(
+                from = limit.rlim_cur,
+                to = limit.rlim_max,
+                "raised the open-file limit to its hard limit"
+            );
+            return Some(limit.rlim_max);
+        }
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            "could not raise the open-file limit"
+        );
+    }
+    Some(limit.rlim_cur)
+}
+
+#[cfg(not(unix))]
+pub fn raise_open_file_limit() -> Option<u64> {
+    None
 }

@@ -38,6 +38,9 @@ pub async fn verify_first(
     for token in tokens {
         match sessions.verify(token).await {
             Ok(session) => return Ok(session),
+            // A credential that could not be checked may be the user's valid one: a
+            // planted cookie beside it must not turn a key outage into a sign-out.
+            Err(SessionError::KeysUnavailable) => first_error = Some(SessionError::KeysUnavailable),
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -94,6 +97,10 @@ pub enum Credentials {
 pub enum BodyError {
     TooLarge,
     Unreadable,
+    /// Not all of it arrived within the body deadline.
+    TimedOut,
+    /// Left unread: the client's address already has as many bodies being read as it may.
+    TooManyUnread,
 }
 
 /// Why an attempt got no token. Classified once, in [`VendError::class`].
@@ -103,6 +110,10 @@ pub enum VendError {
     InvalidRequest(String),
     #[error("request body is larger than {MAX_BODY_BYTES} bytes")]
     PayloadTooLarge,
+    #[error("request body did not arrive in time")]
+    BodyTimedOut,
+    #[error("too many requests from this address are still sending their body")]
+    TooManyUnreadBodies,
     #[error("content type must be application/json")]
     UnsupportedMediaType,
     #[error("{0}")]
@@ -165,6 +176,13 @@ impl VendError {
                 None,
             ),
             VendError::PayloadTooLarge => (P::PayloadTooLarge, Outcome::InvalidRequest, own(), None),
+            VendError::BodyTimedOut => (P::RequestTimeout, Outcome::InvalidRequest, own(), None),
+            VendError::TooManyUnreadBodies => (
+                P::RateLimited,
+                Outcome::RateLimited,
+                own(),
+                Some(TRY_AGAIN_SOON),
+            ),
             VendError::UnsupportedMediaType => {
                 (P::UnsupportedMediaType, Outcome::InvalidRequest, own(), None)
             }
@@ -182,7 +200,14 @@ impl VendError {
             ),
             VendError::Origin(_) => (P::OriginNotAllowed, Outcome::Forbidden, own(), None),
             VendError::ScopeNotAllowed(_) => (P::ScopeNotAllowed, Outcome::Forbidden, own(), None),
-            VendError::UnknownTenant(_) => (P::UnknownTenant, Outcome::InvalidRequest, own(), None),
+            // Answered as a tenant the user may not have, so the configured tenants
+            // cannot be enumerated; the audit detail (the error itself) says which.
+            VendError::UnknownTenant(t) => (
+                P::TenantNotAllowed,
+                Outcome::Forbidden,
+                VendError::TenantNotAllowed(t.clone()).to_string().into(),
+                None,
+            ),
             VendError::TenantNotAllowed(_) => {
                 (P::TenantNotAllowed, Outcome::Forbidden, own(), None)
             }
@@ -423,6 +448,16 @@ impl Vendor {
         event.status = ProblemType::OriginNotAllowed.status();
         event.detail = Some("CORS preflight from an origin that is not allowed".into());
         // A refusal needs no fail-closed handling: nothing leaves the service.
+        let _ = self.auditor.record(&event).await;
+    }
+
+    /// Audits a `POST /v1/tokens` refused before its handler ran (such as a head over
+    /// the size limit), folded like the other refusals.
+    pub async fn refuse_before_handler(&self, caller: &Caller, problem: ProblemType, detail: &str) {
+        let mut event = self.begin_event(caller);
+        event.outcome = Outcome::InvalidRequest;
+        event.status = problem.status();
+        event.detail = Some(clip(detail, 300));
         let _ = self.auditor.record(&event).await;
     }
 
@@ -705,6 +740,8 @@ fn read_body(
     let body = body.map_err(|e| match e {
         BodyError::TooLarge => VendError::PayloadTooLarge,
         BodyError::Unreadable => VendError::InvalidRequest("request body could not be read".into()),
+        BodyError::TimedOut => VendError::BodyTimedOut,
+        BodyError::TooManyUnread => VendError::TooManyUnreadBodies,
     })?;
     // serde reads a struct from a JSON array too; the body must be an object.
     if body.trim_ascii_start().first() != Some(&b'{') {

@@ -1,13 +1,15 @@
 //! Findings of the adversarial review (issue 10), each proven against the real binary.
 
 mod blackbox;
+#[path = "findings/edge.rs"]
+mod edge;
 
 use blackbox::{Service, SessionKey, ORIGIN, READER_ROLE};
 use serde_json::Value;
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
 use token_vendor::dev::random_hex;
 
-struct Setup {
+pub(crate) struct Setup {
     standin: AuthStandIn,
     key: SessionKey,
     service: Service,
@@ -40,7 +42,7 @@ fn setup(extra: &[(&str, &str)]) -> Setup {
     }
 }
 
-fn events(s: &Setup, query: &str) -> Vec<Value> {
+pub(crate) fn events(s: &Setup, query: &str) -> Vec<Value> {
     let auth = format!("Bearer {}", s.key.session("finding-reader", &[READER_ROLE]));
     let r = s.service.request(
         "GET",

@@ -329,9 +329,10 @@ async fn a_reuse_costs_one_redis_get_on_another_replica_and_none_on_the_same_one
             .filter(|(_, k)| *k > 0)
             .collect()
     };
+    // One round trip: the entry and the deny generations it is bound to, in one MGET.
     assert_eq!(
         token_cache(&on_other),
-        [("get".to_owned(), 1)],
+        [("mget".to_owned(), 1)],
         "{on_other:?}"
     );
     assert_eq!(token_cache(&on_same), [], "{on_same:?}");
@@ -516,4 +517,132 @@ async fn a_subject_denied_on_one_replica_leaves_no_token_in_redis_for_another() 
         0.0
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection")
+}
+
+/// Someone with Redis write access but without `TOKEN_CACHE_KEY` copies a user's entry,
+/// waits for a deny and its lift, and writes the entry back: no replica, not even a
+/// fresh one, hands out the token from before the deny.
+#[tokio::test]
+async fn a_cache_entry_replayed_after_a_deny_and_its_lift_is_refused() {
+    if required_or_skip("redis-server on PATH", redis_server_available()).is_none() {
+        return;
+    }
+    let redis = OwnRedis::start(free_port()).expect("redis-server starts");
+    redis.wait_ready().await;
+    let url = redis.url();
+    let dir = std::env::temp_dir().join(format!("tv-fleet-replay-{}", random_hex(8)));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let list = dir.join("deny");
+    std::fs::write(&list, "").expect("write");
+    let key = fresh_cache_key();
+    let secrets = Secrets::fresh();
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("TOKEN_CACHE_KEY", key.as_str()),
+    ];
+    let a = TestApp::builder()
+        .upstream(Upstream::StandIn(LIFETIME))
+        .limits(Limits::Off)
+        .envs(env)
+        .env("DENY_LIST_FILE", list.display().to_string())
+        .secrets(secrets.clone())
+        .spawn()
+        .await;
+    let upstream = a
+        .standin
+        .as_ref()
+        .map(|s| s.base_url().to_owned())
+        .expect("stand-in");
+    let user = unique_user();
+    let session = a.session(&user);
+    let before = token_from(&a, &session).await;
+    let copied_keys = redis.keys("token-vendor:tok:v1:token:*").await;
+    assert_eq!(copied_keys.len(), 1, "{copied_keys:?}");
+    let copied = redis.dump_values(&copied_keys).await;
+
+    std::fs::write(&list, format!("{user}\n")).expect("write");
+    assert!(
+        support::eventually(Duration::from_secs(4), || async {
+            a.metric("token_vendor_deny_list_entries").await == 1.0
+        })
+        .await
+    );
+    assert_eq!(a.vend_transcribe(&session).await.status(), 403);
+    std::fs::write(&list, "").expect("write");
+    assert!(
+        support::eventually(Duration::from_secs(4), || async {
+            a.metric("token_vendor_deny_list_entries").await == 0.0
+        })
+        .await
+    );
+    let mut conn = redis_conn(&url).await;
+    redis::cmd("SET")
+        .arg(&copied_keys[0])
+        .arg(&copied[0])
+        .arg("PX")
+        .arg(200_000)
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("replay the entry");
+
+    let fresh = replica_of(&upstream, env, &secrets, Store::Memory).await;
+    let after = token_from(&fresh, &session).await;
+    assert_ne!(
+        after, before,
+        "a fresh replica handed out the pre-deny token"
+    );
+    assert_ne!(token_from(&a, &session).await, before);
+    let _ = std::fs::remove_dir_all(&dir);
+    redis.stop();
+}
+
+/// The single-flight lock's name cannot be derived from the visible token key: a
+/// planted lock does not make vends wait.
+#[tokio::test]
+async fn a_lock_planted_beside_a_visible_token_key_does_not_stall_vends() {
+    if required_or_skip("redis-server on PATH", redis_server_available()).is_none() {
+        return;
+    }
+    let redis = OwnRedis::start(free_port()).expect("redis-server starts");
+    redis.wait_ready().await;
+    let url = redis.url();
+    let fleet = replicas(2, &url, &fresh_cache_key()).await;
+    let session = fleet[0].session(&unique_user());
+    token_from(&fleet[0], &session).await;
+    let token_keys = redis.keys("token-vendor:tok:v1:token:*").await;
+    assert_eq!(token_keys.len(), 1, "{token_keys:?}");
+    let planted = token_keys[0].replace(":token:", ":lock:");
+    let mut conn = redis_conn(&url).await;
+    redis::cmd("DEL")
+        .arg(&token_keys[0])
+        .query_async::<i64>(&mut conn)
+        .await
+        .expect("DEL");
+    redis::cmd("SET")
+        .arg(&planted)
+        .arg("attacker")
+        .arg("PX")
+        .arg(60_000)
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("plant a lock");
+
+    // The second replica has no token of this user in memory: it goes through Redis.
+    let other = &fleet[1];
+    let started = Instant::now();
+    token_from(other, &session).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "a planted lock stalled the vend {took:?}"
+    );
+    redis.stop();
 }

@@ -66,10 +66,10 @@ export interface TokenSource {
    * `new CortiClient({ environment, tenantName, auth: { refreshAccessToken } })`.
    */
   refreshAccessToken: () => Promise<TokenResponse>;
-  /** `wss://api.{env}.corti.app/audio-bridge/v2/transcribe?tenant-name=…&token=Bearer%20…` */
-  transcribeUrl(): Promise<string>;
+  /** `wss://api.{env}.corti.app/audio-bridge/v2/transcribe?tenant-name=…&token=Bearer%20…`, with a fresh token or the one given. */
+  transcribeUrl(token?: TokenResponse): Promise<string>;
   /** `wss://api.{env}.corti.app/audio-bridge/v2/interactions/{id}/streams?tenant-name=…&token=Bearer%20…` */
-  streamsUrl(interactionId: string): Promise<string>;
+  streamsUrl(interactionId: string, token?: TokenResponse): Promise<string>;
   /** Drop the cached token (e.g. on sign-out). */
   clear(): void;
 }

@@ -249,24 +249,27 @@ export function createTokenSource(options) {
   }
 
   /**
-   * WebSocket URL for live transcription (`/audio-bridge/v2/transcribe`), with a fresh token.
+   * WebSocket URL for live transcription (`/audio-bridge/v2/transcribe`), with a fresh token
+   * (or the token body given).
+   * @param {object} [token]
    * @returns {Promise<string>}
    */
-  async function transcribeUrl() {
-    const token = await getToken();
+  async function transcribeUrl(token) {
+    token ??= await getToken();
     return `${wsBase(token)}/audio-bridge/v2/transcribe?${query(token)}`;
   }
 
   /**
    * WebSocket URL for an interaction's stream (`/audio-bridge/v2/interactions/{id}/streams`).
    * @param {string} interactionId
+   * @param {object} [token] the token body to use instead of a fresh one
    * @returns {Promise<string>}
    */
-  async function streamsUrl(interactionId) {
+  async function streamsUrl(interactionId, token) {
     if (interactionId == null || String(interactionId) === "") {
       throw new TypeError("streamsUrl: `interactionId` is required");
     }
-    const token = await getToken();
+    token ??= await getToken();
     const id = encodeURIComponent(String(interactionId));
     return `${wsBase(token)}/audio-bridge/v2/interactions/${id}/streams?${query(token)}`;
   }
@@ -374,9 +377,11 @@ export function connectSpeechSocket(options) {
     resolveClosed(info);
   }
 
-  function url() {
+  // The URL is built from the token already fetched: a second getToken() could cross a
+  // refresh and report one token while connecting with another.
+  function url(token) {
     if (relay) return relayUrl(relay, endpoint, interactionId);
-    return endpoint === "streams" ? tokens.streamsUrl(interactionId) : tokens.transcribeUrl();
+    return endpoint === "streams" ? tokens.streamsUrl(interactionId, token) : tokens.transcribeUrl(token);
   }
 
   /** One connection attempt; resolves when it has closed (or could not start). */
@@ -386,7 +391,7 @@ export function connectSpeechSocket(options) {
     try {
       // Relay mode: token-vendor holds the Corti token; the browser fetches none.
       token = relay ? null : await tokens.getToken();
-      target = await url();
+      target = await url(token);
     } catch (error) {
       return { tokenError: error };
     }

@@ -487,7 +487,7 @@ fn write_table(events: &[AuditEvent], out: &mut impl Write) -> io::Result<()> {
                 e.status.to_string(),
                 e.subject
                     .as_deref()
-                    .map(|s| clip(s, 32))
+                    .map(|s| clip(&crate::text::escape_invisible(s), 32))
                     .unwrap_or_else(dash),
                 clip(&e.tenant, 24),
                 e.client_ip.clone().unwrap_or_else(dash),

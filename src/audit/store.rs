@@ -87,7 +87,10 @@ impl AuditStore for SqlAuditStore {
     }
 
     fn checkpoint(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.writer.checkpoint())
+        Box::pin(async move {
+            self.writer.checkpoint().await;
+            self.db.checkpoint_wal().await;
+        })
     }
 
     /// Ready while the writer's last commit succeeded and the database answers a read:

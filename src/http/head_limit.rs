@@ -5,8 +5,9 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 
-use super::context::request_id;
+use super::context::{caller, request_id};
 use super::problem::Problem;
+use super::AppState;
 use crate::catalog::ProblemType;
 
 /// Largest total size of the request headers (names and values), in bytes.
@@ -23,12 +24,26 @@ pub async fn head_limit_middleware(
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum();
     if size > MAX_HEADER_BYTES {
-        let response = Problem::new(
-            ProblemType::HeadersTooLarge,
-            format!("request headers must not exceed {MAX_HEADER_BYTES} bytes"),
-        )
-        .respond(&request_id(req.request()));
+        let detail = format!("request headers must not exceed {MAX_HEADER_BYTES} bytes");
+        audit_if_vend(req.request(), &detail).await;
+        let response =
+            Problem::new(ProblemType::HeadersTooLarge, detail).respond(&request_id(req.request()));
         return Ok(req.into_response(response));
     }
     Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// Every `POST /v1/tokens` attempt is audited, those refused here too.
+async fn audit_if_vend(req: &actix_web::HttpRequest, detail: &str) {
+    if req.method() != actix_web::http::Method::POST || req.path() != "/v1/tokens" {
+        return;
+    }
+    let Some(state) = req.app_data::<actix_web::web::Data<AppState>>() else {
+        return;
+    };
+    let caller = caller(req, &state.trusted_proxies);
+    state
+        .vendor
+        .refuse_before_handler(&caller, ProblemType::HeadersTooLarge, detail)
+        .await;
 }

@@ -3,10 +3,11 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::vend::{Ask, Attempt, BodyError, Credentials, MAX_BODY_BYTES};
 
+use super::body_gate::{BodyGate, BODY_DEADLINE};
 use super::context::{caller, header_text};
 use super::problem::Problem;
 use super::rate_limit::add_headers;
@@ -19,12 +20,24 @@ pub async fn post_tokens(
 ) -> HttpResponse {
     let caller = caller(&req, &state.trusted_proxies);
     let request_id = caller.request_id.clone();
+    let gate = req.app_data::<web::Data<BodyGate>>().cloned();
+    let body = tokio::time::timeout(
+        BODY_DEADLINE,
+        read_body(
+            &req,
+            payload,
+            gate.as_ref().map(|g| g.get_ref()),
+            caller.client_ip,
+        ),
+    )
+    .await
+    .unwrap_or(Err(BodyError::TimedOut));
     let attempt = Attempt {
         caller,
         credentials: credentials(&req, &state.cookie_name),
         ask: Ask::Body {
             content_type: content_type(&req),
-            body: read_body(&req, payload).await,
+            body,
         },
     };
     let handled = state.vendor.handle(attempt).await;
@@ -104,7 +117,15 @@ pub fn cookie_values<'a>(headers: impl IntoIterator<Item = &'a str>, name: &str)
         .collect()
 }
 
-async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<Vec<u8>, BodyError> {
+/// Reads the body. What has already arrived with the headers is taken at once; only a
+/// body still on its way holds one of its address's places in the [`BodyGate`] while it
+/// is awaited (none left: refused unread, and actix then closes the connection).
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    gate: Option<&BodyGate>,
+    client_ip: Option<std::net::IpAddr>,
+) -> Result<Vec<u8>, BodyError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -114,12 +135,26 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<Vec<u
         return Err(BodyError::TooLarge);
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(64));
-    while let Some(chunk) = payload.next().await {
+    let mut permit = None;
+    loop {
+        let next = match payload.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                if permit.is_none() {
+                    if let (Some(gate), Some(ip)) = (gate, client_ip) {
+                        permit = Some(gate.enter(ip).ok_or(BodyError::TooManyUnread)?);
+                    }
+                }
+                payload.next().await
+            }
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|_| BodyError::Unreadable)?;
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
+    drop(permit);
     Ok(body)
 }

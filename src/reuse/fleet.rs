@@ -5,6 +5,12 @@
 //! under, with a TTL of its remaining life. Redis keys are keyed hashes of (tenant,
 //! subject, scope), so nothing readable (no token, no subject) is ever in Redis.
 //!
+//! Each entry is also bound to the subject's deny generation (and a fleet-wide one for
+//! `*`), counters in Redis that a deny moves: an entry copied before a deny and written
+//! back after its lift no longer opens. (Someone who can write Redis could also put the
+//! old counter back; the counters only ever grow, so that takes a deliberate rollback
+//! of two keys, and a replayed token still dies with its own short life.)
+//!
 //! Single-flight across replicas: the replica that wins a short `SET NX PX` lock calls
 //! upstream and stores the token; the others poll for it for a bounded time. A lock
 //! whose owner died expires and a waiter takes over.
@@ -46,6 +52,9 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 const LOCK_SLACK: Duration = Duration::from_secs(1);
 /// Prefix of every key this module writes; `v1` names the value format.
 const KEY_PREFIX: &str = "token-vendor:tok:v1";
+/// How long a deny generation outlives its last change: far past any token's life, so
+/// an entry sealed before the counter existed has expired by the time it goes.
+const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const NONCE_LEN: usize = 24;
 
 /// Deletes the lock only if this replica still holds it.
@@ -55,6 +64,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 "#;
+
+/// The associated data an entry is sealed with: the Redis key it is stored under and
+/// the deny generations (of its subject, of everyone) when it was stored. An entry
+/// written anywhere else, or before a deny, does not open.
+fn bound_to(token_key: &str, subject: Option<u64>, everyone: Option<u64>) -> String {
+    format!(
+        "{token_key}|gen:{}|all:{}",
+        subject.unwrap_or(0),
+        everyone.unwrap_or(0)
+    )
+}
 
 /// Why the fleet cache could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +100,16 @@ pub struct FleetCache {
 /// The Redis keys of one (tenant, subject, scope).
 struct Names {
     token: String,
+    /// Derived with the key from the token's name, so nobody without the key can
+    /// name (and plant) it.
     lock: String,
+    /// The (tenant, subject)'s deny generation.
+    generation: String,
+}
+
+/// The fleet-wide deny generation, moved by `*`.
+fn everyone_generation() -> String {
+    format!("{KEY_PREFIX}:gen:everyone")
 }
 
 /// What is encrypted; never stored in the clear.
@@ -180,6 +209,8 @@ impl FleetCache {
     /// Deletes every token of `subject` at `tenant` from Redis, for each scope set.
     /// Best effort: without Redis, a stored token still expires with its own life.
     pub async fn forget(&self, subject: &Subject, tenant: &Tenant) {
+        let generation = self.subject_generation(subject, tenant);
+        self.bump(&generation).await;
         let keys: Vec<String> = RequestedScope::every()
             .map(|scope| {
                 self.names(&ReuseKey {
@@ -199,6 +230,7 @@ impl FleetCache {
     /// Deletes every token this service stored in Redis (`*` on the deny list), in
     /// batches found with `SCAN`. Best effort, as [`FleetCache::forget`].
     pub async fn forget_everyone(&self) {
+        self.bump(&everyone_generation()).await;
         let pattern = format!("{KEY_PREFIX}:token:*");
         let mut cursor: u64 = 0;
         loop {
@@ -228,23 +260,68 @@ impl FleetCache {
         }
     }
 
-    fn names(&self, key: &ReuseKey) -> Names {
+    /// A keyed hash of `parts`, each length-prefixed so no two different lists give
+    /// the same input.
+    fn keyed_id(&self, parts: &[&str]) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.names)
             .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
-        for part in [
-            key.tenant.as_str(),
-            key.subject.as_str(),
-            &key.scope.to_oauth_string(),
-        ] {
-            // Length-prefixed, so no two different triples give the same input.
+        for part in parts {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part.as_bytes());
         }
-        let id = hex::encode(mac.finalize().into_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    fn subject_generation(&self, subject: &Subject, tenant: &Tenant) -> String {
+        let id = self.keyed_id(&["generation", tenant.as_str(), subject.as_str()]);
+        format!("{KEY_PREFIX}:gen:{id}")
+    }
+
+    fn names(&self, key: &ReuseKey) -> Names {
+        let id = self.keyed_id(&[
+            key.tenant.as_str(),
+            key.subject.as_str(),
+            &key.scope.to_oauth_string(),
+        ]);
+        let lock = self.keyed_id(&["lock", &id]);
         Names {
             token: format!("{KEY_PREFIX}:token:{id}"),
-            lock: format!("{KEY_PREFIX}:lock:{id}"),
+            lock: format!("{KEY_PREFIX}:lock:{lock}"),
+            generation: self.subject_generation(&key.subject, &key.tenant),
         }
+    }
+
+    /// Moves a deny generation (best effort, as the deletes that follow).
+    async fn bump(&self, generation: &str) {
+        let mut conn = self.conn.clone();
+        let _ = self
+            .call(
+                redis::pipe()
+                    .atomic()
+                    .cmd("INCR")
+                    .arg(generation)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(generation)
+                    .arg(millis(GENERATION_TTL))
+                    .ignore()
+                    .query_async::<()>(&mut conn),
+            )
+            .await;
+    }
+
+    /// What an entry is bound to besides its key: both deny generations now.
+    async fn binding(&self, names: &Names) -> Result<String, Unavailable> {
+        let mut conn = self.conn.clone();
+        let (subject, everyone): (Option<u64>, Option<u64>) = self
+            .call(
+                redis::cmd("MGET")
+                    .arg(&names.generation)
+                    .arg(everyone_generation())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(bound_to(&names.token, subject, everyone))
     }
 
     async fn lookup(
@@ -253,16 +330,24 @@ impl FleetCache {
         min_ttl: Duration,
     ) -> Result<Option<GrantedToken>, Unavailable> {
         let mut conn = self.conn.clone();
-        let sealed: Option<Vec<u8>> = self
-            .call(redis::cmd("GET").arg(&names.token).query_async(&mut conn))
+        let (sealed, subject, everyone): (Option<Vec<u8>>, Option<u64>, Option<u64>) = self
+            .call(
+                redis::cmd("MGET")
+                    .arg(&names.token)
+                    .arg(&names.generation)
+                    .arg(everyone_generation())
+                    .query_async(&mut conn),
+            )
             .await?;
         let Some(sealed) = sealed else {
             return Ok(None);
         };
-        let Some(token) = self.open(&names.token, &sealed) else {
-            // Written with another key, or altered: never trusted, and replaced.
+        let binding = bound_to(&names.token, subject, everyone);
+        let Some(token) = self.open(&binding, &sealed) else {
+            // Written with another key, before a deny, or altered: never trusted, and
+            // replaced.
             tracing::warn!(
-                "token cache: a cached token did not decrypt with TOKEN_CACHE_KEY; ignoring it"
+                "token cache: a cached token did not open with TOKEN_CACHE_KEY and the current deny generation; ignoring it"
             );
             return Ok(None);
         };
@@ -302,7 +387,10 @@ impl FleetCache {
         if left.is_zero() {
             return;
         }
-        let Some(sealed) = self.seal(&names.token, token) else {
+        let Ok(binding) = self.binding(names).await else {
+            return;
+        };
+        let Some(sealed) = self.seal(&binding, token) else {
             return;
         };
         let mut conn = self.conn.clone();
@@ -318,7 +406,8 @@ impl FleetCache {
             .await;
     }
 
-    fn seal(&self, redis_key: &str, token: &GrantedToken) -> Option<Vec<u8>> {
+    /// `binding`: the associated data, from [`bound_to`].
+    fn seal(&self, binding: &str, token: &GrantedToken) -> Option<Vec<u8>> {
         let plain = zeroize::Zeroizing::new(
             serde_json::to_vec(&Sealed {
                 access_token: token.access_token.expose_secret().to_owned(),
@@ -334,7 +423,7 @@ impl FleetCache {
                 &nonce,
                 Payload {
                     msg: &plain,
-                    aad: redis_key.as_bytes(),
+                    aad: binding.as_bytes(),
                 },
             )
             .ok()?;
@@ -343,7 +432,7 @@ impl FleetCache {
         Some(out)
     }
 
-    fn open(&self, redis_key: &str, sealed: &[u8]) -> Option<GrantedToken> {
+    fn open(&self, binding: &str, sealed: &[u8]) -> Option<GrantedToken> {
         if sealed.len() < NONCE_LEN {
             return None;
         }
@@ -355,7 +444,7 @@ impl FleetCache {
                     &XNonce::from(nonce),
                     Payload {
                         msg: ciphertext,
-                        aad: redis_key.as_bytes(),
+                        aad: binding.as_bytes(),
                     },
                 )
                 .ok()?,
@@ -490,6 +579,25 @@ mod tests {
         let last = altered.len() - 1;
         altered[last] ^= 1;
         assert!(c.open(&alice.token, &altered).is_none(), "altered");
+
+        let before = bound_to(&alice.token, Some(1), None);
+        let sealed = c.seal(&before, &token()).unwrap();
+        assert!(c.open(&before, &sealed).is_some());
+        assert!(
+            c.open(&bound_to(&alice.token, Some(2), None), &sealed)
+                .is_none(),
+            "a deny of the subject moved its generation"
+        );
+        assert!(
+            c.open(&bound_to(&alice.token, Some(1), Some(1)), &sealed)
+                .is_none(),
+            "a deny of everyone moved the fleet's generation"
+        );
+        let id = alice.token.rsplit(':').next().unwrap();
+        assert!(
+            !alice.lock.contains(id),
+            "the lock is not named after the token"
+        );
     }
 
     #[tokio::test]

@@ -57,6 +57,7 @@ struct Cached {
 pub struct Introspector {
     url: String,
     client_id: String,
+    audience: Option<Vec<String>>,
     secret: RwLock<SecretString>,
     secret_file: Option<PathBuf>,
     ttl: Duration,
@@ -76,6 +77,7 @@ impl Introspector {
         Ok(Arc::new(Self {
             url: settings.url.clone(),
             client_id: settings.client_id.clone(),
+            audience: settings.audience.clone(),
             secret: RwLock::new(settings.client_secret.clone()),
             secret_file: settings.client_secret_file.clone(),
             ttl: settings.cache_ttl,
@@ -122,7 +124,7 @@ impl Introspector {
             Ok(Verdict::Active(session, _)) => Ok(session),
             Ok(Verdict::Inactive(why)) => Err(SessionError::Invalid(why)),
             Err(e) => {
-                tracing::warn!(introspection_url = %self.url, error = %e, "cannot check an opaque session");
+                tracing::warn!(introspection_url = %crate::config::redact_url(&self.url), error = %e, "cannot check an opaque session");
                 Err(SessionError::KeysUnavailable)
             }
         }
@@ -196,7 +198,7 @@ impl Introspector {
             return Err(unavailable(format!("status {}", status.as_u16())));
         }
         let body = read_capped(response).await.map_err(unavailable)?;
-        parse_answer(&body)
+        parse_answer(&body, self.audience.as_deref())
     }
 }
 
@@ -254,16 +256,35 @@ struct RawAnswer {
     roles: Option<StringOrList>,
     #[serde(default)]
     corti_tenants: Option<StringOrList>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    aud: Option<StringOrList>,
 }
 
 /// Reads an RFC 7662 answer. `Err` when it is not one (the endpoint is then treated as
 /// unavailable); an active answer that cannot name a user is an invalid session.
-fn parse_answer(body: &[u8]) -> Answer {
-    let raw: RawAnswer = serde_json::from_slice(body).map_err(|_| {
+/// `audience`: the `client_id`/`aud` values one of which the answer must name (`None`:
+/// any client's token is a session).
+fn parse_answer(body: &[u8], audience: Option<&[String]>) -> Answer {
+    let mut raw: RawAnswer = serde_json::from_slice(body).map_err(|_| {
         IntrospectionError::Unavailable("answer is not an RFC 7662 JSON object".into())
     })?;
     if !raw.active {
         return Ok(Verdict::Inactive("session is not active (introspection)"));
+    }
+    if let Some(expected) = audience {
+        let client = raw.client_id.iter().cloned();
+        let aud = raw
+            .aud
+            .take()
+            .map(StringOrList::into_vec)
+            .unwrap_or_default();
+        if !client.chain(aud).any(|named| expected.contains(&named)) {
+            return Ok(Verdict::Inactive(
+                "token issued to another client (introspection: client_id/aud)",
+            ));
+        }
     }
     let Some(sub) = raw.sub.as_deref() else {
         return Ok(Verdict::Inactive(
@@ -349,6 +370,7 @@ mod tests {
         Introspector::new(&IntrospectionSettings {
             url,
             client_id: "tv client".into(),
+            audience: None,
             client_secret: SecretString::from("fake:secret"),
             client_secret_file: None,
             cache_ttl: Duration::from_secs(30),
@@ -431,7 +453,7 @@ mod tests {
 
     #[test]
     fn answers_map_to_sessions() {
-        let active = |json: &str| match parse_answer(json.as_bytes()) {
+        let active = |json: &str| match parse_answer(json.as_bytes(), None) {
             Ok(Verdict::Active(session, _)) => session,
             other => panic!("not active: {other:?}"),
         };
@@ -467,12 +489,15 @@ mod tests {
             r#"{"active":true,"sub":"u1","exp":1000}"#,
         ] {
             assert!(
-                matches!(parse_answer(inactive.as_bytes()), Ok(Verdict::Inactive(_))),
+                matches!(
+                    parse_answer(inactive.as_bytes(), None),
+                    Ok(Verdict::Inactive(_))
+                ),
                 "{inactive}"
             );
         }
         for broken in ["", "<html>", r#"{"sub":"u1"}"#, r#"{"active":"yes"}"#, "[]"] {
-            assert!(parse_answer(broken.as_bytes()).is_err(), "{broken}");
+            assert!(parse_answer(broken.as_bytes(), None).is_err(), "{broken}");
         }
     }
 }

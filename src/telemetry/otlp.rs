@@ -127,6 +127,11 @@ pub fn redacted_lines() -> Vec<String> {
         .chain(PLAIN)
     {
         if let Some(v) = var(name) {
+            let v = if name == ENDPOINT || name == TRACES_ENDPOINT {
+                crate::config::redact_url(&v)
+            } else {
+                v
+            };
             lines.push(format!("{name}={v}"));
         }
     }

@@ -518,3 +518,117 @@ fn serve_refuses_to_start_without_a_signing_key_unless_told_to() {
     );
     let _ = std::fs::remove_file(&db);
 }
+
+#[test]
+fn check_config_hides_the_userinfo_of_every_url() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let mut env = full_settings(&secret);
+    env.retain(|(k, _)| *k != "SESSION_JWT_SECRET");
+    env.extend([
+        (
+            "SESSION_INTROSPECTION_URL",
+            format!("http://intro-user:{secret}-intro@127.0.0.1:9/introspect"),
+        ),
+        ("SESSION_INTROSPECTION_CLIENT_ID", "token-vendor".to_owned()),
+        ("SESSION_INTROSPECTION_AUDIENCE", "token-vendor".to_owned()),
+        (
+            "SESSION_INTROSPECTION_CLIENT_SECRET",
+            format!("{secret}-client"),
+        ),
+        (
+            "CORTI_AUTH_URL",
+            format!("https://{secret}-tokenasuser@auth.example.test"),
+        ),
+        (
+            "DATABASE_URL",
+            format!("postgres://tv:{secret}-db@127.0.0.1/tv"),
+        ),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run(&["check-config"], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(!stdout.contains(&secret), "{stdout}");
+    assert!(!stderr.contains(&secret), "{stderr}");
+    assert!(
+        stdout.lines().any(
+            |l| l.starts_with("SESSION_INTROSPECTION_URL=http://") && l.contains("127.0.0.1:9")
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn introspection_needs_an_expected_audience_or_the_explicit_opt_out() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let mut env = full_settings(&secret);
+    env.retain(|(k, _)| *k != "SESSION_JWT_SECRET");
+    env.extend([
+        (
+            "SESSION_INTROSPECTION_URL",
+            "http://127.0.0.1:9/introspect".to_owned(),
+        ),
+        ("SESSION_INTROSPECTION_CLIENT_ID", "token-vendor".to_owned()),
+        (
+            "SESSION_INTROSPECTION_CLIENT_SECRET",
+            format!("{secret}-client"),
+        ),
+    ]);
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run(&["check-config"], &refs);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SESSION_INTROSPECTION_AUDIENCE"));
+    for audience in ["our-app", "*"] {
+        let mut with = refs.clone();
+        with.push(("SESSION_INTROSPECTION_AUDIENCE", audience));
+        let out = run(&["check-config"], &with);
+        assert_eq!(out.status.code(), Some(0), "{audience}: {out:?}");
+    }
+}
+
+#[test]
+fn the_store_urls_can_come_from_files_with_their_credentials() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let dir = std::env::temp_dir().join(format!("tv-cli-urls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db_file = dir.join("database-url");
+    std::fs::write(
+        &db_file,
+        format!("postgres://tv:{secret}-db@db.internal/tv\n"),
+    )
+    .unwrap();
+    let redis_file = dir.join("redis-url");
+    std::fs::write(
+        &redis_file,
+        format!("rediss://:{secret}-redis@cache.internal:6380\n"),
+    )
+    .unwrap();
+    let mut env = full_settings(&secret);
+    env.push(("DATABASE_URL_FILE", db_file.display().to_string()));
+    env.push(("REDIS_URL_FILE", redis_file.display().to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run(&["check-config"], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("DATABASE_URL=postgres://") && l.contains("@db.internal/tv")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("RATE_LIMIT_REDIS_URL=rediss://")
+                && l.contains("@cache.internal:6380")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&secret), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

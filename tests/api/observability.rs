@@ -305,3 +305,15 @@ async fn the_audit_writer_reports_its_commits() {
     }
     db.cleanup().await;
 }
+
+/// Connections are file descriptors: an alert fires before a replica runs out of them.
+#[test]
+fn an_alert_watches_open_file_descriptors_against_the_limit() {
+    let alerts = alert_exprs();
+    assert!(
+        alerts
+            .iter()
+            .any(|(_, e)| e.contains("process_open_fds") && e.contains("process_max_fds")),
+        "{alerts:?}"
+    );
+}

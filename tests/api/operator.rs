@@ -551,3 +551,63 @@ async fn a_rotated_session_public_key_file_is_picked_up_and_a_private_key_refuse
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(status_of(&app, &session(&second)).await, 200);
 }
+
+/// Kubernetes removes a Secret's file when its key leaves the Secret: a removed
+/// previous-secret file withdraws that secret as an emptied one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_previous_secret_file_withdraws_the_previous_secret() {
+    let dir = Dir::new();
+    let current = format!("fake-session-secret-{}", random_hex(24));
+    let previous = format!("fake-previous-secret-{}", random_hex(24));
+    let previous_file = dir.put("previous", &previous);
+    let app = TestApp::builder()
+        .limits(Limits::Off)
+        .reuse(Reuse::Off)
+        .secrets(Secrets {
+            session: current.clone(),
+            ..Secrets::fresh()
+        })
+        .env(
+            "SESSION_JWT_PREVIOUS_SECRET_FILE",
+            previous_file.display().to_string(),
+        )
+        .spawn()
+        .await;
+    let previous_session = SessionSigner::new(&previous).session("alice");
+    assert_eq!(status_of(&app, &previous_session).await, 200);
+
+    std::fs::remove_file(&previous_file).expect("remove");
+    let withdrawn = eventually(PICKED_UP, || async {
+        status_of(&app, &SessionSigner::new(&previous).session("alice")).await == 401
+    })
+    .await;
+    assert!(withdrawn, "the removed previous secret is still accepted");
+    let current_session = SessionSigner::new(&current).session("alice");
+    assert_eq!(status_of(&app, &current_session).await, 200);
+}
+
+/// An editor's byte-order mark does not hide the first line, and a JSON-string line
+/// names a subject exactly, surrounding no-break spaces and ` #` included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bom_does_not_hide_the_first_deny_line_and_quoted_lines_name_subjects_exactly() {
+    let dir = Dir::new();
+    let list = dir.put(
+        "deny",
+        "\u{FEFF}plain-user\n\"\\u00a0nbsp-user\" # quoted\n\"hash #1\"\n",
+    );
+    let app = TestApp::builder()
+        .limits(Limits::Off)
+        .env("DENY_LIST_FILE", list.display().to_string())
+        .spawn()
+        .await;
+    for user in ["plain-user", "\u{a0}nbsp-user", "hash #1"] {
+        let (body, _) = problem(app.vend_transcribe(&app.session(user)).await, 403).await;
+        assert_eq!(body["type"], DENIED, "{user:?}");
+    }
+    assert_eq!(status_of(&app, &app.session("nbsp-user")).await, 200);
+    assert_eq!(status_of(&app, &app.session("hash")).await, 200);
+    dir.put("deny", "\u{FEFF}*\n");
+    assert!(eventually(PICKED_UP, || async { deny_entries(&app).await == 1.0 }).await);
+    let (body, _) = problem(app.vend_transcribe(&app.session("anyone")).await, 403).await;
+    assert_eq!(body["type"], DENIED, "a BOM before * does not disable it");
+}

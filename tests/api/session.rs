@@ -378,3 +378,99 @@ async fn a_session_refused_on_its_clock_says_by_how_much_and_the_leeway_is_a_set
         "{detail}"
     );
 }
+
+#[tokio::test]
+async fn a_planted_cookie_does_not_turn_a_key_outage_into_a_sign_out() {
+    // Arrange: the IdP's JWKS is down, and a sibling subdomain planted a garbage cookie
+    // of the session cookie's name, sent before the user's own.
+    let idp = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&idp)
+        .await;
+    let app = TestApp::builder()
+        .allowed_origin(APP_ORIGIN)
+        .env("SESSION_JWT_SECRET", String::new())
+        .env("SESSION_JWKS_URL", format!("{}/jwks", idp.uri()))
+        .env("SESSION_JWT_UNCHECKED_CLAIMS", "aud,iss")
+        .spawn()
+        .await;
+    let session = TestKey::generate().sign(&json!({"sub": "kim", "exp": now() + 600}));
+
+    for cookie in [
+        format!("session=garbage; session={session}"),
+        format!("session={session}; session=garbage"),
+    ] {
+        let response = app
+            .post_tokens()
+            .header("Cookie", cookie.clone())
+            .header("Origin", APP_ORIGIN)
+            .header("Content-Type", "application/json")
+            .body(BODY)
+            .send()
+            .await
+            .unwrap();
+        let (body, id) = problem(response, 503).await;
+        assert!(
+            body["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("session-keys-unavailable")),
+            "{cookie}: {body}"
+        );
+        assert_outcome(&app, &id, Outcome::Unavailable, 503);
+    }
+}
+
+/// An introspection endpoint answers for every active token of its provider: one issued
+/// to another application of the same provider must not be a session here.
+#[tokio::test]
+async fn an_opaque_session_issued_to_another_client_is_refused() {
+    let idp = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/introspect"))
+        .and(wiremock::matchers::body_string_contains("token=ours"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"active": true, "sub": "kim", "client_id": "our-app", "exp": now() + 600}),
+        ))
+        .mount(&idp)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/introspect"))
+        .and(wiremock::matchers::body_string_contains("token=theirs"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"active": true, "sub": "kim", "client_id": "other-app", "aud": ["other-api"], "exp": now() + 600}),
+        ))
+        .mount(&idp)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/introspect"))
+        .and(wiremock::matchers::body_string_contains("token=audience"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"active": true, "sub": "kim", "client_id": "other-app", "aud": ["x", "our-app"], "exp": now() + 600}),
+        ))
+        .mount(&idp)
+        .await;
+    let settings = |audience: &str| {
+        TestApp::builder()
+            .env("SESSION_JWT_SECRET", String::new())
+            .env(
+                "SESSION_INTROSPECTION_URL",
+                format!("{}/introspect", idp.uri()),
+            )
+            .env("SESSION_INTROSPECTION_CLIENT_ID", "token-vendor")
+            .env(
+                "SESSION_INTROSPECTION_CLIENT_SECRET",
+                "fake-introspection-secret",
+            )
+            .env("SESSION_INTROSPECTION_AUDIENCE", audience.to_owned())
+    };
+    let app = settings("our-app").spawn().await;
+    assert_eq!(app.vend("ours", BODY).await.status().as_u16(), 200);
+    assert_eq!(app.vend("audience", BODY).await.status().as_u16(), 200);
+    assert_unauthenticated(&app, "theirs").await;
+
+    // The explicit opt-out accepts any client's tokens.
+    let any = settings("*").spawn().await;
+    assert_eq!(any.vend("theirs", BODY).await.status().as_u16(), 200);
+}

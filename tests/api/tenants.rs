@@ -157,7 +157,7 @@ async fn a_tenant_the_user_may_not_have_is_refused_with_403_and_audited() {
 }
 
 #[tokio::test]
-async fn an_unknown_or_malformed_tenant_is_refused_with_400_and_audited() {
+async fn an_unknown_tenant_is_refused_as_not_allowed_and_a_malformed_one_with_400() {
     let t = two_tenants(TestApp::builder()).await;
     let session = session_for(&t.app, "frank", Some(json!(["base", "acme", "nope"])));
 
@@ -167,11 +167,28 @@ async fn an_unknown_or_malformed_tenant_is_refused_with_400_and_audited() {
         json!({"scope": "transcribe", "tenant": "nope"}),
     )
     .await;
-    let (body, _) = problem(response, 400).await;
-    assert_eq!(body["type"], "urn:token-vendor:problem:unknown-tenant");
-    let event = assert_outcome(&t.app, &id, Outcome::InvalidRequest, 400);
+    // Answered exactly as a configured tenant the user may not have, so the
+    // configured tenants cannot be enumerated; the audit detail keeps the difference.
+    let (body, _) = problem(response, 403).await;
+    assert_eq!(body["type"], "urn:token-vendor:problem:tenant-not-allowed");
+    let (not_allowed, _) = vend_at(
+        &t.app,
+        &session_for(&t.app, "frank2", Some(json!(["base"]))),
+        json!({"scope": "transcribe", "tenant": "acme"}),
+    )
+    .await;
+    let (other, _) = problem(not_allowed, 403).await;
+    for field in ["type", "title", "status"] {
+        assert_eq!(body[field], other[field], "{field}");
+    }
     assert!(
-        event.detail.as_deref().unwrap_or("").contains("nope"),
+        !body["detail"].as_str().unwrap_or("").contains("configured"),
+        "{body}"
+    );
+    let event = assert_outcome(&t.app, &id, Outcome::Forbidden, 403);
+    let detail = event.detail.as_deref().unwrap_or("");
+    assert!(
+        detail.contains("nope") && detail.contains("not configured"),
         "{event:?}"
     );
 

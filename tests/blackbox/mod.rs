@@ -147,13 +147,18 @@ pub fn serve_env(
 impl Service {
     /// Spawns `token-vendor serve` and waits for its "listening" log line.
     pub fn spawn(env: Vec<(String, String)>) -> Self {
+        let mut command = Command::new(bin());
+        command.arg("serve");
+        Self::spawn_command(command, env)
+    }
+
+    fn spawn_command(mut command: Command, env: Vec<(String, String)>) -> Self {
         let db_path = env
             .iter()
             .find(|(k, _)| k == "DATABASE_URL")
             .map(|(_, v)| PathBuf::from(v.trim_start_matches("sqlite://")))
             .unwrap_or_default();
-        let mut child = Command::new(bin())
-            .arg("serve")
+        let mut child = command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -366,4 +371,32 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = data.get(end + 2..).unwrap_or_default();
     }
     out
+}
+
+impl Service {
+    /// SIGTERM, then waits (at most 20 s) for the process to exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Like [`Service::spawn`], with the soft open-file limit lowered first (the hard
+    /// limit is left as it is), as a container or systemd unit may start the service.
+    pub fn spawn_with_soft_nofile(env: Vec<(String, String)>, soft: u32) -> Self {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -S -n {soft} && exec \"$0\" serve"))
+            .arg(bin());
+        Self::spawn_command(command, env)
+    }
 }

@@ -139,6 +139,8 @@ impl IntrospectionServer {
             ("SESSION_JWT_SECRET", String::new()),
             ("SESSION_INTROSPECTION_URL", self.introspection_url()),
             ("SESSION_INTROSPECTION_CLIENT_ID", self.client_id.clone()),
+            // Sessions are the app's tokens (oidc-provider answers their `client_id`).
+            ("SESSION_INTROSPECTION_AUDIENCE", APP_CLIENT_ID.to_owned()),
             (
                 "SESSION_INTROSPECTION_CLIENT_SECRET",
                 self.client_secret.clone(),

@@ -163,3 +163,31 @@ test("streams sockets need an interaction id and use its URL", async () => {
   await settle();
   assert.match(instances[0].url, /\/audio-bridge\/v2\/interactions\/abc%201\/streams\?/);
 });
+
+test("the token reported for a connection is the one in its URL, even at a refresh boundary", async () => {
+  const { fetch } = fakeFetch([json(200, tokenA), json(200, tokenB), json(200, tokenB)]);
+  const clock = fakeClock();
+  const source = createTokenSource({ url: "https://tv.test/v1/tokens", fetch, now: clock.now, wsBaseUrl: "ws://speech.test" });
+  // The cached token is dropped right after each read, as a refresh boundary would.
+  const tokens = {
+    ...source,
+    getToken: async () => {
+      const token = await source.getToken();
+      source.clear();
+      return token;
+    },
+  };
+  const { FakeWebSocket, instances } = fakeWebSocketClass();
+  const connecting = [];
+  connectSpeechSocket({
+    tokens,
+    configuration: CONFIG,
+    WebSocket: FakeWebSocket,
+    sleep: async () => {},
+    onConnecting: (e) => connecting.push(e),
+  });
+  await settle();
+  assert.equal(instances.length, 1);
+  assert.equal(connecting[0].url, instances[0].url);
+  assert.match(instances[0].url, new RegExp(`token=Bearer%20${connecting[0].token.accessToken}$`));
+});

@@ -334,6 +334,22 @@ impl AuditDb {
         Err(StoreError::Foreign(foreign.join(", ")))
     }
 
+    /// SQLite: moves everything in the write-ahead log into the database file and
+    /// empties the log, so the file alone is whole (a copy without `-wal` loses
+    /// nothing). At shutdown, after the last commit; PostgreSQL: nothing to do.
+    pub async fn checkpoint_wal(&self) {
+        if self.backend != Backend::Sqlite {
+            return;
+        }
+        let done = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_optional(&self.writer)
+            .await;
+        match done {
+            Ok(_) => tracing::info!("audit store: write-ahead log checkpointed into the file"),
+            Err(e) => tracing::warn!(error = %e, "audit store: write-ahead log checkpoint failed"),
+        }
+    }
+
     /// Proves the database answers a read, without taking any lock a writer needs.
     pub async fn probe_read(&self) -> Result<(), StoreError> {
         let probe =

@@ -125,6 +125,14 @@ function loadFromUrl() {
 
 // ---- table --------------------------------------------------------------------------
 
+// Zero-width, bidirectional and other invisible characters shown as \u{…}, so two
+// subjects that look alike can be told apart (and text cannot reorder the row).
+const INVISIBLE = /[\u0000-\u001f\u007f-\u009f\u00a0\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\\]/g;
+function visible(text) {
+  if (text == null) return text;
+  return String(text).replace(INVISIBLE, (c) => (c === "\\" ? "\\\\" : `\\u{${c.codePointAt(0).toString(16).padStart(4, "0")}}`));
+}
+
 function cell(text, cls) {
   const td = document.createElement("td");
   if (cls) td.className = cls;
@@ -172,7 +180,7 @@ function renderTable() {
     const ms = cell(String(e.duration_ms ?? "—"), "mono");
     if (e.upstream_ms != null) ms.title = `upstream ${e.upstream_ms} ms`;
     tr.append(
-      time, outcome, cell(String(e.status), "mono"), cell(e.subject), cell(e.tenant), cell(e.scope), cell(e.origin, "mono"),
+      time, outcome, cell(String(e.status), "mono"), cell(visible(e.subject)), cell(e.tenant), cell(e.scope), cell(e.origin, "mono"),
       cell(e.client_ip, "mono"), fp, cell(e.token_expires_at ? timeText(e.token_expires_at) : "—", "mono"), ms,
       cell(e.detail, "detail"),
     );

@@ -131,3 +131,24 @@ async fn migrate_creates_the_schema_once(backend: Backend) {
     db.cleanup().await;
 }
 both_backends!(migrate_creates_the_schema_once);
+
+/// Look-alike subjects stay apart in the table: zero-width characters and no-break
+/// spaces are shown escaped (bidi controls never make a session).
+async fn the_table_shows_invisible_characters_of_a_subject_escaped(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = TestApp::builder()
+        .store(Store::db(&db))
+        .limits(Limits::Off)
+        .spawn()
+        .await;
+    app.vend_token("ali\u{200B}ce\u{00A0}").await;
+    let table = cli(&db.url, &["audit", "query"], &[]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    let out = stdout(&table);
+    assert!(out.contains("ali\\u{200b}ce\\u{00a0}"), "{out}");
+    assert!(!out.contains('\u{200B}'), "{out}");
+}
+
+both_backends!(the_table_shows_invisible_characters_of_a_subject_escaped);
