@@ -92,7 +92,10 @@ impl Application {
                 SqlAuditStore::open_reporting(
                     &settings.database_url,
                     writer_keys(&settings)?,
-                    WriterConfig::default(),
+                    WriterConfig {
+                        watch_every: Some(TRAIL_CHECK_EVERY),
+                        ..WriterConfig::default()
+                    },
                     metrics.audit_writer(),
                 )
                 .await
@@ -186,6 +189,10 @@ impl Application {
         result
     }
 }
+
+/// How often the service checks its own audit trail against the database: a rewrite
+/// under the running service is reported within about this long.
+const TRAIL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The audit chain key (from AUDIT_HMAC_KEY) and checkpoint signer (AUDIT_SIGNING_KEY).
 fn writer_keys(settings: &ServeSettings) -> Result<WriterKeys, StartupError> {

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod query;
 pub mod schema;
 pub mod store;
+pub mod watch;
 pub mod writer;
 
 use std::fmt;

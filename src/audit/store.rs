@@ -8,6 +8,7 @@ use tokio::sync::Mutex;
 
 use super::db::{AuditDb, OpenMode, StoreError};
 use super::query::{AuditQuery, Page};
+use super::watch::{self, SharedTrail, TrailState};
 use super::writer::{GroupCommitWriter, WriterConfig, WriterKeys};
 use super::{AuditError, AuditEvent, AuditStore, Link};
 use crate::metrics::AuditWriterMetrics;
@@ -18,6 +19,8 @@ pub struct SqlAuditStore {
     writer: GroupCommitWriter,
     /// When a write probe last ran while the writer was failing, and its result.
     write_probe: Mutex<Option<(Instant, bool)>>,
+    /// What the background check of the trail knows (see [`super::watch`]).
+    trail: SharedTrail,
 }
 
 /// Least time between two write probes of a failing store.
@@ -61,16 +64,37 @@ impl SqlAuditStore {
         config: WriterConfig,
         metrics: AuditWriterMetrics,
     ) -> Self {
-        let writer = GroupCommitWriter::start_reporting(db.clone(), config, keys, metrics);
+        let chain_key = keys.chain.clone();
+        let writer = GroupCommitWriter::start_reporting(db.clone(), config, keys, metrics.clone());
+        let trail = SharedTrail::default();
+        if let Some(every) = config.watch_every {
+            watch::spawn(
+                db.clone(),
+                chain_key,
+                writer.heads(),
+                every,
+                metrics,
+                trail.clone(),
+            );
+        }
         Self {
             db,
             writer,
             write_probe: Mutex::new(None),
+            trail,
         }
     }
 
     pub fn db(&self) -> &AuditDb {
         &self.db
+    }
+
+    /// What the background check of the trail knows now.
+    pub fn trail(&self) -> TrailState {
+        self.trail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 

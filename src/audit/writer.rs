@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::db::{Appended, AuditDb, ChainConflict, ChainState, LookupPass, StoreError};
 use super::keys::{ChainKey, NoteSigner};
+use super::watch::Head;
 use super::{AuditError, AuditEvent, Link};
 use crate::metrics::AuditWriterMetrics;
 
@@ -38,6 +39,9 @@ pub struct WriterConfig {
     pub commit_timeout: Duration,
     /// Least time between two signed checkpoints of the chain (with a signing key).
     pub checkpoint_every: Duration,
+    /// How often a background task checks what the writer committed against the
+    /// database (see [`super::watch`]); `None`: no such check (benchmarks of the writer).
+    pub watch_every: Option<Duration>,
 }
 
 impl Default for WriterConfig {
@@ -48,6 +52,7 @@ impl Default for WriterConfig {
             wait: Duration::from_secs(5),
             commit_timeout: Duration::from_secs(2),
             checkpoint_every: Duration::from_secs(10),
+            watch_every: None,
         }
     }
 }
@@ -79,6 +84,7 @@ pub struct GroupCommitWriter {
     wait: Duration,
     failing: Arc<AtomicBool>,
     metrics: AuditWriterMetrics,
+    heads: tokio::sync::watch::Receiver<Option<Head>>,
 }
 
 impl GroupCommitWriter {
@@ -97,13 +103,28 @@ impl GroupCommitWriter {
     ) -> Self {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let failing = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run(db, rx, config, failing.clone(), keys, metrics.clone()));
+        let (heads_tx, heads) = tokio::sync::watch::channel(None);
+        tokio::spawn(run(
+            db,
+            rx,
+            config,
+            failing.clone(),
+            keys,
+            metrics.clone(),
+            heads_tx,
+        ));
         Self {
             tx,
             wait: config.wait,
             failing,
             metrics,
+            heads,
         }
+    }
+
+    /// The heads the writer commits, latest first.
+    pub fn heads(&self) -> tokio::sync::watch::Receiver<Option<Head>> {
+        self.heads.clone()
     }
 
     /// Queues the event and waits until it is committed; returns its place in the chain.
@@ -198,6 +219,7 @@ async fn run(
     failing: Arc<AtomicBool>,
     keys: WriterKeys,
     metrics: AuditWriterMetrics,
+    heads: tokio::sync::watch::Sender<Option<Head>>,
 ) {
     let mut chain = ChainState::new(keys.chain);
     let mut checkpoints = Checkpointer {
@@ -250,6 +272,11 @@ async fn run(
         if !batch.is_empty() {
             let events = batch.len();
             if commit(&db, &mut chain, batch, &config, &failing, &metrics).await {
+                heads.send_replace(Some(Head {
+                    chain_id: chain.id.clone(),
+                    seq: chain.head_seq,
+                    hash: chain.head_hash.clone(),
+                }));
                 lookups.committed(&db, events, &config).await;
             }
             if Instant::now() >= checkpoints.next_due {

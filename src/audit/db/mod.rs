@@ -286,6 +286,11 @@ impl AuditDb {
         self.backend
     }
 
+    /// The reading pool (background checks).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         self.backend.migrator().run(&self.pool).await?;
@@ -523,6 +528,16 @@ fn not_migrated(e: sqlx::Error) -> StoreError {
         }
         _ => StoreError::Sql(e),
     }
+}
+
+/// The columns [`linked_row`] reads.
+pub(crate) fn event_columns_for_watch() -> String {
+    event_columns()
+}
+
+/// A stored event with its place in its chain.
+pub(crate) fn linked_row(row: &AnyRow) -> Result<crate::audit::chain::Linked, StoreError> {
+    maintain::linked(row)
 }
 
 /// An event from a row holding the [`FIELDS`]' columns.

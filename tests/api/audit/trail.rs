@@ -320,3 +320,35 @@ async fn lookups_cannot_hide_events_on_sqlite() {
     assert!(ok, "{out}");
     db.cleanup().await;
 }
+
+/// With no traffic at all, the service's background check notices a cut made under it
+/// within seconds (on the `audit` log target and in a metric); prints the time taken.
+async fn the_service_reports_a_cut_under_it_within_seconds(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = signing_app(&db).await;
+    for i in 0..15 {
+        app.vend_token(&format!("user-{i}")).await;
+    }
+    let (chain_id, _) = chains(&db).await[0].clone();
+    // Let one check pass over the intact chain first.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        app.metric("token_vendor_audit_trail_findings_total").await,
+        0.0
+    );
+
+    cut_back_under_the_writer(&db, &chain_id, 12, Duration::ZERO).await;
+    let cut_at = std::time::Instant::now();
+    let found = eventually(Duration::from_secs(10), || async {
+        app.metric("token_vendor_audit_trail_findings_total").await == 1.0
+    })
+    .await;
+    let took = cut_at.elapsed();
+    assert!(found, "not reported within 10 s");
+    eprintln!("{backend:?}: a cut under the idle service was reported after {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    db.cleanup().await;
+}
+both_backends!(the_service_reports_a_cut_under_it_within_seconds);
