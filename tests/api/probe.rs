@@ -51,6 +51,8 @@ fn settings(upstream: &Upstream) -> Vec<(String, String)> {
             format!("fake-session-secret-{}", random_hex(16)),
         ),
         ("AUDIT_HMAC_KEY", audit_key().to_owned()),
+        // These tests are about the probes; signing is tested in `cli`.
+        ("AUDIT_ALLOW_UNSIGNED", "true".to_owned()),
         (
             "DATABASE_URL",
             format!("sqlite://{}", dir.join("audit.db").display()),

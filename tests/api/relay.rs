@@ -393,11 +393,12 @@ async fn every_refusal_is_an_http_status_and_an_audit_event_before_the_upgrade()
             Outcome::Forbidden,
         ),
         (
+            // Like a tenant the user may not have, so tenants cannot be enumerated.
             "unknown tenant",
             format!("{t}?tenant=nope"),
             Auth::Header(app.session("a")),
-            400,
-            Outcome::InvalidRequest,
+            403,
+            Outcome::Forbidden,
         ),
         (
             "bad interaction id",
