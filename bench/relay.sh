@@ -138,7 +138,7 @@ start_nginx() { # start_nginx NAME
     cat >"$dir/nginx.conf" <<EOF
 # nginx as a plain WebSocket proxy to the speech upstream: the anchor.
 worker_processes auto;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile $(ulimit -n);
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 daemon off;
