@@ -36,7 +36,8 @@ upstream_calls() { curl -fsS "$UPSTREAM_URL/_bench/calls"; }
 
 # start_service DATABASE_URL LOG_FILE: `token-vendor serve` as benchmarked (reuse on,
 # limits on but far above the load, durable audit) until ready; sets SERVICE_PID and
-# SERVICE_URL. Audit lines go to stdout as JSON (formatted and written as in
+# SERVICE_URL. CORTI_API_URL and RELAY_MAX_STREAMS (relay mode) are passed when set.
+# Audit lines go to stdout as JSON (formatted and written as in
 # production), here to /dev/null so a 1M-user run does not fill the disk.
 start_service() {
     local url=$1 logfile=$2 port
@@ -55,6 +56,8 @@ start_service() {
         RATE_LIMIT_PER_USER=1000000/second \
         RATE_LIMIT_PER_IP=100000000/second \
         UPSTREAM_RATE_LIMIT=1000000/second \
+        ${CORTI_API_URL:+CORTI_API_URL="$CORTI_API_URL"} \
+        ${RELAY_MAX_STREAMS:+RELAY_MAX_STREAMS="$RELAY_MAX_STREAMS"} \
         ${TOKIO_WORKER_THREADS:+TOKIO_WORKER_THREADS="$TOKIO_WORKER_THREADS"} \
         ${MALLOC_ARENA_MAX:+MALLOC_ARENA_MAX="$MALLOC_ARENA_MAX"} \
         "$BIN" serve >/dev/null 2>"$logfile" &

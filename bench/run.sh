@@ -391,6 +391,11 @@ dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -qv '^??' && echo "
         echo "$MINT_PROFILE_TEXT"
     fi
 } >"$OUT.tmp"
+# bench/relay.sh's section stays at the top.
+if [ -f "$OUT" ] && grep -q '^<!-- relay-bench:begin' "$OUT"; then
+    { sed -n '/^<!-- relay-bench:begin/,/^<!-- relay-bench:end -->/p' "$OUT"; echo; cat "$OUT.tmp"; } >"$OUT.new"
+    mv "$OUT.new" "$OUT.tmp"
+fi
 mv "$OUT.tmp" "$OUT"
 log "results written to $OUT"
 if [ "$SMOKE" = 1 ]; then cat "$OUT"; fi
