@@ -168,10 +168,30 @@ async fn index_state(db: &TestDb) -> (Option<i64>, i64) {
 
 async fn one_case(
     backend: Backend,
+    shared: Option<&TestDb>,
     shapes: Vec<Shape>,
     cut: prop::sample::Index,
 ) -> Result<(), TestCaseError> {
-    let Some(db) = TestDb::new(backend).await else {
+    // PostgreSQL: one database for the run, emptied per case (creating one per case
+    // would take most of the time); SQLite: a fresh file per case.
+    let fresh = match shared {
+        Some(db) => {
+            exec(
+                db,
+                &[
+                    "TRUNCATE audit_events, audit_chains, audit_checkpoints RESTART IDENTITY"
+                        .into(),
+                ],
+            )
+            .await;
+            None
+        }
+        None => match TestDb::new(backend).await {
+            Some(db) => Some(db),
+            None => return Ok(()),
+        },
+    };
+    let Some(db) = shared.or(fresh.as_ref()) else {
         return Ok(());
     };
     {
@@ -249,7 +269,9 @@ async fn one_case(
     }
     .await;
     drop(reader);
-    db.cleanup().await;
+    if let Some(fresh) = fresh {
+        fresh.cleanup().await;
+    }
     result
 }
 
@@ -264,11 +286,27 @@ fn run(backend: Backend, cases: u32) {
         failure_persistence: None,
         ..Config::default()
     });
-    runner
-        .run(&shapes(), |(shapes, cut)| {
-            rt.block_on(one_case(backend, shapes, cut))
-        })
-        .unwrap();
+    let shared = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => match rt.block_on(shared_postgres()) {
+            Some(db) => Some(db),
+            None => return,
+        },
+    };
+    let outcome = runner.run(&shapes(), |(shapes, cut)| {
+        rt.block_on(one_case(backend, shared.as_ref(), shapes, cut))
+    });
+    if let Some(db) = shared {
+        rt.block_on(db.cleanup());
+    }
+    outcome.unwrap();
+}
+
+/// A migrated PostgreSQL database for the whole run, or `None` when not configured.
+async fn shared_postgres() -> Option<TestDb> {
+    let db = TestDb::new(Backend::Postgres).await?;
+    drop(SqlAuditStore::open(&db.url, keys()).await.unwrap());
+    Some(db)
 }
 
 #[test]
