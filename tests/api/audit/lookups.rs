@@ -205,8 +205,8 @@ async fn one_case(
         if backend == Backend::Postgres {
             return check(&reader, "indexes").await;
         }
-        reindex(&db).await;
-        let (indexed, max) = index_state(&db).await;
+        reindex(db).await;
+        let (indexed, max) = index_state(db).await;
         prop_assert_eq!(indexed, Some(max), "fully indexed");
         check(&reader, "fully indexed").await?;
 
@@ -217,7 +217,7 @@ async fn one_case(
             cut.index(max as usize + 1) as i64
         };
         exec(
-            &db,
+            db,
             &[
                 format!("DELETE FROM audit_lookup WHERE seq > {k}"),
                 format!("UPDATE audit_lookup_state SET indexed_seq = {k}"),
@@ -227,7 +227,7 @@ async fn one_case(
         check(&reader, &format!("indexed through {k} of {max}")).await?;
 
         exec(
-            &db,
+            db,
             &[
                 "DELETE FROM audit_lookup".into(),
                 "UPDATE audit_lookup_state SET indexed_seq = 0".into(),
@@ -235,13 +235,13 @@ async fn one_case(
         )
         .await;
         check(&reader, "nothing indexed").await?;
-        reindex(&db).await;
-        prop_assert_eq!(index_state(&db).await, (Some(max), max));
+        reindex(db).await;
+        prop_assert_eq!(index_state(db).await, (Some(max), max));
         check(&reader, "re-indexed from nothing").await?;
 
         // The state row deleted while events after `k` were not indexed yet.
         exec(
-            &db,
+            db,
             &[
                 format!("DELETE FROM audit_lookup WHERE seq > {k}"),
                 "DELETE FROM audit_lookup_state".into(),
@@ -253,18 +253,18 @@ async fn one_case(
             &format!("lookup state deleted, indexed through {k} of {max}"),
         )
         .await?;
-        reindex(&db).await;
-        prop_assert_eq!(index_state(&db).await, (Some(max), max));
+        reindex(db).await;
+        prop_assert_eq!(index_state(db).await, (Some(max), max));
         check(&reader, "re-indexed after the state was deleted").await?;
 
         exec(
-            &db,
+            db,
             &[format!("UPDATE audit_lookup_state SET indexed_seq = {k}")],
         )
         .await;
         check(&reader, &format!("state moved back to {k} of {max}")).await?;
-        reindex(&db).await;
-        prop_assert_eq!(index_state(&db).await, (Some(max), max));
+        reindex(db).await;
+        prop_assert_eq!(index_state(db).await, (Some(max), max));
         check(&reader, "re-indexed after the state moved back").await
     }
     .await;
