@@ -192,6 +192,11 @@ pub trait AuditStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<query::Page, AuditError>> {
         Box::pin(async { Err(AuditError::Unavailable("this store keeps no events".into())) })
     }
+    /// What is known of the stored trail (checked, signed, conflicts), for stores that
+    /// keep a chain. Memory only: reading it writes nothing.
+    fn trail(&self) -> Option<watch::TrailState> {
+        None
+    }
 }
 
 /// An [`Auditor`] that does not keep its store alive.
@@ -264,6 +269,11 @@ impl Auditor {
     /// Pages through stored events.
     pub async fn query(&self, query: &query::AuditQuery) -> Result<query::Page, AuditError> {
         self.store.query(query).await
+    }
+
+    /// What is known of the stored trail, if the store keeps a chain.
+    pub fn trail(&self) -> Option<watch::TrailState> {
+        self.store.trail()
     }
 
     /// Waits for the event's commit (the vend's token leaves only after it).

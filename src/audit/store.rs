@@ -66,7 +66,7 @@ impl SqlAuditStore {
     ) -> Self {
         let chain_key = keys.chain.clone();
         let writer = GroupCommitWriter::start_reporting(db.clone(), config, keys, metrics.clone());
-        let trail = SharedTrail::default();
+        let trail = writer.trail();
         if let Some(every) = config.watch_every {
             watch::spawn(
                 db.clone(),
@@ -87,14 +87,6 @@ impl SqlAuditStore {
 
     pub fn db(&self) -> &AuditDb {
         &self.db
-    }
-
-    /// What the background check of the trail knows now.
-    pub fn trail(&self) -> TrailState {
-        self.trail
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
     }
 }
 
@@ -144,6 +136,15 @@ impl AuditStore for SqlAuditStore {
                 }
             }
         })
+    }
+
+    fn trail(&self) -> Option<TrailState> {
+        Some(
+            self.trail
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
     }
 
     fn query<'a>(&'a self, query: &'a AuditQuery) -> BoxFuture<'a, Result<Page, AuditError>> {

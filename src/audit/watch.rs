@@ -25,9 +25,11 @@ pub struct Head {
     pub hash: String,
 }
 
-/// What the watch knows, for `/ops/audit`.
+/// What the watch and the writer know of the trail, for `GET /v1/audit/trail` and
+/// `/ops/audit`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct TrailState {
+    /// The chain the last check verified.
     pub chain_id: Option<String>,
     /// The last position checked against the database, and when.
     pub verified_seq: i64,
@@ -37,6 +39,33 @@ pub struct TrailState {
     pub finding: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub finding_at: Option<OffsetDateTime>,
+    /// The last checkpoint the writer signed and stored (with a signing key), and when.
+    pub checkpoint_chain_id: Option<String>,
+    pub checkpoint_seq: Option<i64>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub checkpoint_at: Option<OffsetDateTime>,
+    /// The first chain conflict the writer met, if any (it stays until the service
+    /// restarts; the writer goes on with a new chain).
+    pub conflict: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub conflict_at: Option<OffsetDateTime>,
+}
+
+impl TrailState {
+    /// The writer stored a signed checkpoint of `chain_id` at `seq`.
+    pub fn signed(&mut self, chain_id: &str, seq: i64) {
+        self.checkpoint_chain_id = Some(chain_id.to_owned());
+        self.checkpoint_seq = Some(seq);
+        self.checkpoint_at = Some(OffsetDateTime::now_utc());
+    }
+
+    /// The writer met a chain conflict; the first one is kept.
+    pub fn conflicted(&mut self, detail: String) {
+        if self.conflict.is_none() {
+            self.conflict = Some(detail);
+            self.conflict_at = Some(OffsetDateTime::now_utc());
+        }
+    }
 }
 
 /// Shared view of the trail's state.

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::db::{Appended, AuditDb, ChainConflict, ChainState, LookupPass, StoreError};
 use super::keys::{ChainKey, NoteSigner};
-use super::watch::Head;
+use super::watch::{Head, SharedTrail};
 use super::{AuditError, AuditEvent, Link};
 use crate::metrics::AuditWriterMetrics;
 
@@ -85,6 +85,7 @@ pub struct GroupCommitWriter {
     failing: Arc<AtomicBool>,
     metrics: AuditWriterMetrics,
     heads: tokio::sync::watch::Receiver<Option<Head>>,
+    trail: SharedTrail,
 }
 
 impl GroupCommitWriter {
@@ -104,6 +105,7 @@ impl GroupCommitWriter {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let failing = Arc::new(AtomicBool::new(false));
         let (heads_tx, heads) = tokio::sync::watch::channel(None);
+        let trail = SharedTrail::default();
         tokio::spawn(run(
             db,
             rx,
@@ -111,7 +113,7 @@ impl GroupCommitWriter {
             failing.clone(),
             keys,
             metrics.clone(),
-            heads_tx,
+            (heads_tx, trail.clone()),
         ));
         Self {
             tx,
@@ -119,7 +121,14 @@ impl GroupCommitWriter {
             failing,
             metrics,
             heads,
+            trail,
         }
+    }
+
+    /// The trail's state: the writer records its signed checkpoints and chain
+    /// conflicts there, the background check what it verified.
+    pub fn trail(&self) -> SharedTrail {
+        self.trail.clone()
     }
 
     /// The heads the writer commits, latest first.
@@ -174,6 +183,7 @@ struct Checkpointer {
     signed_chain: String,
     signed_seq: i64,
     next_due: Instant,
+    trail: SharedTrail,
 }
 
 impl Checkpointer {
@@ -197,6 +207,10 @@ impl Checkpointer {
             Ok(Ok(note)) => {
                 self.signed_seq = chain.head_seq;
                 self.signed_chain.clone_from(&chain.id);
+                self.trail
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .signed(&chain.id, chain.head_seq);
                 tracing::info!(
                     target: "audit",
                     chain_id = %chain.id,
@@ -219,7 +233,7 @@ async fn run(
     failing: Arc<AtomicBool>,
     keys: WriterKeys,
     metrics: AuditWriterMetrics,
-    heads: tokio::sync::watch::Sender<Option<Head>>,
+    (heads, trail): (tokio::sync::watch::Sender<Option<Head>>, SharedTrail),
 ) {
     let mut chain = ChainState::new(keys.chain);
     let mut checkpoints = Checkpointer {
@@ -229,6 +243,7 @@ async fn run(
         signed_chain: chain.id.clone(),
         signed_seq: 0,
         next_due: Instant::now() + config.checkpoint_every,
+        trail: trail.clone(),
     };
     let mut lookups = Lookups::new();
     lookups.catch_up(&db, &config).await;
@@ -271,7 +286,7 @@ async fn run(
         }
         if !batch.is_empty() {
             let events = batch.len();
-            if commit(&db, &mut chain, batch, &config, &failing, &metrics).await {
+            if commit(&db, &mut chain, batch, &config, &failing, &metrics, &trail).await {
                 heads.send_replace(Some(Head {
                     chain_id: chain.id.clone(),
                     seq: chain.head_seq,
@@ -300,6 +315,7 @@ async fn commit(
     config: &WriterConfig,
     failing: &AtomicBool,
     metrics: &AuditWriterMetrics,
+    trail: &SharedTrail,
 ) -> bool {
     let events: Vec<&AuditEvent> = batch.iter().map(|p| &p.event).collect();
     let started = Instant::now();
@@ -307,7 +323,7 @@ async fn commit(
     if let Err(Failure::Conflict(conflict)) = &result {
         // The batch did not commit: it goes on a new chain, after the event that
         // records the conflict.
-        chain_conflict(chain, conflict, metrics);
+        chain_conflict(chain, conflict, metrics, trail);
         result = append(db, chain, &events, config).await;
     }
     let result = result.map_err(|f| match f {
@@ -377,7 +393,12 @@ async fn append(
 /// events under the running service. Reported loudly; the writer goes on with a new
 /// chain whose first event records the conflict (the old chain stays as found, for
 /// `audit verify` and the signed checkpoints to judge).
-fn chain_conflict(chain: &mut ChainState, conflict: &ChainConflict, metrics: &AuditWriterMetrics) {
+fn chain_conflict(
+    chain: &mut ChainState,
+    conflict: &ChainConflict,
+    metrics: &AuditWriterMetrics,
+    trail: &SharedTrail,
+) {
     metrics.chain_conflict();
     let next = ChainState::after_conflict(chain.key.clone(), conflict);
     tracing::error!(
@@ -390,6 +411,10 @@ fn chain_conflict(chain: &mut ChainState, conflict: &ChainConflict, metrics: &Au
         new_chain_id = %next.id,
         "audit chain conflict: the chain's head in the database is not the one this service wrote (events removed or rewritten under it); continuing on a new chain"
     );
+    trail
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .conflicted(format!("{conflict}; chain {} continues the trail", next.id));
     *chain = next;
 }
 

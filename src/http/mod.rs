@@ -45,6 +45,7 @@ pub struct AppState {
 pub const ROUTES: &[&str] = &[
     "/v1/tokens",
     "/v1/audit/events",
+    "/v1/audit/trail",
     "/v1/relay/transcribe",
     "/v1/relay/streams/{interactionId}",
     "/healthz",
@@ -88,6 +89,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(audit::list_events))
             .default_service(web::to(problem::method_not_allowed("GET"))),
     )
+    .service(get_only("/v1/audit/trail", audit::trail))
     .service(get_only(
         "/v1/relay/transcribe",
         crate::relay::endpoint::transcribe,

@@ -1,7 +1,8 @@
 //! `GET /ops/audit`: a page for ops to read the audit log in a browser — recent events
 //! with filters, outcomes per minute, and a token-fingerprint search. Plain files
 //! compiled into the binary. The page holds no data itself: everything it shows comes
-//! from `GET /v1/audit/events`, which checks the session and the reader role.
+//! from `GET /v1/audit/events` and `GET /v1/audit/trail`, which check the session and
+//! the reader role.
 
 use actix_web::{web, HttpResponse};
 

@@ -26,6 +26,7 @@ mod audit {
     mod events;
     mod flood;
     mod keyed;
+    mod lookups;
     mod outage;
     mod reading;
     mod tamper;

@@ -1,6 +1,6 @@
 // The ops audit page: recent events with filters, outcomes per minute, and a search by
-// token fingerprint. Everything comes from GET /v1/audit/events; nothing is cached
-// beyond this tab. No libraries: the chart is SVG drawn here.
+// token fingerprint. Everything comes from GET /v1/audit/events, and the trail's state
+// from GET /v1/audit/trail; nothing is cached beyond this tab. No libraries: the chart is SVG drawn here.
 
 const OUTCOMES = [
   ["issued", "#16875a"],
@@ -52,6 +52,20 @@ async function fetchEvents(params) {
   const body = await res.json().catch(() => null);
   if (!res.ok) throw new ApiError(res.status, body);
   if (!body || !Array.isArray(body.events)) throw new ApiError(res.status, { detail: "the response has no events list" });
+  return body;
+}
+
+async function fetchTrail() {
+  const headers = { Accept: "application/json" };
+  if (state.bearer) headers.Authorization = `Bearer ${state.bearer}`;
+  let res;
+  try {
+    res = await fetch("/v1/audit/trail", { headers, credentials: "same-origin", cache: "no-store" });
+  } catch (e) {
+    throw new ApiError(0, { detail: `no response: ${e.message}` });
+  }
+  const body = await res.json().catch(() => null);
+  if (!res.ok || !body) throw new ApiError(res.status, body);
   return body;
 }
 
@@ -453,8 +467,38 @@ $("window").addEventListener("change", () => { saveToUrl(); loadChart(); });
 $("refresh").addEventListener("click", reload);
 $("more").addEventListener("click", () => loadEvents({ append: true }));
 
+// ---- trail ---------------------------------------------------------------------------
+
+function trailLine(id, text, kind) {
+  const dd = $(id);
+  dd.textContent = text;
+  dd.className = kind ?? "";
+}
+
+async function loadTrail() {
+  let t;
+  try {
+    t = await fetchTrail();
+  } catch (e) {
+    const text = e instanceof ApiError && e.problem?.detail ? e.problem.detail : `unknown (HTTP ${e.status ?? "?"})`;
+    for (const id of ["trail-verified", "trail-checkpoint", "trail-finding", "trail-conflict"]) trailLine(id, text);
+    return;
+  }
+  trailLine(
+    "trail-verified",
+    t.verified_at ? `#${t.verified_seq} of chain ${t.chain_id} at ${timeText(t.verified_at)}` : "nothing verified yet",
+    t.verified_at ? "good" : "",
+  );
+  trailLine(
+    "trail-checkpoint",
+    t.checkpoint_at ? `#${t.checkpoint_seq} of chain ${t.checkpoint_chain_id} at ${timeText(t.checkpoint_at)}` : "none signed yet",
+  );
+  trailLine("trail-finding", t.finding ? `${timeText(t.finding_at)}: ${t.finding}` : "none", t.finding ? "bad" : "good");
+  trailLine("trail-conflict", t.conflict ? `${timeText(t.conflict_at)}: ${t.conflict}` : "none", t.conflict ? "bad" : "good");
+}
+
 async function reload() {
-  await Promise.all([loadEvents(), loadChart()]);
+  await Promise.all([loadEvents(), loadChart(), loadTrail()]);
   document.body.dataset.loaded = String(Number(document.body.dataset.loaded ?? 0) + 1);
 }
 

@@ -352,3 +352,124 @@ async fn the_service_reports_a_cut_under_it_within_seconds(backend: Backend) {
     db.cleanup().await;
 }
 both_backends!(the_service_reports_a_cut_under_it_within_seconds);
+
+/// `GET /v1/audit/trail` as the audit reader.
+async fn trail_state(app: &TestApp) -> serde_json::Value {
+    let response = app
+        .http
+        .get(format!("{}/v1/audit/trail", app.address))
+        .bearer_auth(app.reader())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-store")
+    );
+    response.json().await.unwrap()
+}
+
+/// Ops read the trail's state: in a clean state the last position the background check
+/// verified (and when), no finding and no conflict; only for the audit reader role.
+async fn ops_read_the_verified_trail(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = signing_app(&db).await;
+    for i in 0..4 {
+        app.vend_token(&format!("user-{i}")).await;
+    }
+    let (chain_id, _) = chains(&db).await[0].clone();
+    let url = format!("{}/v1/audit/trail", app.address);
+    let anonymous = app.http.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let no_role = app
+        .http
+        .get(&url)
+        .bearer_auth(app.session("not-a-reader"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_role.status().as_u16(), 403);
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            trail_state(&app).await["verified_seq"] == 4
+        })
+        .await,
+        "{}",
+        trail_state(&app).await
+    );
+    let trail = trail_state(&app).await;
+    assert_eq!(trail["chain_id"], chain_id.as_str(), "{trail}");
+    let at = trail["verified_at"].as_str().expect("verified_at");
+    assert!(
+        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).is_ok(),
+        "{at}"
+    );
+    assert!(trail["finding"].is_null(), "{trail}");
+    assert!(trail["conflict"].is_null(), "{trail}");
+    db.cleanup().await;
+}
+both_backends!(ops_read_the_verified_trail);
+
+/// After the head is moved back under the running service, the trail's state names
+/// the chain conflict the writer met and the background check's finding.
+async fn ops_read_the_conflict_and_the_finding(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = signing_app(&db).await;
+    for i in 0..15 {
+        app.vend_token(&format!("user-{i}")).await;
+    }
+    let (old_chain, _) = chains(&db).await[0].clone();
+    cut_back_under_the_writer(&db, &old_chain, 12, Duration::ZERO).await;
+    // The background check finds the cut by itself, before any commit.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !trail_state(&app).await["finding"].is_null()
+        })
+        .await,
+        "{}",
+        trail_state(&app).await
+    );
+    let trail = trail_state(&app).await;
+    let finding = trail["finding"].as_str().unwrap();
+    assert!(
+        finding.contains(&old_chain) && finding.contains("#15"),
+        "{finding}"
+    );
+    assert!(trail["finding_at"].is_string(), "{trail}");
+
+    // The next commit meets the moved head: a chain conflict, and a new chain.
+    app.vend_token("after-the-attack").await;
+    let trail = trail_state(&app).await;
+    let conflict = trail["conflict"].as_str().expect("a conflict");
+    assert!(
+        conflict.contains(&old_chain) && conflict.contains("#15") && conflict.contains("#12"),
+        "{conflict}"
+    );
+    assert!(trail["conflict_at"].is_string(), "{trail}");
+    // Still reported, also once the check has moved on to the new chain.
+    let new_chain = chains(&db).await[1].0.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            trail_state(&app).await["chain_id"] == new_chain.as_str()
+        })
+        .await,
+        "{}",
+        trail_state(&app).await
+    );
+    let trail = trail_state(&app).await;
+    assert!(
+        !trail["conflict"].is_null() && !trail["finding"].is_null(),
+        "{trail}"
+    );
+    db.cleanup().await;
+}
+both_backends!(ops_read_the_conflict_and_the_finding);
