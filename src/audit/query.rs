@@ -238,7 +238,13 @@ fn parse_time(
         return Ok(Some(t));
     }
     if let TimeSyntax::Rfc3339OrAgo = syntax {
-        if let Ok(ago) = crate::config::parse_duration(v) {
+        // A duration always names its unit (`15m`, `2h`, `7d`): a bare number is neither
+        // a time nor an unambiguous duration.
+        let has_unit = v.len() <= 5
+            && v.ends_with(['s', 'm', 'h', 'd'])
+            && v.len() > 1
+            && v[..v.len() - 1].bytes().all(|b| b.is_ascii_digit());
+        if let (true, Ok(ago)) = (has_unit, crate::config::parse_duration(v)) {
             let ago = time::Duration::try_from(ago)
                 .map_err(|_| FilterError::new(param, "is too long ago"))?;
             return OffsetDateTime::now_utc()
@@ -393,6 +399,11 @@ mod tests {
         assert!(AuditQuery::parse(&params(&[("since", "2h")]), TimeSyntax::Rfc3339).is_err());
         let q = AuditQuery::parse(&params(&[("since", "2h")]), TimeSyntax::Rfc3339OrAgo).unwrap();
         assert!(q.since.unwrap() < OffsetDateTime::now_utc());
+        for bare in ["0", "15", "2 h", "h", "12345h", "1h30m"] {
+            let err = AuditQuery::parse(&params(&[("until", bare)]), TimeSyntax::Rfc3339OrAgo)
+                .unwrap_err();
+            assert_eq!(err.param, "until", "{bare}");
+        }
     }
 
     #[test]
