@@ -193,6 +193,26 @@ pub async fn run(
     // A finished writer must not be awaited again.
     let mut up_writer_done = false;
 
+    // One relayed frame: queued for the other side (or the stream ends with 1013 when the
+    // bound is reached), counted, and the idle timer restarted.
+    macro_rules! forward {
+        ($queue:ident, $msg:expr, $len:expr, $up:expr, $bytes:ident, $frames:ident, $full:expr) => {
+            if !$queue.push($msg, $len) {
+                break (
+                    EndedBy::Limit,
+                    None,
+                    None,
+                    Some(Close::new(codes::TRY_AGAIN_LATER, $full)),
+                );
+            }
+            $bytes += $len as u64;
+            $frames += 1;
+            metrics.relayed($up, $len);
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + limits.idle_timeout);
+        };
+    }
+
     // What ended it, the close received (if any) and which side it came from.
     let (ended_by, received_client, received_upstream, own): (
         EndedBy,
@@ -204,25 +224,11 @@ pub async fn run(
             msg = from_client.next() => match msg {
                 Some(Ok(AggregatedMessage::Binary(b))) => {
                     let len = b.len();
-                    if !to_upstream.push(UpMessage::Binary(b), len) {
-                        break (EndedBy::Limit, None, None,
-                            Some(Close::new(codes::TRY_AGAIN_LATER, "relay buffer full: Corti is not keeping up")));
-                    }
-                    bytes_up += len as u64;
-                    frames_up += 1;
-                    metrics.relayed(true, len);
-                    idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                    forward!(to_upstream, UpMessage::Binary(b), len, true, bytes_up, frames_up, "relay buffer full: Corti is not keeping up");
                 }
                 Some(Ok(AggregatedMessage::Text(t))) => {
                     let len = t.len();
-                    if !to_upstream.push(UpMessage::Text(t.to_string().into()), len) {
-                        break (EndedBy::Limit, None, None,
-                            Some(Close::new(codes::TRY_AGAIN_LATER, "relay buffer full: Corti is not keeping up")));
-                    }
-                    bytes_up += len as u64;
-                    frames_up += 1;
-                    metrics.relayed(true, len);
-                    idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                    forward!(to_upstream, UpMessage::Text(t.to_string().into()), len, true, bytes_up, frames_up, "relay buffer full: Corti is not keeping up");
                 }
                 Some(Ok(AggregatedMessage::Ping(p))) => {
                     let mut s = client.clone();
@@ -254,25 +260,11 @@ pub async fn run(
             msg = from_upstream.next() => match msg {
                 Some(Ok(UpMessage::Binary(b))) => {
                     let len = b.len();
-                    if !to_client.push(Down::Binary(b), len) {
-                        break (EndedBy::Limit, None, None,
-                            Some(Close::new(codes::TRY_AGAIN_LATER, "relay buffer full: the client is not keeping up")));
-                    }
-                    bytes_down += len as u64;
-                    frames_down += 1;
-                    metrics.relayed(false, len);
-                    idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                    forward!(to_client, Down::Binary(b), len, false, bytes_down, frames_down, "relay buffer full: the client is not keeping up");
                 }
                 Some(Ok(UpMessage::Text(t))) => {
                     let len = t.len();
-                    if !to_client.push(Down::Text(t.as_str().to_owned()), len) {
-                        break (EndedBy::Limit, None, None,
-                            Some(Close::new(codes::TRY_AGAIN_LATER, "relay buffer full: the client is not keeping up")));
-                    }
-                    bytes_down += len as u64;
-                    frames_down += 1;
-                    metrics.relayed(false, len);
-                    idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                    forward!(to_client, Down::Text(t.as_str().to_owned()), len, false, bytes_down, frames_down, "relay buffer full: the client is not keeping up");
                 }
                 Some(Ok(UpMessage::Close(frame))) => {
                     let close = frame.map(|f| Close {
