@@ -5,17 +5,19 @@
 # passes when some tracked file's path ends with it. URLs and URL paths (`/openapi.yaml`)
 # are not files and are skipped.
 #
-#   scripts/check-doc-paths.sh [DOC …]     (default: docs/*.md and README.md)
+#   scripts/check-doc-paths.sh [DOC …]     (default: docs/*.md, README.md and tests/README.md)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-[ "$#" -gt 0 ] || set -- docs/*.md README.md
+[ "$#" -gt 0 ] || set -- docs/*.md README.md tests/README.md
 files=$(git ls-files --cached --others --exclude-standard)
 bad=0
 for doc in "$@"; do
     names=$(grep -o '`[A-Za-z0-9_./-]*\.\(rs\|md\|sh\|yaml\|yml\|toml\|sql\|js\|mjs\|json\|html\|css\|lua\|py\)`' "$doc" | tr -d '`' | sort -u || true)
     for name in $names; do
         case "$name" in /* | http* | *://*) continue ;; esac
-        if ! printf '%s\n' "$files" | grep -qE "(^|/)${name//./\\.}\$"; then
+        # A here-string, not a pipe: `grep -q` stops at the first match, and under
+        # pipefail the writer's SIGPIPE would read as "not found".
+        if ! grep -qE "(^|/)${name//./\\.}\$" <<<"$files"; then
             echo "$doc names $name, which is not in the repository" >&2
             bad=1
         fi

@@ -1,5 +1,5 @@
-//! The service through its public interface, in one test binary (one link on 2 cores).
-//! Suites that stop a shared server, or install a global subscriber, have their own.
+//! The service through its public interface, spawned in this process (one test binary:
+//! one link on 2 cores). Where each kind of test goes: `tests/README.md`.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -8,10 +8,14 @@ mod browser;
 mod cli;
 mod dev;
 mod dev_demo;
+/// Replicas sharing one Redis and `TOKEN_CACHE_KEY`.
+mod fleet;
 mod observability;
 mod operator;
 mod ops;
 mod probe;
+/// Property tests (proptest) of the edge parsers and the problem mapping.
+mod properties;
 mod relay;
 mod session;
 mod session_introspection;
@@ -36,5 +40,7 @@ mod audit {
 /// Rate limits, token reuse, single-flight and the resilient upstream.
 mod limits {
     mod api;
+    /// Limits shared through a real Redis.
+    mod redis;
     mod upstream;
 }

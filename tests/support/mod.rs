@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod blackbox;
 pub mod introspection;
 pub mod own_redis;
 pub mod serve_process;

@@ -1,6 +1,6 @@
 //! The SQLite store taken away for real: another process holds its write lock, as an
 //! operator's open `sqlite3` transaction or a stuck backup would. (PostgreSQL's
-//! outage test stops the server; it lives in `tests/audit_pg_outage.rs`.)
+//! outage test stops the server; it lives in `tests/process/pg_outage.rs`.)
 
 use std::time::{Duration, Instant};
 

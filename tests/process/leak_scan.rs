@@ -5,9 +5,8 @@
 //! themselves — must contain no client secret, session JWT or vended token, nor a
 //! signature of one.
 
-mod blackbox;
-
-use blackbox::{Response, Service, SessionKey, ORIGIN, READER_ROLE};
+use crate::support::blackbox;
+use crate::support::blackbox::{Response, Service, SessionKey, ORIGIN, READER_ROLE};
 use jsonwebtoken::{Algorithm, Header};
 use serde_json::json;
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
@@ -77,6 +76,7 @@ fn store_evidence(run: &mut Run, name: &str, service: &Service) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_session_or_token_appears_in_logs_store_metrics_or_error_bodies() {
+    let _turn = crate::shared_turn().await;
     let client_secret = format!("fake-client-secret-{}", random_hex(16));
     let wrong_secret = format!("fake-wrong-secret-{}", random_hex(16));
     let standin = AuthStandIn::start(StandInConfig {

@@ -1,7 +1,6 @@
 //! The real `token-vendor serve` binary as a black box: spawned with generated, obviously
 //! fake secrets against the development auth stand-in, spoken to over raw TCP so a test
 //! controls every byte on the wire, and with its stdout kept for the leak scan.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -21,8 +20,9 @@ use token_vendor::dev::random_hex;
 
 pub const ISSUER: &str = "https://idp.example.test/";
 pub const AUDIENCE: &str = "token-vendor-tests";
-pub const ORIGIN: &str = "https://app.example.test";
-pub const READER_ROLE: &str = "token-vendor:audit-reader";
+/// The browser origin the service allows (the same as the in-process suites').
+#[allow(unused_imports)]
+pub use super::{now, APP_ORIGIN as ORIGIN, READER_ROLE};
 
 /// The RSA key the service checks sessions with (`SESSION_JWT_PUBLIC_KEY_FILE`).
 pub struct SessionKey {
@@ -54,10 +54,6 @@ impl SessionKey {
     pub fn session(&self, sub: &str, roles: &[&str]) -> String {
         self.sign(Header::new(Algorithm::RS256), &valid_claims(sub, roles))
     }
-}
-
-pub fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 pub fn valid_claims(sub: &str, roles: &[&str]) -> Value {

@@ -1,40 +1,14 @@
 //! A caller's W3C `traceparent` is honoured: its trace id is on every log line of the
-//! request, and an invalid one is ignored. One test per binary, since the subscriber
-//! is global.
+//! request, and an invalid one is ignored.
 
-#[path = "support/mod.rs"]
-mod support;
-
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
+use crate::support::*;
+use crate::Captured;
 use serde_json::Value;
-use support::*;
 use token_vendor::dev::random_hex;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn the_traceparent_trace_id_is_on_every_log_line_of_its_request() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    assert!(token_vendor::telemetry::init(
-        tracing_subscriber::EnvFilter::new("info"),
-        move || writer.clone()
-    ));
+    let captured = Captured::get();
     let app = TestApp::builder().spawn().await;
     let session = app.session(&unique_user());
     let trace = random_hex(16);
@@ -63,7 +37,7 @@ async fn the_traceparent_trace_id_is_on_every_log_line_of_its_request() {
         .unwrap();
     assert_eq!(response.status(), 200);
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     let lines: Vec<Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

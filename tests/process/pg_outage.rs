@@ -1,16 +1,13 @@
 //! The PostgreSQL store taken away for real: the server is stopped and started again
-//! (`TEST_PG_CTL stop|start`, from `scripts/services-up.sh`). Alone in its test binary
-//! so that no other test loses its database meanwhile.
-
-#[path = "support/mod.rs"]
-mod support;
+//! (`TEST_PG_CTL stop|start`, from `scripts/services-up.sh`). It takes the machine to
+//! itself ([`crate::alone`]) so that no other suite loses its database meanwhile.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use support::*;
+use crate::support::*;
 
 fn pg_ctl() -> String {
     std::env::var("TEST_PG_CTL")
@@ -36,6 +33,7 @@ impl Drop for RestartOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_stopped_gets_503_without_token_then_recovers_when_started() {
+    let _turn = crate::alone().await;
     let Some(db) = TestDb::new(Backend::Postgres).await else {
         return;
     };

@@ -5,20 +5,17 @@
 //! `TEST_REDIS_URL` names a running Redis for the herd test; the outage test starts and
 //! stops its own `redis-server`. Under `CI=true` both are required.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
-use serde_json::Value;
-use support::own_redis::{free_port, redis_server_available, OwnRedis};
-use support::{
+use crate::support::own_redis::{free_port, redis_server_available, OwnRedis};
+use crate::support::{
     cli, redis_url, required_or_skip, unique_user, Backend, Limits, Secrets, Store, TestApp,
     TestDb, Upstream,
 };
+use futures_util::future::join_all;
+use serde_json::Value;
 use token_vendor::dev::random_hex;
 
 const LIFETIME: Duration = Duration::from_secs(300);
@@ -493,14 +490,14 @@ async fn a_subject_denied_on_one_replica_leaves_no_token_in_redis_for_another() 
     let before = token_from(&a, &session).await;
     // Act: deny on A, then lift
     std::fs::write(&list, format!("{user}\n")).expect("write");
-    let denied = support::eventually(Duration::from_secs(4), || async {
+    let denied = crate::support::eventually(Duration::from_secs(4), || async {
         a.metric("token_vendor_deny_list_entries").await == 1.0
     })
     .await;
     assert!(denied, "A picked up the deny list");
     assert_eq!(a.vend_transcribe(&session).await.status(), 403);
     std::fs::write(&list, "").expect("write");
-    let lifted = support::eventually(Duration::from_secs(4), || async {
+    let lifted = crate::support::eventually(Duration::from_secs(4), || async {
         a.metric("token_vendor_deny_list_entries").await == 0.0
     })
     .await;
@@ -570,7 +567,7 @@ async fn a_cache_entry_replayed_after_a_deny_and_its_lift_is_refused() {
 
     std::fs::write(&list, format!("{user}\n")).expect("write");
     assert!(
-        support::eventually(Duration::from_secs(4), || async {
+        crate::support::eventually(Duration::from_secs(4), || async {
             a.metric("token_vendor_deny_list_entries").await == 1.0
         })
         .await
@@ -578,7 +575,7 @@ async fn a_cache_entry_replayed_after_a_deny_and_its_lift_is_refused() {
     assert_eq!(a.vend_transcribe(&session).await.status(), 403);
     std::fs::write(&list, "").expect("write");
     assert!(
-        support::eventually(Duration::from_secs(4), || async {
+        crate::support::eventually(Duration::from_secs(4), || async {
             a.metric("token_vendor_deny_list_entries").await == 0.0
         })
         .await

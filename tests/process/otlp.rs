@@ -3,19 +3,16 @@
 //! the caller's `traceparent` trace id, carry no secret, are flushed on SIGTERM, and a
 //! collector that never answers does not slow a vend.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::serve_process::ServeProcess;
+use crate::support::{keycloak_claims, SessionSigner, TestKey, CERTS_PATH, TOKEN_PATH};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::json;
-use support::serve_process::ServeProcess;
-use support::{keycloak_claims, SessionSigner, TestKey, CERTS_PATH, TOKEN_PATH};
 use token_vendor::dev::random_hex;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -186,6 +183,7 @@ async fn vend(address: &str, session: &str, traceparent: Option<&str>) -> (u16, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vend_exports_its_spans_under_the_callers_trace_id_without_secrets() {
+    let _turn = crate::shared_turn().await;
     // Arrange
     let collector = collector().await;
     let setup = setup(&[
@@ -303,6 +301,7 @@ async fn a_vend_exports_its_spans_under_the_callers_trace_id_without_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_still_queued_are_exported_on_sigterm() {
+    let _turn = crate::shared_turn().await;
     // Arrange: a batch delay far longer than the test, so only the shutdown flushes.
     let collector = collector().await;
     let setup = setup(&[
@@ -360,6 +359,7 @@ async fn spans_still_queued_are_exported_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_never_answers_neither_slows_nor_fails_a_vend() {
+    let _turn = crate::alone().await;
     // Arrange: a listener nobody accepts on: connections open, no answer ever comes.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let endpoint = format!("http://{}", silent.local_addr().expect("addr"));

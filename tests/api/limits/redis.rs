@@ -4,13 +4,12 @@
 //! `TEST_REDIS_URL` names a running Redis for the shared-limit test; the outage test
 //! starts and stops its own `redis-server`. Under `CI=true` both are required.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::own_redis::{free_port, redis_server_available, OwnRedis};
-use support::{redis_url, required_or_skip, unique_user, Limits, Secrets, TestApp, Upstream};
+use crate::support::own_redis::{free_port, redis_server_available, OwnRedis};
+use crate::support::{
+    redis_url, required_or_skip, unique_user, Limits, Secrets, TestApp, Upstream,
+};
 
 const LIFETIME: Duration = Duration::from_secs(300);
 

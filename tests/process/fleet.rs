@@ -6,19 +6,16 @@
 //!
 //! Needs `redis-server` on PATH and `TEST_DATABASE_URL`; under `CI=true` both are required.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
-use serde_json::Value;
-use support::own_redis::{free_port, redis_server_available, OwnRedis};
-use support::serve_process::ServeProcess;
-use support::{
+use crate::support::own_redis::{free_port, redis_server_available, OwnRedis};
+use crate::support::serve_process::ServeProcess;
+use crate::support::{
     cli, required_or_skip, unique_user, Backend, Secrets, SessionSigner, TestDb, TENANT,
 };
+use futures_util::future::join_all;
+use serde_json::Value;
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
 use token_vendor::dev::random_hex;
 
@@ -63,6 +60,7 @@ impl Replica {
 
 #[tokio::test]
 async fn three_replicas_of_the_binary_act_as_one_toward_corti_and_survive_a_redis_outage() {
+    let _turn = crate::alone().await;
     // Arrange
     if required_or_skip("redis-server on PATH", redis_server_available()).is_none() {
         return;

@@ -3,17 +3,18 @@
 //! case names), never a token and never a 5xx; no case may reach the Corti auth server,
 //! and the process must still serve a real vend after the whole corpus.
 
-mod blackbox;
-
+use crate::support::blackbox;
+use crate::support::blackbox::{
+    build_request, now, valid_claims, Service, SessionKey, READER_ROLE,
+};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use blackbox::{build_request, now, valid_claims, Service, SessionKey, READER_ROLE};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{json, Map, Value};
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
 use token_vendor::dev::random_hex;
 
-const CASES: &str = include_str!("hostile/cases.json");
+const CASES: &str = include_str!("../hostile/cases.json");
 
 /// Replaces every `{"$repeat": s, "times": n}` by `s` repeated `n` times.
 fn expand(value: Value) -> Value {
@@ -135,6 +136,7 @@ struct Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hostile_case_is_refused_with_a_4xx_and_the_service_keeps_serving() {
+    let _turn = crate::shared_turn().await;
     let client_secret = format!("fake-client-secret-{}", random_hex(16));
     let standin = AuthStandIn::start(StandInConfig {
         client_id: "token-vendor-dev".into(),

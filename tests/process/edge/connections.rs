@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::blackbox::{self, Service, SessionKey};
 use super::{events, Setup};
+use crate::support::blackbox::{self, Service, SessionKey};
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
 use token_vendor::dev::random_hex;
 
@@ -98,6 +98,7 @@ fn percentile(mut samples: Vec<Duration>, p: f64) -> Duration {
 /// those past the per-address cap are audited (folded like other refusals).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dripping_bodies_from_one_address_are_dropped_and_others_keep_being_served() {
+    let _turn = crate::alone().await;
     const DRIPPERS: usize = 300;
     let s = setup_with(&[("RATE_LIMIT_PER_IP", "20/minute")], Some(256));
     let port = s.service.port;
@@ -205,6 +206,7 @@ fn tail(text: &str) -> String {
 /// event, and a flood of them is folded (a count, not one row per attempt).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_on_the_vend_route_are_audited_and_folded() {
+    let _turn = crate::shared_turn().await;
     let s = setup_with(&[], None);
     let padding = "a".repeat(40 * 1024);
     for i in 0..30 {
@@ -237,6 +239,7 @@ async fn oversized_heads_on_the_vend_route_are_audited_and_folded() {
 /// without its userinfo.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_introspection_warning_does_not_print_url_credentials() {
+    let _turn = crate::shared_turn().await;
     let secret = format!("fake-intro-pass-{}", random_hex(8));
     let url = format!("http://intro-user:{secret}@127.0.0.1:9/introspect");
     let s = setup_with(
@@ -267,6 +270,7 @@ async fn the_introspection_warning_does_not_print_url_credentials() {
 /// without its `-wal` file is a whole backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_clean_stop_the_sqlite_file_alone_holds_every_event() {
+    let _turn = crate::shared_turn().await;
     let mut s = setup_with(&[], None);
     let session = s.key.session("backup-user", &[]);
     for _ in 0..3 {

@@ -1,39 +1,13 @@
 //! Every log line of full vends, captured at TRACE: neither the client secret, the
-//! session, nor any token may appear in them. One test per binary, since the
-//! subscriber is global.
+//! session, nor any token may appear in them.
 
-#[path = "support/mod.rs"]
-mod support;
-
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
+use crate::support::*;
+use crate::Captured;
 use serde_json::Value;
-use support::*;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn no_secret_or_token_reaches_any_log_line() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    assert!(token_vendor::telemetry::init(
-        tracing_subscriber::EnvFilter::new("trace"),
-        move || writer.clone()
-    ));
+    let captured = Captured::get();
 
     let app = TestApp::builder().allowed_origin(APP_ORIGIN).spawn().await;
     let session = app.session("logged-user");
@@ -61,7 +35,7 @@ async fn no_secret_or_token_reaches_any_log_line() {
         .await;
     assert_eq!(refused.status().as_u16(), 502);
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains(r#""target":"audit""#),
         "audit lines are captured"

@@ -3,16 +3,13 @@
 //! accepted finishes within `SHUTDOWN_GRACE` with its audit event committed, and the
 //! process exits 0. A vend that outlasts the grace is cut, and the exit is still 0.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::serve_process::ServeProcess;
+use crate::support::{keycloak_claims, SessionSigner, TestKey, CERTS_PATH, TOKEN_PATH};
 use serde_json::{json, Value};
 use sqlx::Row;
-use support::serve_process::ServeProcess;
-use support::{keycloak_claims, SessionSigner, TestKey, CERTS_PATH, TOKEN_PATH};
 use token_vendor::audit::Fingerprinter;
 use token_vendor::dev::random_hex;
 use wiremock::matchers::{method, path};
@@ -207,6 +204,7 @@ async fn stored_events(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_drains_in_flight_vends_loses_no_audited_token_and_exits_0() {
+    let _turn = crate::alone().await;
     // Arrange: Corti auth takes 1.5 s, so a SIGTERM finds every client mid-vend.
     let setup = setup(Duration::from_millis(1500), "10s").await;
     let mut service = ServeProcess::start(&setup.env);
@@ -297,6 +295,7 @@ async fn sigterm_under_load_drains_in_flight_vends_loses_no_audited_token_and_ex
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_cuts_a_vend_that_outlasts_shutdown_grace_and_still_exits_0() {
+    let _turn = crate::shared_turn().await;
     // Arrange: Corti auth takes 6 s; the grace is 1 s.
     let setup = setup(Duration::from_secs(6), "1s").await;
     let mut service = ServeProcess::start(&setup.env);

@@ -1,10 +1,9 @@
-//! Findings of the adversarial review (issue 10), each proven against the real binary.
+//! The connection edge of the real binary: forwarded addresses, session cookies, CSRF
+//! refusals, `audit hash` from stdin (first found in the adversarial review of issue 10).
 
-mod blackbox;
-#[path = "findings/edge.rs"]
-mod edge;
+mod connections;
 
-use blackbox::{Service, SessionKey, ORIGIN, READER_ROLE};
+use crate::support::blackbox::{self, Service, SessionKey, ORIGIN, READER_ROLE};
 use serde_json::Value;
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
 use token_vendor::dev::random_hex;
@@ -66,6 +65,7 @@ fn vend(s: &Setup, headers: &[(&str, &str)]) -> blackbox::Response {
 /// the walk (at the last trusted address).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_for_is_walked_from_the_right_and_accepts_ports() {
+    let _turn = crate::shared_turn().await;
     let s = setup(&[]);
     let cases = [
         ("garbage, 203.0.113.7", "203.0.113.7"),
@@ -100,6 +100,7 @@ async fn forwarded_for_is_walked_from_the_right_and_accepts_ports() {
 /// the user out: every session cookie is tried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_session_cookie_sent_first_does_not_hide_the_valid_one() {
+    let _turn = crate::shared_turn().await;
     let s = setup(&[]);
     let valid = s.key.session("cookie-user", &[]);
     let one_header = format!("session=garbage; other=1; session={valid}");
@@ -127,6 +128,7 @@ async fn a_garbage_session_cookie_sent_first_does_not_hide_the_valid_one() {
 /// Finding 6, documented remedy: a `__Host-` cookie name works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_prefixed_session_cookie_name_works() {
+    let _turn = crate::shared_turn().await;
     let s = setup(&[("SESSION_COOKIE_NAME", "__Host-session")]);
     let valid = s.key.session("host-cookie-user", &[]);
     let cookie = format!("session=garbage; __Host-session={valid}");
@@ -138,6 +140,7 @@ async fn a_host_prefixed_session_cookie_name_works() {
 /// Finding 5: CSRF refusals of a signed-in user are folded like other refusals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_in_users_csrf_refusals_do_not_grow_the_store_one_row_each() {
+    let _turn = crate::shared_turn().await;
     let s = setup(&[]);
     let cookie = format!("session={}", s.key.session("csrf-victim", &[]));
     for _ in 0..40 {
@@ -155,7 +158,8 @@ async fn a_signed_in_users_csrf_refusals_do_not_grow_the_store_one_row_each() {
 /// CLI reads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_hash_reads_the_token_from_stdin_as_the_readme_shows() {
-    let readme = include_str!("../README.md");
+    let _turn = crate::shared_turn().await;
+    let readme = include_str!("../../../README.md");
     assert!(
         readme.contains("token-vendor audit hash -"),
         "README documents stdin"

@@ -5,19 +5,16 @@
 //! a `kill -9` of the service. Mounting needs root (CI runs as root); elsewhere the
 //! test says it skipped, and under `CI=true` it fails instead.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::serve_process::ServeProcess;
+use crate::support::{Secrets, SessionSigner};
 use serde_json::Value;
 use sqlx::Row;
-use support::serve_process::ServeProcess;
-use support::{Secrets, SessionSigner};
 use token_vendor::audit::Fingerprinter;
 use token_vendor::dev::auth_standin::{AuthStandIn, StandInConfig};
 use token_vendor::dev::random_hex;
@@ -178,8 +175,9 @@ fn verify(db_url: &str, audit_key: &str) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
+    let _turn = crate::shared_turn().await;
     let Some(fs) = Tmpfs::mount("4m") else {
-        support::required_or_skip("mounting a tmpfs (needs root)", None);
+        crate::support::required_or_skip("mounting a tmpfs (needs root)", None);
         return;
     };
     let secrets = Secrets::fresh();
@@ -274,7 +272,7 @@ async fn sqlite_disk_full_then_freed_every_handed_out_token_survives_kill_9() {
 
 /// A fresh PostgreSQL database next to `TEST_DATABASE_URL`'s, or `None` (skipped).
 async fn postgres_database() -> Option<(String, String)> {
-    let admin = support::postgres_admin_url()?;
+    let admin = crate::support::postgres_admin_url()?;
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&admin).await.expect("connect admin");
     let name = format!("tv_durable_{}", random_hex(8));
@@ -315,6 +313,8 @@ impl Drop for StartPgOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_under_load_every_handed_out_token_survives_kill_9() {
+    // It stops the PostgreSQL server every suite shares.
+    let _turn = crate::alone().await;
     let Some((_admin, db_url)) = postgres_database().await else {
         return;
     };
