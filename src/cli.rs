@@ -88,7 +88,7 @@ pub enum AuditCommand {
 
 /// Runs a parsed command line to an exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    crate::jwt_crypto::install();
+    crate::session::jwt_crypto::install();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::audit::db::{self, AuditDb, OpenMode, StoreError};
 use crate::config::{redact_url_password, ServeSettings, SessionKeys};
 use crate::corti::{ClientSecret, CortiClient, CortiClientConfig, UpstreamError};
-use crate::jwks::{JwksCache, JwksPolicy};
 use crate::scope::RequestedScope;
+use crate::session::jwks::{JwksCache, JwksPolicy};
 
 /// Longest one Redis or JWKS check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);

@@ -18,6 +18,8 @@ use crate::config::{
     ConfigError, ServeSettings, AUDIT_SIGNING_KEY, DENY_LIST_FILE, RATE_LIMIT_REDIS_URL,
     TENANTS_KEY, TOKEN_CACHE_KEY,
 };
+use crate::corti::tenants::Tenants;
+use crate::corti::upstream::UpstreamPolicy;
 use crate::deny::DenyList;
 use crate::http::{self, AppState};
 use crate::lifecycle::{stop_signal, Draining};
@@ -27,8 +29,6 @@ use crate::relay::Relay;
 use crate::reload::Reloader;
 use crate::reuse::{FleetCache, TokenReuse};
 use crate::session::SessionVerifier;
-use crate::tenants::Tenants;
-use crate::upstream::UpstreamPolicy;
 use crate::vend::Vendor;
 
 /// Why the service could not start.
@@ -371,7 +371,9 @@ fn register_reloadables(
         reloader.register(introspector.clone());
     }
     if let Some(cache) = sessions.jwks() {
-        reloader.register(Arc::new(crate::jwks::RefetchOnReload(cache.clone())));
+        reloader.register(Arc::new(crate::session::jwks::RefetchOnReload(
+            cache.clone(),
+        )));
     }
     if let Some(keys) = sessions.reloadable() {
         use crate::reload::Reloadable;

@@ -16,6 +16,7 @@ use crate::audit::{AuditEvent, Auditor, Fingerprinter, Outcome};
 use crate::browser::{OriginError, OriginPolicy};
 use crate::catalog::{ProblemType, TRY_AGAIN_SOON};
 use crate::config::Tenant;
+use crate::corti::tenants::{TenantRoute, Tenants};
 use crate::corti::{GrantedToken, UpstreamError};
 use crate::deny::{Denial, DenyList, NewlyDenied};
 use crate::limits::{Decision, KeyKind, Limits, RateLimitReport};
@@ -23,7 +24,6 @@ use crate::metrics::Metrics;
 use crate::reuse::{FetchError, ReuseKey, Source, TokenReuse};
 use crate::scope::{RequestedScope, ScopeError};
 use crate::session::{Session, SessionError, SessionVerifier};
-use crate::tenants::{TenantRoute, Tenants};
 use crate::text::clip;
 
 /// Largest accepted request body; `{"scope":"transcribe streams"}` is 31 bytes.

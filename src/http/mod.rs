@@ -10,6 +10,7 @@ pub mod ops;
 pub mod ops_page;
 pub mod problem;
 pub mod rate_limit;
+pub mod relay;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -90,13 +91,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(problem::method_not_allowed("GET"))),
     )
     .service(get_only("/v1/audit/trail", audit::trail))
-    .service(get_only(
-        "/v1/relay/transcribe",
-        crate::relay::endpoint::transcribe,
-    ))
+    .service(get_only("/v1/relay/transcribe", relay::transcribe))
     .service(get_only(
         "/v1/relay/streams/{interactionId}",
-        crate::relay::endpoint::streams,
+        relay::streams,
     ))
     .service(get_only("/healthz", ops::healthz))
     .service(get_only("/readyz", ops::readyz))

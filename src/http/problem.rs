@@ -11,7 +11,6 @@ use crate::catalog::ProblemType;
 use crate::vend::VendError;
 
 use super::context::request_id;
-use super::rate_limit::ceil_secs;
 
 /// One problem response: a catalog entry and what this occurrence adds to it.
 #[derive(Debug, Clone)]
@@ -104,6 +103,11 @@ impl Problem {
         }
         builder.json(body)
     }
+}
+
+/// Whole seconds, rounded up.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// Whole seconds, rounded up, so a client that waits exactly this long is not early.

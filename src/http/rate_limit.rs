@@ -1,8 +1,6 @@
 //! The IETF `RateLimit-Policy` and `RateLimit` headers
 //! (draft-ietf-httpapi-ratelimit-headers) for the limits a request was checked against.
 
-use std::time::Duration;
-
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse};
 
@@ -10,7 +8,7 @@ use crate::catalog::ProblemType;
 use crate::limits::{Decision, RateLimitReport};
 
 use super::context::{client_ip, request_id};
-use super::problem::Problem;
+use super::problem::{ceil_secs, Problem};
 use super::AppState;
 
 /// The per-address limit of the side endpoints (readiness, metrics, the audit API,
@@ -74,15 +72,11 @@ fn render(report: &RateLimitReport, params: impl Fn(&Decision) -> String) -> Opt
     Some(items.join(", "))
 }
 
-/// Whole seconds, rounded up.
-pub fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::limits::{rate, KeyKind};
+    use std::time::Duration;
 
     #[test]
     fn headers_follow_the_ietf_draft() {

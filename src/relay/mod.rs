@@ -5,8 +5,10 @@
 //! each stream is another (`stream_ended`). The operator reaches live streams: a
 //! subject added to the deny list has its streams closed, and a stopping replica
 //! closes its streams with 1012 once `SHUTDOWN_GRACE` is over.
+//!
+//! The upgrade handlers are at the edge, in `http/relay.rs`; this folder is the engine
+//! they hand a checked stream to.
 
-pub mod endpoint;
 pub mod metrics;
 pub mod pump;
 pub mod registry;
@@ -31,14 +33,14 @@ pub const MAX_FRAME_BYTES: usize = BUFFER_BYTES;
 
 /// The relay of one replica.
 pub struct Relay {
-    registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
     /// Corti's speech API base of each configured tenant.
-    api_urls: HashMap<String, String>,
-    limits: pump::StreamLimits,
+    pub(crate) api_urls: HashMap<String, String>,
+    pub(crate) limits: pump::StreamLimits,
     /// How long opening Corti's socket may take.
-    connect_timeout: Duration,
-    draining: AtomicBool,
-    metrics: metrics::RelayMetrics,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) draining: AtomicBool,
+    pub(crate) metrics: metrics::RelayMetrics,
 }
 
 impl Relay {

@@ -302,7 +302,7 @@ fn parse_answer(body: &[u8], audience: Option<&[String]>) -> Answer {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if raw
         .exp
-        .is_some_and(|exp| exp.saturating_add(crate::jwt::LEEWAY_SECS as i64) <= now)
+        .is_some_and(|exp| exp.saturating_add(crate::session::jwt::LEEWAY_SECS as i64) <= now)
     {
         return Ok(Verdict::Inactive("expired"));
     }

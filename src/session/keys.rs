@@ -13,11 +13,12 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
-use crate::jwks::VerifyingKey;
-use crate::jwt::{self, JwtError, Keys, Rules};
+use super::jwks::VerifyingKey;
+use super::jwt::{self, JwtError, Keys, Rules};
 use crate::reload::Reloadable;
 
 /// Shortest accepted HMAC secret.
@@ -62,7 +63,7 @@ pub fn secret_key(secret: &str) -> Result<VerifyingKey, String> {
             "the secret must be at least {MIN_SECRET_BYTES} bytes for HMAC"
         ));
     }
-    Ok(crate::session::hmac_key(&SecretString::from(secret)))
+    Ok(hmac_key(&SecretString::from(secret)))
 }
 
 /// A secret file's content as `Sources` reads it: trailing line breaks dropped.
@@ -158,7 +159,7 @@ impl RotatingKeys {
             Some(KeyFile::PublicKey(path)) => {
                 let pem = std::fs::read(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                let key = crate::session::public_key_from_pem(&pem)
+                let key = public_key_from_pem(&pem)
                     .ok_or("is not a PEM RSA, EC (P-256/P-384) or Ed25519 public key")?;
                 (key, pem)
             }
@@ -250,6 +251,33 @@ impl Reloadable for RotatingKeys {
             (Err(a), Err(b)) => Err(format!("{a}; {b}")),
         }
     }
+}
+
+/// The verifying key of an HS256/384/512 secret.
+pub(crate) fn hmac_key(secret: &SecretString) -> VerifyingKey {
+    VerifyingKey {
+        key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+        algorithms: vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+    }
+}
+
+/// Reads a PEM public key and the algorithm family it implies.
+pub(crate) fn public_key_from_pem(pem: &[u8]) -> Option<VerifyingKey> {
+    let text = std::str::from_utf8(pem).ok()?;
+    if text.contains("PRIVATE KEY") {
+        // A private key in a verification setting is a deployment mistake; refuse it.
+        return None;
+    }
+    let (key, algorithms) = if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        (k, jsonwebtoken::AlgorithmFamily::Rsa.algorithms().to_vec())
+    } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        (k, vec![Algorithm::ES256, Algorithm::ES384])
+    } else if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+        (k, vec![Algorithm::EdDSA])
+    } else {
+        return None;
+    };
+    Some(VerifyingKey { key, algorithms })
 }
 
 #[cfg(test)]

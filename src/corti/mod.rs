@@ -1,5 +1,10 @@
-//! The Corti auth (Keycloak) client: client-credentials exchange and the check that a
-//! granted token is no wider than what was asked.
+//! Corti's side: the auth (Keycloak) client with its client-credentials exchange and
+//! the check that a granted token is no wider than what was asked (this file); the
+//! configured tenants and their credentials ([`tenants`]); the resilient upstream
+//! around the exchange: timeouts, retries, breaker and budget ([`upstream`]).
+
+pub mod tenants;
+pub mod upstream;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -10,9 +15,9 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use crate::config::{read_secret_file, Environment, Tenant};
-use crate::jwks::{JwksCache, JwksPolicy};
-use crate::jwt::{self, JwtError, Keys, Rules};
 use crate::scope::{GrantError, RequestedScope};
+use crate::session::jwks::{JwksCache, JwksPolicy};
+use crate::session::jwt::{self, JwtError, Keys, Rules};
 
 /// Largest upstream body read; a Keycloak token response is a few KiB.
 const MAX_BODY: usize = 64 * 1024;

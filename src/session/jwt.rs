@@ -8,7 +8,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, decode_header, Validation};
 use serde::de::DeserializeOwned;
 
-use crate::jwks::{JwksCache, JwksError, VerifyingKey};
+use crate::session::jwks::{JwksCache, JwksError, VerifyingKey};
 
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
@@ -79,7 +79,7 @@ pub async fn verify<C: DeserializeOwned>(
     keys: &Keys,
     rules: &Rules<'_>,
 ) -> Result<C, JwtError> {
-    crate::jwt_crypto::install();
+    crate::session::jwt_crypto::install();
     let header = decode_header(token).map_err(|_| JwtError::Malformed)?;
     let key = match keys {
         Keys::Static(key) => key.clone(),

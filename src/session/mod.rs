@@ -1,24 +1,32 @@
-//! The app's session JWT: which key checks it, and the signed-in user it names; or,
-//! for apps with opaque sessions, the introspection endpoint that vouches for it.
+//! Authentication: the app's session, and the signed-in user it names.
+//!
+//! - this file: the session JWT and the [`Subject`] it names; which key checks it;
+//! - [`keys`]: the session keys from settings and files, rotated on reload;
+//! - [`jwks`]: keys fetched from the identity provider's JWKS, kept fresh;
+//! - [`jwt`] and [`jwt_crypto`]: the JWT checks shared by sessions and Corti's tokens;
+//! - [`introspection`]: opaque sessions, vouched for by an RFC 7662 endpoint.
 
 pub mod introspection;
+pub mod jwks;
+pub mod jwt;
+pub mod jwt_crypto;
+pub mod keys;
 
 use std::fmt;
 use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use crate::config::{
     ConfigError, SessionKeys, SessionSettings, SESSION_INTROSPECTION_URL,
     SESSION_JWT_PREVIOUS_SECRET, SESSION_JWT_PUBLIC_KEY_FILE,
 };
-use crate::jwks::{JwksCache, JwksPolicy, VerifyingKey};
-use crate::jwt::{self, JwtError, Keys, Rules};
-use crate::session_keys::{KeyFile, RotatingKeys};
 use introspection::Introspector;
+use jwks::{JwksCache, JwksPolicy};
+use jwt::{JwtError, Keys, Rules};
+use keys::{hmac_key, public_key_from_pem, KeyFile, RotatingKeys};
 
 /// The signed-in user: the session JWT's `sub`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -329,30 +337,4 @@ fn clock_refusal(token: &str, kind: &ErrorKind, leeway: std::time::Duration) -> 
         }
         _ => None,
     }
-}
-
-pub(crate) fn hmac_key(secret: &SecretString) -> VerifyingKey {
-    VerifyingKey {
-        key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
-        algorithms: vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
-    }
-}
-
-/// Reads a PEM public key and the algorithm family it implies.
-pub(crate) fn public_key_from_pem(pem: &[u8]) -> Option<VerifyingKey> {
-    let text = std::str::from_utf8(pem).ok()?;
-    if text.contains("PRIVATE KEY") {
-        // A private key in a verification setting is a deployment mistake; refuse it.
-        return None;
-    }
-    let (key, algorithms) = if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-        (k, jsonwebtoken::AlgorithmFamily::Rsa.algorithms().to_vec())
-    } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
-        (k, vec![Algorithm::ES256, Algorithm::ES384])
-    } else if let Ok(k) = DecodingKey::from_ed_pem(pem) {
-        (k, vec![Algorithm::EdDSA])
-    } else {
-        return None;
-    };
-    Some(VerifyingKey { key, algorithms })
 }

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use crate::config::{CortiSettings, Environment, Tenant};
+use crate::corti::upstream::{ResilientUpstream, UpstreamPolicy};
 use crate::corti::{ClientSecret, CortiClient, CortiClientConfig};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
-use crate::upstream::{ResilientUpstream, UpstreamPolicy};
 
 /// One tenant: its client behind its own retries and breaker.
 pub struct TenantRoute {

@@ -13,18 +13,18 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
+use super::context::caller;
+use super::problem::Problem;
+use super::rate_limit::add_headers;
+use super::tokens::credentials;
+use super::AppState;
 use crate::audit::{AuditEvent, Outcome};
-use crate::http::context::caller;
-use crate::http::problem::Problem;
-use crate::http::rate_limit::add_headers;
-use crate::http::tokens::credentials;
-use crate::http::AppState;
 use crate::vend::{Ask, Attempt, Credentials, RelayAsk, VendError};
 
-use super::pump::{self, Report};
-use super::registry::Full;
-use super::upstream::{self, valid_interaction_id, Target};
-use super::MAX_FRAME_BYTES;
+use crate::relay::pump::{self, Report};
+use crate::relay::registry::Full;
+use crate::relay::upstream::{self, valid_interaction_id, Target};
+use crate::relay::MAX_FRAME_BYTES;
 
 /// `GET /v1/relay/transcribe`
 pub async fn transcribe(
