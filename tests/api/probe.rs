@@ -465,7 +465,12 @@ async fn probe_counts_an_introspection_endpoint_refusing_a_made_up_token_as_reac
         let out = probe(&env);
 
         let stdout = stdout(&out);
-        assert_eq!(out.status.code(), Some(0), "{status}: {stdout}{}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{status}: {stdout}{}",
+            stderr(&out)
+        );
         let line = verdict(&stdout, "session introspection");
         assert!(
             line.contains(": ok (") && line.contains(&status.to_string()),
@@ -489,7 +494,12 @@ async fn probe_fails_when_the_introspection_endpoint_is_down_or_answers_5xx() {
         let out = probe(&env);
 
         let stdout = stdout(&out);
-        assert_eq!(out.status.code(), Some(1), "{url}: {stdout}{}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{url}: {stdout}{}",
+            stderr(&out)
+        );
         let line = verdict(&stdout, "session introspection");
         assert!(
             line.contains(": FAILED (") && line.to_lowercase().contains(cause),

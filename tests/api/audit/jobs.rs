@@ -92,7 +92,11 @@ async fn verify_reads_the_verifier_key_from_the_environment_or_a_file(backend: B
     assert_eq!(from_file.status.code(), Some(0), "{}", said(&from_file));
 
     // The flag keeps working, alone or naming the same key as the environment.
-    let flag = cli(&db.url, &["audit", "verify", "--verifier-key", &verifier], &[]);
+    let flag = cli(
+        &db.url,
+        &["audit", "verify", "--verifier-key", &verifier],
+        &[],
+    );
     assert_eq!(flag.status.code(), Some(0), "{}", said(&flag));
     let same = cli(
         &db.url,
@@ -132,7 +136,8 @@ async fn verify_reads_the_verifier_key_from_the_environment_or_a_file(backend: B
         said(&disagree)
     );
     assert!(
-        stderr(&disagree).contains("--verifier-key") && stderr(&disagree).contains("AUDIT_VERIFIER_KEY"),
+        stderr(&disagree).contains("--verifier-key")
+            && stderr(&disagree).contains("AUDIT_VERIFIER_KEY"),
         "{}",
         said(&disagree)
     );
@@ -205,7 +210,12 @@ async fn verify_exits_1_when_tampered_and_2_when_it_could_not_check(backend: Bac
     assert_eq!(bad_flag.status.code(), Some(COULD_NOT_CHECK));
     let missing_file = cli(
         &db.url,
-        &["audit", "verify", "--checkpoints", "/nonexistent/tv-checkpoints"],
+        &[
+            "audit",
+            "verify",
+            "--checkpoints",
+            "/nonexistent/tv-checkpoints",
+        ],
         &key,
     );
     assert_eq!(
@@ -389,7 +399,7 @@ async fn prune_dry_run_prints_the_count_and_cutoff_and_changes_nothing(backend: 
     };
     let _app = log_old_and_recent(&db, 4, 3).await;
     let before = count(&db, "SELECT COUNT(*) FROM audit_events").await;
-    let anchors = "SELECT COALESCE(SUM(anchor_seq), 0) FROM audit_chains";
+    let anchors = "SELECT COUNT(*) FROM audit_chains WHERE anchor_seq > 0";
 
     let out = cli(
         &db.url,
@@ -406,7 +416,10 @@ async fn prune_dry_run_prints_the_count_and_cutoff_and_changes_nothing(backend: 
         "the cut-off in RFC 3339: {text}"
     );
     assert!(text.contains("nothing deleted"), "{text}");
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM audit_events").await, before);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM audit_events").await,
+        before
+    );
     assert_eq!(count(&db, anchors).await, 0, "no anchor written");
     let verified = cli(&db.url, &["audit", "verify"], &[]);
     assert!(
@@ -432,7 +445,11 @@ async fn prune_dry_run_prints_the_count_and_cutoff_and_changes_nothing(backend: 
         "{}",
         said(&tampered)
     );
-    assert!(stderr(&tampered).contains("TAMPERED"), "{}", said(&tampered));
+    assert!(
+        stderr(&tampered).contains("TAMPERED"),
+        "{}",
+        said(&tampered)
+    );
     db.cleanup().await;
 }
 both_backends!(prune_dry_run_prints_the_count_and_cutoff_and_changes_nothing);
