@@ -45,8 +45,9 @@ as `audit verify` takes it once the database holds signed checkpoints.
 Exit status:
   0  pruned (or, with --dry-run, counted)
   1  tampered: the events to delete do not verify; nothing of that run is deleted
-  2  did not run: a missing or malformed setting or argument, --older-than under
-     one day without --force, the store unreachable or not migrated";
+  2  could not prune: a missing or malformed setting or argument, --older-than
+     under one day without --force, the store unreachable or not migrated (chains
+     pruned before the store failed stay pruned)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -332,7 +333,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     &secrets,
                     &mut std::io::stdout(),
                 ))
-                .map_err(|e| check_failure(e, "audit prune stopped"))
+                .map_err(|e| check_failure(e, "audit prune"))
         }
         Command::CheckConfig { probe } => {
             let settings = load(&cli)?;

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use sqlx::Row;
-use token_vendor::audit::keys::NoteSigner;
+use token_vendor::audit::keys::{ChainKey, NoteSigner};
+use token_vendor::audit::store::SqlAuditStore;
+use token_vendor::audit::writer::WriterKeys;
+use token_vendor::audit::{AuditEvent, AuditStore, Outcome};
 use token_vendor::dev::random_hex;
 
 use crate::both_backends;
@@ -375,35 +378,55 @@ async fn keygen_out_writes_both_keys_to_files_the_service_and_verify_read() {
     db.cleanup().await;
 }
 
-/// A log of `old` events, then (after a pause longer than one second) `recent` ones.
-async fn log_old_and_recent(db: &TestDb, old: usize, recent: usize) -> TestApp {
-    let app = TestApp::builder()
-        .store(Store::db(db))
-        .limits(Limits::Off)
-        .reuse(Reuse::Off)
-        .spawn()
-        .await;
-    for i in 0..old {
-        app.vend_token(&format!("old-{i}")).await;
+/// A log of `old` events written `age` ago (subjects `old-N`), then `recent` ones
+/// written now, through the service's own store and chain key: no test waits on the
+/// clock. Keep the store until the test ends.
+async fn log_old_and_recent(
+    db: &TestDb,
+    old: usize,
+    age: time::Duration,
+    recent: usize,
+) -> SqlAuditStore {
+    let store = SqlAuditStore::open(
+        &db.url,
+        WriterKeys {
+            chain: ChainKey::derive(&secrecy::SecretString::from(audit_key().to_owned())),
+            signer: None,
+        },
+    )
+    .await
+    .expect("store");
+    let now = time::OffsetDateTime::now_utc();
+    let event = |subject: String, time| AuditEvent {
+        time,
+        outcome: Outcome::Unauthenticated,
+        status: 401,
+        subject: Some(subject),
+        ..AuditEvent::begin(&new_request_id(), TENANT, "eu")
+    };
+    let events: Vec<AuditEvent> = (0..old)
+        .map(|i| event(format!("old-{i}"), now - age))
+        .chain((0..recent).map(|i| event(format!("recent-{i}"), now)))
+        .collect();
+    // Many at once, so the writer commits them in groups.
+    for chunk in events.chunks(500) {
+        let written = futures_util::future::join_all(chunk.iter().map(|e| store.record(e))).await;
+        assert!(written.iter().all(Result::is_ok), "events written");
     }
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    for i in 0..recent {
-        app.vend_token(&format!("recent-{i}")).await;
-    }
-    app
+    store
 }
 
 async fn prune_dry_run_prints_the_count_and_cutoff_and_changes_nothing(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    let _app = log_old_and_recent(&db, 4, 3).await;
+    let _store = log_old_and_recent(&db, 4, time::Duration::hours(2), 3).await;
     let before = count(&db, "SELECT COUNT(*) FROM audit_events").await;
     let anchors = "SELECT COUNT(*) FROM audit_chains WHERE anchor_seq > 0";
 
     let out = cli(
         &db.url,
-        &["audit", "prune", "--older-than", "1s", "--dry-run"],
+        &["audit", "prune", "--older-than", "1h", "--dry-run"],
         &[],
     );
 
@@ -436,7 +459,7 @@ async fn prune_dry_run_prints_the_count_and_cutoff_and_changes_nothing(backend: 
     .await;
     let tampered = cli(
         &db.url,
-        &["audit", "prune", "--older-than", "1s", "--dry-run"],
+        &["audit", "prune", "--older-than", "1h", "--dry-run"],
         &[],
     );
     assert_eq!(
@@ -458,9 +481,9 @@ async fn prune_refuses_a_cutoff_under_one_day_without_force(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    let _app = log_old_and_recent(&db, 2, 1).await;
+    let _store = log_old_and_recent(&db, 2, time::Duration::hours(2), 1).await;
 
-    for short in ["1s", "23h"] {
+    for short in ["1s", "1h", "23h"] {
         let out = cli(&db.url, &["audit", "prune", "--older-than", short], &[]);
         assert_eq!(
             out.status.code(),
@@ -482,7 +505,7 @@ async fn prune_refuses_a_cutoff_under_one_day_without_force(backend: Backend) {
 
     let forced = cli(
         &db.url,
-        &["audit", "prune", "--older-than", "1s", "--force"],
+        &["audit", "prune", "--older-than", "1h", "--force"],
         &[],
     );
     assert_eq!(forced.status.code(), Some(0), "{}", said(&forced));
@@ -495,3 +518,68 @@ async fn prune_refuses_a_cutoff_under_one_day_without_force(backend: Backend) {
     db.cleanup().await;
 }
 both_backends!(prune_refuses_a_cutoff_under_one_day_without_force);
+
+/// More old events than one prune transaction takes (5,000): the dry run counts on
+/// from where each of its steps stopped, verifying as it goes, and agrees with the run
+/// that deletes.
+async fn prune_dry_run_counts_across_transactions_as_the_real_run_deletes(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    const OLD: usize = 5_100;
+    let store = log_old_and_recent(&db, OLD, time::Duration::days(2), 3).await;
+    let prune = |extra: &[&str]| {
+        let mut args = vec!["audit", "prune", "--older-than", "1d"];
+        args.extend_from_slice(extra);
+        cli(&db.url, &args, &[])
+    };
+
+    let dry = prune(&["--dry-run"]);
+    assert_eq!(dry.status.code(), Some(0), "{}", said(&dry));
+    assert!(
+        stdout(&dry).contains(&format!("would prune {OLD} events")),
+        "{}",
+        said(&dry)
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM audit_events").await,
+        (OLD + 3) as i64
+    );
+
+    // Past the first transaction's events, a changed one is still found.
+    exec(
+        &db,
+        "UPDATE audit_events SET subject = 'mallory' WHERE subject = 'old-5050'",
+    )
+    .await;
+    let tampered = prune(&["--dry-run"]);
+    assert_eq!(
+        tampered.status.code(),
+        Some(TAMPERED),
+        "{}",
+        said(&tampered)
+    );
+    exec(
+        &db,
+        "UPDATE audit_events SET subject = 'old-5050' WHERE subject = 'mallory'",
+    )
+    .await;
+
+    let real = prune(&[]);
+    assert_eq!(real.status.code(), Some(0), "{}", said(&real));
+    assert!(
+        stdout(&real).contains(&format!("pruned {OLD} events")),
+        "{}",
+        said(&real)
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM audit_events").await, 3);
+    let verified = cli(&db.url, &["audit", "verify"], &[]);
+    assert!(
+        stdout(&verified).starts_with("ok, 3 events"),
+        "{}",
+        said(&verified)
+    );
+    drop(store);
+    db.cleanup().await;
+}
+both_backends!(prune_dry_run_counts_across_transactions_as_the_real_run_deletes);
