@@ -195,6 +195,8 @@ impl Introspector {
         let target = crate::config::redact_url(&self.url);
         let credential = format!("token-vendor-probe-{:032x}", rand::random::<u128>());
         let response = self.send(&credential).await.map_err(|e| {
+            // The URL may carry userinfo; `target` is the redacted one.
+            let e = e.without_url();
             if e.is_timeout() {
                 format!("{target}: no answer within {}s", CALL_TIMEOUT.as_secs())
             } else if e.is_connect() {
