@@ -10,6 +10,8 @@ import sys
 import yaml
 
 SECRETS = ["CORTI_CLIENT_SECRET", "SESSION_JWT_SECRET", "AUDIT_HMAC_KEY", "AUDIT_SIGNING_KEY", "TOKEN_CACHE_KEY"]
+# Keys mounted from the Secret as files, though not secret themselves.
+MOUNTED = SECRETS + ["AUDIT_VERIFIER_KEY"]
 # What the production set-up wires, so `serve` starts without a warning.
 PRODUCTION = ["AUDIT_SIGNING_KEY_FILE", "TOKEN_CACHE_KEY_FILE", "DENY_LIST_FILE"]
 errors = []
@@ -49,7 +51,7 @@ def pod_rules(where, pod, uid, gid):
         for e in c.get("env", []):
             if e["name"] in SECRETS:
                 errors.append(f"{name}: {e['name']} must come from a file ({e['name']}_FILE), not the environment")
-            if e["name"].endswith("_FILE") and e["name"][:-5] in SECRETS:
+            if e["name"].endswith("_FILE") and e["name"][:-5] in MOUNTED:
                 path = e.get("value", "")
                 mount = next((m for p, m in mounts.items() if path.startswith(p.rstrip("/") + "/")), None)
                 check(mount is not None and mount["name"] in secret_vols and mount.get("readOnly") is True,
@@ -97,6 +99,15 @@ def kubernetes(uid, gid):
         jenv = {e["name"] for e in jpod["containers"][0].get("env", [])}
         check("DATABASE_URL" in jenv, f"{where}: no DATABASE_URL")
         check("AUDIT_HMAC_KEY_FILE" in jenv or "AUDIT_HMAC_KEY" in jenv, f"{where}: audit commands need AUDIT_HMAC_KEY")
+        args = jpod["containers"][0].get("args", [])
+        # The service signs checkpoints (AUDIT_SIGNING_KEY), so verify and prune refuse
+        # to run without their verifier key.
+        if "verify" in args or "prune" in args:
+            check("AUDIT_VERIFIER_KEY_FILE" in jenv, f"{where}: audit verify/prune need AUDIT_VERIFIER_KEY_FILE")
+        check(not any("$(" in a for a in args), f"{where}: a key expanded into the arguments shows in the process list; use a _FILE setting")
+        for volume in jpod.get("volumes", []):
+            for item in volume.get("secret", {}).get("items", []):
+                check(item["key"] in secret_keys, f"{where}: secret key {item['key']} is not in the Secret")
     check(any("secret" in v for v in pod.get("volumes", [])), "Deployment: no secret volume")
     replicas = dep["spec"].get("replicas", 1)
     check(replicas >= 2, "Deployment: a replicated deployment has at least 2 replicas")

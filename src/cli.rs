@@ -17,6 +17,37 @@ use crate::telemetry;
 
 /// Exit code for a missing or malformed setting.
 pub const EXIT_CONFIG: u8 = 2;
+/// `audit verify` / `audit prune`: the audit data failed the check.
+pub const EXIT_TAMPERED: u8 = 1;
+/// `audit verify` / `audit prune`: the check could not be made (settings, arguments,
+/// files, the store); the same code as a bad setting or a bad argument.
+pub const EXIT_COULD_NOT_CHECK: u8 = 2;
+
+const VERIFY_HELP: &str = "\
+The verifier key of the signed checkpoints comes from AUDIT_VERIFIER_KEY or
+AUDIT_VERIFIER_KEY_FILE (a mounted file), or --verifier-key (given together, they
+must be the same key); without any, it is derived from AUDIT_SIGNING_KEY when that is
+set. Needs DATABASE_URL and AUDIT_HMAC_KEY (or AUDIT_HMAC_KEY_FILE).
+
+Exit status:
+  0  every chain verified (against every signed checkpoint used)
+  1  tampered: an event altered, inserted or removed, a chain truncated, rewritten
+     or gone, a moved prune anchor, a checkpoint whose signature does not verify, a
+     stored event that cannot be read (the line starts with TAMPERED:)
+  2  could not check: a missing or malformed setting or argument (AUDIT_HMAC_KEY,
+     the verifier key), a file that cannot be read, the store unreachable or not
+     migrated";
+
+const PRUNE_HELP: &str = "\
+Needs DATABASE_URL and AUDIT_HMAC_KEY (or AUDIT_HMAC_KEY_FILE), and the verifier key
+as `audit verify` takes it once the database holds signed checkpoints.
+
+Exit status:
+  0  pruned (or, with --dry-run, counted)
+  1  tampered: the events to delete do not verify; nothing of that run is deleted
+  2  could not prune: a missing or malformed setting or argument, --older-than
+     under one day without --force, the store unreachable or not migrated (chains
+     pruned before the store failed stay pruned)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -73,16 +104,26 @@ pub enum AuditCommand {
     Query(audit_commands::QueryArgs),
     /// Check the hash chains against AUDIT_HMAC_KEY and the signed checkpoints; names
     /// the first altered, inserted or removed event, or the truncated or missing chain.
+    #[command(after_help = VERIFY_HELP)]
     Verify(audit_commands::VerifyArgs),
-    /// Print a new checkpoint signing key (AUDIT_SIGNING_KEY) and its verifier key.
+    /// Make a new checkpoint signing key (AUDIT_SIGNING_KEY) and its verifier key
+    /// (AUDIT_VERIFIER_KEY): printed, or written to two files with --out.
     Keygen {
         /// The key's name, shown in every signature line.
         #[arg(long, default_value = "token-vendor-audit")]
         name: String,
+        /// Write the keys to DIR/audit_signing_key and DIR/audit_verifier_key (mode
+        /// 0600; DIR is made if missing) instead of printing them.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// With --out: replace key files that already exist.
+        #[arg(long, requires = "out")]
+        force: bool,
     },
     /// Write events as JSON lines, oldest first.
     Export(audit_commands::ExportArgs),
     /// Delete events past the retention period, keeping the chains verifiable.
+    #[command(after_help = PRUNE_HELP)]
     Prune(audit_commands::PruneArgs),
 }
 
@@ -99,12 +140,39 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("token-vendor: {message}");
             ExitCode::FAILURE
         }
+        Err(Failure::Code(code, message)) => {
+            eprintln!("token-vendor: {message}");
+            ExitCode::from(code)
+        }
     }
 }
 
 enum Failure {
     Config(ConfigError),
     Other(String),
+    /// A failure with an exit code of its own (`audit verify`, `audit prune`).
+    Code(u8, String),
+}
+
+/// `audit verify` and `audit prune` that cannot start their runtime could not check.
+fn could_not_run(f: Failure) -> Failure {
+    match f {
+        Failure::Other(m) => Failure::Code(EXIT_COULD_NOT_CHECK, m),
+        other => other,
+    }
+}
+
+/// How `audit verify` and `audit prune` end when they fail: tampered data, or a check
+/// that could not be made (`doing` says which, e.g. "could not check").
+fn check_failure(e: CommandError, doing: &str) -> Failure {
+    if e.is_tampered() {
+        Failure::Code(EXIT_TAMPERED, e.to_string())
+    } else {
+        match e {
+            CommandError::Setting(c) => Failure::Config(c),
+            other => Failure::Code(EXIT_COULD_NOT_CHECK, format!("{doing}: {other}")),
+        }
+    }
 }
 
 impl From<ConfigError> for Failure {
@@ -115,7 +183,10 @@ impl From<ConfigError> for Failure {
 
 impl From<CommandError> for Failure {
     fn from(e: CommandError) -> Self {
-        Failure::Other(e.to_string())
+        match e {
+            CommandError::Setting(c) => Failure::Config(c),
+            other => Failure::Other(other.to_string()),
+        }
     }
 }
 
@@ -219,21 +290,26 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             audit_commands::query(&url, args, &mut std::io::stdout()).await
         }),
         Command::Audit(AuditCommand::Verify(args)) => {
+            // Every way this fails that is not tampering is "could not check" (2), as
+            // a bad setting or argument is.
             let settings = load(&cli)?;
             let secrets = audit_commands::VerifySecrets {
                 hmac: audit_hmac_key(&settings, "to check the keyed chains")?,
                 signing: settings.audit_signing_key.clone(),
+                verifier: settings.audit_verifier_key.clone(),
             };
-            runtime()?.block_on(audit_commands::verify(
-                &settings.database_url,
-                args,
-                &secrets,
-                &mut std::io::stdout(),
-            ))?;
-            Ok(())
+            runtime()
+                .map_err(could_not_run)?
+                .block_on(audit_commands::verify(
+                    &settings.database_url,
+                    args,
+                    &secrets,
+                    &mut std::io::stdout(),
+                ))
+                .map_err(|e| check_failure(e, "could not check"))
         }
-        Command::Audit(AuditCommand::Keygen { name }) => {
-            audit_commands::keygen(name, &mut std::io::stdout())?;
+        Command::Audit(AuditCommand::Keygen { name, out, force }) => {
+            audit_commands::keygen(name, out.as_deref(), *force, &mut std::io::stdout())?;
             Ok(())
         }
         Command::Audit(AuditCommand::Export(args)) => with_database(&cli, |url| async move {
@@ -247,14 +323,17 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     "to verify the events it deletes and tag the new prune anchors",
                 )?,
                 signing: settings.audit_signing_key.clone(),
+                verifier: settings.audit_verifier_key.clone(),
             };
-            runtime()?.block_on(audit_commands::prune(
-                &settings.database_url,
-                args,
-                &secrets,
-                &mut std::io::stdout(),
-            ))?;
-            Ok(())
+            runtime()
+                .map_err(could_not_run)?
+                .block_on(audit_commands::prune(
+                    &settings.database_url,
+                    args,
+                    &secrets,
+                    &mut std::io::stdout(),
+                ))
+                .map_err(|e| check_failure(e, "audit prune"))
         }
         Command::CheckConfig { probe } => {
             let settings = load(&cli)?;

@@ -440,6 +440,10 @@ pub const SHUTDOWN_GRACE: Setting<Duration> =
 pub const AUDIT_HMAC_KEY: Setting<SecretString> = Setting::secret("AUDIT_HMAC_KEY", secret);
 /// Ed25519 key that signs audit chain checkpoints (`token-vendor audit keygen`).
 pub const AUDIT_SIGNING_KEY: Setting<SecretString> = Setting::secret("AUDIT_SIGNING_KEY", secret);
+/// The checkpoints' verifier key (`<name>+<id>+<key>`, from `audit keygen`), for
+/// `audit verify` and `audit prune`. Public, so `check-config` shows it; read as a secret
+/// only so that `AUDIT_VERIFIER_KEY_FILE` works like the other mounted keys.
+pub const AUDIT_VERIFIER_KEY: Setting<String> = Setting::secret("AUDIT_VERIFIER_KEY", text);
 /// The only way `serve` starts without `AUDIT_SIGNING_KEY` (see [`Settings::check_signed`]).
 pub const AUDIT_ALLOW_UNSIGNED: Setting<bool> =
     Setting::plain("AUDIT_ALLOW_UNSIGNED", from_str).or("false");
@@ -555,6 +559,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub audit_hmac_key: Option<SecretString>,
     pub audit_signing_key: Option<SecretString>,
+    /// `AUDIT_VERIFIER_KEY` as given (checked by the audit commands that use it).
+    pub audit_verifier_key: Option<String>,
     pub audit_allow_unsigned: bool,
     pub audit_reader_role: String,
     pub trusted_proxies: Vec<IpNet>,
@@ -1194,6 +1200,7 @@ impl Settings {
             shutdown_grace: SHUTDOWN_GRACE.read_defaulted(sources)?,
             audit_hmac_key: AUDIT_HMAC_KEY.read(sources)?,
             audit_signing_key: AUDIT_SIGNING_KEY.read(sources)?,
+            audit_verifier_key: AUDIT_VERIFIER_KEY.read(sources)?,
             audit_allow_unsigned: AUDIT_ALLOW_UNSIGNED.read_defaulted(sources)?,
             audit_reader_role: AUDIT_READER_ROLE.read_defaulted(sources)?,
             trusted_proxies: TRUSTED_PROXIES.read_or_default(sources)?,
@@ -1482,6 +1489,7 @@ impl Settings {
             ),
             secret(&AUDIT_HMAC_KEY, &self.audit_hmac_key),
             secret(&AUDIT_SIGNING_KEY, &self.audit_signing_key),
+            opt(&AUDIT_VERIFIER_KEY, self.audit_verifier_key.as_ref()),
             line(&AUDIT_ALLOW_UNSIGNED, self.audit_allow_unsigned),
             line(&AUDIT_READER_ROLE, &self.audit_reader_role),
             opt(

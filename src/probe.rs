@@ -1,13 +1,17 @@
 //! `check-config --probe`: settings that parse can still be wrong (a database password,
 //! a JWKS URL answering 404, a tenant's client secret). Each check here talks to the
 //! real thing once and says, in one line, whether it works.
+//!
+//! Checks: `store`, `redis` (when set), `session keys` (a JWKS is fetched) or
+//! `session introspection` (one call with a made-up token), and one `tenant` line each.
 
 use std::time::Duration;
 
 use crate::audit::db::{self, AuditDb, OpenMode, StoreError};
-use crate::config::{redact_url_password, ServeSettings, SessionKeys};
+use crate::config::{redact_url_password, IntrospectionSettings, ServeSettings, SessionKeys};
 use crate::corti::{ClientSecret, CortiClient, CortiClientConfig, UpstreamError};
 use crate::scope::RequestedScope;
+use crate::session::introspection::Introspector;
 use crate::session::jwks::{JwksCache, JwksPolicy};
 
 /// Longest one Redis or JWKS check may take.
@@ -49,7 +53,11 @@ pub async fn run(settings: &ServeSettings) -> Vec<Verdict> {
     if let Some(url) = &settings.rate_limit_redis_url {
         verdicts.push(verdict("redis", redis(url).await));
     }
-    verdicts.push(verdict("session keys", session_keys(settings).await));
+    let sessions = match &settings.session.keys {
+        SessionKeys::Introspection(i) => verdict("session introspection", introspection(i).await),
+        _ => verdict("session keys", session_keys(settings).await),
+    };
+    verdicts.push(sessions);
     for t in &settings.tenants {
         let check = format!("tenant {} ({})", t.tenant, t.environment.as_str());
         verdicts.push(verdict(check, tenant(settings, t).await));
@@ -125,10 +133,7 @@ async fn session_keys(settings: &ServeSettings) -> Result<String, String> {
             "SESSION_JWT_PUBLIC_KEY_FILE {} holds a public key",
             path.display()
         )),
-        SessionKeys::Introspection(i) => Ok(format!(
-            "opaque sessions are introspected at {} per session; not probed",
-            i.url
-        )),
+        SessionKeys::Introspection(i) => introspection(i).await,
         SessionKeys::Jwks(url) => {
             let http = reqwest::Client::builder()
                 .timeout(CHECK_TIMEOUT)
@@ -142,6 +147,14 @@ async fn session_keys(settings: &ServeSettings) -> Result<String, String> {
             }
         }
     }
+}
+
+/// One introspection call with a made-up token (see [`Introspector::probe`]).
+async fn introspection(settings: &IntrospectionSettings) -> Result<String, String> {
+    Introspector::new(settings)
+        .map_err(|e| e.to_string())?
+        .probe()
+        .await
 }
 
 async fn tenant(

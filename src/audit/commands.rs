@@ -1,9 +1,10 @@
 //! `token-vendor migrate` and `token-vendor audit query|verify|export|prune|keygen`:
 //! what ops run against the audit database. They need `DATABASE_URL`; `verify` and
-//! `prune` also need `AUDIT_HMAC_KEY` (the chains are keyed with it).
+//! `prune` also need `AUDIT_HMAC_KEY` (the chains are keyed with it) and, once the
+//! database holds signed checkpoints, their verifier key (`AUDIT_VERIFIER_KEY`).
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,6 +19,7 @@ use super::db::{AuditDb, OpenMode, StoreError};
 use super::keys::{ChainKey, Keyring, NoteSigner, NoteVerifier};
 use super::query::{AuditQuery, FilterError, FilterParams, TimeSyntax};
 use super::AuditEvent;
+use crate::config::{ConfigError, AUDIT_SIGNING_KEY, AUDIT_VERIFIER_KEY};
 
 /// Why an audit command failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +30,28 @@ pub enum CommandError {
     Filter(#[from] FilterError),
     #[error("TAMPERED: {0}")]
     Tampered(super::chain::Finding),
+    /// A checkpoint in `--checkpoints FILE` whose signature does not verify.
+    #[error("TAMPERED: {0}")]
+    ForgedCheckpoint(String),
+    #[error("{0}")]
+    Setting(#[from] ConfigError),
     #[error("cannot write the output: {0}")]
     Io(#[from] io::Error),
     #[error("{0}")]
     Usage(String),
+}
+
+impl CommandError {
+    /// Whether the audit data itself failed the check (an event, a chain or a signed
+    /// checkpoint is not what was written), as opposed to the check not being made.
+    pub fn is_tampered(&self) -> bool {
+        matches!(
+            self,
+            CommandError::Tampered(_)
+                | CommandError::ForgedCheckpoint(_)
+                | CommandError::Store(StoreError::Corrupt(_))
+        )
+    }
 }
 
 /// Output of `audit query`.
@@ -95,15 +115,26 @@ pub struct ExportArgs {
     pub until: Option<String>,
 }
 
+/// The shortest retention `audit prune` takes without `--force`.
+pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Retention of `audit prune`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PruneArgs {
-    /// Delete events older than this, e.g. 90d.
+    /// Delete events older than this, e.g. 90d (under one day needs --force).
     #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub older_than: Duration,
+    /// Verify and count the events a prune would delete, print the count and the
+    /// cut-off, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow an --older-than under one day, which deletes all but the last hours.
+    #[arg(long)]
+    pub force: bool,
     /// The checkpoints' verifier key, to check the events against the signed
-    /// checkpoints in the database before deleting them; derived from
-    /// AUDIT_SIGNING_KEY when that is set instead.
+    /// checkpoints in the database before deleting them (as for `audit verify`:
+    /// AUDIT_VERIFIER_KEY or AUDIT_VERIFIER_KEY_FILE, else derived from
+    /// AUDIT_SIGNING_KEY).
     #[arg(long, value_name = "KEY")]
     pub verifier_key: Option<String>,
     /// A file holding a previous AUDIT_HMAC_KEY, for chains written before a key
@@ -160,8 +191,10 @@ pub struct VerifyArgs {
     /// host: raw signed notes, or `audit` log lines whose `checkpoint` field holds one.
     #[arg(long, value_name = "FILE")]
     pub checkpoints: Option<PathBuf>,
-    /// The checkpoints' verifier key (`<name>+<id>+<key>`, printed by `audit keygen`);
-    /// derived from AUDIT_SIGNING_KEY when that is set instead.
+    /// The checkpoints' verifier key (`<name>+<id>+<key>`, made by `audit keygen`).
+    /// Usually given as AUDIT_VERIFIER_KEY or AUDIT_VERIFIER_KEY_FILE instead; given
+    /// both ways, the two must be the same key. Without either it is derived from
+    /// AUDIT_SIGNING_KEY when that is set.
     #[arg(long, value_name = "KEY")]
     pub verifier_key: Option<String>,
     /// A file holding a previous AUDIT_HMAC_KEY, for chains written before a key
@@ -175,28 +208,59 @@ pub struct VerifyArgs {
     pub allow_unkeyed: Vec<String>,
 }
 
-/// The secrets `audit verify` needs from the settings.
+/// The keys `audit verify` and `audit prune` take from the settings.
 pub struct VerifySecrets {
     /// AUDIT_HMAC_KEY.
     pub hmac: SecretString,
-    /// AUDIT_SIGNING_KEY, if set: the verifier key is derived from it.
+    /// AUDIT_SIGNING_KEY, if set: the verifier key is derived from it when none is given.
     pub signing: Option<SecretString>,
+    /// AUDIT_VERIFIER_KEY (or the content of AUDIT_VERIFIER_KEY_FILE), if set.
+    pub verifier: Option<String>,
 }
 
+/// The verifier key: `--verifier-key` or AUDIT_VERIFIER_KEY (both: the same key),
+/// else the one of AUDIT_SIGNING_KEY, else none.
 fn verifier_of(
-    verifier_key: Option<&String>,
+    flag: Option<&String>,
     secrets: &VerifySecrets,
 ) -> Result<Option<NoteVerifier>, CommandError> {
-    if let Some(text) = verifier_key {
-        return NoteVerifier::parse(text)
-            .map(Some)
-            .map_err(|e| CommandError::Usage(format!("--verifier-key: {e}")));
+    let flag = flag
+        .map(|text| NoteVerifier::parse(text.trim()))
+        .transpose()
+        .map_err(|e| CommandError::Usage(format!("--verifier-key: {e}")))?;
+    let setting = secrets
+        .verifier
+        .as_deref()
+        .map(|text| NoteVerifier::parse(text.trim()))
+        .transpose()
+        .map_err(|e| AUDIT_VERIFIER_KEY.error(e.to_string()))?;
+    match (flag, setting) {
+        (Some(flag), Some(setting)) if flag.text() != setting.text() => {
+            Err(CommandError::Usage(format!(
+                "--verifier-key and {} name different keys ({} and {}); give one",
+                AUDIT_VERIFIER_KEY.name,
+                key_name(&flag),
+                key_name(&setting)
+            )))
+        }
+        (Some(key), _) | (None, Some(key)) => Ok(Some(key)),
+        (None, None) => match &secrets.signing {
+            Some(key) => NoteSigner::parse(key)
+                .map(|s| Some(s.verifier()))
+                .map_err(|e| AUDIT_SIGNING_KEY.error(e.to_string()).into()),
+            None => Ok(None),
+        },
     }
-    match &secrets.signing {
-        Some(key) => NoteSigner::parse(key)
-            .map(|s| Some(s.verifier()))
-            .map_err(|e| CommandError::Usage(format!("AUDIT_SIGNING_KEY: {e}"))),
-        None => Ok(None),
+}
+
+/// `<name>+<id>` of a verifier key: enough to tell two keys apart in a message.
+fn key_name(key: &NoteVerifier) -> String {
+    // A name has no `+`; the base64 key after the id may.
+    let text = key.text();
+    let mut parts = text.splitn(3, '+');
+    match (parts.next(), parts.next()) {
+        (Some(name), Some(id)) => format!("{name}+{id}"),
+        _ => text,
     }
 }
 
@@ -215,7 +279,8 @@ pub async fn verify(
     if let Some(path) = &args.checkpoints {
         let Some(verifier) = &verifier else {
             return Err(CommandError::Usage(
-                "--checkpoints needs the verifier key (--verifier-key, or AUDIT_SIGNING_KEY)"
+                "--checkpoints needs the verifier key (AUDIT_VERIFIER_KEY, \
+                 AUDIT_VERIFIER_KEY_FILE or --verifier-key; or AUDIT_SIGNING_KEY)"
                     .into(),
             ));
         };
@@ -230,7 +295,7 @@ pub async fn verify(
         }
         for (i, note) in notes.iter().enumerate() {
             let cp = Checkpoint::open(note, verifier).map_err(|e| {
-                CommandError::Usage(format!(
+                CommandError::ForgedCheckpoint(format!(
                     "--checkpoints {}: checkpoint {} does not verify: {e}",
                     path.display(),
                     i + 1
@@ -282,10 +347,59 @@ fn keyring(hmac: &SecretString, previous: &[PathBuf]) -> Result<Keyring, Command
     Ok(Keyring::new(keys))
 }
 
-/// Prints a new checkpoint signing key and its verifier key.
-pub fn keygen(name: &str, out: &mut impl Write) -> Result<(), CommandError> {
+/// The file `audit keygen --out DIR` writes the signing key to (the Secret key name
+/// the shipped manifests mount).
+pub const SIGNING_KEY_FILE: &str = "audit_signing_key";
+/// The file `audit keygen --out DIR` writes the verifier key to.
+pub const VERIFIER_KEY_FILE: &str = "audit_verifier_key";
+
+/// Makes a new checkpoint signing key and its verifier key: printed, or with `dir`
+/// written to two files there (mode 0600; existing ones are replaced only with `force`).
+pub fn keygen(
+    name: &str,
+    dir: Option<&Path>,
+    force: bool,
+    out: &mut impl Write,
+) -> Result<(), CommandError> {
     let signer =
         NoteSigner::generate(name).map_err(|e| CommandError::Usage(format!("--name: {e}")))?;
+    if let Some(dir) = dir {
+        let signing = dir.join(SIGNING_KEY_FILE);
+        let verifier = dir.join(VERIFIER_KEY_FILE);
+        write_key_files(
+            dir,
+            force,
+            &[
+                (&signing, signer.private_text()),
+                (&verifier, SecretString::from(signer.verifier().text())),
+            ],
+        )?;
+        writeln!(
+            out,
+            "wrote {}: the signing key (secret: for `serve` only, beside AUDIT_HMAC_KEY)",
+            signing.display()
+        )?;
+        writeln!(
+            out,
+            "wrote {}: its verifier key (public: for `audit verify` and `audit prune`; \
+             keep a copy off the database's host)",
+            verifier.display()
+        )?;
+        writeln!(out, "Mount them as files and name them with:")?;
+        writeln!(
+            out,
+            "  {}_FILE={}    (serve)",
+            AUDIT_SIGNING_KEY.name,
+            signing.display()
+        )?;
+        writeln!(
+            out,
+            "  {}_FILE={}    (audit verify, audit prune)",
+            AUDIT_VERIFIER_KEY.name,
+            verifier.display()
+        )?;
+        return Ok(());
+    }
     writeln!(
         out,
         "# Keep the signing key secret, beside AUDIT_HMAC_KEY; give the verifier key to\n\
@@ -298,6 +412,85 @@ pub fn keygen(name: &str, out: &mut impl Write) -> Result<(), CommandError> {
     )?;
     writeln!(out, "AUDIT_VERIFIER_KEY={}", signer.verifier().text())?;
     Ok(())
+}
+
+/// Writes each `(path, content)` readable by its owner only. Without `force`, nothing
+/// is written when one of the files exists; with it, each is replaced by a rename, so
+/// a symbolic link in its place is replaced rather than followed.
+fn write_key_files(
+    dir: &Path,
+    force: bool,
+    files: &[(&PathBuf, SecretString)],
+) -> Result<(), CommandError> {
+    let failed = |path: &Path, e: io::Error| {
+        CommandError::Usage(format!("keygen --out: {}: {e}", path.display()))
+    };
+    create_private_dir(dir).map_err(|e| failed(dir, e))?;
+    if !force {
+        if let Some((path, _)) = files.iter().find(|(p, _)| p.symlink_metadata().is_ok()) {
+            return Err(CommandError::Usage(format!(
+                "keygen --out: {} already exists; nothing was written (--force replaces \
+                 both keys, and the checkpoints signed so far then need the old verifier key)",
+                path.display()
+            )));
+        }
+    }
+    let mut written: Vec<&Path> = Vec::new();
+    for (path, content) in files {
+        let text = format!("{}\n", content.expose_secret());
+        let result = if force {
+            replace_private(path, &text)
+        } else {
+            create_private(path, &text)
+        };
+        if let Err(e) = result {
+            if !force {
+                // Not half a pair: the one written is of no use without the other.
+                for done in written {
+                    let _ = std::fs::remove_file(done);
+                }
+            }
+            return Err(failed(path, e));
+        }
+        written.push(path);
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// A new file (never an existing one, nor through a link), mode 0600.
+fn create_private(path: &Path, text: &str) -> io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    // The mode above is reduced by the umask only, never widened: set it exactly.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+/// Writes `text` beside `path` and renames it over `path`.
+fn replace_private(path: &Path, text: &str) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+    create_private(&temp, text)
+        .and_then(|()| std::fs::rename(&temp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&temp);
+        })
 }
 
 /// Writes every event in the range as JSON lines, oldest first, streaming.
@@ -339,12 +532,23 @@ pub async fn export(
 /// prune anchor is tagged with the chain key of AUDIT_HMAC_KEY. The events are verified
 /// (chain key, signed checkpoints) before they are deleted; `Tampered` names the first
 /// bad one, and nothing of its run is deleted.
+///
+/// An `--older-than` under [`MIN_RETENTION`] is refused without `--force`; a dry run
+/// verifies and counts the same events and changes nothing.
 pub async fn prune(
     url: &str,
     args: &PruneArgs,
     secrets: &VerifySecrets,
     out: &mut impl Write,
 ) -> Result<(), CommandError> {
+    let short = args.older_than < MIN_RETENTION;
+    if short && !args.force && !args.dry_run {
+        return Err(CommandError::Usage(format!(
+            "--older-than {} is under one day: it would delete all of the audit log but \
+             its last {0}. Add --force if that is meant (--dry-run shows what would go)",
+            humantime::format_duration(args.older_than)
+        )));
+    }
     let older_than = time::Duration::try_from(args.older_than)
         .map_err(|_| CommandError::Usage("--older-than is too long".into()))?;
     let cutoff = OffsetDateTime::now_utc()
@@ -362,9 +566,28 @@ pub async fn prune(
             &policy,
             verifier.as_ref(),
             &ChainKey::derive(&secrets.hmac),
+            args.dry_run,
         )
         .await?
         .map_err(CommandError::Tampered)?;
+    if args.dry_run {
+        writeln!(
+            out,
+            "dry run: would prune {} events older than {} (verified, checked against {} \
+             signed checkpoint{}); nothing deleted",
+            pruned.events,
+            cutoff.format(&Rfc3339).unwrap_or_default(),
+            pruned.checkpoints,
+            if pruned.checkpoints == 1 { "" } else { "s" },
+        )?;
+        if short && !args.force {
+            writeln!(
+                out,
+                "note: --older-than is under one day; the real run needs --force"
+            )?;
+        }
+        return Ok(());
+    }
     writeln!(
         out,
         "ok, pruned {} events older than {} (verified, checked against {} signed checkpoint{})",

@@ -252,6 +252,7 @@ impl NoteVerifier {
             .ok_or_else(|| bad("a signed note has its text, a blank line and signatures"))?;
         let text = &note[..=split];
         let mut signed = false;
+        let mut others = Vec::new();
         for line in note[split + 2..].lines() {
             let Some(rest) = line.strip_prefix("\u{2014} ") else {
                 return Err(bad("a signature line starts with an em dash"));
@@ -267,6 +268,7 @@ impl NoteVerifier {
             }
             let id = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
             if name != self.name || id != self.id {
+                others.push(format!("{name}+{id:08x}"));
                 continue;
             }
             let sig = ed25519_dalek::Signature::from_slice(&raw[4..])
@@ -279,7 +281,19 @@ impl NoteVerifier {
         if signed {
             Ok(text)
         } else {
-            Err(bad(format!("not signed by {}", self.text())))
+            // Name the keys that did sign: a verifier key for another signing key is a
+            // set-up mistake the operator can then see at once.
+            Err(bad(format!(
+                "not signed by {}+{:08x} (signed by {}): the verifier key is not the \
+                 signing key's, or the checkpoint was replaced",
+                self.name,
+                self.id,
+                if others.is_empty() {
+                    "no key".to_owned()
+                } else {
+                    others.join(", ")
+                }
+            )))
         }
     }
 }

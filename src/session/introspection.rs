@@ -164,8 +164,9 @@ impl Introspector {
         );
     }
 
-    async fn introspect(&self, credential: &str) -> Answer {
-        let unavailable = |why: String| IntrospectionError::Unavailable(why);
+    /// One introspection request for `credential`, as RFC 7662 and §2.3.1 of RFC 6749
+    /// describe it.
+    async fn send(&self, credential: &str) -> Result<reqwest::Response, reqwest::Error> {
         let (id, secret) = {
             let secret = self
                 .secret
@@ -176,21 +177,71 @@ impl Introspector {
                 form_encode(secret.expose_secret()),
             )
         };
-        let response = self
-            .http
+        self.http
             .post(&self.url)
             .basic_auth(id, Some(secret))
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&[("token", credential), ("token_type_hint", "access_token")])
             .send()
             .await
-            .map_err(|e| {
-                unavailable(if e.is_timeout() {
-                    "timed out".into()
-                } else {
-                    format!("{}", e.without_url())
-                })
-            })?;
+    }
+
+    /// `check-config --probe`: one call with a made-up credential, and what the answer
+    /// says about the endpoint. Answered inactive: it works. 401/403: it refused this
+    /// service's client credentials (RFC 7662 answers an unknown token with
+    /// `active: false`, never 401), which `serve` answers with 503 for every session, as
+    /// it does anything else, or no answer.
+    pub async fn probe(&self) -> Result<String, String> {
+        let target = crate::config::redact_url(&self.url);
+        let credential = format!("token-vendor-probe-{:032x}", rand::random::<u128>());
+        let response = self.send(&credential).await.map_err(|e| {
+            // The URL may carry userinfo; `target` is the redacted one.
+            let e = e.without_url();
+            if e.is_timeout() {
+                format!("{target}: no answer within {}s", CALL_TIMEOUT.as_secs())
+            } else if e.is_connect() {
+                format!("{target}: cannot connect: {}", innermost_cause(&e))
+            } else {
+                format!("{target}: {}", innermost_cause(&e))
+            }
+        })?;
+        let status = response.status();
+        match status.as_u16() {
+            200..=299 => {}
+            401 | 403 => {
+                return Err(format!(
+                    "{target}: answered {}: it refuses this service's client credentials, \
+                     so every session would get 503; check {} and {}",
+                    status.as_u16(),
+                    crate::config::SESSION_INTROSPECTION_CLIENT_ID.name,
+                    SESSION_INTROSPECTION_CLIENT_SECRET.name
+                ))
+            }
+            _ => return Err(format!("{target}: answered {status}")),
+        }
+        let body = read_capped(response)
+            .await
+            .map_err(|e| format!("{target}: {e}"))?;
+        match parse_answer(&body, None) {
+            Ok(Verdict::Inactive(_)) => {
+                Ok(format!("{target}; answered a made-up token as inactive"))
+            }
+            Ok(Verdict::Active(..)) => Err(format!(
+                "{target}: called a made-up token active; it would accept any session"
+            )),
+            Err(e) => Err(format!("{target}: {e}")),
+        }
+    }
+
+    async fn introspect(&self, credential: &str) -> Answer {
+        let unavailable = |why: String| IntrospectionError::Unavailable(why);
+        let response = self.send(credential).await.map_err(|e| {
+            unavailable(if e.is_timeout() {
+                "timed out".into()
+            } else {
+                format!("{}", e.without_url())
+            })
+        })?;
         let status = response.status();
         if !status.is_success() {
             // 401/403 here means this service's own client credentials are refused:
@@ -200,6 +251,16 @@ impl Introspector {
         let body = read_capped(response).await.map_err(unavailable)?;
         parse_answer(&body, self.audience.as_deref())
     }
+}
+
+/// The last error in `e`'s chain of causes ("Connection refused (os error 111)"):
+/// reqwest's own message names only the step that failed.
+fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// RFC 6749 §2.3.1: the client id and secret are form-urlencoded before HTTP Basic.

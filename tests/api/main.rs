@@ -29,6 +29,7 @@ mod audit {
     mod cli;
     mod events;
     mod flood;
+    mod jobs;
     mod keyed;
     mod lookups;
     mod outage;

@@ -391,3 +391,124 @@ async fn a_refused_reload_is_counted() {
     assert_eq!(app.metric("token_vendor_reloads_refused_total").await, 1.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Settings whose sessions are opaque, checked at `url` (RFC 7662).
+fn introspection_settings(upstream: &Upstream, url: &str) -> Vec<(String, String)> {
+    with(
+        settings(upstream),
+        &[
+            ("SESSION_JWT_SECRET", String::new()),
+            ("SESSION_INTROSPECTION_URL", url.to_owned()),
+            ("SESSION_INTROSPECTION_CLIENT_ID", "token-vendor".into()),
+            (
+                "SESSION_INTROSPECTION_CLIENT_SECRET",
+                format!("fake-introspection-secret-{}", random_hex(8)),
+            ),
+            ("SESSION_INTROSPECTION_AUDIENCE", "our-app".into()),
+        ],
+    )
+}
+
+/// An introspection endpoint answering every call with `answer`.
+async fn introspection_endpoint(answer: ResponseTemplate) -> MockServer {
+    let idp = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/introspect"))
+        .respond_with(answer)
+        .mount(&idp)
+        .await;
+    idp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_calls_the_introspection_endpoint_once_with_the_client_credentials() {
+    let upstream = upstream();
+    let idp =
+        introspection_endpoint(ResponseTemplate::new(200).set_body_json(json!({"active": false})))
+            .await;
+    let env = introspection_settings(&upstream, &format!("{}/introspect", idp.uri()));
+
+    let out = probe(&env);
+
+    let stdout = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", stderr(&out));
+    let line = verdict(&stdout, "session introspection");
+    assert!(line.contains(": ok ("), "{stdout}");
+    let calls = idp.received_requests().await.unwrap_or_default();
+    assert_eq!(calls.len(), 1, "one introspection call");
+    let call = &calls[0];
+    assert!(
+        call.headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Basic ")),
+        "client_secret_basic"
+    );
+    let body = String::from_utf8_lossy(&call.body);
+    assert!(body.contains("token="), "{body}");
+    let secret = &env
+        .iter()
+        .find(|(k, _)| k == "SESSION_INTROSPECTION_CLIENT_SECRET")
+        .expect("set")
+        .1;
+    assert!(!stdout.contains(secret.as_str()), "{stdout}");
+    upstream.standin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_fails_when_the_introspection_endpoint_refuses_the_services_credentials() {
+    // RFC 7662: the endpoint answers 401/403 only to a caller whose own credentials it
+    // refuses; `serve` would then answer 503 to every session, so the probe says so.
+    let upstream = upstream();
+    for status in [401, 403] {
+        let idp = introspection_endpoint(ResponseTemplate::new(status)).await;
+        let env = introspection_settings(&upstream, &format!("{}/introspect", idp.uri()));
+
+        let out = probe(&env);
+
+        let stdout = stdout(&out);
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "{status}: {stdout}{}",
+            stderr(&out)
+        );
+        let line = verdict(&stdout, "session introspection");
+        assert!(
+            line.contains("FAILED")
+                && line.contains(&status.to_string())
+                && line.contains("SESSION_INTROSPECTION_CLIENT_SECRET"),
+            "{line}"
+        );
+    }
+    upstream.standin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_fails_when_the_introspection_endpoint_is_down_or_answers_5xx() {
+    let upstream = upstream();
+    let idp = introspection_endpoint(ResponseTemplate::new(503)).await;
+    let refused = format!("http://127.0.0.1:{}/introspect", closed_port());
+    for (url, cause) in [
+        (format!("{}/introspect", idp.uri()), "503"),
+        (refused, "connect"),
+    ] {
+        let env = introspection_settings(&upstream, &url);
+
+        let out = probe(&env);
+
+        let stdout = stdout(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{url}: {stdout}{}",
+            stderr(&out)
+        );
+        let line = verdict(&stdout, "session introspection");
+        assert!(
+            line.contains(": FAILED (") && line.to_lowercase().contains(cause),
+            "{line}"
+        );
+    }
+    upstream.standin.stop().await;
+}

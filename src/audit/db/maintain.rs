@@ -41,17 +41,18 @@ pub struct Pruned {
     pub checkpoints: u64,
 }
 
-/// The chain's bookkeeping row; on PostgreSQL locked until the transaction ends, so
-/// the writer cannot move the head between it and the events read after it.
-fn chain_record_sql(backend: Backend) -> &'static str {
+/// The chain's bookkeeping row; for a prune that deletes, on PostgreSQL locked until
+/// the transaction ends, so the writer cannot move the head between it and the events
+/// read after it (a dry run reads one snapshot instead).
+fn chain_record_sql(backend: Backend, dry_run: bool) -> &'static str {
     match backend {
-        Backend::Sqlite => {
-            "SELECT chain_id, head_seq, head_hash, anchor_seq, anchor_hash, key_id, \
-             anchor_key_id, anchor_mac FROM audit_chains WHERE chain_id = $1"
-        }
-        Backend::Postgres => {
+        Backend::Postgres if !dry_run => {
             "SELECT chain_id, head_seq, head_hash, anchor_seq, anchor_hash, key_id, \
              anchor_key_id, anchor_mac FROM audit_chains WHERE chain_id = $1 FOR UPDATE"
+        }
+        _ => {
+            "SELECT chain_id, head_seq, head_hash, anchor_seq, anchor_hash, key_id, \
+             anchor_key_id, anchor_mac FROM audit_chains WHERE chain_id = $1"
         }
     }
 }
@@ -88,12 +89,16 @@ impl AuditDb {
     ///
     /// The database's signed checkpoints are checked with `signer`; without one, a
     /// database that holds checkpoints is refused, as `audit verify` refuses it.
+    ///
+    /// `dry_run`: the same verification and count, in read-only transactions; nothing
+    /// is deleted and no anchor moves.
     pub async fn prune(
         &self,
         cutoff: OffsetDateTime,
         policy: &Policy,
         signer: Option<&NoteVerifier>,
         key: &ChainKey,
+        dry_run: bool,
     ) -> Result<Result<Pruned, Finding>, StoreError> {
         let chains: Vec<String> =
             sqlx::query("SELECT chain_id FROM audit_chains ORDER BY chain_id")
@@ -113,17 +118,23 @@ impl AuditDb {
             if signed.is_some() {
                 return Err(StoreError::Usage(
                     "the database holds signed checkpoints: give their verifier key \
-                     (--verifier-key, or AUDIT_SIGNING_KEY to derive it) so that the \
-                     events are checked against them before they are deleted"
+                     (AUDIT_VERIFIER_KEY, AUDIT_VERIFIER_KEY_FILE or --verifier-key; or \
+                     AUDIT_SIGNING_KEY to derive it) so that the events are checked \
+                     against them before they are deleted"
                         .into(),
                 ));
             }
         }
         let mut pruned = Pruned::default();
         for chain_id in chains {
+            let mut mode = if dry_run {
+                Mode::Count { after: None }
+            } else {
+                Mode::Delete
+            };
             loop {
                 match self
-                    .prune_step(&chain_id, cutoff, policy, signer, key)
+                    .prune_step(&chain_id, cutoff, policy, signer, key, &mode)
                     .await?
                 {
                     Err(finding) => return Ok(Err(finding)),
@@ -132,6 +143,9 @@ impl AuditDb {
                         pruned.checkpoints += step.checkpoints;
                         if !step.more {
                             break;
+                        }
+                        if let Mode::Count { after } = &mut mode {
+                            *after = step.through;
                         }
                     }
                 }
@@ -150,9 +164,16 @@ impl AuditDb {
         policy: &Policy,
         signer: Option<&NoteVerifier>,
         key: &ChainKey,
+        mode: &Mode,
     ) -> Result<Result<Step, Finding>, StoreError> {
-        let mut tx = RawTransaction::begin(&self.pool, self.backend.begin_write()).await?;
-        let Some(record) = sqlx::query(chain_record_sql(self.backend))
+        let dry_run = matches!(mode, Mode::Count { .. });
+        let begin = match (self.backend, dry_run) {
+            (_, false) => self.backend.begin_write(),
+            (Backend::Sqlite, true) => "BEGIN",
+            (Backend::Postgres, true) => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        };
+        let mut tx = RawTransaction::begin(&self.pool, begin).await?;
+        let Some(mut record) = sqlx::query(chain_record_sql(self.backend, dry_run))
             .bind(chain_id)
             .fetch_optional(tx.conn())
             .await?
@@ -162,6 +183,17 @@ impl AuditDb {
             tx.rollback().await?;
             return Ok(Ok(Step::default()));
         };
+        if let Mode::Count {
+            after: Some((seq, hash)),
+        } = mode
+        {
+            // A dry run goes on where its previous step stopped, as if that step had
+            // moved the anchor there (with the key, as the real prune would have).
+            record.anchor_seq = *seq;
+            record.anchor_hash = hash.clone();
+            record.anchor_key_id = Some(key.id().to_owned());
+            record.anchor_mac = Some(key.anchor_mac(chain_id, *seq, hash));
+        }
         let anchor = record.anchor_seq;
         let mut policy = Policy {
             checkpoints: policy
@@ -226,6 +258,7 @@ impl AuditDb {
             .fetch_all(tx.conn())
             .await?;
         let mut through: Option<(i64, String)> = None;
+        let mut old = 0u64;
         let mut young = false;
         for row in &rows {
             let row = linked(row)?;
@@ -239,6 +272,7 @@ impl AuditDb {
                 break;
             }
             through = Some((row.chain_seq, row.hash));
+            old += 1;
         }
         let whole = !young && (rows.len() as i64) < PER_TRANSACTION;
         if whole {
@@ -252,6 +286,15 @@ impl AuditDb {
             tx.rollback().await?;
             return Ok(Ok(Step::default()));
         };
+        if dry_run {
+            tx.rollback().await?;
+            return Ok(Ok(Step {
+                events: old,
+                checkpoints,
+                more: !young && !whole,
+                through: Some((step, hash)),
+            }));
+        }
         if self.backend == Backend::Sqlite {
             // Their lookup entries first, while the events still name them.
             sqlx::query(PRUNE_LOOKUPS_SQL)
@@ -286,8 +329,18 @@ impl AuditDb {
             events: done.rows_affected(),
             checkpoints,
             more: !young && !whole,
+            through: None,
         }))
     }
+}
+
+/// What one prune transaction does.
+enum Mode {
+    /// Deletes the verified old events and moves the anchor.
+    Delete,
+    /// Counts them only (a dry run), going on after `after` (position and hash), the
+    /// last event the previous step counted.
+    Count { after: Option<(i64, String)> },
 }
 
 /// What one prune transaction did.
@@ -297,4 +350,6 @@ struct Step {
     checkpoints: u64,
     /// Whether the chain may have more old events after this step's.
     more: bool,
+    /// The last event counted (dry runs).
+    through: Option<(i64, String)>,
 }

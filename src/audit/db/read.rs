@@ -116,7 +116,8 @@ impl AuditDb {
                 tx.rollback().await?;
                 return Err(StoreError::Usage(
                     "the database holds signed checkpoints: give their verifier key \
-                     (--verifier-key, or AUDIT_SIGNING_KEY to derive it)"
+                     (AUDIT_VERIFIER_KEY, AUDIT_VERIFIER_KEY_FILE or --verifier-key; or \
+                     AUDIT_SIGNING_KEY to derive it)"
                         .into(),
                 ));
             };

@@ -411,7 +411,11 @@ async fn prune_refuses_a_gap_in_the_run_it_would_delete(backend: Backend) {
     }
     let before = rows(&db).await;
     exec(&db, "DELETE FROM audit_events WHERE chain_seq = 3").await;
-    let out = cli(&db.url, &["audit", "prune", "--older-than", "0s"], &[]);
+    let out = cli(
+        &db.url,
+        &["audit", "prune", "--older-than", "0s", "--force"],
+        &[],
+    );
     let said = format!("{}{}", stdout(&out), stderr(&out));
     assert!(!out.status.success(), "{said}");
     assert!(

@@ -193,7 +193,12 @@ async fn prune_keeps_the_chain_verifiable(backend: Backend) {
         }
         pool.close().await;
     }
-    let out = cli(&db.url, &["audit", "prune", "--older-than", "1s"], &[]);
+    // Under one day: `--force` says it is meant.
+    let out = cli(
+        &db.url,
+        &["audit", "prune", "--older-than", "1s", "--force"],
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("pruned 4 events"), "{}", stdout(&out));
     let (ok, report) = verify(&db);
