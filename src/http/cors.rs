@@ -50,20 +50,21 @@ pub async fn cors_middleware(
 }
 
 /// `OPTIONS /v1/tokens`. A refused preflight is audited by the vendor.
-pub async fn preflight_tokens(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(refused) = super::rate_limit::admit_side(&req, &state).await {
-        return refused;
-    }
+pub async fn preflight_tokens(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    super::rate_limit::admit_side(&req, &state).await?;
     let caller = caller(&req, &state.trusted_proxies);
     match caller.origin.as_deref() {
-        Some(o) if state.origins.is_allowed(o) => HttpResponse::NoContent()
+        Some(o) if state.origins.is_allowed(o) => Ok(HttpResponse::NoContent()
             .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "POST, OPTIONS"))
             .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOWED_HEADERS))
             .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"))
-            .finish(),
+            .finish()),
         _ => {
             state.vendor.refuse_preflight(&caller).await;
-            Problem::origin_not_allowed("origin is not allowed").respond(&caller.request_id)
+            Err(Problem::origin_not_allowed("origin is not allowed").at(&req))
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod body_gate;
 pub mod context;
 pub mod cors;
+pub mod extract;
 pub mod head_limit;
 pub mod ops;
 pub mod ops_page;

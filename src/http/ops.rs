@@ -6,7 +6,6 @@ use serde_json::json;
 use crate::catalog::ProblemType;
 use crate::metrics::Format;
 
-use super::context::request_id;
 use super::problem::Problem;
 use super::rate_limit::admit_side;
 use super::AppState;
@@ -18,24 +17,17 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(refused) = admit_side(&req, &state).await {
-        return refused;
-    }
+pub async fn readyz(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    admit_side(&req, &state).await?;
+    let not_ready = |detail: &str| Err(Problem::new(ProblemType::NotReady, detail).at(&req));
     if state.draining.is_draining() {
-        Problem::new(ProblemType::NotReady, "the service is shutting down")
-            .respond(&request_id(&req))
+        not_ready("the service is shutting down")
     } else if !session_keys_loaded(&state).await {
-        Problem::new(
-            ProblemType::NotReady,
-            "no session key has been loaded yet from SESSION_JWKS_URL",
-        )
-        .respond(&request_id(&req))
+        not_ready("no session key has been loaded yet from SESSION_JWKS_URL")
     } else if state.auditor.ready().await {
-        HttpResponse::Ok().json(json!({"status": "ready"}))
+        Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
     } else {
-        Problem::new(ProblemType::NotReady, "the audit store cannot be reached")
-            .respond(&request_id(&req))
+        not_ready("the audit store cannot be reached")
     }
 }
 
@@ -53,20 +45,21 @@ async fn session_keys_loaded(state: &AppState) -> bool {
 
 /// Prometheus metrics: OpenMetrics text, or the Prometheus text format 0.0.4 when the
 /// `Accept` header prefers it.
-pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(refused) = admit_side(&req, &state).await {
-        return refused;
-    }
+pub async fn metrics(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    admit_side(&req, &state).await?;
     let accept = req
         .headers()
         .get(actix_web::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok());
     let format = Format::negotiate(accept);
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type(format.content_type())
         .insert_header(("Cache-Control", "no-store"))
         .insert_header(("Vary", "Accept"))
-        .body(state.vendor.metrics.render_as(format))
+        .body(state.vendor.metrics.render_as(format)))
 }
 
 pub async fn openapi() -> HttpResponse {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::catalog::ProblemType;
@@ -20,6 +20,8 @@ pub struct Problem {
     pub retry_after: Option<Duration>,
     /// `Allow`, for a 405.
     allow: Option<&'static str>,
+    /// The request it answers (see [`Problem::at`]), for the body's `request_id`.
+    request_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -39,7 +41,15 @@ impl Problem {
             detail: detail.into(),
             retry_after: None,
             allow: None,
+            request_id: None,
         }
+    }
+
+    /// The problem as the answer to `req`, so a handler or extractor can return it as
+    /// its error (`Result<_, Problem>`): its body then names the request's id.
+    pub fn at(mut self, req: &HttpRequest) -> Self {
+        self.request_id = Some(request_id(req));
+        self
     }
 
     /// 404 for any path the service does not have.
@@ -102,6 +112,28 @@ impl Problem {
             ));
         }
         builder.json(body)
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.slug(), self.detail)
+    }
+}
+
+/// A handler's or extractor's `Err(Problem)` becomes the same problem+json answer as
+/// [`Problem::respond`], through the catalog.
+impl ResponseError for Problem {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match &self.request_id {
+            Some(id) => self.respond(id),
+            // Built without `at`: a fresh id, as `request_id` gives a request without one.
+            None => self.respond(&uuid::Uuid::new_v4().to_string()),
+        }
     }
 }
 

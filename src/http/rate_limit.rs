@@ -7,14 +7,14 @@ use actix_web::{HttpRequest, HttpResponse};
 use crate::catalog::ProblemType;
 use crate::limits::{Decision, RateLimitReport};
 
-use super::context::{client_ip, request_id};
+use super::context::client_ip;
 use super::problem::{ceil_secs, Problem};
 use super::AppState;
 
 /// The per-address limit of the side endpoints (readiness, metrics, the audit API,
 /// CORS preflights); `Err` is the 429 to answer with. Liveness stays unlimited: it
 /// touches nothing.
-pub async fn admit_side(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
+pub async fn admit_side(req: &HttpRequest, state: &AppState) -> Result<(), Problem> {
     let Some(ip) = client_ip(req, &state.trusted_proxies) else {
         return Ok(());
     };
@@ -26,7 +26,7 @@ pub async fn admit_side(req: &HttpRequest, state: &AppState) -> Result<(), HttpR
             "too many requests from this address; try again later",
         )
         .with_retry_after(Some(after))
-        .respond(&request_id(req))),
+        .at(req)),
     }
 }
 
