@@ -23,81 +23,21 @@ impl AuditDb {
         chain: &mut ChainState,
         events: &[&AuditEvent],
     ) -> Result<Appended, StoreError> {
-        if let Some(pg) = &self.pg_writer {
-            return append_postgres(pg, chain, events).await;
-        }
         chain.tried = None;
-        let mut tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
-        if !chain.known {
-            let head = sqlx::query(HEAD_SQL)
-                .bind(chain.id.as_str())
-                .fetch_optional(tx.conn())
-                .await?
-                .map(|r| Ok::<_, sqlx::Error>((r.try_get("head_seq")?, r.try_get("head_hash")?)))
-                .transpose()?;
-            if let Err(conflict) = chain.check_head(head) {
-                tx.rollback().await?;
-                return Err(StoreError::ChainConflict(Box::new(conflict)));
+        match &self.pg_writer {
+            Some(pg) => {
+                let mut tx = PgTransaction {
+                    conn: pg.acquire().await?,
+                    ended: false,
+                };
+                sqlx::Executor::execute(&mut *tx.conn, "BEGIN").await?;
+                append_in(tx, chain, events).await
+            }
+            None => {
+                let tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
+                append_in(SqliteAppend(tx), chain, events).await
             }
         }
-        if !chain.registered {
-            sqlx::query(REGISTER_SQL)
-                .bind(chain.id.as_str())
-                .bind(chain::to_micros(OffsetDateTime::now_utc()))
-                .bind(GENESIS)
-                .bind(chain.key.id())
-                .execute(tx.conn())
-                .await?;
-        }
-        let opening = chain.opening.clone();
-        let all: Vec<&AuditEvent> = opening.iter().chain(events.iter().copied()).collect();
-        let (linked, seq, prev) = link(chain, &all);
-        chain.tried = Some((seq, prev.clone()));
-        // SQLite: multi-row INSERTs (PostgreSQL batches went to `append_postgres`).
-        let mut rest = linked.as_slice();
-        while !rest.is_empty() {
-            let size = CHUNKS.into_iter().find(|c| *c <= rest.len()).unwrap_or(1);
-            let (chunk, tail) = rest.split_at(size);
-            let sql = insert_sql(self.backend, size);
-            let mut q = sqlx::query(&sql);
-            for (e, seq, prev_hash, hash) in chunk {
-                for value in e.values() {
-                    q = match value {
-                        Value::Text(s) => q.bind(s),
-                        Value::Int(i) => q.bind(i),
-                        Value::Time(t) => q.bind(t.map(schema::to_micros)),
-                    };
-                }
-                q = q
-                    .bind(chain.id.as_str())
-                    .bind(*seq)
-                    .bind(prev_hash.as_str())
-                    .bind(hash.as_str());
-            }
-            q.execute(tx.conn()).await?;
-            rest = tail;
-        }
-        let advanced = sqlx::query(ADVANCE_SQL)
-            .bind(seq)
-            .bind(prev.as_str())
-            .bind(chain.id.as_str())
-            .bind(chain.head_seq)
-            .bind(chain.head_hash.as_str())
-            .execute(tx.conn())
-            .await?;
-        if advanced.rows_affected() != 1 {
-            let found = sqlx::query(HEAD_SQL)
-                .bind(chain.id.as_str())
-                .fetch_optional(tx.conn())
-                .await?
-                .map(|r| Ok::<_, sqlx::Error>((r.try_get("head_seq")?, r.try_get("head_hash")?)))
-                .transpose()?;
-            tx.rollback().await?;
-            chain.tried = None;
-            return Err(StoreError::ChainConflict(Box::new(chain.conflict(found))));
-        }
-        tx.commit().await?;
-        Ok(chain.advanced(seq, prev, linked))
     }
 
     /// Signs the chain's committed head and stores the checkpoint; returns its note.
@@ -129,81 +69,186 @@ impl AuditDb {
     }
 }
 
-/// PostgreSQL: the same transaction as [`AuditDb::append`] on a native connection, the
-/// batch's rows streamed with `COPY … FROM STDIN` (text format), which PostgreSQL
-/// parses far faster than one JSON parameter. A transaction that did not end in a
-/// COMMIT closes its connection, as [`RawTransaction`] does.
-async fn append_postgres(
-    pool: &sqlx::PgPool,
+/// The one append flow, on either store: check a head whose fate is unknown, register
+/// a new chain, link the batch, insert it, and move the head only from where this
+/// writer left it (anything else is a chain conflict, rolled back).
+async fn append_in<T: AppendTx>(
+    mut tx: T,
     chain: &mut ChainState,
     events: &[&AuditEvent],
 ) -> Result<Appended, StoreError> {
-    use sqlx::Executor as _;
-    chain.tried = None;
-    let mut conn = PgTransaction {
-        conn: pool.acquire().await?,
-        ended: false,
-    };
-    let c = &mut *conn.conn;
-    c.execute("BEGIN").await?;
     if !chain.known {
-        let head = sqlx::query(HEAD_SQL)
-            .bind(chain.id.as_str())
-            .fetch_optional(&mut *c)
-            .await?
-            .map(|r| Ok::<_, sqlx::Error>((r.try_get("head_seq")?, r.try_get("head_hash")?)))
-            .transpose()?;
+        let head = tx.head(&chain.id).await?;
         if let Err(conflict) = chain.check_head(head) {
-            c.execute("ROLLBACK").await?;
-            conn.ended = true;
+            tx.rollback().await?;
             return Err(StoreError::ChainConflict(Box::new(conflict)));
         }
     }
     if !chain.registered {
-        sqlx::query(REGISTER_SQL)
-            .bind(chain.id.as_str())
-            .bind(chain::to_micros(OffsetDateTime::now_utc()))
-            .bind(GENESIS)
-            .bind(chain.key.id())
-            .execute(&mut *c)
-            .await?;
+        tx.register(chain).await?;
     }
     let opening = chain.opening.clone();
     let all: Vec<&AuditEvent> = opening.iter().chain(events.iter().copied()).collect();
     let (linked, seq, prev) = link(chain, &all);
     chain.tried = Some((seq, prev.clone()));
-    let mut copy = c
-        .copy_in_raw(&format!(
-            "COPY audit_events ({}) FROM STDIN",
-            event_columns()
-        ))
-        .await?;
-    copy.send(rows_copy_text(&chain.id, &linked).into_bytes())
-        .await?;
-    copy.finish().await?;
-    let advanced = sqlx::query(ADVANCE_SQL)
-        .bind(seq)
-        .bind(prev.as_str())
-        .bind(chain.id.as_str())
-        .bind(chain.head_seq)
-        .bind(chain.head_hash.as_str())
-        .execute(&mut *c)
-        .await?;
-    if advanced.rows_affected() != 1 {
-        let found = sqlx::query(HEAD_SQL)
-            .bind(chain.id.as_str())
-            .fetch_optional(&mut *c)
-            .await?
-            .map(|r| Ok::<_, sqlx::Error>((r.try_get("head_seq")?, r.try_get("head_hash")?)))
-            .transpose()?;
-        c.execute("ROLLBACK").await?;
-        conn.ended = true;
+    tx.insert(&chain.id, &linked).await?;
+    if !tx.advance(chain, seq, &prev).await? {
+        let found = tx.head(&chain.id).await?;
+        tx.rollback().await?;
         chain.tried = None;
         return Err(StoreError::ChainConflict(Box::new(chain.conflict(found))));
     }
-    c.execute("COMMIT").await?;
-    conn.ended = true;
+    tx.commit().await?;
     Ok(chain.advanced(seq, prev, linked))
+}
+
+/// One batch's rows with their place in the chain: event, seq, previous hash, hash.
+type Linked<'a> = [(&'a AuditEvent, i64, String, String)];
+
+/// What [`append_in`] needs of a store's write transaction.
+trait AppendTx {
+    /// The chain's stored head (`None`: no row).
+    async fn head(&mut self, chain_id: &str) -> Result<Option<(i64, String)>, sqlx::Error>;
+    async fn register(&mut self, chain: &ChainState) -> Result<(), sqlx::Error>;
+    async fn insert(&mut self, chain_id: &str, linked: &Linked<'_>) -> Result<(), sqlx::Error>;
+    /// Moves the head from the chain's in-memory head to `(seq, hash)`; false when the
+    /// stored head was not the in-memory one.
+    async fn advance(
+        &mut self,
+        chain: &ChainState,
+        seq: i64,
+        hash: &str,
+    ) -> Result<bool, sqlx::Error>;
+    async fn commit(self) -> Result<(), sqlx::Error>;
+    async fn rollback(self) -> Result<(), sqlx::Error>;
+}
+
+/// The chain-row statements, the same SQL on both stores, on any connection.
+macro_rules! chain_row_statements {
+    () => {
+        async fn head(&mut self, chain_id: &str) -> Result<Option<(i64, String)>, sqlx::Error> {
+            sqlx::query(HEAD_SQL)
+                .bind(chain_id)
+                .fetch_optional(self.conn())
+                .await?
+                .map(|r| Ok((r.try_get("head_seq")?, r.try_get("head_hash")?)))
+                .transpose()
+        }
+
+        async fn register(&mut self, chain: &ChainState) -> Result<(), sqlx::Error> {
+            sqlx::query(REGISTER_SQL)
+                .bind(chain.id.as_str())
+                .bind(chain::to_micros(OffsetDateTime::now_utc()))
+                .bind(GENESIS)
+                .bind(chain.key.id())
+                .execute(self.conn())
+                .await
+                .map(|_| ())
+        }
+
+        async fn advance(
+            &mut self,
+            chain: &ChainState,
+            seq: i64,
+            hash: &str,
+        ) -> Result<bool, sqlx::Error> {
+            let done = sqlx::query(ADVANCE_SQL)
+                .bind(seq)
+                .bind(hash)
+                .bind(chain.id.as_str())
+                .bind(chain.head_seq)
+                .bind(chain.head_hash.as_str())
+                .execute(self.conn())
+                .await?;
+            Ok(done.rows_affected() == 1)
+        }
+    };
+}
+
+/// SQLite: multi-row INSERTs of a few fixed sizes in the writer's transaction.
+struct SqliteAppend(RawTransaction);
+
+impl SqliteAppend {
+    fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        self.0.conn()
+    }
+}
+
+impl AppendTx for SqliteAppend {
+    chain_row_statements!();
+
+    async fn insert(&mut self, chain_id: &str, linked: &Linked<'_>) -> Result<(), sqlx::Error> {
+        let mut rest = linked;
+        while !rest.is_empty() {
+            let size = CHUNKS.into_iter().find(|c| *c <= rest.len()).unwrap_or(1);
+            let (chunk, tail) = rest.split_at(size);
+            let sql = insert_sql(Backend::Sqlite, size);
+            let mut q = sqlx::query(&sql);
+            for (e, seq, prev_hash, hash) in chunk {
+                for value in e.values() {
+                    q = match value {
+                        Value::Text(s) => q.bind(s),
+                        Value::Int(i) => q.bind(i),
+                        Value::Time(t) => q.bind(t.map(schema::to_micros)),
+                    };
+                }
+                q = q
+                    .bind(chain_id)
+                    .bind(*seq)
+                    .bind(prev_hash.as_str())
+                    .bind(hash.as_str());
+            }
+            q.execute(self.conn()).await?;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        self.0.commit().await
+    }
+
+    async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.0.rollback().await
+    }
+}
+
+/// PostgreSQL: a native connection, the batch's rows streamed with
+/// `COPY … FROM STDIN` (text format), which PostgreSQL parses far faster than one JSON
+/// parameter.
+impl PgTransaction {
+    fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.conn
+    }
+}
+
+impl AppendTx for PgTransaction {
+    chain_row_statements!();
+
+    async fn insert(&mut self, chain_id: &str, linked: &Linked<'_>) -> Result<(), sqlx::Error> {
+        let mut copy = self
+            .conn
+            .copy_in_raw(&format!(
+                "COPY audit_events ({}) FROM STDIN",
+                event_columns()
+            ))
+            .await?;
+        copy.send(rows_copy_text(chain_id, linked).into_bytes())
+            .await?;
+        copy.finish().await.map(|_| ())
+    }
+
+    async fn commit(mut self) -> Result<(), sqlx::Error> {
+        sqlx::Executor::execute(&mut *self.conn, "COMMIT").await?;
+        self.ended = true;
+        Ok(())
+    }
+
+    async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        sqlx::Executor::execute(&mut *self.conn, "ROLLBACK").await?;
+        self.ended = true;
+        Ok(())
+    }
 }
 
 /// A native PostgreSQL connection inside a plain `BEGIN`/`COMMIT`; closed on drop
@@ -223,7 +268,7 @@ impl Drop for PgTransaction {
 
 /// The rows of a batch in COPY's text format: tab-separated, `\N` for NULL, and
 /// backslash, tab, newline and carriage return escaped.
-fn rows_copy_text(chain_id: &str, linked: &[(&AuditEvent, i64, String, String)]) -> String {
+fn rows_copy_text(chain_id: &str, linked: &Linked<'_>) -> String {
     fn text(out: &mut String, s: &str) {
         for ch in s.chars() {
             match ch {
