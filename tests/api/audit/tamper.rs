@@ -166,7 +166,10 @@ async fn prune_keeps_the_chain_verifiable(backend: Backend) {
         return;
     };
     let app = log_with_events(&db, 4).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The cut falls between the two groups however long the steps below take: just
+    // before the first recent event, at least 1.5 s after the old ones.
+    let recent_from = std::time::Instant::now();
     for i in 0..3 {
         app.vend_token(&format!("recent-{i}")).await;
     }
@@ -194,9 +197,10 @@ async fn prune_keeps_the_chain_verifiable(backend: Backend) {
         pool.close().await;
     }
     // Under one day: `--force` says it is meant.
+    let older_than = format!("{}s", recent_from.elapsed().as_secs() + 1);
     let out = cli(
         &db.url,
-        &["audit", "prune", "--older-than", "1s", "--force"],
+        &["audit", "prune", "--older-than", &older_than, "--force"],
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
