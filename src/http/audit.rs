@@ -98,14 +98,14 @@ async fn reader(req: &HttpRequest, state: &AppState) -> Result<String, HttpRespo
         Err(_) => return Err(unauthenticated(&request_id)),
     };
     if !session.roles.iter().any(|r| r == &state.audit_reader_role) {
-        tracing::warn!(subject = %session.subject, path = req.path(), "audit read refused: reader role missing");
+        tracing::warn!(subject = %session.subject.escaped(), path = req.path(), "audit read refused: reader role missing");
         return Err(Problem::new(
             ProblemType::AuditReaderRoleRequired,
             "this session does not have the audit reader role",
         )
         .respond(&request_id));
     }
-    tracing::info!(subject = %session.subject, path = req.path(), "audit reader admitted");
+    tracing::info!(subject = %session.subject.escaped(), path = req.path(), "audit reader admitted");
     Ok(request_id)
 }
 
