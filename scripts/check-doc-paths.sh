@@ -15,7 +15,9 @@ for doc in "$@"; do
     names=$(grep -o '`[A-Za-z0-9_./-]*\.\(rs\|md\|sh\|yaml\|yml\|toml\|sql\|js\|mjs\|json\|html\|css\|lua\|py\)`' "$doc" | tr -d '`' | sort -u || true)
     for name in $names; do
         case "$name" in /* | http* | *://*) continue ;; esac
-        if ! printf '%s\n' "$files" | grep -qE "(^|/)${name//./\\.}\$"; then
+        # A here-string, not a pipe: `grep -q` stops at the first match, and under
+        # pipefail the writer's SIGPIPE would fail the check at random.
+        if ! grep -qE "(^|/)${name//./\\.}\$" <<<"$files"; then
             echo "$doc names $name, which is not in the repository" >&2
             bad=1
         fi
