@@ -624,3 +624,50 @@ async fn invisible_characters_of_a_subject_are_escaped_in_log_lines_and_kept_in_
     }
     s.standin.stop().await;
 }
+
+/// Relay upgrades are audited like vends: an oversized head on `GET /v1/relay/…` is an
+/// event, whether the service (over 32 KiB) or actix's parser (over 96 header lines)
+/// refused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_on_a_relay_upgrade_are_audited() {
+    let s = setup_with(&[], None);
+    let port = s.service.port;
+    let padding = "a".repeat(40 * 1024);
+    let r = s.service.request(
+        "GET",
+        "/v1/relay/transcribe",
+        &[
+            ("Upgrade", "websocket"),
+            ("X-Request-Id", "relay-big-head"),
+            ("X-Padding", &padding),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 431, "{r:?}");
+    let many_lines: String = (0..100).map(|i| format!("X-Line-{i}: a\r\n")).collect();
+    let request = format!(
+        "GET /v1/relay/streams/abc HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n{many_lines}\r\n"
+    );
+    assert_eq!(refused(port, request.as_bytes()), 431);
+
+    let mut audited = Vec::new();
+    for _ in 0..50 {
+        audited = events(&s, "outcome=invalid_request");
+        if audited.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        audited.iter().any(|e| e["request_id"] == "relay-big-head"),
+        "{audited:?}"
+    );
+    assert!(
+        audited.iter().any(|e| e["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("GET /v1/relay/streams/abc")),
+        "{audited:?}"
+    );
+    s.standin.stop().await;
+}
