@@ -281,6 +281,7 @@ pub struct Metrics {
     redis_fallbacks: Counter,
     http_requests: Family<RouteLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram>,
+    parser_refusals: Family<RouteLabels, Counter>,
     audit_writer: AuditWriterMetrics,
     jwks: std::sync::Arc<JwksCollector>,
     fleet_hits: Counter,
@@ -374,6 +375,13 @@ impl Metrics {
             "Time from a request's arrival to its answer, by route and status",
             http_duration.clone(),
         );
+        let parser_refusals = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "http_parser_refusals",
+            "Requests actix's HTTP/1 parser answered itself (431, 400, 408) before any route \
+             saw them, by the route their request line names (/v1/tokens, /v1/relay, other, unknown)",
+            parser_refusals.clone(),
+        );
         let audit_writer = AuditWriterMetrics::default();
         audit_writer.register(registry);
         let jwks = std::sync::Arc::new(JwksCollector::default());
@@ -441,6 +449,7 @@ impl Metrics {
             redis_fallbacks,
             http_requests,
             http_duration,
+            parser_refusals,
             audit_writer,
             jwks,
             fleet_hits,
@@ -546,6 +555,13 @@ impl Metrics {
     /// Entries in force in the deny list.
     pub fn deny_list_entries(&self, entries: usize) {
         self.deny_list_entries.set(entries as i64);
+    }
+
+    /// A request answered by actix's HTTP/1 parser itself (see `http::connection`).
+    pub fn parser_refusal(&self, status: u16, route: &'static str) {
+        self.parser_refusals
+            .get_or_create(&RouteLabels { route, status })
+            .inc();
     }
 
     /// A reload refused its new value (the log line names the setting).

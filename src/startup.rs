@@ -3,9 +3,11 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::dev::Server;
+use actix_http::{HttpService, KeepAlive};
+use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_web::dev::{AppConfig, Server};
 use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 
 use crate::audit::flood::FloodGuard;
 use crate::audit::keys::{ChainKey, NoteSigner};
@@ -49,6 +51,9 @@ pub enum StartupError {
 
 /// The least time allowed to open Corti's speech socket (TCP, TLS, HTTP upgrade).
 const RELAY_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the first request's head may take to arrive (actix answers 408 then).
+pub const REQUEST_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often files behind reloadable settings are checked for a change.
 const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -117,51 +122,80 @@ impl Application {
                 })?
             }
         };
-        let port = listener.local_addr().map_err(|source| StartupError::Bind {
-            addr: settings.listen_addr.to_string(),
-            source,
-        })?;
         let extra = options.extra_routes;
         let server_state = state.clone();
         let body_gate = web::Data::new(http::body_gate::BodyGate::default());
         let draining = state.draining.clone();
         let relay = state.relay.clone();
         let grace = settings.shutdown_grace;
-        let server = HttpServer::new(move || {
-            let extra = extra.clone();
-            App::new()
-                .app_data(server_state.clone())
-                .app_data(body_gate.clone())
-                .wrap(from_fn(http::cors::cors_middleware))
-                .wrap(from_fn(http::head_limit::head_limit_middleware))
-                .wrap(from_fn(http::context::request_id_middleware))
-                .configure(http::routes)
-                .configure(move |cfg| {
-                    if let Some(extra) = &extra {
-                        extra(cfg);
-                    }
-                })
-                .default_service(web::to(http::problem::not_found))
-        })
-        .listen(listener)
-        .map_err(|source| StartupError::Bind {
+        let local = listener.local_addr().map_err(|source| StartupError::Bind {
             addr: settings.listen_addr.to_string(),
             source,
-        })?
-        // actix counts the grace in whole seconds; round up so it is never shorter.
-        .shutdown_timeout(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
-        .shutdown_signal(async move {
-            stop_signal().await;
-            draining.begin();
-            relay.drain(grace);
-            tracing::info!(
-                grace_ms = grace.as_millis() as u64,
-                "stop signal: not ready, no new connections, draining in-flight requests"
-            );
-        })
-        .run();
+        })?;
+        // actix-web's `HttpServer`, built by hand so that each connection's stream can be
+        // watched for the requests actix's parser refuses itself (`http::connection`).
+        // The settings are `HttpServer`'s defaults.
+        let builder = actix_server::Server::build();
+        let graceful = builder.graceful_shutdown_signal();
+        let server = builder
+            .listen("token-vendor", listener, move || {
+                let extra = extra.clone();
+                let app = App::new()
+                    .app_data(server_state.clone())
+                    .app_data(body_gate.clone())
+                    .wrap(from_fn(http::cors::cors_middleware))
+                    .wrap(from_fn(http::head_limit::head_limit_middleware))
+                    .wrap(from_fn(http::context::request_id_middleware))
+                    .configure(http::routes)
+                    .configure(move |cfg| {
+                        if let Some(extra) = &extra {
+                            extra(cfg);
+                        }
+                    })
+                    .default_service(web::to(http::problem::not_found));
+                let graceful = graceful.clone();
+                let app = app
+                    .into_factory()
+                    .map_err(|e: actix_web::Error| e.error_response());
+                let http = HttpService::build()
+                    // Each request counts itself on its connection (`request_id_middleware`).
+                    .on_connect_ext(|io: &http::connection::Traced<_>, ext| {
+                        ext.insert(io.accepted());
+                    })
+                    // Idle kept-alive connections close at once on SIGTERM.
+                    .graceful_shutdown_signal(move || {
+                        let graceful = graceful.clone();
+                        async move { graceful.notified().await }
+                    })
+                    .keep_alive(KeepAlive::default())
+                    .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+                    .client_disconnect_timeout(std::time::Duration::from_secs(1))
+                    .local_addr(local)
+                    // The host is only used for requests without a `Host` header.
+                    .finish(map_config(app, |_| AppConfig::default()));
+                http::connection::WatchedFactory {
+                    http,
+                    state: server_state.clone(),
+                }
+            })
+            .map_err(|source| StartupError::Bind {
+                addr: settings.listen_addr.to_string(),
+                source,
+            })?
+            // actix counts the grace in whole seconds; round up so it is never shorter.
+            .shutdown_timeout(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
+            .shutdown_signal(async move {
+                stop_signal().await;
+                draining.begin();
+                relay.drain(grace);
+                tracing::info!(
+                    grace_ms = grace.as_millis() as u64,
+                    "stop signal: not ready, no new connections, draining in-flight requests"
+                );
+            })
+            .run();
         Ok(Self {
-            port: port.port(),
+            port: local.port(),
             server,
             state,
         })

@@ -325,6 +325,10 @@ fn emit_log_line(e: &AuditEvent, stored: bool, link: Option<&Link>) {
         t.format(&time::format_description::well_known::Rfc3339)
             .ok()
     });
+    // Zero-width and other invisible characters of a subject are written as `\u{…}`
+    // (reversibly: `\` as `\\`), so two subjects that look alike in a log viewer can be
+    // told apart; the stored event, and so the chain's hash, keeps the exact value.
+    let subject = e.subject.as_deref().map(crate::text::escape_invisible);
     tracing::info!(
         target: "audit",
         id = %e.id,
@@ -332,7 +336,7 @@ fn emit_log_line(e: &AuditEvent, stored: bool, link: Option<&Link>) {
         request_id = %e.request_id,
         outcome = %e.outcome,
         status = e.status,
-        subject = e.subject.as_deref(),
+        subject = subject.as_deref(),
         session_id = e.session_id.as_deref(),
         client_ip = e.client_ip.as_deref(),
         user_agent = e.user_agent.as_deref(),

@@ -71,6 +71,10 @@ pub async fn request_id_middleware(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
+    // The connection layer tells its parser's refusals from requests the service saw.
+    if let Some(accepted) = req.conn_data::<super::connection::Accepted>() {
+        accepted.count();
+    }
     let span = tracing::info_span!(
         "request",
         request_id = %id,

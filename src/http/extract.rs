@@ -51,14 +51,14 @@ impl FromRequest for AuditReader {
             .await?;
             let role = &state(&req)?.audit_reader_role;
             if !session.roles.iter().any(|r| r == role) {
-                tracing::warn!(subject = %session.subject, path = req.path(), "audit read refused: reader role missing");
+                tracing::warn!(subject = %session.subject.escaped(), path = req.path(), "audit read refused: reader role missing");
                 return Err(Problem::new(
                     ProblemType::AuditReaderRoleRequired,
                     "this session does not have the audit reader role",
                 )
                 .at(&req));
             }
-            tracing::info!(subject = %session.subject, path = req.path(), "audit reader admitted");
+            tracing::info!(subject = %session.subject.escaped(), path = req.path(), "audit reader admitted");
             Ok(AuditReader(session))
         })
     }

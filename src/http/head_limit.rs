@@ -33,9 +33,12 @@ pub async fn head_limit_middleware(
     Ok(next.call(req).await?.map_into_boxed_body())
 }
 
-/// Every `POST /v1/tokens` attempt is audited, those refused here too.
+/// Every `POST /v1/tokens` and relay upgrade attempt is audited, those refused here too.
 async fn audit_if_vend(req: &actix_web::HttpRequest, detail: &str) {
-    if req.method() != actix_web::http::Method::POST || req.path() != "/v1/tokens" {
+    let route =
+        super::connection::route_of(req.method().as_str().as_bytes(), req.path().as_bytes());
+    // An encoded path (`Route::Unknown`) may be routed to either once decoded.
+    if !route.audited() {
         return;
     }
     let Some(state) = req.app_data::<actix_web::web::Data<AppState>>() else {

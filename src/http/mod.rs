@@ -3,6 +3,7 @@
 pub mod assets;
 pub mod audit;
 pub mod body_gate;
+pub mod connection;
 pub mod context;
 pub mod cors;
 pub mod extract;

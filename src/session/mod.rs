@@ -48,6 +48,12 @@ impl Subject {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The subject as a log line shows it: zero-width and other invisible characters
+    /// written as `\u{…}` (see [`crate::text::escape_invisible`]).
+    pub fn escaped(&self) -> String {
+        crate::text::escape_invisible(&self.0)
+    }
 }
 
 impl fmt::Display for Subject {

@@ -23,6 +23,8 @@ mod lifecycle;
 mod otlp;
 /// The PostgreSQL server stopped and started again under a running service.
 mod pg_outage;
+/// Rolling back: the previous release's binary on this release's schema.
+mod rollback;
 
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 

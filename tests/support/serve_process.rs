@@ -19,7 +19,13 @@ impl ServeProcess {
     /// Starts `serve` with only `PATH`, `RUST_LOG=info` and `env`, and waits until it
     /// logs the port it listens on.
     pub fn start(env: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_token-vendor"));
+        Self::start_bin(env!("CARGO_BIN_EXE_token-vendor"), env)
+    }
+
+    /// Like [`ServeProcess::start`], with another build of the service (an older
+    /// release, for the rollback test).
+    pub fn start_bin(bin: &str, env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -27,7 +33,7 @@ impl ServeProcess {
             // Tests that are not about signed checkpoints run without them.
             .env("AUDIT_ALLOW_UNSIGNED", "true")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -38,6 +44,16 @@ impl ServeProcess {
             log: Arc::new(Mutex::new(Vec::new())),
         };
         let stdout = service.child.stdout.take().expect("piped stdout");
+        let stderr = service.child.stderr.take().expect("piped stderr");
+        let errors = service.log.clone();
+        // A start-up failure is said on stderr; kept with the log for the panic below.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut log) = errors.lock() {
+                    log.push(line);
+                }
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         let lines = service.log.clone();
         // Keeps reading to the end, so the child never blocks on a full pipe.
@@ -54,9 +70,15 @@ impl ServeProcess {
                 }
             }
         });
-        let port = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the service logs its port");
+        let port = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(port) => port,
+            Err(e) => {
+                // The stderr reader may still be pushing the last line.
+                std::thread::sleep(Duration::from_millis(200));
+                let log = service.log.lock().map(|l| l.join("\n")).unwrap_or_default();
+                panic!("{bin} serve did not log its port ({e}):\n{log}");
+            }
+        };
         service.address = format!("http://127.0.0.1:{port}");
         service
     }

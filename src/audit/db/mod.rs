@@ -7,6 +7,7 @@
 //! fingerprint lookups, [`read`] pages, exports and verifies, [`maintain`] prunes.
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -27,8 +28,20 @@ pub(crate) use append::{Appended, ChainState};
 pub use append::{ChainConflict, CONFLICT_REQUEST_ID};
 pub(crate) use lookup::{lookup_clause, LookupBy, LookupPass};
 
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+/// Each backend's migrations. A database may hold migrations newer than this binary's
+/// (a newer release migrated it and was rolled back): they are left as they are, so the
+/// previous release keeps running on the newer schema — which is why migrations only
+/// add (docs/audit.md, "Rollback"). A known migration whose text changed, or one that
+/// failed half-way, still stops the start.
+static SQLITE_MIGRATIONS: LazyLock<Migrator> =
+    LazyLock::new(|| tolerate_newer(sqlx::migrate!("./migrations/sqlite")));
+static POSTGRES_MIGRATIONS: LazyLock<Migrator> =
+    LazyLock::new(|| tolerate_newer(sqlx::migrate!("./migrations/postgres")));
+
+fn tolerate_newer(mut migrator: Migrator) -> Migrator {
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 /// How long SQLite waits for another writer's lock before giving up; short, because
 /// a request is waiting on the outcome.
@@ -291,16 +304,53 @@ impl AuditDb {
         &self.pool
     }
 
-    /// Applies pending migrations.
+    /// Applies pending migrations. Migrations of a newer release already applied are
+    /// left alone, with a warning (a rollback).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         self.backend.migrator().run(&self.pool).await?;
+        let newer = self.newer_migrations().await?;
+        if let Some(newest) = newer.last() {
+            tracing::warn!(
+                newest_applied = newest,
+                newest_known = self.newest_known_migration(),
+                "the audit database was migrated by a newer token-vendor ({} migration(s) \
+                 this binary does not know): running on it as a rollback; they stay applied",
+                newer.len()
+            );
+        }
         Ok(())
+    }
+
+    fn newest_known_migration(&self) -> i64 {
+        self.backend
+            .migrator()
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Versions of applied migrations this binary does not know, oldest first.
+    async fn newer_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let rows =
+            sqlx::query("SELECT version FROM _sqlx_migrations WHERE version > $1 ORDER BY version")
+                .bind(self.newest_known_migration())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>("version"))
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)
     }
 
     /// Refuses a database holding triggers, views, rules, row policies or tables the
     /// migrations did not create: any of them can hide or drop events (a trigger that
     /// ignores inserts into the lookup table, a view or policy in front of the events)
     /// while every row the service reads still verifies.
+    ///
+    /// On a database a newer release migrated (a rollback), tables named `audit_…` are
+    /// taken as that release's and named in a warning: a table alone hides nothing.
+    /// Everything else is still refused.
     pub async fn check_schema(&self) -> Result<(), StoreError> {
         const OURS: [&str; 6] = [
             "audit_events",
@@ -333,6 +383,23 @@ impl AuditDb {
             .filter(|(kind, name)| kind != "table" || !OURS.contains(&name.as_str()))
             .map(|(kind, name)| format!("{kind} {name}"))
             .collect();
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        let (newer, foreign): (Vec<String>, Vec<String>) =
+            if self.newer_migrations().await?.is_empty() {
+                (Vec::new(), foreign)
+            } else {
+                foreign
+                    .into_iter()
+                    .partition(|f| f.starts_with("table audit_"))
+            };
+        if !newer.is_empty() {
+            tracing::warn!(
+                tables = %newer.join(", "),
+                "the audit database holds tables of a newer token-vendor's migrations; left as they are"
+            );
+        }
         if foreign.is_empty() {
             return Ok(());
         }
