@@ -2,7 +2,10 @@
 //! its writer committed since the last check against what the database now holds —
 //! the chain's stored head, and every event from the last verified one on, keyed hash
 //! by keyed hash — so that events removed or rewritten under a running service are
-//! reported within seconds, not at the next manual `audit verify`.
+//! reported within seconds, not at the next manual `audit verify`. On SQLite it also
+//! checks that every event indexed since the last check has its lookup entries (a
+//! trigger or a delete that hides new events from `?subject=` queries); entries
+//! deleted after they were checked are `audit verify`'s to find.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -93,6 +96,7 @@ async fn run(
 ) {
     let mut verified: Option<Head> = None;
     let mut reported: Option<String> = None;
+    let mut lookups_checked: i64 = 0;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -113,6 +117,21 @@ async fn run(
             },
         };
         let mut outcome = check(&db, &key, &from, &head).await;
+        if let Ok(None) = outcome {
+            outcome = match db.check_new_lookups(lookups_checked).await {
+                Ok((None, through)) => {
+                    lookups_checked = through;
+                    Ok(None)
+                }
+                Ok((Some(finding), _)) => Ok(Some(finding)),
+                Err(e) => Err(e),
+            };
+            if let Ok(Some(finding)) = outcome {
+                // Not the writer's race: the entries are missing for indexed events.
+                report(&head, &from, finding, &mut reported, &metrics, &state);
+                continue;
+            }
+        }
         if matches!(outcome, Ok(Some(_))) {
             // The writer may have committed after the head above was read: look again
             // with its latest head before calling it tampering.
@@ -134,29 +153,41 @@ async fn run(
                 verified = Some(head.clone());
                 record_ok(&state, &head);
             }
-            Ok(Some(finding)) => {
-                if reported.as_deref() != Some(head.chain_id.as_str()) {
-                    reported = Some(head.chain_id.clone());
-                    metrics.trail_finding();
-                    tracing::error!(
-                        target: "audit",
-                        chain_id = %head.chain_id,
-                        verified_seq = from.seq,
-                        head_seq = head.seq,
-                        finding = %finding,
-                        "audit trail check failed: the database no longer holds what this service wrote"
-                    );
-                    let mut s = state
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    s.finding = Some(finding);
-                    s.finding_at = Some(OffsetDateTime::now_utc());
-                }
-            }
+            Ok(Some(finding)) => report(&head, &from, finding, &mut reported, &metrics, &state),
             // The store being unreachable is the writer's and readiness's concern.
             Err(e) => tracing::debug!(error = %e, "audit trail check could not read the store"),
         }
     }
+}
+
+/// Reports a finding once per chain: on the `audit` target, in the metric and in the
+/// trail's state.
+fn report(
+    head: &Head,
+    from: &Head,
+    finding: String,
+    reported: &mut Option<String>,
+    metrics: &AuditWriterMetrics,
+    state: &SharedTrail,
+) {
+    if reported.as_deref() == Some(head.chain_id.as_str()) {
+        return;
+    }
+    *reported = Some(head.chain_id.clone());
+    metrics.trail_finding();
+    tracing::error!(
+        target: "audit",
+        chain_id = %head.chain_id,
+        verified_seq = from.seq,
+        head_seq = head.seq,
+        finding = %finding,
+        "audit trail check failed: the database no longer holds what this service wrote"
+    );
+    let mut s = state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    s.finding = Some(finding);
+    s.finding_at = Some(OffsetDateTime::now_utc());
 }
 
 fn record_ok(state: &SharedTrail, head: &Head) {

@@ -224,6 +224,54 @@ pub(crate) fn lookup_clause(by: LookupBy, marks: &[String]) -> String {
     )
 }
 
+impl AuditDb {
+    /// SQLite: whether every event indexed since `after` (a global `seq`) has its lookup
+    /// entries, for the background trail check; returns the finding, if any, and the
+    /// position checked through. A state moved back (deleted: a re-index from the
+    /// start) restarts the count from there. PostgreSQL keeps no lookup table.
+    pub(crate) async fn check_new_lookups(
+        &self,
+        after: i64,
+    ) -> Result<(Option<String>, i64), StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok((None, after));
+        }
+        let indexed: i64 = sqlx::query(
+            "SELECT COALESCE((SELECT indexed_seq FROM audit_lookup_state WHERE id = 1), 0) \
+             AS indexed",
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("indexed")?;
+        if indexed <= after {
+            return Ok((None, indexed));
+        }
+        let missing = sqlx::query(
+            "SELECT id FROM audit_events e WHERE e.seq > $1 AND e.seq <= $2 \
+               AND ((e.subject IS NOT NULL AND NOT EXISTS (SELECT 1 FROM audit_lookup l \
+                      WHERE l.key = 's:' || e.subject AND l.seq = e.seq)) \
+                 OR (e.token_fingerprint IS NOT NULL AND NOT EXISTS (SELECT 1 FROM audit_lookup l \
+                      WHERE l.key = 'f:' || substr(e.token_fingerprint, -16) AND l.seq = e.seq))) \
+             ORDER BY e.seq LIMIT 1",
+        )
+        .bind(after)
+        .bind(indexed)
+        .fetch_optional(&self.pool)
+        .await?;
+        let finding = match missing {
+            Some(row) => {
+                let id: String = row.try_get("id")?;
+                Some(format!(
+                    "event {id} has no entry in the lookup table, though it is marked indexed \
+                     (queries by subject or fingerprint would not find it)"
+                ))
+            }
+            None => None,
+        };
+        Ok((finding, indexed))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -473,3 +473,44 @@ async fn ops_read_the_conflict_and_the_finding(backend: Backend) {
     db.cleanup().await;
 }
 both_backends!(ops_read_the_conflict_and_the_finding);
+
+/// SQLite: a trigger planted under the running service that drops one user's lookup
+/// entries (so `?subject=` would miss their new events) is reported by the background
+/// check within seconds, not only by the next `audit verify`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_reports_lookup_entries_hidden_under_it_within_seconds() {
+    let Some(db) = TestDb::new(Backend::Sqlite).await else {
+        return;
+    };
+    let app = signing_app(&db).await;
+    app.vend_token("bob").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        app.metric("token_vendor_audit_trail_findings_total").await,
+        0.0
+    );
+    let pool = db.raw().await;
+    pool.execute(
+        "CREATE TRIGGER hide_alice BEFORE INSERT ON audit_lookup \
+         WHEN NEW.key = 's:alice' BEGIN SELECT RAISE(IGNORE); END",
+    )
+    .await
+    .unwrap();
+    pool.close().await;
+
+    for _ in 0..3 {
+        app.vend_token("alice").await;
+    }
+    let planted_at = std::time::Instant::now();
+    let found = eventually(Duration::from_secs(10), || async {
+        app.metric("token_vendor_audit_trail_findings_total").await == 1.0
+    })
+    .await;
+    let took = planted_at.elapsed();
+    assert!(found, "not reported within 10 s");
+    eprintln!("SQLite: lookup entries hidden under the idle service were reported after {took:?}");
+    let state = trail_state(&app).await;
+    let finding = state["finding"].as_str().unwrap_or_default();
+    assert!(finding.contains("lookup"), "{state}");
+    db.cleanup().await;
+}
