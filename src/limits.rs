@@ -108,9 +108,9 @@ pub struct LimitRates {
 impl LimitRates {
     pub fn from_settings(settings: &Settings) -> Self {
         Self {
-            per_ip: settings.rate_limit_per_ip,
-            per_user: settings.rate_limit_per_user,
-            upstream: settings.upstream_rate_limit,
+            per_ip: settings.limits.per_ip,
+            per_user: settings.limits.per_user,
+            upstream: settings.limits.upstream,
         }
     }
 }
