@@ -1,12 +1,12 @@
 //! Corti's side: the tenants (`CORTI_*` for one, `[[tenants]]` in the TOML file for
 //! several), which of them is the default, and how long a call to Corti may take.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::SecretString;
+
+use crate::corti::{Environment, Tenant};
 
 use super::values::{from_str, http_url, positive_duration, redact_url, secret, text};
 use super::{corti_api_url_for, read_secret_file, ws_url, ConfigError, Loader, Setting, Show};
@@ -172,62 +172,6 @@ impl Show for Environment {
 /// Corti's own auth server for an environment.
 fn corti_auth_url_for(environment: Environment) -> String {
     format!("https://auth.{}.corti.app", environment.as_str())
-}
-
-/// Corti region.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Environment {
-    Eu,
-    Us,
-}
-
-impl Environment {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Environment::Eu => "eu",
-            Environment::Us => "us",
-        }
-    }
-}
-
-impl FromStr for Environment {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "eu" => Ok(Environment::Eu),
-            "us" => Ok(Environment::Us),
-            other => Err(format!("must be \"eu\" or \"us\", not {other:?}")),
-        }
-    }
-}
-
-/// A Corti tenant (Keycloak realm) name; it goes into a URL path, so it is kept plain.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Tenant(String);
-
-impl Tenant {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && !s.starts_with('.');
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err("must be 1-64 characters of letters, digits, '-', '_' or '.'".into())
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Tenant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// One Corti tenant: the client credentials and where to use them.

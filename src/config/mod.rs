@@ -26,6 +26,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::corti::Tenant;
+use crate::limits::Rate;
+
 pub use self::audit::*;
 pub use self::corti::*;
 pub use self::limits::*;
@@ -66,14 +69,7 @@ macro_rules! show_by_display {
         }
     )*};
 }
-show_by_display!(
-    String,
-    SocketAddr,
-    bool,
-    u32,
-    crate::config::Tenant,
-    crate::config::Rate
-);
+show_by_display!(String, SocketAddr, bool, u32, Tenant, Rate);
 
 impl Show for Duration {
     fn show(&self) -> String {

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use crate::corti::Environment;
+
 use super::values::{is_loopback_host, parse_url, positive_count, positive_duration};
-use super::{ConfigError, Environment, Loader, Setting};
+use super::{ConfigError, Loader, Setting};
 
 /// Corti's speech API base for relay mode (`wss://api.{env}.corti.app` by default).
 pub const CORTI_API_URL: Setting<String> = Setting::url("CORTI_API_URL", ws_url);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 
 use super::*;
+use crate::corti::Environment;
 
 #[test]
 fn environment_wins_over_file_and_secrets_come_from_files() {

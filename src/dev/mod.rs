@@ -13,9 +13,8 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use crate::config::{
-    ConfigError, Environment, RelaySettings, Settings, DEV_TOKEN_LIFETIME, LISTEN_ADDR,
-};
+use crate::config::{ConfigError, RelaySettings, Settings, DEV_TOKEN_LIFETIME, LISTEN_ADDR};
+use crate::corti::Environment;
 use crate::startup::{Application, Options, StartupError};
 
 use api_standin::ApiStandIn;
