@@ -233,6 +233,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Serve => {
             let settings = load(&cli)?;
+            let warnings = settings.warnings().to_vec();
             // Missing settings are named first; then the signing key.
             let signed = settings.check_signed();
             let settings = settings.for_serve()?;
@@ -245,6 +246,9 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 std::io::stdout,
                 traces.as_ref(),
             );
+            for warning in &warnings {
+                tracing::warn!(%warning, "configuration: a variable that is no setting");
+            }
             crate::startup::raise_open_file_limit();
             let served = runtime.block_on(async {
                 let app = Application::build(settings).await?;
@@ -338,6 +342,9 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::CheckConfig { probe } => {
             let settings = load(&cli)?;
+            for warning in settings.warnings() {
+                eprintln!("token-vendor: warning: {warning}");
+            }
             for line in settings
                 .redacted_lines()
                 .into_iter()

@@ -59,7 +59,10 @@ impl CortiSection {
             client_secret,
             client_secret_file: loader.file_of(&CORTI_CLIENT_SECRET),
             auth_url,
-            tenants: tenant_tables(loader.tenant_tables())?,
+            tenants: {
+                let (tables, origin) = loader.tenant_tables();
+                tenant_tables(tables, origin)?
+            },
             default_tenant: loader.get(&DEFAULT_TENANT)?,
             upstream_timeout: loader.defaulted(&UPSTREAM_TIMEOUT)?,
         })
@@ -205,7 +208,10 @@ const TENANT_KEYS: [&str; 7] = [
 
 /// Reads the `[[tenants]]` tables, each on its own; how they fit together (duplicates,
 /// the default) is checked in [`Settings::for_serve`].
-fn tenant_tables(raw: Option<&toml::Value>) -> Result<Vec<CortiSettings>, ConfigError> {
+fn tenant_tables(
+    raw: Option<&toml::Value>,
+    origin: &str,
+) -> Result<Vec<CortiSettings>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(Vec::new());
     };
@@ -219,11 +225,15 @@ fn tenant_tables(raw: Option<&toml::Value>) -> Result<Vec<CortiSettings>, Config
     items
         .iter()
         .enumerate()
-        .map(|(i, item)| tenant_table(i, item.as_table().ok_or_else(not_tables)?))
+        .map(|(i, item)| tenant_table(i, item.as_table().ok_or_else(not_tables)?, origin))
         .collect()
 }
 
-fn tenant_table(index: usize, table: &toml::Table) -> Result<CortiSettings, ConfigError> {
+fn tenant_table(
+    index: usize,
+    table: &toml::Table,
+    origin: &str,
+) -> Result<CortiSettings, ConfigError> {
     let text = |key: &str| -> Result<Option<String>, String> {
         match table.get(key) {
             None => Ok(None),
@@ -245,7 +255,7 @@ fn tenant_table(index: usize, table: &toml::Table) -> Result<CortiSettings, Conf
     if let Some(unknown) = table.keys().find(|k| !TENANT_KEYS.contains(&k.as_str())) {
         return Err(ConfigError::new(
             &key(unknown),
-            format!("is not a tenant key (known: {})", TENANT_KEYS.join(", ")),
+            super::names::unknown_key(unknown, origin, TENANT_KEYS),
         ));
     }
     let environment: Environment = text("environment")

@@ -11,11 +11,14 @@
 mod audit;
 mod corti;
 mod limits;
+mod names;
 mod relay;
 mod server;
 mod session;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+use self::names::edit_distance;
 mod values;
 
 use std::collections::HashMap;
@@ -209,6 +212,8 @@ impl<T> Setting<T> {
 pub struct Loader<'a> {
     sources: &'a Sources,
     shown: Vec<(&'static str, String)>,
+    /// Every name read: the settings that exist, for unknown keys and variables.
+    known: Vec<String>,
 }
 
 impl<'a> Loader<'a> {
@@ -216,11 +221,13 @@ impl<'a> Loader<'a> {
         Self {
             sources,
             shown: Vec::new(),
+            known: Vec::new(),
         }
     }
 
     /// The configured value, else the default, else `None`.
     pub fn get<T>(&mut self, setting: &Setting<T>) -> Result<Option<T>, ConfigError> {
+        self.know(setting);
         let value = setting.read(self.sources)?;
         self.record(setting, value.as_ref());
         Ok(value)
@@ -234,6 +241,7 @@ impl<'a> Loader<'a> {
 
     /// For a list (or a set of flags), empty when unset.
     pub fn or_empty<T: Default>(&mut self, setting: &Setting<T>) -> Result<T, ConfigError> {
+        self.know(setting);
         let value = setting.read(self.sources)?.unwrap_or_default();
         self.record(setting, Some(&value));
         Ok(value)
@@ -259,9 +267,32 @@ impl<'a> Loader<'a> {
         }
     }
 
-    /// The `[[tenants]]` tables of the TOML file, as written.
-    fn tenant_tables(&self) -> Option<&toml::Value> {
-        self.sources.tenants.as_ref()
+    /// The `[[tenants]]` tables of the TOML file, as written, and what the file is called.
+    fn tenant_tables(&self) -> (Option<&toml::Value>, &str) {
+        (self.sources.tenants.as_ref(), &self.sources.origin)
+    }
+
+    fn know<T>(&mut self, setting: &Setting<T>) {
+        self.known.push(setting.name.to_owned());
+        if setting.secret {
+            self.known.push(format!("{}_FILE", setting.name));
+        }
+    }
+
+    /// An unknown key in the TOML file is an error (the first, in order, is named).
+    fn check_file_keys(&self) -> Result<(), ConfigError> {
+        let lower: Vec<String> = self.known.iter().map(|k| k.to_ascii_lowercase()).collect();
+        let mut unknown: Vec<&String> = (self.sources.file.keys())
+            .filter(|key| !lower.contains(key))
+            .collect();
+        unknown.sort();
+        match unknown.first() {
+            None => Ok(()),
+            Some(key) => Err(ConfigError::new(
+                "--config",
+                names::unknown_key(key, &self.sources.origin, lower.iter().map(String::as_str)),
+            )),
+        }
     }
 
     fn record<T>(&mut self, setting: &Setting<T>, value: Option<&T>) {
@@ -278,6 +309,8 @@ pub struct Sources {
     file: HashMap<String, String>,
     /// The TOML file's `[[tenants]]` tables, as written.
     tenants: Option<toml::Value>,
+    /// What the TOML file is called in messages (its path).
+    origin: String,
 }
 
 impl Sources {
@@ -291,6 +324,9 @@ impl Sources {
             env: std::env::vars().collect(),
             file,
             tenants,
+            origin: config_file
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
         })
     }
 
@@ -308,6 +344,7 @@ impl Sources {
                 .collect(),
             file: HashMap::new(),
             tenants: None,
+            origin: String::new(),
         }
     }
 
@@ -318,10 +355,12 @@ impl Sources {
         K: Into<String>,
         V: Into<String>,
     {
-        let (file, tenants) = parse_toml(toml_text, "the TOML text")?;
+        let origin = "the TOML text";
+        let (file, tenants) = parse_toml(toml_text, origin)?;
         Ok(Self {
             file,
             tenants,
+            origin: origin.to_owned(),
             ..Self::from_pairs(pairs)
         })
     }
@@ -475,6 +514,8 @@ pub struct Settings {
     pub dev_token_lifetime: Duration,
     /// Every setting as `check-config` shows it, in the order read.
     shown: Vec<(&'static str, String)>,
+    /// Variables that look like settings but are none (see [`Settings::warnings`]).
+    warnings: Vec<String>,
 }
 
 impl Default for Settings {
@@ -499,6 +540,8 @@ impl Settings {
         let relay = RelaySettings::load(&mut loader, corti.environment)?;
         let audit = AuditSection::load(&mut loader)?;
         let dev_token_lifetime = loader.defaulted(&DEV_TOKEN_LIFETIME)?;
+        loader.check_file_keys()?;
+        let warnings = names::unknown_variables(sources.env.keys(), &loader.known);
         Ok(Settings {
             server,
             corti,
@@ -508,7 +551,15 @@ impl Settings {
             audit,
             dev_token_lifetime,
             shown: loader.shown,
+            warnings,
         })
+    }
+
+    /// One line for each variable with one of our prefixes (or a setting's name and
+    /// more) that is no setting, naming the closest one: a warning, not an error, as
+    /// other software may share the environment.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Every tenant `serve` runs with, the default first (see [`CortiSection::serve_tenants`]).

@@ -522,3 +522,70 @@ fn check_config_never_shows_a_secret_or_the_userinfo_of_a_url() {
     names.dedup();
     assert_eq!(names.len(), count, "{lines}");
 }
+
+#[test]
+fn an_unknown_toml_key_names_the_file_and_the_closest_key() {
+    let err = Settings::load(
+        &Sources::from_pairs_and_toml(Vec::<(String, String)>::new(), "upstream_timout = \"2s\"")
+            .unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.problem,
+        "unknown key `upstream_timout` in the TOML text; did you mean `upstream_timeout`?"
+    );
+    // The `_file` form of a setting read from files is a key too.
+    let dir = std::env::temp_dir().join(format!("tv-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("key");
+    std::fs::write(&path, "fake-audit-key-0123\n").unwrap();
+    let text = format!("audit_hmac_key_file = \"{}\"", path.display());
+    let empty = Vec::<(String, String)>::new();
+    assert!(Settings::load(&Sources::from_pairs_and_toml(empty, &text).unwrap()).is_ok());
+    // Far from every key: no guess.
+    let err = Settings::load(
+        &Sources::from_pairs_and_toml(Vec::<(String, String)>::new(), "colour = \"blue\"").unwrap(),
+    )
+    .unwrap_err();
+    assert!(err.problem.starts_with("unknown key `colour`"), "{err}");
+    assert!(!err.problem.contains("did you mean"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unknown_variables_of_our_prefixes_are_warnings_naming_the_closest_setting() {
+    let s = Settings::load(&Sources::from_pairs([
+        ("SESSION_JWT_SECRT", "x"),
+        ("AUDIT_HMAC_KEY_FILE_", "x"),
+        ("CORTI_CLIENT_SECRET_FILE_PATH", "x"),
+        ("UPSTREAM_TIMEOUT", "5s"),
+        ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+        ("OTEL_SERVICE_NAME", "tv"),
+    ]))
+    .unwrap();
+    let warnings = s.warnings();
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(warnings.contains(
+        &"unknown variable SESSION_JWT_SECRT; did you mean SESSION_JWT_SECRET?".to_owned()
+    ));
+    assert!(warnings.contains(
+        &"unknown variable AUDIT_HMAC_KEY_FILE_; did you mean AUDIT_HMAC_KEY_FILE?".to_owned()
+    ));
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("unknown variable CORTI_CLIENT_SECRET_FILE_PATH")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn edit_distance_counts_single_character_edits() {
+    assert_eq!(edit_distance("", "abc"), 3);
+    assert_eq!(edit_distance("kitten", "sitting"), 3);
+    assert_eq!(
+        edit_distance("rate_limit_per_usr", "rate_limit_per_user"),
+        1
+    );
+    assert_eq!(edit_distance("same", "same"), 0);
+}
