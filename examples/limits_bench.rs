@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use token_vendor::config::{ServeSettings, Settings, Sources, Tenant};
+use token_vendor::config::{ServeSettings, Settings, Sources};
+use token_vendor::corti::Tenant;
 use token_vendor::dev::{mint_session, random_hex};
 use token_vendor::limits::{LimitRates, Limits, RedisLimits};
 use token_vendor::metrics::Metrics;

@@ -197,7 +197,7 @@ where
     Fut: std::future::Future<Output = Result<(), CommandError>>,
 {
     let settings = load(cli)?;
-    runtime()?.block_on(command(settings.database_url))?;
+    runtime()?.block_on(command(settings.audit.database_url))?;
     Ok(())
 }
 
@@ -212,7 +212,8 @@ impl From<StartupError> for Failure {
 
 fn audit_hmac_key(settings: &Settings, why: &str) -> Result<SecretString, ConfigError> {
     settings
-        .audit_hmac_key
+        .audit
+        .hmac_key
         .clone()
         .ok_or_else(|| ConfigError::new("AUDIT_HMAC_KEY", format!("is required {why}")))
 }
@@ -232,6 +233,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Serve => {
             let settings = load(&cli)?;
+            let warnings = settings.warnings().to_vec();
             // Missing settings are named first; then the signing key.
             let signed = settings.check_signed();
             let settings = settings.for_serve()?;
@@ -244,6 +246,9 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 std::io::stdout,
                 traces.as_ref(),
             );
+            for warning in &warnings {
+                tracing::warn!(%warning, "configuration: a variable that is no setting");
+            }
             crate::startup::raise_open_file_limit();
             let served = runtime.block_on(async {
                 let app = Application::build(settings).await?;
@@ -295,13 +300,13 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             let settings = load(&cli)?;
             let secrets = audit_commands::VerifySecrets {
                 hmac: audit_hmac_key(&settings, "to check the keyed chains")?,
-                signing: settings.audit_signing_key.clone(),
-                verifier: settings.audit_verifier_key.clone(),
+                signing: settings.audit.signing_key.clone(),
+                verifier: settings.audit.verifier_key.clone(),
             };
             runtime()
                 .map_err(could_not_run)?
                 .block_on(audit_commands::verify(
-                    &settings.database_url,
+                    &settings.audit.database_url,
                     args,
                     &secrets,
                     &mut std::io::stdout(),
@@ -322,13 +327,13 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     &settings,
                     "to verify the events it deletes and tag the new prune anchors",
                 )?,
-                signing: settings.audit_signing_key.clone(),
-                verifier: settings.audit_verifier_key.clone(),
+                signing: settings.audit.signing_key.clone(),
+                verifier: settings.audit.verifier_key.clone(),
             };
             runtime()
                 .map_err(could_not_run)?
                 .block_on(audit_commands::prune(
-                    &settings.database_url,
+                    &settings.audit.database_url,
                     args,
                     &secrets,
                     &mut std::io::stdout(),
@@ -337,6 +342,9 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::CheckConfig { probe } => {
             let settings = load(&cli)?;
+            for warning in settings.warnings() {
+                eprintln!("token-vendor: warning: {warning}");
+            }
             for line in settings
                 .redacted_lines()
                 .into_iter()
@@ -383,7 +391,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Healthcheck => {
             let settings = load(&cli)?;
-            healthcheck(settings.listen_addr, HEALTHCHECK_TIMEOUT).map_err(Failure::Other)
+            healthcheck(settings.server.listen_addr, HEALTHCHECK_TIMEOUT).map_err(Failure::Other)
         }
         Command::Audit(AuditCommand::Hash {
             token,
@@ -391,7 +399,8 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }) => {
             let settings = load(&cli)?;
             let key = settings
-                .audit_hmac_key
+                .audit
+                .hmac_key
                 .ok_or_else(|| AUDIT_HMAC_KEY.error("is required to fingerprint a token"))?;
             let token = if token == "-" {
                 let mut buf = String::new();

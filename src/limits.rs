@@ -10,6 +10,7 @@
 //! `http::rate_limit`.
 
 mod local;
+mod rate;
 pub mod redis;
 
 use std::hash::{BuildHasher, RandomState};
@@ -22,10 +23,12 @@ use sha2::{Digest, Sha256};
 
 use crate::address::address_group;
 use crate::background::spawn_while_alive;
-use crate::config::{Rate, Settings, Tenant};
+use crate::config::Settings;
+use crate::corti::Tenant;
 use crate::metrics::Metrics;
 
 use self::local::LocalLimiter;
+pub use self::rate::Rate;
 pub use self::redis::RedisLimits;
 
 /// How often idle keys are dropped from the in-process state.
@@ -108,9 +111,9 @@ pub struct LimitRates {
 impl LimitRates {
     pub fn from_settings(settings: &Settings) -> Self {
         Self {
-            per_ip: settings.rate_limit_per_ip,
-            per_user: settings.rate_limit_per_user,
-            upstream: settings.upstream_rate_limit,
+            per_ip: settings.limits.per_ip,
+            per_user: settings.limits.per_user,
+            upstream: settings.limits.upstream,
         }
     }
 }

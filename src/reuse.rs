@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use tracing::Instrument;
 
 use crate::background::{lock, spawn_while_alive};
-use crate::config::Tenant;
+use crate::corti::Tenant;
 use crate::corti::{GrantedToken, UpstreamError};
 use crate::scope::RequestedScope;
 use crate::session::Subject;

@@ -3,8 +3,12 @@
 //! configured tenants and their credentials ([`tenants`]); the resilient upstream
 //! around the exchange: timeouts, retries, breaker and budget ([`upstream`]).
 
+mod environment;
 pub mod tenants;
 pub mod upstream;
+
+pub use environment::Environment;
+pub use tenants::Tenant;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -14,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::config::{read_secret_file, Environment, Tenant};
+use crate::config::read_secret_file;
 use crate::scope::{GrantError, RequestedScope};
 use crate::session::jwks::{JwksCache, JwksPolicy};
 use crate::session::jwt::{self, JwtError, Keys, Rules};

@@ -13,9 +13,8 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use crate::config::{
-    ConfigError, Environment, RelaySettings, Settings, DEV_TOKEN_LIFETIME, LISTEN_ADDR,
-};
+use crate::config::{ConfigError, RelaySettings, Settings, DEV_TOKEN_LIFETIME, LISTEN_ADDR};
+use crate::corti::Environment;
 use crate::startup::{Application, Options, StartupError};
 
 use api_standin::ApiStandIn;
@@ -85,7 +84,7 @@ pub fn token_lifetime(settings: &Settings) -> Result<Duration, ConfigError> {
 /// raises them) are taken from the loaded settings, with `DEV_TOKEN_LIFETIME`; everything
 /// else is generated, and the real Corti is never used.
 pub async fn run(loaded: Settings) -> Result<(), StartupError> {
-    if !loaded.listen_addr.ip().is_loopback() {
+    if !loaded.server.listen_addr.ip().is_loopback() {
         return Err(LISTEN_ADDR
             .error("dev binds only loopback addresses")
             .into());
@@ -96,11 +95,11 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
         move |source| StartupError::Bind { addr, source }
     };
     // Bound first, so a port of 0 is known before the demo's own origins are listed.
-    let listener = std::net::TcpListener::bind(loaded.listen_addr)
-        .map_err(bind_error(&loaded.listen_addr.to_string()))?;
+    let listener = std::net::TcpListener::bind(loaded.server.listen_addr)
+        .map_err(bind_error(&loaded.server.listen_addr.to_string()))?;
     let port = listener
         .local_addr()
-        .map_err(bind_error(&loaded.listen_addr.to_string()))?
+        .map_err(bind_error(&loaded.server.listen_addr.to_string()))?
         .port();
     let client_secret = random_hex(24);
     let standin = Arc::new(
@@ -116,38 +115,36 @@ pub async fn run(loaded: Settings) -> Result<(), StartupError> {
         format!("http://127.0.0.1:{port}"),
         format!("http://localhost:{port}"),
     ];
-    for origin in &loaded.allowed_origins {
+    for origin in &loaded.server.allowed_origins {
         if !allowed_origins.contains(origin) {
             allowed_origins.push(origin.clone());
         }
     }
-    let audit_keys = audit_keys::DevAuditKeys::load_or_create(&loaded.database_url)?;
+    let audit_keys = audit_keys::DevAuditKeys::load_or_create(&loaded.audit.database_url)?;
     // The speech stand-in first: relay mode's upstream is its address.
-    let dev_tenant = Settings::default().corti_tenant;
+    let dev_tenant = Settings::default().corti.tenant;
     let api = ApiStandIn::start(standin.clone(), dev_tenant.as_str().to_owned())
         .map_err(bind_error("127.0.0.1:0 (speech API stand-in)"))?;
-    let settings = Settings {
-        listen_addr: loaded.listen_addr,
-        corti_tenant: dev_tenant,
-        relay: RelaySettings {
-            api_url: Some(api.base_url()),
-            ..loaded.relay.clone()
-        },
-        database_url: loaded.database_url.clone(),
-        allowed_origins,
-        corti_environment: Some(Environment::Eu),
-        corti_auth_url: Some(standin.base_url().to_owned()),
-        corti_client_id: Some("token-vendor-dev".into()),
-        corti_client_secret: Some(SecretString::from(client_secret)),
-        session_jwt_secret: Some(session_secret.clone()),
-        audit_hmac_key: Some(audit_keys.hmac.clone()),
-        audit_signing_key: Some(audit_keys.signing.clone()),
-        token_reuse_min_ttl: loaded.token_reuse_min_ttl,
-        rate_limit_per_user: loaded.rate_limit_per_user,
-        rate_limit_per_ip: loaded.rate_limit_per_ip,
-        ..Settings::default()
-    }
-    .for_serve()?;
+    let mut settings = Settings::default();
+    settings.server.listen_addr = loaded.server.listen_addr;
+    settings.server.allowed_origins = allowed_origins;
+    settings.corti.tenant = dev_tenant;
+    settings.corti.environment = Some(Environment::Eu);
+    settings.corti.auth_url = Some(standin.base_url().to_owned());
+    settings.corti.client_id = Some("token-vendor-dev".into());
+    settings.corti.client_secret = Some(SecretString::from(client_secret));
+    settings.relay = RelaySettings {
+        api_url: Some(api.base_url()),
+        ..loaded.relay.clone()
+    };
+    settings.session.jwt_secret = Some(session_secret.clone());
+    settings.audit.database_url = loaded.audit.database_url.clone();
+    settings.audit.hmac_key = Some(audit_keys.hmac.clone());
+    settings.audit.signing_key = Some(audit_keys.signing.clone());
+    settings.limits.token_reuse_min_ttl = loaded.limits.token_reuse_min_ttl;
+    settings.limits.per_user = loaded.limits.per_user;
+    settings.limits.per_ip = loaded.limits.per_ip;
+    let settings = settings.for_serve()?;
     let demo = demo::Demo {
         session_secret: session_secret.clone(),
         reader_role: settings.audit_reader_role.clone(),

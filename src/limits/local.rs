@@ -10,7 +10,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 
 use super::{Decision, KeyKind};
-use crate::config::Rate;
+use crate::limits::Rate;
 
 type KeyedGcra = RateLimiter<u64, DashMapStateStore<u64>, QuantaClock, StateInformationMiddleware>;
 

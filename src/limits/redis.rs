@@ -17,7 +17,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::{Decision, KeyKind};
-use crate::config::Rate;
+use crate::limits::Rate;
 use crate::metrics::Metrics;
 use crate::redis_link::{self, RedisHealth, RedisUser, CALL_TIMEOUT};
 

@@ -35,8 +35,8 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 
 use super::{FetchError, ReuseKey};
-use crate::config::Tenant;
 use crate::corti::GrantedToken;
+use crate::corti::Tenant;
 use crate::metrics::Metrics;
 use crate::redis_link::{self, RedisHealth, RedisUser, CALL_TIMEOUT};
 use crate::scope::RequestedScope;

@@ -632,3 +632,81 @@ fn the_store_urls_can_come_from_files_with_their_credentials() {
     assert!(!stdout.contains(&secret), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_unknown_key_in_the_settings_file_stops_with_the_closest_known_key() {
+    let dir = std::env::temp_dir().join(format!("tv-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("token-vendor.toml");
+    std::fs::write(&config, "rate_limit_per_usr = \"5/minute\"\n").unwrap();
+
+    let out = run(&["--config", config.to_str().unwrap(), "check-config"], &[]);
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "unknown key `rate_limit_per_usr` in {}; did you mean `rate_limit_per_user`?",
+            config.display()
+        )),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unknown_key_in_a_tenant_table_stops_with_the_closest_tenant_key() {
+    let dir = std::env::temp_dir().join(format!("tv-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("token-vendor.toml");
+    std::fs::write(
+        &config,
+        "[[tenants]]\nname = \"acme\"\nenvironment = \"us\"\nclient_id = \"acme-client\"\n\
+         client_secert = \"fake-acme-secret\"\n",
+    )
+    .unwrap();
+
+    let out = run(&["--config", config.to_str().unwrap(), "check-config"], &[]);
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("tenants[acme].client_secert"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "unknown key `client_secert` in {}; did you mean `client_secret`?",
+            config.display()
+        )),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unknown_variable_of_ours_is_a_warning_naming_the_closest_setting() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let mut env = full_settings(&secret);
+    env.push(("RATE_LIMIT_PER_USR", "5/minute".into()));
+    env.push(("DATABASE_URL_FIEL", "/run/secrets/db".into()));
+    // Not ours: another program's variables are left alone.
+    env.push(("PGHOST", "db.internal".into()));
+    env.push(("HOME", "/root".into()));
+
+    let out = check_config(&env);
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: unknown variable RATE_LIMIT_PER_USR; did you mean RATE_LIMIT_PER_USER?"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("unknown variable DATABASE_URL_FIEL; did you mean DATABASE_URL_FILE?"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("PGHOST") && !stderr.contains("HOME"),
+        "{stderr}"
+    );
+}

@@ -343,8 +343,8 @@ async fn a_reuse_costs_one_redis_get_on_another_replica_and_none_on_the_same_one
 async fn a_forgotten_subject_has_no_token_left_in_redis_for_any_scope() {
     use secrecy::{ExposeSecret, SecretString};
     use std::sync::Arc;
-    use token_vendor::config::Tenant;
     use token_vendor::corti::GrantedToken;
+    use token_vendor::corti::Tenant;
     use token_vendor::metrics::Metrics;
     use token_vendor::reuse::{FleetCache, ReuseKey};
     use token_vendor::scope::RequestedScope;

@@ -2,6 +2,7 @@
 //! listener closes (new connections are refused, never reset), every vend already
 //! accepted finishes within `SHUTDOWN_GRACE` with its audit event committed, and the
 //! process exits 0. A vend that outlasts the grace is cut, and the exit is still 0.
+//! At start, a variable that looks like a setting but is none is logged as a warning.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -330,4 +331,36 @@ async fn sigterm_cuts_a_vend_that_outlasts_shutdown_grace_and_still_exits_0() {
         stored.values().all(|(outcome, _)| outcome != "issued"),
         "nothing issued: {stored:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_a_warning_naming_the_setting_a_mistyped_variable_is_closest_to() {
+    let _turn = crate::shared_turn().await;
+    // Arrange: a complete configuration plus a mistyped relay limit.
+    let dir = std::env::temp_dir().join(format!("tv-start-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = [
+        ("CORTI_ENVIRONMENT", "eu".to_owned()),
+        ("CORTI_CLIENT_ID", "client".to_owned()),
+        ("CORTI_CLIENT_SECRET", format!("fake-{}", random_hex(8))),
+        ("SESSION_JWT_SECRET", random_hex(32)),
+        ("AUDIT_HMAC_KEY", random_hex(16)),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("audit.db").display()),
+        ),
+        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("RELAY_MAX_STREAM", "3".to_owned()),
+    ];
+
+    // Act
+    let service = ServeProcess::start(&env);
+
+    // Assert: it runs, and says what it ignored.
+    assert!(
+        service.log_has("unknown variable RELAY_MAX_STREAM; did you mean RELAY_MAX_STREAMS?"),
+        "no warning in the start-up log"
+    );
+    drop(service);
+    let _ = std::fs::remove_dir_all(&dir);
 }
