@@ -321,7 +321,17 @@ impl Sources {
             None => (HashMap::new(), None),
         };
         Ok(Self {
-            env: std::env::vars().collect(),
+            // `vars()` panics on a variable that is not UTF-8 (anyone's, not only
+            // ours): names that are not are skipped, values are read lossily, so one of
+            // ours fails its own parse and names itself.
+            env: std::env::vars_os()
+                .filter_map(|(name, value)| {
+                    Some((
+                        name.into_string().ok()?,
+                        value.to_string_lossy().into_owned(),
+                    ))
+                })
+                .collect(),
             file,
             tenants,
             origin: config_file

@@ -710,3 +710,23 @@ fn an_unknown_variable_of_ours_is_a_warning_naming_the_closest_setting() {
         "{stderr}"
     );
 }
+
+/// A variable that is not UTF-8 (anyone's: the environment is shared) is no panic: an
+/// unrelated one is skipped, and one of ours fails its own parse, named.
+#[test]
+fn variables_that_are_not_utf8_are_no_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_owned();
+    let out = Command::new(env!("CARGO_BIN_EXE_token-vendor"))
+        .arg("check-config")
+        .env_clear()
+        .env(bytes(b"SOMEONE_ELSES_\xff"), "x")
+        .env("OTHER", bytes(b"\xff\xfe"))
+        .env("LISTEN_ADDR", bytes(b"127.0.0.1:80\xff"))
+        .output()
+        .expect("run token-vendor");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("LISTEN_ADDR"), "{stderr}");
+}
