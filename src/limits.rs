@@ -10,7 +10,7 @@
 //! `http::rate_limit`.
 
 mod local;
-mod rate;
+pub mod rate;
 pub mod redis;
 
 use std::hash::{BuildHasher, RandomState};

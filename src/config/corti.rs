@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::corti::{Environment, Tenant};
+use crate::corti::environment::{Environment, Tenant};
 
 use super::values::{from_str, http_url, positive_duration, redact_url, secret, text};
 use super::{corti_api_url_for, read_secret_file, ws_url, ConfigError, Loader, Setting, Show};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::limits::Rate;
+use crate::limits::rate::Rate;
 
 use super::values::{from_str, parse_url, secret, setting_duration};
 use super::{long_enough, ConfigError, Loader, Setting};

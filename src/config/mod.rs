@@ -29,8 +29,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::corti::Tenant;
-use crate::limits::Rate;
+use crate::corti::environment::Tenant;
+use crate::limits::rate::Rate;
 
 pub use self::audit::*;
 pub use self::corti::*;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::corti::Environment;
+use crate::corti::environment::Environment;
 
 use super::values::{is_loopback_host, parse_url, positive_count, positive_duration};
 use super::{ConfigError, Loader, Setting};

@@ -3,12 +3,12 @@
 //! configured tenants and their credentials ([`tenants`]); the resilient upstream
 //! around the exchange: timeouts, retries, breaker and budget ([`upstream`]).
 
-mod environment;
+pub mod environment;
 pub mod tenants;
 pub mod upstream;
 
 pub use environment::Environment;
-pub use tenants::Tenant;
+pub use environment::Tenant;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};

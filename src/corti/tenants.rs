@@ -2,13 +2,12 @@
 //! upstream budget and circuit breaker, and the default one a vend without `tenant`
 //! gets.
 
-use std::fmt;
 use std::sync::Arc;
 
 use crate::config::CortiSettings;
 use crate::corti::upstream::{ResilientUpstream, UpstreamPolicy};
-use crate::corti::Environment;
 use crate::corti::{ClientSecret, CortiClient, CortiClientConfig};
+use crate::corti::{Environment, Tenant};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 
@@ -84,34 +83,5 @@ impl Tenants {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<TenantRoute>> {
         self.routes.iter()
-    }
-}
-
-/// A Corti tenant (Keycloak realm) name; it goes into a URL path, so it is kept plain.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Tenant(String);
-
-impl Tenant {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && !s.starts_with('.');
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err("must be 1-64 characters of letters, digits, '-', '_' or '.'".into())
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Tenant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
