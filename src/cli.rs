@@ -234,10 +234,16 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Serve => {
             let settings = load(&cli)?;
             let warnings = settings.warnings().to_vec();
-            // Missing settings are named first; then the signing key.
+            // Missing settings are named first; then the signing key. A start that stops
+            // here says first which variables it did not know (`SESSION_JWT_SECRT`): they
+            // are often why a setting is missing.
             let signed = settings.check_signed();
-            let settings = settings.for_serve()?;
-            signed?;
+            let settings = settings.for_serve().and_then(|s| signed.map(|()| s));
+            let settings = settings.inspect_err(|_| {
+                for warning in &warnings {
+                    eprintln!("token-vendor: warning: {warning}");
+                }
+            })?;
             let runtime = runtime()?;
             let traces = telemetry::otlp::Traces::from_env(runtime.handle().clone())
                 .map_err(|e| ConfigError::new(e.name, e.problem))?;

@@ -730,3 +730,26 @@ fn variables_that_are_not_utf8_are_no_panic() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("LISTEN_ADDR"), "{stderr}");
 }
+
+/// A start that stops for a missing setting first says which variables it did not know:
+/// a mistyped name is often why the setting is missing.
+#[test]
+fn serve_stopping_for_a_missing_setting_names_the_mistyped_variable() {
+    let secret = format!("fake-{}", uuid::Uuid::new_v4().simple());
+    let mut env: Vec<(&str, String)> = full_settings(&secret)
+        .into_iter()
+        .filter(|(k, _)| *k != "SESSION_JWT_SECRET")
+        .collect();
+    env.push(("SESSION_JWT_SECRT", secret.clone()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let out = run(&["serve"], &env);
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown variable SESSION_JWT_SECRT; did you mean SESSION_JWT_SECRET?"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&secret), "{stderr}");
+}
