@@ -2,6 +2,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: under the soak's reuse load glibc kept ~2× the live
+/// heap resident and grew by a step; it also cost about a sixth of the reuse path's CPU
+/// (bench/RESULTS.md, issue 24).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = token_vendor::cli::Cli::parse();
     token_vendor::cli::run(cli)
