@@ -131,14 +131,17 @@ impl TokenReuse {
     }
 
     /// A live token for `key`, the result of an identical call in flight, or the result
-    /// of `fetch`, run once in its own task for every concurrent caller.
+    /// of the future `fetch` makes, run once in its own task for every concurrent caller.
+    /// `fetch` is called only when a call starts: the upstream call's future is large,
+    /// and a reuse should neither build nor move it.
     #[tracing::instrument(name = "reuse.lookup", skip_all, fields(source = tracing::field::Empty))]
-    pub async fn get_or_fetch<F>(
+    pub async fn get_or_fetch<M, F>(
         &self,
         key: ReuseKey,
-        fetch: F,
+        fetch: M,
     ) -> Result<(GrantedToken, Source), FetchError>
     where
+        M: FnOnce() -> F,
         F: Future<Output = Result<GrantedToken, FetchError>> + Send + 'static,
     {
         let (flight, source) = {
@@ -154,7 +157,7 @@ impl TokenReuse {
                 Some((_, flight)) => (flight.clone(), Source::Joined),
                 None => {
                     let id = NEXT_FLIGHT.fetch_add(1, Ordering::Relaxed);
-                    let flight = self.start(id, key.clone(), fetch);
+                    let flight = self.start(id, key.clone(), fetch());
                     state.flights.insert(key, (id, flight.clone()));
                     (flight, Source::Fetched)
                 }
@@ -329,12 +332,12 @@ mod tests {
     async fn a_live_token_is_reused_for_the_same_user_only() {
         let reuse = TokenReuse::new(Duration::from_secs(60));
         let (a, src) = reuse
-            .get_or_fetch(key("alice"), async { Ok(token("t1", 300)) })
+            .get_or_fetch(key("alice"), || async { Ok(token("t1", 300)) })
             .await
             .unwrap();
         assert_eq!(src, Source::Fetched);
         let (again, src) = reuse
-            .get_or_fetch(key("alice"), async { Ok(token("t2", 300)) })
+            .get_or_fetch(key("alice"), || async { Ok(token("t2", 300)) })
             .await
             .unwrap();
         assert_eq!(src, Source::Cached);
@@ -343,7 +346,7 @@ mod tests {
             a.access_token.expose_secret()
         );
         let (bob, src) = reuse
-            .get_or_fetch(key("bob"), async { Ok(token("t3", 300)) })
+            .get_or_fetch(key("bob"), || async { Ok(token("t3", 300)) })
             .await
             .unwrap();
         assert_eq!(src, Source::Fetched);
@@ -354,11 +357,11 @@ mod tests {
     async fn a_token_below_the_minimum_lifetime_is_replaced() {
         let reuse = TokenReuse::new(Duration::from_secs(60));
         reuse
-            .get_or_fetch(key("alice"), async { Ok(token("short", 30)) })
+            .get_or_fetch(key("alice"), || async { Ok(token("short", 30)) })
             .await
             .unwrap();
         let (t, src) = reuse
-            .get_or_fetch(key("alice"), async { Ok(token("long", 300)) })
+            .get_or_fetch(key("alice"), || async { Ok(token("long", 300)) })
             .await
             .unwrap();
         assert_eq!(src, Source::Fetched);
@@ -375,7 +378,7 @@ mod tests {
             let calls = calls.clone();
             waiters.push(tokio::spawn(async move {
                 reuse
-                    .get_or_fetch(key("alice"), async move {
+                    .get_or_fetch(key("alice"), move || async move {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         Err(FetchError::Upstream(UpstreamError::Timeout))
@@ -397,7 +400,7 @@ mod tests {
     async fn a_panicking_call_still_answers_and_clears_its_flight() {
         let reuse = TokenReuse::new(Duration::from_secs(60));
         let result = reuse
-            .get_or_fetch(key("alice"), async {
+            .get_or_fetch(key("alice"), || async {
                 if true {
                     panic!("boom");
                 }
@@ -406,7 +409,7 @@ mod tests {
             .await;
         assert!(matches!(result, Err(FetchError::Upstream(_))));
         let (t, _) = reuse
-            .get_or_fetch(key("alice"), async { Ok(token("ok", 300)) })
+            .get_or_fetch(key("alice"), || async { Ok(token("ok", 300)) })
             .await
             .unwrap();
         assert_eq!(t.access_token.expose_secret(), "ok");
@@ -417,7 +420,7 @@ mod tests {
         let reuse = TokenReuse::new(Duration::from_secs(60));
         for user in ["alice", "bob"] {
             reuse
-                .get_or_fetch(key(user), async { Ok(token("old", 300)) })
+                .get_or_fetch(key(user), || async { Ok(token("old", 300)) })
                 .await
                 .unwrap();
         }
@@ -425,7 +428,7 @@ mod tests {
             .forget(&key("alice").subject, &key("alice").tenant)
             .await;
         let (t, src) = reuse
-            .get_or_fetch(key("alice"), async { Ok(token("new", 300)) })
+            .get_or_fetch(key("alice"), || async { Ok(token("new", 300)) })
             .await
             .unwrap();
         assert_eq!(
@@ -433,7 +436,7 @@ mod tests {
             ("new", Source::Fetched)
         );
         let (_, src) = reuse
-            .get_or_fetch(key("bob"), async { Ok(token("new", 300)) })
+            .get_or_fetch(key("bob"), || async { Ok(token("new", 300)) })
             .await
             .unwrap();
         assert_eq!(src, Source::Cached);
@@ -443,11 +446,11 @@ mod tests {
     async fn zero_minimum_lifetime_turns_reuse_off() {
         let reuse = TokenReuse::new(Duration::ZERO);
         reuse
-            .get_or_fetch(key("alice"), async { Ok(token("t1", 300)) })
+            .get_or_fetch(key("alice"), || async { Ok(token("t1", 300)) })
             .await
             .unwrap();
         let (t, src) = reuse
-            .get_or_fetch(key("alice"), async { Ok(token("t2", 300)) })
+            .get_or_fetch(key("alice"), || async { Ok(token("t2", 300)) })
             .await
             .unwrap();
         assert_eq!(src, Source::Fetched);

@@ -635,14 +635,17 @@ impl Vendor {
             scope: scope.clone(),
             tenant: tenant.clone(),
         };
-        let limits = self.limits.clone();
-        let upstream = route.upstream.clone();
-        let fetch = async move {
-            let budget = limits.check_upstream(&tenant).await;
-            if let Some(retry_after) = budget.retry_after {
-                return Err(FetchError::Budget { retry_after });
+        // Built only when an upstream call starts (a reuse never builds it).
+        let fetch = || {
+            let limits = self.limits.clone();
+            let upstream = route.upstream.clone();
+            async move {
+                let budget = limits.check_upstream(&tenant).await;
+                if let Some(retry_after) = budget.retry_after {
+                    return Err(FetchError::Budget { retry_after });
+                }
+                Ok(upstream.request_token(&scope).await?)
             }
-            Ok(upstream.request_token(&scope).await?)
         };
         let started = Instant::now();
         let result = self.reuse.get_or_fetch(key, fetch).await;
