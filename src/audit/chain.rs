@@ -578,8 +578,8 @@ impl Verifier {
 mod tests {
     use super::*;
     use crate::audit::Outcome;
-    use serde_json::json;
     use secrecy::SecretString;
+    use serde_json::json;
     use time::OffsetDateTime;
 
     fn key() -> ChainKey {
@@ -916,7 +916,10 @@ mod tests {
         e.duration_ms = 0;
         e.count = 10;
         for (tag, seq) in [(V1_TAG, 1), (V2_TAG, i64::MAX), (V2_TAG, -7), (V2_TAG, 0)] {
-            assert_eq!(canonical_tagged(tag, "c\"1", seq, &e), by_value(tag, "c\"1", seq, &e));
+            assert_eq!(
+                canonical_tagged(tag, "c\"1", seq, &e),
+                by_value(tag, "c\"1", seq, &e)
+            );
         }
         let key = key();
         assert_eq!(

@@ -512,7 +512,11 @@ mod tests {
                 at += len;
             }
         }
-        assert_eq!(&data[at..], &(-1i16).to_be_bytes(), "one row, then the trailer");
+        assert_eq!(
+            &data[at..],
+            &(-1i16).to_be_bytes(),
+            "one row, then the trailer"
+        );
         fields
     }
 
