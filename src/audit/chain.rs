@@ -15,9 +15,8 @@ use std::fmt;
 
 use super::checkpoint::Checkpoint;
 use super::keys::{ChainKey, Keyring};
-use super::schema::{self, Value};
+use super::schema::Value;
 use super::AuditEvent;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 /// `prev_hash` of the first event of a chain.
@@ -25,7 +24,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 pub use super::schema::{from_micros, to_micros};
 
-/// The event's bytes as hashed: a JSON array of the [`schema::FIELDS`] in their
+/// The event's bytes as hashed: a JSON array of the [`super::schema::FIELDS`] in their
 /// order after a version tag and the event's place in its chain, with times in
 /// microseconds, so that SQLite and PostgreSQL rows hash alike.
 pub fn canonical(chain_id: &str, chain_seq: i64, e: &AuditEvent) -> String {
@@ -38,16 +37,61 @@ const V1_TAG: &str = "token-vendor-audit-v1";
 const V2_TAG: &str = "token-vendor-audit-v2";
 
 fn canonical_tagged(tag: &str, chain_id: &str, chain_seq: i64, e: &AuditEvent) -> String {
-    let mut items = Vec::with_capacity(schema::FIELD_COUNT + 3);
-    items.push(json!(tag));
-    items.push(json!(chain_id));
-    items.push(json!(chain_seq));
-    items.extend(e.values().iter().map(|v| match v {
-        Value::Text(s) => json!(s),
-        Value::Int(i) => json!(i),
-        Value::Time(t) => json!(t.map(to_micros)),
-    }));
-    serde_json::Value::Array(items).to_string()
+    let mut out = Vec::with_capacity(512);
+    write_canonical(&mut out, tag, chain_id, chain_seq, e);
+    // Only serde_json's string escaping and ASCII go in: always UTF-8.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Writes the canonical form into `out`, byte for byte what serializing the
+/// `serde_json::Value` array would give (compact, serde_json's string escaping), without
+/// building the `Value`s: the writer hashes every event, and the tree's allocations
+/// were most of that cost.
+fn write_canonical(out: &mut Vec<u8>, tag: &str, chain_id: &str, chain_seq: i64, e: &AuditEvent) {
+    fn text(out: &mut Vec<u8>, s: &str) {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+    fn int(out: &mut Vec<u8>, i: i64) {
+        out.extend_from_slice(itoa_i64(i, &mut [0; 20]));
+    }
+    out.push(b'[');
+    text(out, tag);
+    out.push(b',');
+    text(out, chain_id);
+    out.push(b',');
+    int(out, chain_seq);
+    for v in e.values() {
+        out.push(b',');
+        match v {
+            Value::Text(Some(s)) => text(out, s),
+            Value::Int(Some(i)) => int(out, i),
+            Value::Time(Some(t)) => int(out, to_micros(t)),
+            Value::Text(None) | Value::Int(None) | Value::Time(None) => {
+                out.extend_from_slice(b"null");
+            }
+        }
+    }
+    out.push(b']');
+}
+
+/// `i` in decimal, as serde_json writes an integer.
+fn itoa_i64(i: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut n = i.unsigned_abs();
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
 }
 
 /// The event's hash: keyed (`hmac(key, prev_hash "\n" canonical-v2)`) for chains
@@ -59,13 +103,30 @@ pub fn event_hash(
     chain_seq: i64,
     e: &AuditEvent,
 ) -> String {
+    event_hash_with(&mut Vec::new(), key, prev_hash, chain_id, chain_seq, e)
+}
+
+/// [`event_hash`] with a scratch buffer for the canonical form, reused across a batch.
+pub(crate) fn event_hash_with(
+    scratch: &mut Vec<u8>,
+    key: Option<&ChainKey>,
+    prev_hash: &str,
+    chain_id: &str,
+    chain_seq: i64,
+    e: &AuditEvent,
+) -> String {
+    scratch.clear();
     match key {
-        Some(key) => key.hash(prev_hash, &canonical_tagged(V2_TAG, chain_id, chain_seq, e)),
+        Some(key) => {
+            write_canonical(scratch, V2_TAG, chain_id, chain_seq, e);
+            key.hash_bytes(prev_hash, scratch)
+        }
         None => {
+            write_canonical(scratch, V1_TAG, chain_id, chain_seq, e);
             let mut h = Sha256::new();
             h.update(prev_hash.as_bytes());
             h.update(b"\n");
-            h.update(canonical(chain_id, chain_seq, e).as_bytes());
+            h.update(&scratch[..]);
             hex::encode(h.finalize())
         }
     }
@@ -518,6 +579,7 @@ mod tests {
     use super::*;
     use crate::audit::Outcome;
     use secrecy::SecretString;
+    use serde_json::json;
     use time::OffsetDateTime;
 
     fn key() -> ChainKey {
@@ -831,6 +893,39 @@ mod tests {
         ])
         .to_string();
         assert_eq!(canonical("c1", 4, &e), v1);
+    }
+
+    #[test]
+    fn canonical_is_byte_for_byte_the_json_array_it_was() {
+        // The form as serde_json::Value built it before it was written out directly.
+        fn by_value(tag: &str, chain_id: &str, chain_seq: i64, e: &AuditEvent) -> String {
+            let mut items = vec![json!(tag), json!(chain_id), json!(chain_seq)];
+            items.extend(e.values().iter().map(|v| match v {
+                Value::Text(s) => json!(s),
+                Value::Int(i) => json!(i),
+                Value::Time(t) => json!(t.map(to_micros)),
+            }));
+            serde_json::Value::Array(items).to_string()
+        }
+        let mut e = AuditEvent::begin("req \"1\"\n\t\u{1}\u{7f}", "base", "eu");
+        e.subject = Some("ålice \\ \u{2028} 😀 </script>".into());
+        e.user_agent = Some(String::new());
+        e.detail = Some("\u{0}\r\u{1f}".into());
+        e.token_expires_at = Some(OffsetDateTime::UNIX_EPOCH - time::Duration::days(3));
+        e.upstream_ms = Some(u64::MAX);
+        e.duration_ms = 0;
+        e.count = 10;
+        for (tag, seq) in [(V1_TAG, 1), (V2_TAG, i64::MAX), (V2_TAG, -7), (V2_TAG, 0)] {
+            assert_eq!(
+                canonical_tagged(tag, "c\"1", seq, &e),
+                by_value(tag, "c\"1", seq, &e)
+            );
+        }
+        let key = key();
+        assert_eq!(
+            event_hash(Some(&key), GENESIS, "c1", 3, &e),
+            key.hash(GENESIS, &by_value(V2_TAG, "c1", 3, &e))
+        );
     }
 
     #[test]

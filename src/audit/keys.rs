@@ -62,10 +62,15 @@ impl ChainKey {
 
     /// `hex(hmac(prev_hash "\n" canonical))`.
     pub fn hash(&self, prev_hash: &str, canonical: &str) -> String {
+        self.hash_bytes(prev_hash, canonical.as_bytes())
+    }
+
+    /// [`Self::hash`] of a canonical form held as bytes.
+    pub(crate) fn hash_bytes(&self, prev_hash: &str, canonical: &[u8]) -> String {
         let mut m = self.mac.clone();
         m.update(prev_hash.as_bytes());
         m.update(b"\n");
-        m.update(canonical.as_bytes());
+        m.update(canonical);
         hex::encode(m.finalize().into_bytes())
     }
 

@@ -1,10 +1,12 @@
 //! Appending: the group-commit writer's batches, hash-chained and committed with the
 //! chain's new head in one transaction.
 
-use sqlx::Row;
+use sqlx::{Postgres, Row, Sqlite};
 use time::OffsetDateTime;
 
-use super::{event_columns, AuditDb, Backend, RawTransaction, StoreError, ROW_COLUMN_COUNT};
+use super::{
+    event_columns, AuditDb, Backend, RawTransaction, StoreError, WriterPool, ROW_COLUMN_COUNT,
+};
 use crate::audit::chain::{self, GENESIS};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::keys::{ChainKey, NoteSigner};
@@ -24,18 +26,13 @@ impl AuditDb {
         events: &[&AuditEvent],
     ) -> Result<Appended, StoreError> {
         chain.tried = None;
-        match &self.pg_writer {
-            Some(pg) => {
-                let mut tx = PgTransaction {
-                    conn: pg.acquire().await?,
-                    ended: false,
-                };
-                sqlx::Executor::execute(&mut *tx.conn, "BEGIN").await?;
-                append_in(tx, chain, events).await
+        let begin = self.backend.begin_write();
+        match &self.writer {
+            WriterPool::Postgres(pg) => {
+                append_in(RawTransaction::begin(pg, begin).await?, chain, events).await
             }
-            None => {
-                let tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
-                append_in(SqliteAppend(tx), chain, events).await
+            WriterPool::Sqlite(lite) => {
+                append_in(RawTransaction::begin(lite, begin).await?, chain, events).await
             }
         }
     }
@@ -53,18 +50,26 @@ impl AuditDb {
             time: OffsetDateTime::now_utc(),
         };
         let note = checkpoint.sign(signer);
-        let mut tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (chain_id, seq, hash, time_us, note) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(checkpoint.chain_id.as_str())
-        .bind(checkpoint.seq)
-        .bind(checkpoint.hash.as_str())
-        .bind(chain::to_micros(checkpoint.time))
-        .bind(note.as_str())
-        .execute(tx.conn())
-        .await?;
-        tx.commit().await?;
+        let begin = self.backend.begin_write();
+        // The same statement on either store's native connection.
+        macro_rules! store {
+            ($pool:expr) => {{
+                let mut tx = RawTransaction::begin($pool, begin).await?;
+                sqlx::query(CHECKPOINT_SQL)
+                    .bind(checkpoint.chain_id.as_str())
+                    .bind(checkpoint.seq)
+                    .bind(checkpoint.hash.as_str())
+                    .bind(chain::to_micros(checkpoint.time))
+                    .bind(note.as_str())
+                    .execute(tx.conn())
+                    .await?;
+                tx.commit().await?;
+            }};
+        }
+        match &self.writer {
+            WriterPool::Postgres(pg) => store!(pg),
+            WriterPool::Sqlite(lite) => store!(lite),
+        }
         Ok(note)
     }
 }
@@ -165,25 +170,21 @@ macro_rules! chain_row_statements {
     };
 }
 
-/// SQLite: multi-row INSERTs of a few fixed sizes in the writer's transaction.
-struct SqliteAppend(RawTransaction);
-
-impl SqliteAppend {
-    fn conn(&mut self) -> &mut sqlx::AnyConnection {
-        self.0.conn()
-    }
-}
-
-impl AppendTx for SqliteAppend {
+/// SQLite: multi-row INSERTs of a few fixed sizes in the writer's transaction, bound
+/// on the native driver.
+impl AppendTx for RawTransaction<Sqlite> {
     chain_row_statements!();
 
     async fn insert(&mut self, chain_id: &str, linked: &Linked<'_>) -> Result<(), sqlx::Error> {
         let mut rest = linked;
         while !rest.is_empty() {
-            let size = CHUNKS.into_iter().find(|c| *c <= rest.len()).unwrap_or(1);
-            let (chunk, tail) = rest.split_at(size);
-            let sql = insert_sql(Backend::Sqlite, size);
-            let mut q = sqlx::query(&sql);
+            // The largest size that fits; the last one is 1.
+            let shape = CHUNKS
+                .iter()
+                .position(|c| *c <= rest.len())
+                .unwrap_or(CHUNKS.len() - 1);
+            let (chunk, tail) = rest.split_at(CHUNKS[shape]);
+            let mut q = sqlx::query(SQLITE_INSERTS[shape].as_str());
             for (e, seq, prev_hash, hash) in chunk {
                 for value in e.values() {
                     q = match value {
@@ -205,105 +206,87 @@ impl AppendTx for SqliteAppend {
     }
 
     async fn commit(self) -> Result<(), sqlx::Error> {
-        self.0.commit().await
+        RawTransaction::commit(self).await
     }
 
     async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.0.rollback().await
+        RawTransaction::rollback(self).await
     }
 }
 
-/// PostgreSQL: a native connection, the batch's rows streamed with
-/// `COPY … FROM STDIN` (text format), which PostgreSQL parses far faster than one JSON
-/// parameter.
-impl PgTransaction {
-    fn conn(&mut self) -> &mut sqlx::PgConnection {
-        &mut self.conn
-    }
-}
-
-impl AppendTx for PgTransaction {
+/// PostgreSQL: the batch's rows streamed with `COPY … FROM STDIN` in binary format,
+/// which PostgreSQL reads without parsing text, and which needs no escaping here.
+impl AppendTx for RawTransaction<Postgres> {
     chain_row_statements!();
 
     async fn insert(&mut self, chain_id: &str, linked: &Linked<'_>) -> Result<(), sqlx::Error> {
+        let rows = rows_copy_binary(chain_id, linked)?;
         let mut copy = self
-            .conn
+            .conn()
             .copy_in_raw(&format!(
-                "COPY audit_events ({}) FROM STDIN",
+                "COPY audit_events ({}) FROM STDIN (FORMAT binary)",
                 event_columns()
             ))
             .await?;
-        copy.send(rows_copy_text(chain_id, linked).into_bytes())
-            .await?;
+        copy.send(rows).await?;
         copy.finish().await.map(|_| ())
     }
 
-    async fn commit(mut self) -> Result<(), sqlx::Error> {
-        sqlx::Executor::execute(&mut *self.conn, "COMMIT").await?;
-        self.ended = true;
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        RawTransaction::commit(self).await
+    }
+
+    async fn rollback(self) -> Result<(), sqlx::Error> {
+        RawTransaction::rollback(self).await
+    }
+}
+
+/// The rows of a batch in COPY's binary format: a header, then per row the number of
+/// columns and each value as its length and bytes (`-1`: NULL), text as its UTF-8
+/// bytes and every integer column (`BIGINT` in the PostgreSQL schema) as 8 bytes
+/// big-endian; a trailer of `-1`.
+fn rows_copy_binary(chain_id: &str, linked: &Linked<'_>) -> Result<Vec<u8>, sqlx::Error> {
+    const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+    const COLUMNS: i16 = ROW_COLUMN_COUNT as i16;
+    const _: () = assert!(ROW_COLUMN_COUNT < i16::MAX as usize);
+    fn text(out: &mut Vec<u8>, s: &str) -> Result<(), sqlx::Error> {
+        let len = i32::try_from(s.len())
+            .map_err(|_| sqlx::Error::Protocol("an audit value is too long for COPY".into()))?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
         Ok(())
     }
-
-    async fn rollback(mut self) -> Result<(), sqlx::Error> {
-        sqlx::Executor::execute(&mut *self.conn, "ROLLBACK").await?;
-        self.ended = true;
-        Ok(())
+    fn int(out: &mut Vec<u8>, i: i64) {
+        out.extend_from_slice(&8i32.to_be_bytes());
+        out.extend_from_slice(&i.to_be_bytes());
     }
-}
-
-/// A native PostgreSQL connection inside a plain `BEGIN`/`COMMIT`; closed on drop
-/// unless the COMMIT succeeded (see [`RawTransaction`]).
-struct PgTransaction {
-    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
-    ended: bool,
-}
-
-impl Drop for PgTransaction {
-    fn drop(&mut self) {
-        if !self.ended {
-            self.conn.close_on_drop();
-        }
-    }
-}
-
-/// The rows of a batch in COPY's text format: tab-separated, `\N` for NULL, and
-/// backslash, tab, newline and carriage return escaped.
-fn rows_copy_text(chain_id: &str, linked: &Linked<'_>) -> String {
-    fn text(out: &mut String, s: &str) {
-        for ch in s.chars() {
-            match ch {
-                '\\' => out.push_str("\\\\"),
-                '\t' => out.push_str("\\t"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                c => out.push(c),
-            }
-        }
-    }
-    let mut out = String::with_capacity(linked.len() * 640);
+    let mut out = Vec::with_capacity(SIGNATURE.len() + 8 + linked.len() * 720 + 2);
+    out.extend_from_slice(SIGNATURE);
+    out.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
+    out.extend_from_slice(&0i32.to_be_bytes()); // no header extension
     for (e, seq, prev_hash, hash) in linked {
-        let chain = [
-            Value::Text(Some(chain_id)),
-            Value::Int(Some(*seq)),
-            Value::Text(Some(prev_hash)),
-            Value::Text(Some(hash)),
-        ];
-        for (c, value) in e.values().into_iter().chain(chain).enumerate() {
-            if c > 0 {
-                out.push('\t');
-            }
+        out.extend_from_slice(&COLUMNS.to_be_bytes());
+        for value in e.values() {
             match value {
-                Value::Text(Some(s)) => text(&mut out, s),
-                Value::Int(Some(i)) => out.push_str(&i.to_string()),
-                Value::Time(Some(t)) => out.push_str(&schema::to_micros(t).to_string()),
-                Value::Text(None) | Value::Int(None) | Value::Time(None) => out.push_str("\\N"),
+                Value::Text(Some(s)) => text(&mut out, s)?,
+                Value::Int(Some(i)) => int(&mut out, i),
+                Value::Time(Some(t)) => int(&mut out, schema::to_micros(t)),
+                Value::Text(None) | Value::Int(None) | Value::Time(None) => {
+                    out.extend_from_slice(&(-1i32).to_be_bytes());
+                }
             }
         }
-        out.push('\n');
+        text(&mut out, chain_id)?;
+        int(&mut out, *seq);
+        text(&mut out, prev_hash)?;
+        text(&mut out, hash)?;
     }
-    out
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    Ok(out)
 }
 
+const CHECKPOINT_SQL: &str =
+    "INSERT INTO audit_checkpoints (chain_id, seq, hash, time_us, note) VALUES ($1, $2, $3, $4, $5)";
 const HEAD_SQL: &str = "SELECT head_seq, head_hash FROM audit_chains WHERE chain_id = $1";
 /// Moves the head only from where this writer left it: a head moved under the writer
 /// (events removed, the chain cut back) is a conflict, never silently built upon.
@@ -468,13 +451,18 @@ fn link<'e>(
     let mut seq = chain.head_seq;
     let mut prev = chain.head_hash.clone();
     let mut linked = Vec::with_capacity(events.len());
+    let mut scratch = Vec::with_capacity(1024);
     for e in events {
         seq += 1;
-        let hash = chain::event_hash(Some(&chain.key), &prev, &chain.id, seq, e);
+        let hash = chain::event_hash_with(&mut scratch, Some(&chain.key), &prev, &chain.id, seq, e);
         linked.push((*e, seq, std::mem::replace(&mut prev, hash.clone()), hash));
     }
     (linked, seq, prev)
 }
+
+/// The SQLite INSERT of each of the [`CHUNKS`] sizes, built once.
+static SQLITE_INSERTS: std::sync::LazyLock<[String; CHUNKS.len()]> =
+    std::sync::LazyLock::new(|| CHUNKS.map(|rows| insert_sql(Backend::Sqlite, rows)));
 
 /// SQLite gets anonymous `?` placeholders: it resolves each named (`$n`) one by a
 /// linear search, which is quadratic for a statement with thousands of them.
@@ -505,19 +493,59 @@ fn insert_sql(backend: Backend, rows: usize) -> String {
 mod tests {
     use super::*;
 
+    /// Reads back one row of [`rows_copy_binary`]'s output: each value's bytes.
+    fn copy_binary_fields(data: &[u8]) -> Vec<Option<Vec<u8>>> {
+        let be32 = |at: usize| i32::from_be_bytes(data[at..at + 4].try_into().unwrap());
+        assert_eq!(&data[..11], b"PGCOPY\n\xff\r\n\0");
+        assert_eq!((be32(11), be32(15)), (0, 0));
+        let columns = i16::from_be_bytes(data[19..21].try_into().unwrap());
+        let mut at = 21;
+        let mut fields = Vec::new();
+        for _ in 0..columns {
+            let len = be32(at);
+            at += 4;
+            if len < 0 {
+                fields.push(None);
+            } else {
+                let len = len as usize;
+                fields.push(Some(data[at..at + len].to_vec()));
+                at += len;
+            }
+        }
+        assert_eq!(
+            &data[at..],
+            &(-1i16).to_be_bytes(),
+            "one row, then the trailer"
+        );
+        fields
+    }
+
     #[test]
-    fn copy_text_escapes_what_copy_would_misread_and_marks_nulls() {
+    fn copy_binary_sends_text_as_is_integers_as_bigint_and_marks_nulls() {
         let mut e = AuditEvent::begin("req\t1", "base", "eu");
         e.user_agent = Some("a\\b\nc\rd".into());
+        e.status = 503;
         let linked = vec![(&e, 7, "p".to_owned(), "h".to_owned())];
-        let text = rows_copy_text("chain", &linked);
-        assert!(text.ends_with("\tchain\t7\tp\th\n"), "{text}");
-        assert_eq!(text.matches('\n').count(), 1, "one line per row: {text}");
-        assert!(text.contains("req\\t1"), "{text}");
-        assert!(text.contains("a\\\\b\\nc\\rd"), "{text}");
-        assert!(text.contains("\\N"), "{text}");
-        let fields = text.trim_end_matches('\n').split('\t').count();
-        assert_eq!(fields, ROW_COLUMN_COUNT);
+        let fields = copy_binary_fields(&rows_copy_binary("chain", &linked).unwrap());
+        assert_eq!(fields.len(), ROW_COLUMN_COUNT);
+        let column = |name: &str| {
+            let columns = event_columns();
+            let i = columns.split(", ").position(|c| c == name).unwrap();
+            fields[i].clone()
+        };
+        assert_eq!(column("request_id").unwrap(), b"req\t1");
+        assert_eq!(column("user_agent").unwrap(), b"a\\b\nc\rd");
+        assert_eq!(column("status").unwrap(), 503i64.to_be_bytes());
+        assert_eq!(
+            column("time_us").unwrap(),
+            schema::to_micros(e.time).to_be_bytes()
+        );
+        assert_eq!(column("subject"), None);
+        assert_eq!(column("token_expires_us"), None);
+        assert_eq!(column("chain_id").unwrap(), b"chain");
+        assert_eq!(column("chain_seq").unwrap(), 7i64.to_be_bytes());
+        assert_eq!(column("prev_hash").unwrap(), b"p");
+        assert_eq!(column("hash").unwrap(), b"h");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use sqlx::Row;
 
-use super::{AuditDb, Backend, RawTransaction, StoreError};
+use super::{AuditDb, Backend, RawTransaction, StoreError, WriterPool};
 
 /// Most events one pass indexes, so that catching up a long tail (after a crash, or a
 /// run of an older binary) holds a bounded number of entries in memory.
@@ -70,10 +70,10 @@ impl AuditDb {
     /// sorted by key so that each B-tree page takes all of its new entries at once.
     /// `None` when there is nothing to index, and on PostgreSQL.
     pub(crate) async fn read_lookup_pass(&self) -> Result<Option<LookupPass>, StoreError> {
-        if self.backend != Backend::Sqlite {
+        let Some(lookups) = &self.lookups else {
             return Ok(None);
-        }
-        let mut conn = self.lookups.acquire().await?;
+        };
+        let mut conn = lookups.acquire().await?;
         // A missing state row (deleted) means nothing is known to be indexed: queries
         // scan every event until the table is rebuilt from the start.
         sqlx::query("INSERT OR IGNORE INTO audit_lookup_state (id, indexed_seq) VALUES (1, 0)")
@@ -136,7 +136,11 @@ impl AuditDb {
     /// the pass is complete. A failed transaction is written again (`INSERT OR IGNORE`).
     pub(crate) async fn write_lookups(&self, pass: &mut LookupPass) -> Result<bool, StoreError> {
         let end = pass.len().min(pass.written + ENTRIES_PER_TRANSACTION);
-        let mut tx = RawTransaction::begin(&self.writer, self.backend.begin_write()).await?;
+        // PostgreSQL has no passes (read_lookup_pass makes none).
+        let WriterPool::Sqlite(writer) = &self.writer else {
+            return Ok(true);
+        };
+        let mut tx = RawTransaction::begin(writer, self.backend.begin_write()).await?;
         let mut start = pass.written;
         while start < end {
             // Powers of two: a few statement shapes, each prepared once; a shape per

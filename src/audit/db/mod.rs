@@ -13,7 +13,8 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Executor, Row};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{Any, AnyPool, Database, Executor, Pool, Row};
 
 use super::schema::{Kind, Owned, FIELDS, FIELD_COUNT};
 use super::AuditEvent;
@@ -207,15 +208,22 @@ pub enum OpenMode {
 pub struct AuditDb {
     pool: AnyPool,
     /// One connection, for the group-commit writer's batches and checkpoints.
-    writer: AnyPool,
+    writer: WriterPool,
     /// SQLite: one connection that reads the lookup table's passes (see [`lookup`]).
-    lookups: AnyPool,
-    /// PostgreSQL: the writer's batches on a native connection, for `COPY`.
-    pg_writer: Option<sqlx::PgPool>,
+    lookups: Option<SqlitePool>,
     backend: Backend,
     /// The URL connected to, to find out why connections fail (never shown: it may
     /// hold a password; see [`display_target`]).
     url: std::sync::Arc<str>,
+}
+
+/// The group-commit writer's connection, on each store's own driver rather than
+/// `Any`: a batch binds thousands of values (SQLite) or streams `COPY` (PostgreSQL),
+/// and going through `Any` converted and copied every one of them once more.
+#[derive(Clone)]
+enum WriterPool {
+    Sqlite(SqlitePool),
+    Postgres(sqlx::PgPool),
 }
 
 /// Columns of a stored event after its [`FIELDS`]: its place in its chain.
@@ -264,32 +272,31 @@ impl AuditDb {
         // connection that alone writes keeps them cached between batches. A connection
         // that did not end its transaction cleanly is closed ([`RawTransaction`]), and
         // the next batch opens a fresh one.
-        let writer = match backend {
-            Backend::Sqlite => sqlite_pool_options(1, WRITER_CACHE_KIB),
-            Backend::Postgres => AnyPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(Duration::from_secs(3)),
-        }
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect_lazy_with(options.clone());
-        let lookups = sqlite_pool_options(1, LOOKUP_CACHE_KIB).connect_lazy_with(options);
-        let pg_writer = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(
-                sqlx::postgres::PgPoolOptions::new()
+        let (writer, lookups) = match backend {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(&url)?;
+                let writer = native_sqlite_pool_options(1, WRITER_CACHE_KIB)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_lazy_with(options.clone());
+                let lookups =
+                    native_sqlite_pool_options(1, LOOKUP_CACHE_KIB).connect_lazy_with(options);
+                (WriterPool::Sqlite(writer), Some(lookups))
+            }
+            Backend::Postgres => {
+                let writer = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(1)
                     .acquire_timeout(Duration::from_secs(3))
                     .idle_timeout(None)
                     .max_lifetime(None)
-                    .connect_lazy(&url)?,
-            ),
+                    .connect_lazy(&url)?;
+                (WriterPool::Postgres(writer), None)
+            }
         };
         Ok(Self {
             pool,
             writer,
             lookups,
-            pg_writer,
             backend,
             url: url.into(),
         })
@@ -410,11 +417,11 @@ impl AuditDb {
     /// empties the log, so the file alone is whole (a copy without `-wal` loses
     /// nothing). At shutdown, after the last commit; PostgreSQL: nothing to do.
     pub async fn checkpoint_wal(&self) {
-        if self.backend != Backend::Sqlite {
+        let WriterPool::Sqlite(writer) = &self.writer else {
             return;
-        }
+        };
         let done = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_optional(&self.writer)
+            .fetch_optional(writer)
             .await;
         match done {
             Ok(_) => tracing::info!("audit store: write-ahead log checkpointed into the file"),
@@ -472,13 +479,16 @@ impl AuditDb {
 /// COMMIT or ROLLBACK — an error, or a timeout that dropped the future half-way —
 /// closes its connection instead of returning it to the pool, so no later commit can
 /// run on a connection in an unknown state.
-struct RawTransaction {
-    conn: PoolConnection<Any>,
+struct RawTransaction<DB: Database = Any> {
+    conn: PoolConnection<DB>,
     ended: bool,
 }
 
-impl RawTransaction {
-    async fn begin(pool: &AnyPool, begin: &str) -> Result<Self, sqlx::Error> {
+impl<DB: Database> RawTransaction<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    async fn begin(pool: &Pool<DB>, begin: &str) -> Result<Self, sqlx::Error> {
         let mut tx = Self {
             conn: pool.acquire().await?,
             ended: false,
@@ -487,7 +497,7 @@ impl RawTransaction {
         Ok(tx)
     }
 
-    fn conn(&mut self) -> &mut AnyConnection {
+    fn conn(&mut self) -> &mut DB::Connection {
         &mut self.conn
     }
 
@@ -504,7 +514,7 @@ impl RawTransaction {
     }
 }
 
-impl Drop for RawTransaction {
+impl<DB: Database> Drop for RawTransaction<DB> {
     fn drop(&mut self) {
         if !self.ended {
             self.conn.close_on_drop();
@@ -527,31 +537,55 @@ const WRITER_CACHE_KIB: u32 = 8 * 1024;
 /// Page cache of the connection that reads lookup passes, in KiB.
 const LOOKUP_CACHE_KIB: u32 = 2 * 1024;
 
-/// SQLite connections: WAL, every commit fsynced, a page cache that holds the indexes.
+/// The settings of every SQLite connection: WAL, every commit fsynced, a page cache
+/// that holds the indexes.
+fn sqlite_pragmas(cache_kib: u32) -> [String; 7] {
+    [
+        "PRAGMA journal_mode = WAL".into(),
+        // FULL: a commit is on disk before the token leaves.
+        "PRAGMA synchronous = FULL".into(),
+        // Index pages of random ids and fingerprints stay in memory instead of being
+        // re-read from the file on every batch.
+        format!("PRAGMA cache_size = -{cache_kib}"),
+        // No memory map of the file: mapped pages count in the service's resident
+        // memory (123 MiB after 1M users in bench/soak.sh); reads go through the
+        // kernel's page cache and the bounded cache above instead.
+        "PRAGMA mmap_size = 0".into(),
+        // A multi-row INSERT inside a transaction keeps a statement journal; in a
+        // file, each one is an open, an unlink and a close per batch.
+        "PRAGMA temp_store = MEMORY".into(),
+        // Fewer, larger checkpoints: each one is an fsync of the file.
+        "PRAGMA wal_autocheckpoint = 8192".into(),
+        format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"),
+    ]
+}
+
+/// SQLite connections through `Any` (the reading pool), with [`sqlite_pragmas`].
 fn sqlite_pool_options(max_connections: u32, cache_kib: u32) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
         .after_connect(move |conn, _| {
             Box::pin(async move {
-                conn.execute("PRAGMA journal_mode = WAL").await?;
-                // FULL: a commit is on disk before the token leaves.
-                conn.execute("PRAGMA synchronous = FULL").await?;
-                // Index pages of random ids and fingerprints stay in memory
-                // instead of being re-read from the file on every batch.
-                conn.execute(format!("PRAGMA cache_size = -{cache_kib}").as_str())
-                    .await?;
-                // No memory map of the file: mapped pages count in the service's
-                // resident memory (123 MiB after 1M users in bench/soak.sh); reads go
-                // through the kernel's page cache and the bounded cache above instead.
-                conn.execute("PRAGMA mmap_size = 0").await?;
-                // A multi-row INSERT inside a transaction keeps a statement journal;
-                // in a file, each one is an open, an unlink and a close per batch.
-                conn.execute("PRAGMA temp_store = MEMORY").await?;
-                // Fewer, larger checkpoints: each one is an fsync of the file.
-                conn.execute("PRAGMA wal_autocheckpoint = 8192").await?;
-                conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str())
-                    .await?;
+                for pragma in sqlite_pragmas(cache_kib) {
+                    conn.execute(pragma.as_str()).await?;
+                }
+                Ok(())
+            })
+        })
+}
+
+/// SQLite connections on the native driver (the writer's, the lookup reader's), with
+/// the same [`sqlite_pragmas`].
+fn native_sqlite_pool_options(max_connections: u32, cache_kib: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                for pragma in sqlite_pragmas(cache_kib) {
+                    conn.execute(pragma.as_str()).await?;
+                }
                 Ok(())
             })
         })
