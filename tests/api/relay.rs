@@ -67,6 +67,19 @@ impl SpeechUpstream {
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// [`Self::seen`] once the first connection's close frame is recorded (or after 5 s):
+    /// the relay can end its stream, and audit it, before this side has read the close
+    /// it forwarded.
+    async fn seen_after_close(&self) -> Vec<Seen> {
+        for _ in 0..100 {
+            if self.seen().first().is_some_and(|s| s.close.is_some()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.seen()
+    }
 }
 
 // The handshake callback's error type is tungstenite's.
@@ -293,7 +306,7 @@ async fn relay_carries_frames_both_ways_with_a_token_the_browser_never_sees() {
         .unwrap();
     let (ended, detail) = stream_ended(&app).await;
 
-    let seen = upstream.seen();
+    let seen = upstream.seen_after_close().await;
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, "/audio-bridge/v2/transcribe");
     assert!(seen[0]
