@@ -17,6 +17,12 @@
 #   REUSE_SECONDS / MINT_SECONDS / HERD_SECONDS / WRITER_SECONDS         [15/10/3/10]
 #   SCALE_USERS / SCALE_BUDGET   distinct users for "scale" and the time allowed [1000000/300 s]
 #   BENCH_PROFILE      1: perf-profile the reuse path (SQLite) when perf exists  [1; smoke 0]
+#   BENCH_BIN_DIR      directory holding token-vendor, examples/bench_support and
+#                      examples/audit_bench of another build; nothing is built;
+#                      BENCH_LABEL says which commit they are             [unset]
+#   BENCH_BEFORE_DIR   the same for an older build, measured in the same run next to
+#                      this one (reuse, mint, herd, writer; each profiled), rows
+#                      labelled "before (BENCH_BEFORE_LABEL)"; scale runs this build only [unset]
 #   BENCH_PG_PORT      first port tried for the bench's own PostgreSQL, below the
 #                      ephemeral range so wrk's client sockets cannot hold it  [25632]
 set -euo pipefail
@@ -30,7 +36,7 @@ for arg in "$@"; do
     --smoke) SMOKE=1 ;;
     --keep) KEEP=1 ;;
     -h | --help)
-        sed -n '2,20p' "$0"
+        sed -n '2,27p' "$0"
         exit 0
         ;;
     *)
@@ -83,11 +89,46 @@ else
     BUILD=release
     BUILD_FLAGS=(--release)
 fi
-log "cargo build ${BUILD_FLAGS[*]} (token-vendor, examples bench_support and audit_bench)"
-cargo build "${BUILD_FLAGS[@]}" --bin token-vendor --example bench_support --example audit_bench >&2
-BIN="$CARGO_TARGET_DIR/$BUILD/token-vendor"
-SUPPORT="$CARGO_TARGET_DIR/$BUILD/examples/bench_support"
-AUDIT_BENCH="$CARGO_TARGET_DIR/$BUILD/examples/audit_bench"
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+    # Another build's binaries (a "before" run of an older commit): nothing is built.
+    BUILD="binaries in $BENCH_BIN_DIR"
+    BIN="$BENCH_BIN_DIR/token-vendor"
+    SUPPORT="$BENCH_BIN_DIR/examples/bench_support"
+    AUDIT_BENCH="$BENCH_BIN_DIR/examples/audit_bench"
+    for b in "$BIN" "$SUPPORT" "$AUDIT_BENCH"; do [ -x "$b" ] || die "missing $b"; done
+else
+    log "cargo build ${BUILD_FLAGS[*]} (token-vendor, examples bench_support and audit_bench)"
+    cargo build "${BUILD_FLAGS[@]}" --bin token-vendor --example bench_support --example audit_bench >&2
+    BIN="$CARGO_TARGET_DIR/$BUILD/token-vendor"
+    SUPPORT="$CARGO_TARGET_DIR/$BUILD/examples/bench_support"
+    AUDIT_BENCH="$CARGO_TARGET_DIR/$BUILD/examples/audit_bench"
+fi
+
+NOW_BIN=$BIN
+NOW_AUDIT_BENCH=$AUDIT_BENCH
+BUILDS=(now)
+if [ -n "${BENCH_BEFORE_DIR:-}" ]; then
+    BUILDS=(before now)
+    BEFORE_LABEL=${BENCH_BEFORE_LABEL:-$BENCH_BEFORE_DIR}
+    for b in "$BENCH_BEFORE_DIR/token-vendor" "$BENCH_BEFORE_DIR/examples/audit_bench"; do
+        [ -x "$b" ] || die "missing $b"
+    done
+fi
+# use_build before|now: the binaries and the row label ("token-vendor" or "before (...)").
+use_build() {
+    if [ "$1" = before ]; then
+        BIN=$BENCH_BEFORE_DIR/token-vendor
+        AUDIT_BENCH=$BENCH_BEFORE_DIR/examples/audit_bench
+        TV="token-vendor before ($BEFORE_LABEL)"
+        TAG=-before
+    else
+        BIN=$NOW_BIN
+        AUDIT_BENCH=$NOW_AUDIT_BENCH
+        TV=token-vendor
+        TAG=
+    fi
+}
+use_build now
 
 # --- scratch and clean-up ----------------------------------------------------------------
 W=${BENCH_WORK:-$(mktemp -d /tmp/tv-bench.XXXXXX)}
@@ -248,16 +289,15 @@ profile_summary() { # profile_summary PERF_DATA
     perf report -i "$1" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 40
     echo '```'
 }
-MINT_PROFILE_TEXT=
 perf_pid=
 HERD_LINES=()
 SCALE_LINES=()
 WRITER_LINES=()
-PROFILE_TEXT=
+PROFILES=()
+MINT_PROFILES=()
 
 for db in $BENCH_DBS; do
     # reuse: 1,000 users, -t2 -c64; nginx first, then the service, back to back.
-    bench_service "$db" "reuse-$db"
     run_wrk "reuse nginx" "$NGINX_PID" "$NGINX_URL" 64 "$REUSE_SECONDS" bench/vend.lua "$W/reuse" cycle
     nginx_rps=$(field rps)
     row reuse nginx 64 1.000 "-" ""
@@ -265,20 +305,25 @@ for db in $BENCH_DBS; do
     # whether vend.lua's request() limits wrk itself at nginx's rate.
     run_wrk "reuse nginx, static request" "$NGINX_PID" "$NGINX_URL" 64 "$REUSE_SECONDS" bench/static.lua "$W/reuse"
     row reuse "nginx, one fixed request (wrk without per-request Lua)" 64 "$(ratio "$(field rps)" "$nginx_rps")" "-" "not the ceiling used for ratios"
-    # warm the 1,000 users' tokens first, so the run measures reuse, not 1,000 first mints
-    run_wrk "reuse warm-up" "$SERVICE_PID" "$SERVICE_URL" 64 1 bench/vend.lua "$W/reuse" cycle
-    run_wrk "reuse $db" "$SERVICE_PID" "$SERVICE_URL" 64 "$REUSE_SECONDS" bench/vend.lua "$W/reuse" cycle
-    row reuse "token-vendor ($db)" 64 "$(ratio "$(field rps)" "$nginx_rps")" "$(mib "$(kib "$SERVICE_PID" VmHWM)")" ""
-    if [ "$BENCH_PROFILE" = 1 ] && [ "$db" = sqlite ]; then
-        log "profiling the reuse path (perf record -g, ${REUSE_SECONDS}s)"
-        perf record -F 499 -g -o "$W/perf.data" -p "$SERVICE_PID" -- sleep "$REUSE_SECONDS" 2>"$W/perf-record.log" &
-        perf_pid=$!
-        sleep 0.5
-        run_wrk "reuse $db (profiled)" "$SERVICE_PID" "$SERVICE_URL" 64 "$((REUSE_SECONDS - 1))" bench/vend.lua "$W/reuse" cycle
-        wait "$perf_pid" || true
-        PROFILE_TEXT=$(profile_summary "$W/perf.data")
-    fi
-    stop_service
+    for build in "${BUILDS[@]}"; do
+        use_build "$build"
+        bench_service "$db" "reuse-$db$TAG"
+        # warm the 1,000 users' tokens first, so the run measures reuse, not 1,000 first mints
+        run_wrk "reuse warm-up" "$SERVICE_PID" "$SERVICE_URL" 64 1 bench/vend.lua "$W/reuse" cycle
+        run_wrk "reuse $db$TAG" "$SERVICE_PID" "$SERVICE_URL" 64 "$REUSE_SECONDS" bench/vend.lua "$W/reuse" cycle
+        row reuse "$TV ($db)" 64 "$(ratio "$(field rps)" "$nginx_rps")" "$(mib "$(kib "$SERVICE_PID" VmHWM)")" ""
+        if [ "$BENCH_PROFILE" = 1 ] && [ "$db" = sqlite ]; then
+            log "profiling the reuse path (perf record -g, ${REUSE_SECONDS}s)"
+            perf record -F 499 -g -o "$W/perf$TAG.data" -p "$SERVICE_PID" -- sleep "$REUSE_SECONDS" 2>"$W/perf-record$TAG.log" &
+            perf_pid=$!
+            sleep 0.5
+            run_wrk "reuse $db$TAG (profiled)" "$SERVICE_PID" "$SERVICE_URL" 64 "$((REUSE_SECONDS - 1))" bench/vend.lua "$W/reuse" cycle
+            wait "$perf_pid" || true
+            perf_pid=
+            PROFILES+=("## Profile of the reuse path (SQLite, $TV), \`perf record -F 499 -g -p PID\`, perf report --no-children" "" "$(profile_summary "$W/perf$TAG.data")" "")
+        fi
+        stop_service
+    done
 
     # mint: every request a new user; latency added over the upstream, at 64 and 500
     # connections. The upstream alone at the same concurrency is the baseline.
@@ -286,32 +331,39 @@ for db in $BENCH_DBS; do
         run_wrk "upstream alone c$conns" "$UPSTREAM_PID" "$UPSTREAM_URL" "$conns" "$MINT_SECONDS" bench/upstream.lua "$CLIENT_ID" "$CLIENT_SECRET"
         up_p50=$(field p50_ms) up_p99=$(field p99_ms)
         row "mint" "upstream alone (${UPSTREAM_LATENCY_MS} ms)" "$conns" "-" "-" ""
-        bench_service "$db" "mint-$db-$conns"
-        if [ "$BENCH_PROFILE" = 1 ] && [ "$db" = sqlite ] && [ "$conns" = 64 ]; then
-            perf record -F 499 -g -o "$W/perf-mint.data" -p "$SERVICE_PID" -- sleep "$MINT_SECONDS" 2>"$W/perf-record-mint.log" &
-            perf_pid=$!
-        fi
-        run_wrk "mint $db c$conns" "$SERVICE_PID" "$SERVICE_URL" "$conns" "$MINT_SECONDS" bench/vend.lua "$W/mint" stream
-        added=$(awk -v a="$(field p50_ms)" -v b="$up_p50" -v c="$(field p99_ms)" -v d="$up_p99" \
-            'BEGIN {printf "added over upstream alone: p50 %+.2f ms, p99 %+.2f ms", a - b, c - d}')
-        [ "$(field wrapped)" = 0 ] || added="$added; USERS RAN OUT (wrapped $(field wrapped)x): later requests were reuses"
-        row "mint" "token-vendor ($db)" "$conns" "-" "$(mib "$(kib "$SERVICE_PID" VmHWM)")" "$added"
-        if [ -n "${perf_pid:-}" ]; then
-            wait "$perf_pid" || true
-            perf_pid=
-            MINT_PROFILE_TEXT=$(profile_summary "$W/perf-mint.data")
-        fi
-        stop_service
+        for build in "${BUILDS[@]}"; do
+            use_build "$build"
+            bench_service "$db" "mint-$db-$conns$TAG"
+            if [ "$BENCH_PROFILE" = 1 ] && [ "$db" = sqlite ] && [ "$conns" = 64 ]; then
+                perf record -F 499 -g -o "$W/perf-mint$TAG.data" -p "$SERVICE_PID" -- sleep "$MINT_SECONDS" 2>"$W/perf-record-mint$TAG.log" &
+                perf_pid=$!
+            fi
+            run_wrk "mint $db c$conns$TAG" "$SERVICE_PID" "$SERVICE_URL" "$conns" "$MINT_SECONDS" bench/vend.lua "$W/mint" stream
+            added=$(awk -v a="$(field p50_ms)" -v b="$up_p50" -v c="$(field p99_ms)" -v d="$up_p99" \
+                'BEGIN {printf "added over upstream alone: p50 %+.2f ms, p99 %+.2f ms", a - b, c - d}')
+            [ "$(field wrapped)" = 0 ] || added="$added; USERS RAN OUT (wrapped $(field wrapped)x): later requests were reuses"
+            row "mint" "$TV ($db)" "$conns" "-" "$(mib "$(kib "$SERVICE_PID" VmHWM)")" "$added"
+            if [ -n "${perf_pid:-}" ]; then
+                wait "$perf_pid" || true
+                perf_pid=
+                MINT_PROFILES+=("## Profile of the mint path (SQLite, 64 connections, $TV), same method" "" "$(profile_summary "$W/perf-mint$TAG.data")" "")
+            fi
+            stop_service
+        done
     done
 
     # herd: 1,000 connections, one user, at once -> upstream calls.
-    bench_service "$db" "herd-$db"
-    before=$(upstream_calls)
-    run_wrk "herd $db" "$SERVICE_PID" "$SERVICE_URL" 1000 "$HERD_SECONDS" bench/vend.lua "$W/herd" cycle
-    after=$(upstream_calls)
-    row herd "token-vendor ($db)" 1000 "-" "$(mib "$(kib "$SERVICE_PID" VmHWM)")" "upstream calls: $((after - before))"
-    HERD_LINES+=("- $db: $(field requests) requests of one user over 1,000 connections -> **$((after - before)) upstream call(s)**")
-    stop_service
+    for build in "${BUILDS[@]}"; do
+        use_build "$build"
+        bench_service "$db" "herd-$db$TAG"
+        before=$(upstream_calls)
+        run_wrk "herd $db$TAG" "$SERVICE_PID" "$SERVICE_URL" 1000 "$HERD_SECONDS" bench/vend.lua "$W/herd" cycle
+        after=$(upstream_calls)
+        row herd "$TV ($db)" 1000 "-" "$(mib "$(kib "$SERVICE_PID" VmHWM)")" "upstream calls: $((after - before))"
+        HERD_LINES+=("- $db, $TV: $(field requests) requests of one user over 1,000 connections -> **$((after - before)) upstream call(s)**")
+        stop_service
+    done
+    use_build now
 
     # scale: distinct users, each minted once, within a time budget -> RSS.
     bench_service "$db" "scale-$db"
@@ -328,16 +380,20 @@ for db in $BENCH_DBS; do
 
     # the audit writer alone (examples/audit_bench.rs): events/s committed; every event
     # a new token (all mints), then events naming 1,000 tokens (as reuse does).
-    for tokens in all-new 1000; do
-        mix=()
-        [ "$tokens" = all-new ] || mix=(--distinct-tokens "$tokens")
-        case "$db" in
-        sqlite) wout=$("$AUDIT_BENCH" --db sqlite --url "sqlite://$W/writer-$tokens.db" --seconds "$WRITER_SECONDS" "${mix[@]}" 2>&1) ;;
-        postgres) wout=$("$AUDIT_BENCH" --db postgres --url "$PG_URL" --seconds "$WRITER_SECONDS" "${mix[@]}" 2>&1) ;;
-        esac
-        log "$wout"
-        WRITER_LINES+=("- $(grep '^writer:' <<<"$wout" || echo "$db: $wout")")
+    for build in "${BUILDS[@]}"; do
+        use_build "$build"
+        for tokens in all-new 1000; do
+            mix=()
+            [ "$tokens" = all-new ] || mix=(--distinct-tokens "$tokens")
+            case "$db" in
+            sqlite) wout=$("$AUDIT_BENCH" --db sqlite --url "sqlite://$W/writer-$tokens$TAG.db" --seconds "$WRITER_SECONDS" "${mix[@]}" 2>&1) ;;
+            postgres) wout=$("$AUDIT_BENCH" --db postgres --url "$PG_URL" --seconds "$WRITER_SECONDS" "${mix[@]}" 2>&1) ;;
+            esac
+            log "$wout"
+            WRITER_LINES+=("- $TV: $(grep '^writer:' <<<"$wout" || echo "$db: $wout")")
+        done
     done
+    use_build now
 done
 
 # --- results -----------------------------------------------------------------------------
@@ -345,6 +401,8 @@ cpu_model=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 mem_total=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -qv '^??' && echo " (+ uncommitted changes)" || true)
+# BENCH_LABEL names what BENCH_BIN_DIR's binaries were built from (the checkout's commit is not it).
+if [ -n "${BENCH_BIN_DIR:-}" ]; then commit="${BENCH_LABEL:-unknown build}"; dirty=""; fi
 {
     echo "# token-vendor benchmark results"
     echo
@@ -362,6 +420,10 @@ dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -qv '^??' && echo "
         "limits on but set not to bind, audit durable (SQLite WAL synchronous=FULL; PostgreSQL" \
         "synchronous_commit=on, own cluster), RUST_LOG default (audit JSON lines to /dev/null)"
     echo "- Upstream: bench/support.rs, Keycloak-shaped, RS256 tokens, ${UPSTREAM_LATENCY_MS} ms latency"
+    if [ -n "${BENCH_BEFORE_DIR:-}" ]; then
+        echo "- Before: rows \"token-vendor before ($BEFORE_LABEL)\" are the binaries in $BENCH_BEFORE_DIR, run" \
+            "in the same run right before this build's, same load, same nginx baseline; scale runs this build only"
+    fi
     echo
     echo "CPU s/10k = CPU-seconds (user+system from /proc/PID/stat, nginx: master+workers) per 10,000 answered requests."
     echo "Peak RSS = VmHWM of the service process for that scenario (a fresh process per scenario, except the reuse row which follows a 1-s warm-up)."
@@ -378,17 +440,9 @@ dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -qv '^??' && echo "
     echo
     echo "## Audit writer alone (examples/audit_bench.rs, 512 callers each waiting for its commit)"
     printf '%s\n' "${WRITER_LINES[@]}"
-    if [ -n "$PROFILE_TEXT" ]; then
+    if [ "${#PROFILES[@]}" -gt 0 ] || [ "${#MINT_PROFILES[@]}" -gt 0 ]; then
         echo
-        echo "## Profile of the reuse path (SQLite), \`perf record -F 499 -g -p PID\`, perf report --no-children"
-        echo
-        echo "$PROFILE_TEXT"
-    fi
-    if [ -n "$MINT_PROFILE_TEXT" ]; then
-        echo
-        echo "## Profile of the mint path (SQLite, 64 connections), same method"
-        echo
-        echo "$MINT_PROFILE_TEXT"
+        printf '%s\n' "${PROFILES[@]}" "${MINT_PROFILES[@]}"
     fi
 } >"$OUT.tmp"
 # bench/relay.sh's section stays at the top.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # token-vendor memory soak (issue 15: "<= 100 MiB RSS after 1,000,000 users, flat over a
-# 10-minute soak"). A documented script, not run in CI. See bench/README.md.
+# 10-minute soak"). CI runs a 2-minute version (.ci/run). See bench/README.md.
 #
 #   bench/soak.sh        about 15 min with the defaults; prints a summary, writes the RSS
 #                        samples to $SOAK_WORK/rss.csv and the summary to $SOAK_WORK/summary.md
@@ -32,17 +32,20 @@
 #   SOAK_NEW_PER_S       new users a second during the soak (about)             [20]
 #   SOAK_SAMPLE          sampling interval, seconds                             [10]
 #   SOAK_UPSTREAM_LATENCY_MS  the upstream's latency (0: phase 1 takes minutes)  [0]
-#   SOAK_MAX_MIB / SOAK_MAX_SLOPE   the targets                                 [100/1]
+#   SOAK_WARMUP          seconds of the soak left out of the slope (caches filling) [60]
+#   SOAK_MAX_MIB / SOAK_MAX_SLOPE   the targets (slope: MiB/min after the warm-up) [100/0.5]
 #   BENCH_BIN_DIR        directory holding token-vendor and examples/bench_support of a
 #                        release build; when set nothing is built    [unset: cargo build --release]
 #   SOAK_WORK            scratch dir (kept)                         [mktemp under /tmp]
 #   BENCH_PG_PORT        first port tried for the own PostgreSQL     [25642]
+#   SOAK_HEAPTRACK       1: heap-profile the soak phase with heaptrack (attached after
+#                        phase 1), all: both phases; written to $SOAK_WORK at the end   [0]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 case "${1:-}" in
 -h | --help)
-    sed -n '2,40p' "$0"
+    sed -n '2,42p' "$0"
     exit 0
     ;;
 "") ;;
@@ -55,7 +58,7 @@ esac
 : "${SOAK_DB:=sqlite}" "${SOAK_USERS:=1000000}" "${SOAK_MINT_CONNS:=256}" "${SOAK_MINT_BUDGET:=1200}"
 : "${SOAK_SECONDS:=600}" "${SOAK_REUSE_USERS:=10000}" "${SOAK_REUSE_CONNS:=64}" "${SOAK_CHUNK:=60}"
 : "${SOAK_NEW_PER_S:=20}" "${SOAK_SAMPLE:=10}" "${SOAK_UPSTREAM_LATENCY_MS:=0}"
-: "${SOAK_MAX_MIB:=100}" "${SOAK_MAX_SLOPE:=1}" "${BENCH_PG_PORT:=25642}"
+: "${SOAK_MAX_MIB:=100}" "${SOAK_MAX_SLOPE:=0.5}" "${SOAK_WARMUP:=60}" "${BENCH_PG_PORT:=25642}"
 case "$SOAK_DB" in sqlite | postgres) ;; *)
     echo "SOAK_DB must be sqlite or postgres" >&2
     exit 2
@@ -143,6 +146,17 @@ smaps() { # anonymous vs file-backed resident memory, and the biggest file mappi
         sort -rn | head -n 6 | awk '{printf "  %s: %.1f MiB\n", $2, $1 / 1024}'
 }
 
+# A heap profile: heaptrack attaches to the running service and writes
+# $W/heaptrack.zst when it exits (read it with heaptrack_print; -M for a timeline).
+heap_profile() {
+    command -v heaptrack >/dev/null 2>&1 || die "SOAK_HEAPTRACK needs heaptrack (Debian: heaptrack)"
+    heaptrack -o "$W/heaptrack" -p "$SVC" >"$W/heaptrack.log" 2>&1 &
+    PIDS+=("$!")
+    sleep 3
+    log "heaptrack attached to $SVC (log: $W/heaptrack.log)"
+}
+if [ "${SOAK_HEAPTRACK:-0}" = all ]; then heap_profile; fi
+
 # --- sampler: every SOAK_SAMPLE s from the start, phase read from a file ------------------
 T0=$(date +%s)
 echo mint >"$W/phase"
@@ -216,6 +230,7 @@ log "smaps: $smaps_1m"
 echo "$(($(date +%s) - T0)),after-mint,$(upstream_calls),$(status_row)" >>"$W/rss.csv"
 
 # --- phase 2: the soak ------------------------------------------------------------------------
+if [ "${SOAK_HEAPTRACK:-0}" = 1 ]; then heap_profile; fi
 echo soak >"$W/phase"
 soak_t0=$(($(date +%s) - T0))
 calls_soak0=$(upstream_calls)
@@ -255,9 +270,9 @@ echo "$(($(date +%s) - T0)),end,$(upstream_calls),$(status_row)" >>"$W/rss.csv"
 soak_calls=$(($(upstream_calls) - calls_soak0))
 
 # --- summary --------------------------------------------------------------------------------
-# Soak samples: the sampler's rows in phase "soak" plus the final reading.
+# Soak samples: the sampler's rows in phase "soak" after the warm-up, plus the final reading.
 soak_stats() { # soak_stats CSV_COLUMN -> "samples min max last slope" in MiB, MiB/min
-    awk -F, -v t0="$soak_t0" -v c="$1" '$2 == "soak" || $2 == "end" {
+    awk -F, -v t0="$soak_t0" -v w="$SOAK_WARMUP" -v c="$1" '($2 == "soak" && $1 - t0 >= w) || $2 == "end" {
         x = ($1 - t0) / 60; y = $c / 1024; n++; sx += x; sy += y; sxx += x * x; sxy += x * y
         if (n == 1 || y < min) min = y; if (n == 1 || y > max) max = y; last = y }
     END {
@@ -277,7 +292,8 @@ commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo "- Command: \`$([ -n "${BENCH_BIN_DIR:-}" ] && echo "BENCH_BIN_DIR=$BENCH_BIN_DIR ")bench/soak.sh\`" \
         "(SOAK_DB=$SOAK_DB SOAK_USERS=$SOAK_USERS SOAK_SECONDS=$SOAK_SECONDS SOAK_REUSE_USERS=$SOAK_REUSE_USERS" \
         "SOAK_REUSE_CONNS=$SOAK_REUSE_CONNS SOAK_CHUNK=$SOAK_CHUNK SOAK_NEW_PER_S=$SOAK_NEW_PER_S" \
-        "SOAK_MINT_CONNS=$SOAK_MINT_CONNS SOAK_UPSTREAM_LATENCY_MS=$SOAK_UPSTREAM_LATENCY_MS SOAK_SAMPLE=$SOAK_SAMPLE)"
+        "SOAK_MINT_CONNS=$SOAK_MINT_CONNS SOAK_UPSTREAM_LATENCY_MS=$SOAK_UPSTREAM_LATENCY_MS SOAK_SAMPLE=$SOAK_SAMPLE" \
+        "SOAK_WARMUP=$SOAK_WARMUP)"
     echo "- Date: $(date -u +%Y-%m-%dT%H:%MZ); commit $commit; machine: nproc $(nproc)," \
         "$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, shared"
     echo "- Phase 1: $minted distinct users minted in ${mint_secs}s ($(field rps "$MINT_RESULT") vends/s," \
@@ -287,7 +303,7 @@ commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo "- Phase 2 (soak, ${SOAK_SECONDS}s, $chunks windows of $SOAK_REUSE_USERS users + trickle):" \
         "$REQS requests in all phases; trickle $(field requests "$TRICKLE_RESULT") new-user requests" \
         "(wrapped $(field wrapped "$TRICKLE_RESULT")); $soak_calls upstream calls during the soak"
-    echo "- RSS during the soak ($n_samples samples every ${SOAK_SAMPLE}s): min $soak_min, max $soak_max," \
+    echo "- RSS during the soak after its first ${SOAK_WARMUP}s ($n_samples samples every ${SOAK_SAMPLE}s): min $soak_min, max $soak_max," \
         "last $soak_last MiB; VmHWM at the end $(mib "$hwm_end") MiB; **slope $slope MiB/min** (least squares)"
     echo "- Of which anonymous (RssAnon): min $anon_min, max $anon_max, last $anon_last MiB, slope $anon_slope MiB/min;" \
         "file-backed (RssFile): min $file_min, max $file_max, last $file_last MiB, slope $file_slope MiB/min"
