@@ -42,6 +42,9 @@ upstream_calls() { curl -fsS "$UPSTREAM_URL/_bench/calls"; }
 start_service() {
     local url=$1 logfile=$2 port
     port=$(free_port)
+    # mimalloc's own options (MIMALLOC_PURGE_DELAY=0, ...) pass through, for experiments.
+    local mimalloc_opts
+    mapfile -t mimalloc_opts < <(env | grep '^MIMALLOC_' || true)
     env -i PATH="$PATH" HOME="$HOME" \
         LISTEN_ADDR="127.0.0.1:$port" \
         CORTI_ENVIRONMENT=eu \
@@ -61,6 +64,7 @@ start_service() {
         ${TOKIO_WORKER_THREADS:+TOKIO_WORKER_THREADS="$TOKIO_WORKER_THREADS"} \
         ${MALLOC_ARENA_MAX:+MALLOC_ARENA_MAX="$MALLOC_ARENA_MAX"} \
         ${SERVICE_PRELOAD:+LD_PRELOAD="$SERVICE_PRELOAD"} \
+        "${mimalloc_opts[@]}" \
         "$BIN" serve >/dev/null 2>"$logfile" &
     SERVICE_PID=$!
     PIDS+=("$SERVICE_PID")

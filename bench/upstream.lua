@@ -1,7 +1,12 @@
 -- wrk script for bench/run.sh: the upstream's token endpoint alone (client-credentials
 -- grant), to know the latency the service adds over it at the same concurrency.
---   wrk ... -s bench/upstream.lua URL -- CLIENT_ID CLIENT_SECRET
+--   wrk ... -s bench/upstream.lua URL -- CLIENT_ID CLIENT_SECRET [DELAY_MS]
+-- DELAY_MS: each connection waits that long before each request (paced load).
 function init(args)
+  local pause = tonumber(args[3] or "")
+  if pause then
+    delay = function() return pause end
+  end
   wrk.method = "POST"
   wrk.path = "/realms/base/protocol/openid-connect/token"
   wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"

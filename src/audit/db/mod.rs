@@ -525,8 +525,9 @@ impl<DB: Database> Drop for RawTransaction<DB> {
 /// Page cache of each reading connection (queries, exports, the trail watch), in KiB.
 /// Four of them: at 32 MiB each, the trail watch reading each new event once filled them
 /// as the file grew, and the soak's resident memory rose by a step and kept rising
-/// (bench/soak.sh, issue 24).
-const READ_CACHE_KIB: u32 = 4 * 1024;
+/// (bench/soak.sh, issue 24); at 4 MiB they still held 16 MiB after 1M users. A query
+/// pages through indexes and reads each event once, so a small cache costs it little.
+const READ_CACHE_KIB: u32 = 2 * 1024;
 /// Page cache of the writer's connection, in KiB: the hot index pages of a batch (the
 /// right-hand edges of the append-only indexes, and a lookup transaction's pages); kept
 /// for the life of the process, so it counts fully in the service's memory. 16 MiB
