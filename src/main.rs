@@ -19,8 +19,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// `MIMALLOC_PURGE_DELAY` wins, as mimalloc documents.
 fn purge_freed_memory_at_once() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one of mimalloc's process-wide options, which it reads atomically
-        // whenever it purges; any value is valid for this option.
+        // SAFETY: sets one of mimalloc's process-wide options at the start of `main`,
+        // before any other thread exists; any value is valid for this option.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     }
 }
