@@ -362,10 +362,10 @@ for db in $BENCH_DBS; do
     # wait is the baseline.
     for build in "${BUILDS[@]}"; do
         use_build "$build"
-        read -r rate conns delay < <(awk -v max="${MINT_MAX[$db$TAG]}" -v lat="$UPSTREAM_LATENCY_MS" 'BEGIN {
+        read -r conns delay < <(awk -v max="${MINT_MAX[$db$TAG]}" -v lat="$UPSTREAM_LATENCY_MS" 'BEGIN {
             r = 0.7 * max; c = int(r * 2 * lat / 1000) + 1; if (c < 16) c = 16
             d = int(c * 1000 / r - lat + 0.5); if (d < 1) d = 1
-            printf "%.0f %d %d\n", r, c, d }')
+            printf "%d %d\n", c, d }')
         run_wrk "upstream alone c$conns, ${delay} ms between requests" "$UPSTREAM_PID" "$UPSTREAM_URL" "$conns" "$MINT_SECONDS" bench/upstream.lua "$CLIENT_ID" "$CLIENT_SECRET" "$delay"
         up_p50=$(field p50_ms) up_p99=$(field p99_ms)
         row "mint at 70% of max" "upstream alone (${UPSTREAM_LATENCY_MS} ms), paced as below" "$conns" "-" "-" "${delay} ms wait per connection"
