@@ -297,6 +297,7 @@ PROFILES=()
 MINT_PROFILES=()
 MINT70_LINES=()
 declare -A MINT_MAX=()
+declare -A MINT_C64=()
 
 for db in $BENCH_DBS; do
     # reuse: 1,000 users, -t2 -c64; nginx first, then the service, back to back.
@@ -345,6 +346,7 @@ for db in $BENCH_DBS; do
                 'BEGIN {printf "added over upstream alone: p50 %+.2f ms, p99 %+.2f ms", a - b, c - d}')
             [ "$(field wrapped)" = 0 ] || added="$added; USERS RAN OUT (wrapped $(field wrapped)x): later requests were reuses"
             row "mint" "$TV ($db)" "$conns" "-" "$(mib "$(kib "$SERVICE_PID" VmHWM)")" "$added"
+            [ "$conns" != 64 ] || MINT_C64[$db$TAG]=$(field rps)
             MINT_MAX[$db$TAG]=$(awk -v a="${MINT_MAX[$db$TAG]:-0}" -v b="$(field rps)" 'BEGIN {print (b > a) ? b : a}')
             if [ -n "${perf_pid:-}" ]; then
                 wait "$perf_pid" || true
@@ -358,14 +360,24 @@ for db in $BENCH_DBS; do
     # mint at 70% of this build's measured maximum mint rate (the higher of c64 and c500):
     # where the added latency is the service's and not queueing. Each connection waits
     # before each request (vend.lua's DELAY_MS), enough connections that the wait is at
-    # least the upstream's latency; the upstream alone at the same connections and
-    # wait is the baseline.
+    # least the service's own latency; the upstream alone at the same connections and
+    # wait is the baseline. The first guess takes the service's mean cycle at 64
+    # connections (64 / its c64 rate); two 3-s runs, each on a fresh service, then
+    # scale the connections by target / achieved, as latency grows with load.
     for build in "${BUILDS[@]}"; do
         use_build "$build"
-        read -r conns delay < <(awk -v max="${MINT_MAX[$db$TAG]}" -v lat="$UPSTREAM_LATENCY_MS" 'BEGIN {
-            r = 0.7 * max; c = int(r * 2 * lat / 1000) + 1; if (c < 16) c = 16
+        read -r conns delay < <(awk -v max="${MINT_MAX[$db$TAG]}" -v c64="${MINT_C64[$db$TAG]}" 'BEGIN {
+            r = 0.7 * max; lat = 64 * 1000 / c64
+            c = int(r * 2 * lat / 1000) + 1; if (c < 16) c = 16
             d = int(c * 1000 / r - lat + 0.5); if (d < 1) d = 1
             printf "%d %d\n", c, d }')
+        for check in 1 2; do
+            bench_service "$db" "mint70cal$check-$db$TAG"
+            run_wrk "mint $db pacing check $check, c$conns, ${delay} ms wait$TAG" "$SERVICE_PID" "$SERVICE_URL" "$conns" 3 bench/vend.lua "$W/mint" stream "$delay"
+            conns=$(awk -v c="$conns" -v max="${MINT_MAX[$db$TAG]}" -v got="$(field rps)" 'BEGIN {
+                n = (got > 0) ? int(c * 0.7 * max / got + 0.5) : c; if (n < 16) n = 16; print n }')
+            stop_service
+        done
         run_wrk "upstream alone c$conns, ${delay} ms between requests" "$UPSTREAM_PID" "$UPSTREAM_URL" "$conns" "$MINT_SECONDS" bench/upstream.lua "$CLIENT_ID" "$CLIENT_SECRET" "$delay"
         up_p50=$(field p50_ms) up_p99=$(field p99_ms)
         row "mint at 70% of max" "upstream alone (${UPSTREAM_LATENCY_MS} ms), paced as below" "$conns" "-" "-" "${delay} ms wait per connection"

@@ -532,8 +532,10 @@ const READ_CACHE_KIB: u32 = 2 * 1024;
 /// right-hand edges of the append-only indexes, and a lookup transaction's pages); kept
 /// for the life of the process, so it counts fully in the service's memory. 16 MiB
 /// held the random subject and fingerprint index pages before they moved to the lookup
-/// table; 8 MiB measured the same in `audit_bench` (46.9k vs 46.7k events/s).
-const WRITER_CACHE_KIB: u32 = 8 * 1024;
+/// table; 8 MiB measured the same in `audit_bench` (46.9k vs 46.7k events/s). 4 MiB:
+/// 3 MiB less after 1M users (`bench/soak.sh`: 92.0 vs 95.3 MiB), `audit_bench` within
+/// its noise (35.8k vs 38.0k, 30.6k vs 31.9k events/s, alternating runs).
+const WRITER_CACHE_KIB: u32 = 4 * 1024;
 
 /// Page cache of the connection that reads lookup passes, in KiB.
 const LOOKUP_CACHE_KIB: u32 = 2 * 1024;
